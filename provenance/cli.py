@@ -1,0 +1,245 @@
+"""The `prov` command line: parse, call the library, print. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from .errors import ProvError
+
+
+def emit(obj, as_json: bool, human=None) -> None:
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, sort_keys=True))
+    elif human is not None:
+        click.echo(human() if callable(human) else human)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
+
+
+class Cli(click.Group):
+    """Turn our errors into one line and the documented exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ProvError as e:
+            click.echo(f"prov: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except BrokenPipeError:
+            sys.exit(1)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "store_path", envvar="PROV_STORE", type=click.Path(file_okay=False),
+              help="Store directory (default: evidence/store in the repository; env PROV_STORE).")
+@click.version_option(package_name="comma-lab", prog_name="prov")
+@click.pass_context
+def cli(ctx, store_path):
+    """comma-lab provenance: a content-addressed evidence store for the comma.ai
+    video compression challenge.
+
+    Every blob is addressed by SHA-256 (what the world quotes) and BLAKE3 (fast);
+    directories are prov-tree-v1 Merkle trees. Exit codes: 0 ok, 1 verification
+    failed, 2 bad input or usage, 3 missing environment.
+    """
+    ctx.obj = {"store": store_path}
+
+
+def open_store(ctx, create: bool = False):
+    from .store import Store
+    return Store(ctx.obj["store"], create=create)
+
+
+# -- store commands -------------------------------------------------------------------------
+
+def _digest_out(kind: str, d) -> dict:
+    return {"kind": kind, **d.as_dict()}
+
+
+def _print_digest(path, out) -> str:
+    return f"{out['kind']}  {path}\n  sha256 {out['sha256']}\n  blake3 {out['blake3']}\n  size   {out['size']}"
+
+
+@cli.command("hash")
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--allow-unsafe-links", is_flag=True, help="Accept absolute or escaping symlinks.")
+@json_option
+def hash_cmd(path, allow_unsafe_links, as_json):
+    """Print the digests of a file or directory tree; store nothing."""
+    import stat as st_
+    from .digest import hash_file
+    from .progress import Progress
+    from . import tree
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise ProvError(f"{path}: {e.strerror}") from None
+    with Progress(f"hashing {path}", st.st_size if st_.S_ISREG(st.st_mode) else None) as prog:
+        if st_.S_ISREG(st.st_mode):
+            try:
+                out = _digest_out("file", hash_file(path, prog))
+            except OSError as e:
+                raise ProvError(f"{path}: cannot read file ({e.strerror})") from None
+        elif st_.S_ISDIR(st.st_mode):
+            out = _digest_out("tree", tree.walk(path, lambda p, s: hash_file(p, prog),
+                                                allow_unsafe_links=allow_unsafe_links))
+        else:
+            raise ProvError(f"{path}: not a regular file or directory")
+    emit(out, as_json, lambda: _print_digest(path, out))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--ref", "ref_name", help="Also point this ref at the result.")
+@click.option("--allow-unsafe-links", is_flag=True, help="Accept absolute or escaping symlinks.")
+@json_option
+@click.pass_context
+def add(ctx, path, ref_name, allow_unsafe_links, as_json):
+    """Store a file or directory tree byte-exactly and print its digests."""
+    from .progress import Progress
+    if not os.path.lexists(path):
+        raise ProvError(f"{path}: no such file or directory")
+    store = open_store(ctx, create=True)
+    with Progress(f"adding {path}", os.path.getsize(path) if os.path.isfile(path) else None) as prog:
+        kind, d = store.add(path, prog, allow_unsafe_links)
+    if ref_name:
+        store.set_ref(ref_name, d.blake3)
+    out = _digest_out(kind, d)
+    emit(out, as_json, lambda: _print_digest(path, out))
+
+
+@cli.command()
+@click.argument("digest")
+@click.pass_context
+def cat(ctx, digest):
+    """Write a stored object's bytes to stdout (sha256 or blake3, unique prefix, or ref)."""
+    from .digest import CHUNK
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    out = sys.stdout.buffer
+    with store.open(info.blake3) as f:
+        while chunk := f.read(CHUNK):
+            out.write(chunk)
+    out.flush()
+
+
+@cli.command()
+@click.argument("digest")
+@json_option
+@click.pass_context
+def ls(ctx, digest, as_json):
+    """List the entries of a stored tree."""
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    if info.kind != "tree":
+        raise ProvError(f"{digest}: not a tree (it is a {info.kind})")
+    rows = store.ls(info.blake3)
+    emit({"tree": info.as_dict(), "entries": rows}, as_json,
+         lambda: "\n".join(f"{r['kind']:4}  {r['size']:>12}  {r['sha256'][:16]}  {r['name']}" for r in rows))
+
+
+@cli.command()
+@click.argument("digest")
+@click.argument("dest", type=click.Path())
+@json_option
+@click.pass_context
+def export(ctx, digest, dest, as_json):
+    """Materialize a stored tree as a new directory DEST (bytes, exec bits, symlinks)."""
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    store.export(info.blake3, dest)
+    emit({"exported": info.as_dict(), "dest": dest}, as_json, f"exported {info.sha256} to {dest}")
+
+
+@cli.group()
+def ref():
+    """Named pointers to objects (e.g. releases/<name>), updated with compare-and-swap."""
+
+
+@ref.command("set")
+@click.argument("name")
+@click.argument("digest")
+@click.option("--expect", help="Only update if the ref now points here (blake3; '' = must not exist).")
+@json_option
+@click.pass_context
+def ref_set(ctx, name, digest, expect, as_json):
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    if expect:
+        expect = store.resolve(expect).blake3
+    store.set_ref(name, info.blake3, expect)
+    emit({"name": name, "target": info.as_dict()}, as_json, f"{name} -> {info.blake3}")
+
+
+@ref.command("get")
+@click.argument("name")
+@json_option
+@click.pass_context
+def ref_get(ctx, name, as_json):
+    store = open_store(ctx)
+    target = store.get_ref(name)
+    if target is None:
+        raise ProvError(f"ref {name}: not set")
+    info = store.info(target)
+    emit({"name": name, "target": info.as_dict() if info else {"blake3": target}}, as_json, target)
+
+
+@ref.command("list")
+@json_option
+@click.pass_context
+def ref_list(ctx, as_json):
+    store = open_store(ctx)
+    refs = store.list_refs()
+    emit([{"name": n, "blake3": t} for n, t in refs], as_json, "\n".join(f"{t}  {n}" for n, t in refs))
+
+
+@ref.command("delete")
+@click.argument("name")
+@click.option("--expect", help="Only delete if the ref now points here.")
+@click.pass_context
+def ref_delete(ctx, name, expect):
+    store = open_store(ctx)
+    store.delete_ref(name, store.resolve(expect).blake3 if expect else None)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def fsck(ctx, as_json):
+    """Re-hash every object and cross-check the index, trees and refs. Exit 1 on any fault."""
+    from .progress import Progress
+    store = open_store(ctx)
+    with Progress("checking") as prog:
+        report = store.fsck(prog)
+    emit(report, as_json, lambda: "\n".join(
+        [f"error: {e}" for e in report["errors"]] + [f"note: {n}" for n in report["notes"]]
+        + [f"{report['objects']} objects checked: {'ok' if report['ok'] else 'FAILED'}"]))
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--grace", type=float, default=3600.0, show_default=True,
+              help="Keep unreachable objects touched within this many seconds (protects running adds).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@json_option
+@click.pass_context
+def gc(ctx, grace, dry_run, as_json):
+    """Remove objects unreachable from any ref."""
+    store = open_store(ctx)
+    report = store.gc(grace, dry_run)
+    emit(report, as_json, f"{'would remove' if dry_run else 'removed'} {report['removed']} object(s)")
+
+
+def main() -> None:
+    cli(prog_name="prov")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,537 @@
+"""The object store: byte-exact objects addressed by BLAKE3, an SQLite index, refs.
+
+Layout under the store root:
+    objects/ab/<blake3 hex>   immutable, mode 0444
+    tmp/                      staging for writes (same filesystem, so rename is atomic)
+    index.sqlite              objects (sha256 -> blake3, size, kind, times), links, refs, stat cache
+
+Write protocol (a batch): stage every new object as a temp file; make the temps
+durable (fsync for large files, one syncfs for many small ones); rename them into
+objects/; fsync the directories; then commit the index rows in one transaction.
+So an object is visible only once complete, and an index row never names a
+missing object. SIGKILL at any point leaves at most stray temps and complete
+unindexed objects, both harmless; fsck treats them as notes, not faults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import sqlite3
+import stat
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import tree as treemod
+from .digest import CHUNK, Digest, digest_bytes, hash_file, stream
+from .errors import ProvError, VerificationFailed
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects(
+    blake3 TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    kind TEXT NOT NULL, added REAL NOT NULL, touched REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_sha256 ON objects(sha256);
+CREATE TABLE IF NOT EXISTS links(parent TEXT NOT NULL, child TEXT NOT NULL,
+    PRIMARY KEY(parent, child)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refs(name TEXT PRIMARY KEY, target TEXT NOT NULL,
+    updated REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS statcache(path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
+    size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT, blake3 TEXT,
+    recorded_ns INTEGER) WITHOUT ROWID;
+"""
+REF_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+HEX = re.compile(r"^[0-9a-f]+$")
+# Kernel file timestamps come from a coarse clock (one jiffy, up to 10 ms behind);
+# a file modified this close to the moment we hashed it may change again unseen.
+RACY_NS = 50_000_000
+DEFAULT_GRACE = 3600.0
+SMALL = CHUNK  # below this, file bytes are read whole and durability is batched
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(fd: int) -> None:
+    if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
+        os.sync()
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing a range now (SYNC_FILE_RANGE_WRITE), so fsync finds less to do."""
+    fn = getattr(_libc, "sync_file_range", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn(fd, offset, nbytes, 2)
+
+
+def _fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, mv: memoryview) -> None:
+    while mv:
+        mv = mv[os.write(fd, mv):]
+
+
+def default_store_path() -> Path:
+    env = os.environ.get("PROV_STORE")
+    if env:
+        return Path(env)
+    here = Path.cwd()
+    for d in (here, *here.parents):
+        if (d / ".git").exists() or (d / "dvc.yaml").exists():
+            return d / "evidence" / "store"
+    return here / "evidence" / "store"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    blake3: str
+    sha256: str
+    size: int
+    kind: str
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "sha256": self.sha256, "blake3": self.blake3, "size": self.size}
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike | None = None, create: bool = False):
+        self.root = Path(root) if root is not None else default_store_path()
+        if not (self.root / "index.sqlite").exists():
+            if not create:
+                raise ProvError(f"{self.root}: no store here (prov add creates one; or pass --store / PROV_STORE)")
+            for d in ("objects", "tmp"):
+                (self.root / d).mkdir(parents=True, exist_ok=True)
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self.db = sqlite3.connect(self.root / "index.sqlite", timeout=120, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._tmp_seq = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def path_of(self, b3: str) -> Path:
+        return self.objects / b3[:2] / b3
+
+    # -- reading ------------------------------------------------------------------------
+
+    def info(self, b3: str) -> ObjectInfo | None:
+        row = self.db.execute("SELECT blake3, sha256, size, kind FROM objects WHERE blake3=?", (b3,)).fetchone()
+        return ObjectInfo(*row) if row else None
+
+    def resolve(self, ref: str) -> ObjectInfo:
+        """A digest (sha256 or blake3, any unique hex prefix of 4+) or a ref name -> object."""
+        text = ref.strip().lower()
+        if text.startswith(("sha256:", "blake3:")):
+            algo, text = text.split(":", 1)
+            algos = (algo,)
+        else:
+            algos = ("blake3", "sha256")
+        if not (4 <= len(text) <= 64 and HEX.match(text)):
+            target = self.get_ref(ref) if REF_NAME.match(ref) else None
+            if target is None:
+                raise ProvError(f"{ref}: not a digest (4 to 64 hex digits) or a known ref")
+            return self.info(target) or self._missing(ref)
+        hits: dict[str, ObjectInfo] = {}
+        for algo in algos:
+            for row in self.db.execute(
+                    f"SELECT blake3, sha256, size, kind FROM objects WHERE {algo} >= ? AND {algo} < ? LIMIT 3",
+                    (text, text + "g")):
+                hits[row[0]] = ObjectInfo(*row)
+        if not hits:
+            raise ProvError(f"{ref}: no such object in {self.root}")
+        if len(hits) > 1:
+            raise ProvError(f"{ref}: ambiguous digest prefix ({len(hits)} objects match; give more digits)")
+        return next(iter(hits.values()))
+
+    def _missing(self, what: str):
+        raise ProvError(f"{what}: object missing from {self.root}")
+
+    def read_bytes(self, b3: str) -> bytes:
+        try:
+            return self.path_of(b3).read_bytes()
+        except FileNotFoundError:
+            self._missing(b3)
+
+    def open(self, b3: str):
+        try:
+            return open(self.path_of(b3), "rb")
+        except FileNotFoundError:
+            self._missing(b3)
+
+    def ls(self, b3: str) -> list[dict]:
+        rows = []
+        for kind, name, size, child in treemod.parse(self.read_bytes(b3), b3):
+            ci = self.info(child)
+            rows.append({"kind": kind, "name": name, "size": size, "blake3": child,
+                         "sha256": ci.sha256 if ci else None})
+        return rows
+
+    # -- writing ------------------------------------------------------------------------
+
+    def batch(self) -> "Batch":
+        return Batch(self)
+
+    def put_bytes(self, data: bytes, kind: str, children: tuple[str, ...] = ()) -> Digest:
+        with self.batch() as b:
+            return b.put_bytes(data, kind, children)
+
+    def add(self, path: str | os.PathLike, progress: Callable[[int], None] | None = None,
+            allow_unsafe_links: bool = False) -> tuple[str, Digest]:
+        """Store a file or a directory tree; returns ('file'|'tree', digest)."""
+        p = os.fsencode(path)
+        try:
+            st = os.lstat(p)
+        except OSError as e:
+            raise ProvError(f"{os.fsdecode(p)}: {e.strerror}") from None
+        with self.batch() as b:
+            if stat.S_ISREG(st.st_mode):
+                return "file", b.put_file(p, st, progress)
+            if stat.S_ISDIR(st.st_mode):
+                b.load_statcache(os.path.abspath(p))
+                return "tree", treemod.walk(
+                    p, lambda f, s: b.put_file(f, s, progress),
+                    lambda data, d: b.put_bytes(data, "blob"),
+                    lambda data, d, entries: b.put_bytes(
+                        data, "tree", tuple(e.blake3 for e in entries), d),
+                    allow_unsafe_links)
+            raise ProvError(f"{os.fsdecode(p)}: not a regular file or directory")
+
+    # -- refs ---------------------------------------------------------------------------
+
+    def get_ref(self, name: str) -> str | None:
+        row = self.db.execute("SELECT target FROM refs WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def list_refs(self) -> list[tuple[str, str]]:
+        return list(self.db.execute("SELECT name, target FROM refs ORDER BY name"))
+
+    def set_ref(self, name: str, target_b3: str, expect: str | None = None) -> None:
+        """Point `name` at an object; with `expect`, only if it currently points there ('' = absent)."""
+        if not REF_NAME.match(name):
+            raise ProvError(f"{name}: invalid ref name (letters, digits, . _ - separated by /)")
+        with self.transaction() as db:
+            if self.info(target_b3) is None:
+                raise ProvError(f"{target_b3}: no such object; refs may only point at stored objects")
+            cur = self.get_ref(name)
+            if expect is not None and (cur or "") != expect:
+                raise VerificationFailed(f"ref {name}: expected {expect or '(absent)'}, found {cur or '(absent)'}")
+            db.execute("INSERT INTO refs(name, target, updated) VALUES(?,?,?) "
+                       "ON CONFLICT(name) DO UPDATE SET target=excluded.target, updated=excluded.updated",
+                       (name, target_b3, time.time()))
+
+    def delete_ref(self, name: str, expect: str | None = None) -> None:
+        with self.transaction() as db:
+            cur = self.get_ref(name)
+            if cur is None or (expect is not None and cur != expect):
+                raise VerificationFailed(f"ref {name}: expected {expect or '(present)'}, found {cur or '(absent)'}")
+            db.execute("DELETE FROM refs WHERE name=?", (name,))
+
+    # -- export -------------------------------------------------------------------------
+
+    def export(self, b3: str, dest: str | os.PathLike) -> None:
+        """Materialize a tree at `dest` (which must not exist): bytes, exec bits, symlinks, empty dirs."""
+        dest = Path(dest)
+        if os.path.lexists(dest):
+            raise ProvError(f"{dest}: already exists; export writes a new directory")
+        info = self.info(b3)
+        if info is None or info.kind != "tree":
+            raise ProvError(f"{b3}: not a tree (use prov cat for a blob)")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = dest.parent / f".{dest.name}.prov-export-{os.getpid()}"
+        try:
+            self._export_tree(b3, work, 0)
+            os.rename(work, dest)
+        except BaseException:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    def _export_tree(self, b3: str, at: Path, depth: int) -> None:
+        at.mkdir()
+        for kind, name, size, child in treemod.parse(self.read_bytes(b3), b3):
+            target = at / name
+            if kind == "tree":
+                self._export_tree(child, target, depth + 1)
+            elif kind == "link":
+                link = self.read_bytes(child)
+                treemod.check_link(link, depth, str(target))
+                os.symlink(link, target)
+            else:
+                with self.open(child) as src, open(target, "xb") as out:
+                    while chunk := src.read(CHUNK):
+                        out.write(chunk)
+                os.chmod(target, 0o755 if kind == "exec" else 0o644)
+
+    # -- integrity ----------------------------------------------------------------------
+
+    def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
+        """Re-hash every object; cross-check index, tree children and refs."""
+        errors: list[str] = []
+        notes: list[str] = []
+        index = {r[0]: ObjectInfo(*r) for r in self.db.execute("SELECT blake3, sha256, size, kind FROM objects")}
+        on_disk: set[str] = set()
+        for sub in sorted(self.objects.iterdir()) if self.objects.exists() else ():
+            for f in sorted(sub.iterdir()):
+                name = f.name
+                if f.parent.name != name[:2] or len(name) != 64 or not HEX.match(name):
+                    errors.append(f"objects/{sub.name}/{name}: stray file in the object directory")
+                    continue
+                on_disk.add(name)
+                d = hash_file(f, progress)
+                if d.blake3 != name:
+                    errors.append(f"object {name}: content does not match its BLAKE3 address (corrupt)")
+                    continue
+                info = index.get(name)
+                if info is None:
+                    notes.append(f"object {name}: complete but not indexed (interrupted add; gc collects it)")
+                elif info.kind != "tree" and (d.sha256 != info.sha256 or d.size != info.size):
+                    errors.append(f"object {name}: index sha256/size disagree with its content")
+        for b3, info in index.items():
+            if b3 not in on_disk:
+                errors.append(f"object {b3}: indexed but missing from objects/")
+            elif info.kind == "tree":
+                errors.extend(self._fsck_tree(info, index))
+        for name, target in self.list_refs():
+            if target not in index or target not in on_disk:
+                errors.append(f"ref {name}: dangling (points at missing object {target})")
+        temps = list(self.tmp.iterdir()) if self.tmp.exists() else []
+        if temps:
+            notes.append(f"tmp/: {len(temps)} leftover temp file(s) from interrupted writes (gc removes them)")
+        return {"ok": not errors, "objects": len(on_disk), "errors": errors, "notes": notes}
+
+    def _fsck_tree(self, info: ObjectInfo, index: dict[str, ObjectInfo]) -> list[str]:
+        try:
+            rows = treemod.parse(self.read_bytes(info.blake3), info.blake3)
+        except treemod.TreeError as e:
+            return [f"tree {info.blake3}: {e}"]
+        entries = []
+        for kind, name, size, child in rows:
+            ci = index.get(child)
+            if ci is None:
+                return [f"tree {info.blake3}: child {name} ({child}) missing"]
+            entries.append(treemod.Entry(kind, name, size, ci.sha256, child))
+        d, _ = treemod.tree_digest(entries)
+        if d.sha256 != info.sha256 or d.size != info.size:
+            return [f"tree {info.blake3}: SHA-256 view does not match the index"]
+        return []
+
+    def gc(self, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> dict:
+        """Drop objects unreachable from refs and untouched for `grace` seconds.
+
+        The grace period is what makes gc safe beside a running add: an add touches
+        every object it relies on when it commits, and stages new ones as fresh files.
+        """
+        cutoff = time.time() - grace
+        removed: list[str] = []
+        with self.transaction() as db:
+            live = {t for _, t in db.execute("SELECT name, target FROM refs")}
+            frontier = list(live)
+            while frontier:
+                nxt = []
+                for i in range(0, len(frontier), 500):
+                    part = frontier[i:i + 500]
+                    q = f"SELECT child FROM links WHERE parent IN ({','.join('?' * len(part))})"
+                    nxt.extend(c for (c,) in db.execute(q, part) if c not in live)
+                live.update(nxt)
+                frontier = nxt
+            dead = [b3 for b3, touched in db.execute("SELECT blake3, touched FROM objects")
+                    if b3 not in live and touched < cutoff]
+            indexed = {b3 for (b3,) in db.execute("SELECT blake3 FROM objects")}
+            for sub in self.objects.iterdir():
+                for f in sub.iterdir():
+                    if f.name not in indexed and f.stat().st_mtime < cutoff:
+                        dead.append(f.name)
+            if not dry_run:
+                for b3 in dead:
+                    try:
+                        os.unlink(self.path_of(b3))
+                    except FileNotFoundError:
+                        pass
+                    db.execute("DELETE FROM objects WHERE blake3=?", (b3,))
+                    db.execute("DELETE FROM links WHERE parent=?", (b3,))
+                for f in self.tmp.iterdir():
+                    if f.stat().st_mtime < cutoff:
+                        f.unlink(missing_ok=True)
+            removed = dead
+        return {"removed": len(removed), "objects": sorted(removed), "dry_run": dry_run}
+
+
+class Batch:
+    """Stage objects, then make them durable and visible together (see module doc)."""
+
+    def __init__(self, store: Store):
+        self.s = store
+        self.new: dict[str, tuple[str, Digest, str, tuple[str, ...]]] = {}  # b3 -> (tmp, digest, kind, children)
+        self.present: set[str] = set()
+        self.deferred_sync = False
+        self.statcache: dict[bytes, tuple] = {}
+        self.stat_rows: list[tuple] = []
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            for tmp, *_ in self.new.values():
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+
+    def _tmp_name(self) -> str:
+        self.s._tmp_seq += 1
+        return str(self.s.tmp / f"{os.getpid()}-{time.monotonic_ns()}-{self.s._tmp_seq}")
+
+    def _known(self, b3: str) -> bool:
+        if b3 in self.new or b3 in self.present:
+            return True
+        if self.s.db.execute("SELECT 1 FROM objects WHERE blake3=?", (b3,)).fetchone():
+            self.present.add(b3)
+            return True
+        return False
+
+    def put_bytes(self, data: bytes, kind: str, children: tuple[str, ...] = (),
+                  tree: Digest | None = None) -> Digest:
+        """Stage a small object. A tree passes its tree digest (SHA-256 view, total size) as `tree`."""
+        d = digest_bytes(data)
+        if tree is not None:
+            assert tree.blake3 == d.blake3
+            d = tree
+        if not self._known(d.blake3):
+            tmp = self._tmp_name()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            try:
+                _write_all(fd, memoryview(data))
+            finally:
+                os.close(fd)
+            self.deferred_sync = True
+            self.new[d.blake3] = (tmp, d, kind, children)
+        return d
+
+    def load_statcache(self, prefix: bytes) -> None:
+        for row in self.s.db.execute("SELECT * FROM statcache WHERE path >= ? AND path < ?",
+                                     (prefix, prefix + b"\xff")):
+            self.statcache[row[0]] = row[1:]
+
+    def put_file(self, path: bytes, st: os.stat_result, progress=None) -> Digest:
+        apath = os.path.abspath(path)
+        hit = self.statcache.get(apath)
+        if hit is None and not self.statcache:
+            row = self.s.db.execute("SELECT * FROM statcache WHERE path=?", (apath,)).fetchone()
+            hit = row[1:] if row else None
+        if hit is not None:
+            dev, ino, size, mtime_ns, ctime_ns, sha, b3, recorded_ns = hit
+            if (dev, ino, size, mtime_ns, ctime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                                        st.st_ctime_ns) \
+                    and max(mtime_ns, ctime_ns) < recorded_ns - RACY_NS and self._known(b3):
+                if progress:
+                    progress(size)
+                return Digest(sha, b3, size)
+        started = time.time_ns()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            if st.st_size < SMALL:
+                data = os.read(fd, st.st_size + 1)  # a short read of a regular file means EOF
+                if len(data) > st.st_size:  # it grew since lstat: read the rest
+                    while more := os.read(fd, 1 << 16):
+                        data += more
+                d = self.put_bytes(data, "blob")
+                if progress:
+                    progress(d.size)
+            else:
+                d = self._put_large(fd, progress)
+            now = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (now.st_mtime_ns, now.st_size) == (st.st_mtime_ns, st.st_size):
+            self.stat_rows.append((apath, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                   st.st_ctime_ns, d.sha256, d.blake3, started))
+        return d
+
+    def _put_large(self, src_fd: int, progress) -> Digest:
+        tmp = self._tmp_name()
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        window = 64 << 20
+        written = [0, 0]  # bytes written, bytes already handed to writeback
+
+        def sink(mv: memoryview) -> None:
+            _write_all(out, mv)
+            written[0] += len(mv)
+            if written[0] - written[1] >= window:
+                _start_writeback(out, written[1], written[0] - written[1])
+                written[1] = written[0]
+
+        try:
+            with open(src_fd, "rb", buffering=0, closefd=False) as src:
+                d = stream(src, sink, progress)
+            if self._known(d.blake3):
+                os.unlink(tmp)
+                return d
+            os.fsync(out)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        finally:
+            os.close(out)
+        self.new[d.blake3] = (tmp, d, "blob", ())
+        return d
+
+    def commit(self) -> None:
+        s = self.s
+        if self.new and self.deferred_sync:
+            fd = os.open(s.tmp, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+        dirs: set[str] = set()
+        for b3, (tmp, *_rest) in self.new.items():
+            sub = s.objects / b3[:2]
+            if b3[:2] not in dirs and not sub.exists():
+                sub.mkdir(exist_ok=True)
+                dirs.add("")
+            dirs.add(b3[:2])
+            os.rename(tmp, sub / b3)
+        for d in dirs:
+            _fsync_dir(s.objects / d if d else s.objects)
+        now = time.time()
+        with s.transaction() as db:
+            if self.present:
+                gone = [b3 for b3 in self.present
+                        if db.execute("UPDATE objects SET touched=? WHERE blake3=?", (now, b3)).rowcount == 0]
+                if gone:
+                    raise ProvError(f"{len(gone)} object(s) were garbage-collected during this add; run it again")
+            db.executemany(
+                "INSERT INTO objects(blake3, sha256, size, kind, added, touched) VALUES(?,?,?,?,?,?) "
+                "ON CONFLICT(blake3) DO UPDATE SET touched=excluded.touched",
+                [(b3, d.sha256, d.size, kind, now, now) for b3, (_, d, kind, _c) in self.new.items()])
+            db.executemany("INSERT OR IGNORE INTO links(parent, child) VALUES(?,?)",
+                           [(b3, c) for b3, (*_x, children) in self.new.items() for c in children])
+            db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?,?,?,?,?,?,?)", self.stat_rows)
+        self.new.clear()
+        self.present.clear()
+        self.stat_rows.clear()
