@@ -33,6 +33,10 @@ class Cli(click.Group):
             sys.exit(e.exit_code)
         except BrokenPipeError:
             sys.exit(1)
+        except OSError as e:  # a filesystem failure we did not anticipate: still one line
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"prov: error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,8 +91,12 @@ def hash_cmd(path, allow_unsafe_links, as_json):
             except OSError as e:
                 raise ProvError(f"{path}: cannot read file ({e.strerror})") from None
         elif st_.S_ISDIR(st.st_mode):
-            out = _digest_out("tree", tree.walk(path, lambda p, s: hash_file(p, prog),
-                                                allow_unsafe_links=allow_unsafe_links))
+            def file_digest(p, s):
+                try:
+                    return hash_file(p, prog)
+                except OSError as e:
+                    raise tree.TreeError(f"{os.fsdecode(p)}: cannot read file ({e.strerror})") from None
+            out = _digest_out("tree", tree.walk(path, file_digest, allow_unsafe_links=allow_unsafe_links))
         else:
             raise ProvError(f"{path}: not a regular file or directory")
     emit(out, as_json, lambda: _print_digest(path, out))

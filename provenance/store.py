@@ -49,6 +49,7 @@ HEX = re.compile(r"^[0-9a-f]+$")
 # a file modified this close to the moment we hashed it may change again unseen.
 RACY_NS = 50_000_000
 DEFAULT_GRACE = 3600.0
+TMP_PREFIX = ".tmp-"  # staged, not yet an object: skipped by readers, reported by fsck, swept by gc
 SMALL = CHUNK  # below this, file bytes are read whole and durability is batched
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -112,6 +113,7 @@ class Store:
                 (self.root / d).mkdir(parents=True, exist_ok=True)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
+        self.objects_str, self.tmp_str = str(self.objects), str(self.tmp)
         self.db = sqlite3.connect(self.root / "index.sqlite", timeout=120, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -209,7 +211,8 @@ class Store:
             if stat.S_ISREG(st.st_mode):
                 return "file", b.put_file(p, st, progress)
             if stat.S_ISDIR(st.st_mode):
-                b.load_statcache(os.path.abspath(p))
+                p = os.path.abspath(p)  # every path below is then absolute: the stat cache's key
+                b.load_statcache(p)
                 return "tree", treemod.walk(
                     p, lambda f, s: b.put_file(f, s, progress),
                     lambda data, d: b.put_bytes(data, "blob"),
@@ -292,9 +295,13 @@ class Store:
         notes: list[str] = []
         index = {r[0]: ObjectInfo(*r) for r in self.db.execute("SELECT blake3, sha256, size, kind FROM objects")}
         on_disk: set[str] = set()
+        temps = [f for f in self.tmp.iterdir()] if self.tmp.exists() else []
         for sub in sorted(self.objects.iterdir()) if self.objects.exists() else ():
             for f in sorted(sub.iterdir()):
                 name = f.name
+                if name.startswith(TMP_PREFIX):
+                    temps.append(f)
+                    continue
                 if f.parent.name != name[:2] or len(name) != 64 or not HEX.match(name):
                     errors.append(f"objects/{sub.name}/{name}: stray file in the object directory")
                     continue
@@ -316,9 +323,8 @@ class Store:
         for name, target in self.list_refs():
             if target not in index or target not in on_disk:
                 errors.append(f"ref {name}: dangling (points at missing object {target})")
-        temps = list(self.tmp.iterdir()) if self.tmp.exists() else []
         if temps:
-            notes.append(f"tmp/: {len(temps)} leftover temp file(s) from interrupted writes (gc removes them)")
+            notes.append(f"{len(temps)} leftover temp file(s) from interrupted writes (gc removes them)")
         return {"ok": not errors, "objects": len(on_disk), "errors": errors, "notes": notes}
 
     def _fsck_tree(self, info: ObjectInfo, index: dict[str, ObjectInfo]) -> list[str]:
@@ -359,9 +365,13 @@ class Store:
             dead = [b3 for b3, touched in db.execute("SELECT blake3, touched FROM objects")
                     if b3 not in live and touched < cutoff]
             indexed = {b3 for (b3,) in db.execute("SELECT blake3 FROM objects")}
+            stale_temps = [f for f in self.tmp.iterdir() if f.stat().st_mtime < cutoff]
             for sub in self.objects.iterdir():
                 for f in sub.iterdir():
-                    if f.name not in indexed and f.stat().st_mtime < cutoff:
+                    if f.name.startswith(TMP_PREFIX):
+                        if f.stat().st_mtime < cutoff:
+                            stale_temps.append(f)
+                    elif f.name not in indexed and f.stat().st_mtime < cutoff:
                         dead.append(f.name)
             if not dry_run:
                 for b3 in dead:
@@ -371,11 +381,80 @@ class Store:
                         pass
                     db.execute("DELETE FROM objects WHERE blake3=?", (b3,))
                     db.execute("DELETE FROM links WHERE parent=?", (b3,))
-                for f in self.tmp.iterdir():
-                    if f.stat().st_mtime < cutoff:
-                        f.unlink(missing_ok=True)
+                for f in stale_temps:
+                    f.unlink(missing_ok=True)
             removed = dead
         return {"removed": len(removed), "objects": sorted(removed), "dry_run": dry_run}
+
+
+class _Restage(Exception):
+    """Objects we counted on vanished before commit; the batch stages them again."""
+
+
+WINDOW = 16 << 20  # page-aligned copy/hash window; at most INFLIGHT of them mapped at once
+INFLIGHT = 3
+
+
+def _copy_and_hash(src_fd: int, out_fd: int, progress) -> Digest:
+    """Copy src into out in the kernel, window by window, while two threads hash each
+    finished window of *out* through mmap: the digest is that of the bytes we keep,
+    even if the source changes under us, and no byte crosses into user space twice."""
+    import hashlib
+    import mmap
+    import queue
+    import threading
+    from blake3 import blake3
+
+    hashers = [hashlib.sha256(), blake3()]
+    queues = [queue.SimpleQueue() for _ in hashers]
+    slots = threading.Semaphore(INFLIGHT)
+    refs: dict[int, list] = {}
+    lock = threading.Lock()
+
+    def release(key: int) -> None:
+        with lock:
+            refs[key][0] -= 1
+            if refs[key][0] == 0:
+                refs.pop(key)[1].close()
+                slots.release()
+
+    def work(h, q) -> None:
+        while (item := q.get()) is not None:
+            key, mm = item
+            h.update(mm)
+            release(key)
+
+    threads = [threading.Thread(target=work, args=(h, q), daemon=True) for h, q in zip(hashers, queues)]
+    for t in threads:
+        t.start()
+    offset = 0
+    try:
+        while True:
+            n = 0
+            while n < WINDOW:
+                got = os.copy_file_range(src_fd, out_fd, WINDOW - n)
+                if got == 0:
+                    break
+                n += got
+            if n == 0:
+                break
+            _start_writeback(out_fd, offset, n)  # so the final fsync finds little left to do
+            slots.acquire()
+            mm = mmap.mmap(out_fd, n, offset=offset, access=mmap.ACCESS_READ)
+            refs[offset] = [len(queues), mm]
+            for q in queues:
+                q.put((offset, mm))
+            offset += n
+            if progress:
+                progress(n)
+            if n < WINDOW:
+                break
+    finally:
+        for q in queues:
+            q.put(None)
+        for t in threads:
+            t.join()
+    return Digest(hashers[0].hexdigest(), hashers[1].hexdigest(), offset)
 
 
 class Batch:
@@ -385,8 +464,12 @@ class Batch:
         self.s = store
         self.new: dict[str, tuple[str, Digest, str, tuple[str, ...]]] = {}  # b3 -> (tmp, digest, kind, children)
         self.present: set[str] = set()
+        self.cached: dict[str, tuple[bytes, os.stat_result]] = {}  # b3 -> source, trusted from the stat cache
         self.deferred_sync = False
         self.statcache: dict[bytes, tuple] = {}
+        self.preloaded = False  # True once every cache row under the tree is in `statcache`
+        self.subdirs: set[str] = set()  # fan-out directories known to exist
+        self.new_subdirs = False
         self.stat_rows: list[tuple] = []
 
     def __enter__(self) -> "Batch":
@@ -397,17 +480,28 @@ class Batch:
             self.commit()
         else:
             for tmp, *_ in self.new.values():
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
+                if tmp is not None:
+                    try:
+                        os.unlink(tmp)
+                    except FileNotFoundError:
+                        pass
 
     def _tmp_name(self) -> str:
+        # one flat tmp/ (measured: creating files there beats creating them across fan-out dirs)
         self.s._tmp_seq += 1
-        return str(self.s.tmp / f"{os.getpid()}-{time.monotonic_ns()}-{self.s._tmp_seq}")
+        return os.path.join(self.s.tmp_str, f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{self.s._tmp_seq}")
+
+    def _ensure_subdir(self, prefix: str, sub: str) -> None:
+        if prefix not in self.subdirs:
+            try:
+                os.mkdir(sub)
+                self.new_subdirs = True
+            except FileExistsError:  # another writer made it first
+                pass
+            self.subdirs.add(prefix)
 
     def _known(self, b3: str) -> bool:
-        if b3 in self.new or b3 in self.present:
+        if b3 in self.new or b3 in self.present or b3 in self.cached:
             return True
         if self.s.db.execute("SELECT 1 FROM objects WHERE blake3=?", (b3,)).fetchone():
             self.present.add(b3)
@@ -433,32 +527,41 @@ class Batch:
         return d
 
     def load_statcache(self, prefix: bytes) -> None:
+        self.preloaded = True
         for row in self.s.db.execute("SELECT * FROM statcache WHERE path >= ? AND path < ?",
                                      (prefix, prefix + b"\xff")):
             self.statcache[row[0]] = row[1:]
 
-    def put_file(self, path: bytes, st: os.stat_result, progress=None) -> Digest:
-        apath = os.path.abspath(path)
-        hit = self.statcache.get(apath)
-        if hit is None and not self.statcache:
+    def put_file(self, path: bytes, st: os.stat_result, progress=None, use_cache: bool = True) -> Digest:
+        apath = path if path.startswith(b"/") else os.path.abspath(path)
+        hit = self.statcache.get(apath) if use_cache else None
+        if hit is None and use_cache and not self.preloaded:
             row = self.s.db.execute("SELECT * FROM statcache WHERE path=?", (apath,)).fetchone()
             hit = row[1:] if row else None
         if hit is not None:
             dev, ino, size, mtime_ns, ctime_ns, sha, b3, recorded_ns = hit
             if (dev, ino, size, mtime_ns, ctime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                                         st.st_ctime_ns) \
-                    and max(mtime_ns, ctime_ns) < recorded_ns - RACY_NS and self._known(b3):
+                    and max(mtime_ns, ctime_ns) < recorded_ns - RACY_NS:
+                if not (b3 in self.new or b3 in self.present):
+                    self.cached[b3] = (apath, st)  # existence checked in bulk at commit
                 if progress:
                     progress(size)
                 return Digest(sha, b3, size)
         started = time.time_ns()
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            raise treemod.TreeError(f"{os.fsdecode(path)}: cannot read file ({e.strerror})") from None
         try:
             if st.st_size < SMALL:
-                data = os.read(fd, st.st_size + 1)  # a short read of a regular file means EOF
-                if len(data) > st.st_size:  # it grew since lstat: read the rest
-                    while more := os.read(fd, 1 << 16):
-                        data += more
+                try:
+                    data = os.read(fd, st.st_size + 1)  # a short read of a regular file means EOF
+                    if len(data) > st.st_size:  # it grew since lstat: read the rest
+                        while more := os.read(fd, 1 << 16):
+                            data += more
+                except OSError as e:
+                    raise treemod.TreeError(f"{os.fsdecode(path)}: cannot read file ({e.strerror})") from None
                 d = self.put_bytes(data, "blob")
                 if progress:
                     progress(d.size)
@@ -474,20 +577,16 @@ class Batch:
 
     def _put_large(self, src_fd: int, progress) -> Digest:
         tmp = self._tmp_name()
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        window = 64 << 20
-        written = [0, 0]  # bytes written, bytes already handed to writeback
-
-        def sink(mv: memoryview) -> None:
-            _write_all(out, mv)
-            written[0] += len(mv)
-            if written[0] - written[1] >= window:
-                _start_writeback(out, written[1], written[0] - written[1])
-                written[1] = written[0]
-
+        out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            with open(src_fd, "rb", buffering=0, closefd=False) as src:
-                d = stream(src, sink, progress)
+            try:
+                d = _copy_and_hash(src_fd, out, progress)
+            except OSError:  # no in-kernel copy here (old kernel, odd filesystem): stream through us
+                os.lseek(src_fd, 0, os.SEEK_SET)
+                os.ftruncate(out, 0)
+                os.lseek(out, 0, os.SEEK_SET)
+                with open(src_fd, "rb", buffering=0, closefd=False) as src:
+                    d = stream(src, lambda mv: _write_all(out, mv), progress)
             if self._known(d.blake3):
                 os.unlink(tmp)
                 return d
@@ -501,6 +600,13 @@ class Batch:
         return d
 
     def commit(self) -> None:
+        try:
+            self._commit()
+        except _Restage as r:
+            self._restage(r.args[0])
+            self._commit()
+
+    def _commit(self) -> None:
         s = self.s
         if self.new and self.deferred_sync:
             fd = os.open(s.tmp, os.O_RDONLY | os.O_DIRECTORY)
@@ -508,23 +614,32 @@ class Batch:
                 _syncfs(fd)
             finally:
                 os.close(fd)
+            self.deferred_sync = False
         dirs: set[str] = set()
-        for b3, (tmp, *_rest) in self.new.items():
-            sub = s.objects / b3[:2]
-            if b3[:2] not in dirs and not sub.exists():
-                sub.mkdir(exist_ok=True)
-                dirs.add("")
-            dirs.add(b3[:2])
-            os.rename(tmp, sub / b3)
+        for b3, (tmp, *rest) in self.new.items():
+            if tmp is None:  # published by an earlier attempt of this commit
+                continue
+            sub = os.path.join(s.objects_str, b3[:2])
+            self._ensure_subdir(b3[:2], sub)
+            dirs.add(sub)
+            os.rename(tmp, os.path.join(sub, b3))
+            self.new[b3] = (None, *rest)
+        if self.new_subdirs:
+            dirs.add(s.objects_str)
+            self.new_subdirs = False
         for d in dirs:
-            _fsync_dir(s.objects / d if d else s.objects)
+            _fsync_dir(d)
         now = time.time()
         with s.transaction() as db:
-            if self.present:
-                gone = [b3 for b3 in self.present
-                        if db.execute("UPDATE objects SET touched=? WHERE blake3=?", (now, b3)).rowcount == 0]
-                if gone:
-                    raise ProvError(f"{len(gone)} object(s) were garbage-collected during this add; run it again")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS seen(b3 TEXT PRIMARY KEY) WITHOUT ROWID")
+            db.execute("DELETE FROM temp.seen")
+            db.executemany("INSERT OR IGNORE INTO temp.seen VALUES(?)",
+                           ((b3,) for b3 in (*self.present, *self.cached) if b3 not in self.new))
+            db.execute("UPDATE objects SET touched=? WHERE blake3 IN (SELECT b3 FROM temp.seen)", (now,))
+            gone = [b3 for (b3,) in db.execute(
+                "SELECT b3 FROM temp.seen WHERE b3 NOT IN (SELECT blake3 FROM objects)")]
+            if gone:  # collected since we looked (gc), or a stale stat cache: stage them afresh
+                raise _Restage(gone)
             db.executemany(
                 "INSERT INTO objects(blake3, sha256, size, kind, added, touched) VALUES(?,?,?,?,?,?) "
                 "ON CONFLICT(blake3) DO UPDATE SET touched=excluded.touched",
@@ -534,4 +649,14 @@ class Batch:
             db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?,?,?,?,?,?,?)", self.stat_rows)
         self.new.clear()
         self.present.clear()
+        self.cached.clear()
         self.stat_rows.clear()
+
+    def _restage(self, gone: list[str]) -> None:
+        for b3 in gone:
+            self.present.discard(b3)
+            src = self.cached.pop(b3, None)
+            if src is None:
+                raise ProvError(f"object {b3} was garbage-collected during this add; run it again")
+            if self.put_file(*src, use_cache=False).blake3 != b3:
+                raise ProvError(f"{os.fsdecode(src[0])}: changed while being added; run it again")

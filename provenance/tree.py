@@ -156,10 +156,7 @@ def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe) 
             d = _walk_dir(full, depth + 1, file_digest, put_link, put_tree, unsafe)
             entries.append(Entry("tree", name, d.size, d.sha256, d.blake3))
         elif stat.S_ISREG(mode):
-            try:
-                d = file_digest(full, st)
-            except OSError as e:
-                raise TreeError(f"{fwhere}: cannot read file ({e.strerror})") from None
+            d = file_digest(full, st)
             entries.append(Entry("exec" if mode & stat.S_IXUSR else "file", name, d.size, d.sha256, d.blake3))
         else:
             what = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)

@@ -135,7 +135,7 @@ def test_hostile_trees_rejected_store_unchanged(tmp_path, store, runtime, case, 
         assert len(lines) == 1 and needle in lines[0] and str(root / "sub") in lines[0], r.err
         assert "Traceback" not in r.err
     assert store_state(store) == before
-    assert not any((store / "tmp").iterdir())
+    assert not any((store / "tmp").iterdir()) and not list(store.rglob(".tmp-*"))
 
 
 def test_unsafe_links_allowed_on_request(tmp_path):
@@ -355,3 +355,17 @@ def test_tree_parse_rejects_malformed():
                 good.replace(b" a\0", b" ../a\0"), b"junk"):
         with pytest.raises(treemod.TreeError):
             treemod.parse(bad)
+
+
+def test_stat_cache_hit_whose_object_was_collected_is_restaged(tmp_path, runtime):
+    s = Store(tmp_path / "store", create=True)
+    time.sleep(0.1)
+    first = s.add(runtime)
+    time.sleep(0.1)
+    s.add(runtime)  # the stat cache now vouches for every file
+    removed = s.gc(grace=0)["removed"]  # nothing refers to the tree: all of it goes
+    assert removed > 0 and s.info(first[1].blake3) is None
+    assert s.add(runtime) == first
+    assert s.fsck()["ok"]
+    s.export(first[1].blake3, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(runtime)
