@@ -245,6 +245,79 @@ def gc(ctx, grace, dry_run, as_json):
     emit(report, as_json, f"{'would remove' if dry_run else 'removed'} {report['removed']} object(s)")
 
 
+# -- records --------------------------------------------------------------------------------
+
+def _record_out(record, digest, checks, as_json: bool) -> None:
+    out = {"record": record.to_json_obj(), "digest": {"sha256": digest.sha256, "blake3": digest.blake3},
+           "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
+
+    def human() -> str:
+        r = record.result
+        lines = [f"record  {digest.sha256}  (blake3 {digest.blake3[:16]})",
+                 f"score   {r.canonical_score!r}  (printed {r.printed_score}; profile {record.profile})",
+                 f"        posenet {r.posenet!r}  segnet {r.segnet!r}  rate {r.rate!r}  samples {r.samples}",
+                 f"grade   {record.grade}  axis {record.axis}: {record.allowed_use}"]
+        lines += [f"  [{'ok' if c.ok else 'FAIL' if c.severity == 'error' else 'flag'}] {c.name}: {c.detail}"
+                  for c in checks]
+        return "\n".join(lines)
+    emit(out, as_json, human)
+
+
+def _profile_option(f):
+    return click.option("--profile", "profile_name", default="comma-official-v1", show_default=True,
+                        help="Contest profile whose rules apply.")(f)
+
+
+@cli.command()
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("--archive", required=True, type=click.Path(dir_okay=False), help="The archive.zip the report scores.")
+@click.option("--runtime", type=click.Path(file_okay=False), help="The runtime tree (inflate.sh and friends).")
+@click.option("--upstream", type=click.Path(file_okay=False), help="The upstream checkout it was evaluated with.")
+@_profile_option
+@json_option
+@click.pass_context
+def adjudicate(ctx, report, archive, runtime, upstream, profile_name, as_json):
+    """Turn an official report.txt into a graded, stored EvalRecord.
+
+    Not replayed here, so the grade is `external`. Exit 1 when the report contradicts
+    the archive (size); softer findings are flagged with exit 0.
+    """
+    from .adjudicate import adjudicate_report
+    from .contest import get_profile
+    for p in (report, archive):
+        if not os.path.exists(p):
+            raise ProvError(f"{p}: no such file")
+    profile = get_profile(profile_name)
+    store = open_store(ctx, create=True)
+    record, digest, checks = adjudicate_report(store, report, archive, runtime, upstream, profile)
+    _record_out(record, digest, checks, as_json)
+    if any(not c.ok and c.severity == "error" for c in checks):
+        sys.exit(1)
+
+
+@cli.command("import-legacy")
+@click.argument("record_file", type=click.Path(dir_okay=False))
+@click.option("--archive", type=click.Path(dir_okay=False), help="archive.zip to compare (sha256, size).")
+@click.option("--runtime", type=click.Path(file_okay=False), help="Runtime tree whose files are compared to the rows.")
+@json_option
+@click.pass_context
+def import_legacy(ctx, record_file, archive, runtime, as_json):
+    """Convert a comma-lab v1 contest_auth_eval.adjudicated.json into an EvalRecord.
+
+    Recomputes the canonical score and the v1 runtime_tree_sha256; with --runtime and
+    --archive compares the real bytes. Exit 1 when any check fails.
+    """
+    from .legacy import import_legacy as run
+    for p in (record_file, archive):
+        if p and not os.path.exists(p):
+            raise ProvError(f"{p}: no such file")
+    store = open_store(ctx, create=True)
+    record, digest, checks = run(store, record_file, archive, runtime)
+    _record_out(record, digest, checks, as_json)
+    if any(not c.ok and c.severity == "error" for c in checks):
+        sys.exit(1)
+
+
 def main() -> None:
     cli(prog_name="prov")
 

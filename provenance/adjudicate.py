@@ -1,0 +1,107 @@
+"""Turn evidence (a report, an archive, a runtime tree, an upstream checkout) into an EvalRecord."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import contest
+from .contest import Check, Profile
+from .digest import Digest, hash_file
+from .errors import ProvError
+from .models import BlobDigest, CheckResult, Environment, EvalRecord, Result, Runtime, TreeDigest, Upstream
+from .store import Store
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tree_model(d: Digest) -> TreeDigest:
+    return TreeDigest(sha256=d.sha256, blake3=d.blake3, size=d.size)
+
+
+def blob_model(d: Digest) -> BlobDigest:
+    return BlobDigest(sha256=d.sha256, blake3=d.blake3, size=d.size)
+
+
+def upstream_identity(root: str | Path, store: Store | None = None) -> Upstream:
+    """What pins an upstream checkout: commit, evaluate entry point, scorer weights, videos."""
+    from . import tree as treemod
+    root = Path(root)
+    evaluate = root / "evaluate.py"
+    if not evaluate.is_file():
+        raise ProvError(f"{root}: not an upstream checkout (no evaluate.py)")
+    commit = None
+    if (root / ".git").exists():
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+        commit = r.stdout.strip() if r.returncode == 0 else None
+    weights = {}
+    models = root / "models"
+    for f in sorted(models.iterdir()) if models.is_dir() else ():
+        if f.is_file() and not f.name.startswith("."):
+            weights[f.name] = hash_file(f).sha256
+    videos = root / "videos"
+    vtree = usize = None
+    if videos.is_dir():
+        # the official evaluate.py sums *every* file under videos/: so do we
+        usize = sum(os.lstat(p).st_size for _, p in treemod.iter_files(os.fsencode(videos)))
+        vtree = tree_model(store.add(videos)[1] if store else treemod.walk(videos, lambda p, s: hash_file(p)))
+    return Upstream(commit=commit, evaluate_sha256=hash_file(evaluate).sha256, scorer_weights=weights,
+                    videos_tree=vtree, uncompressed_size=usize)
+
+
+def save_record(store: Store, record: EvalRecord, children: tuple[str, ...] = ()) -> Digest:
+    """Store a record's canonical bytes, linked to the evidence it names so gc keeps them together."""
+    return store.put_bytes(record.canonical_bytes(), "record", tuple(c for c in children if c))
+
+
+def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path,
+                      runtime: str | Path | None = None, upstream: str | Path | None = None,
+                      profile: Profile = contest.OFFICIAL, source: str = "imported-report",
+                      environment: Environment | None = None, timings: dict | None = None,
+                      inflated: Digest | None = None, label: str | None = None,
+                      extra_checks: list[Check] = ()) -> tuple[EvalRecord, Digest, list[Check]]:
+    report_bytes, rep = contest.read_report(report_path)
+    kind, archive_d = store.add(archive)
+    if kind != "file":
+        raise ProvError(f"{archive}: archive must be a file")
+    children = [archive_d.blake3]
+    runtime_d = None
+    if runtime is not None:
+        kind, runtime_d = store.add(runtime)
+        if kind != "tree":
+            raise ProvError(f"{runtime}: runtime must be a directory")
+        children.append(runtime_d.blake3)
+    up = upstream_identity(upstream, store) if upstream is not None else Upstream()
+    report_d = store.put_bytes(report_bytes, "blob")
+    children.append(report_d.blake3)
+    if up.videos_tree:
+        children.append(up.videos_tree.blake3)
+
+    checks = contest.check_report(profile, rep, archive_d.size) + list(extra_checks)
+    if up.uncompressed_size is not None:
+        checks.append(Check("upstream_videos_size", up.uncompressed_size == rep.uncompressed_size,
+                            f"videos/ holds {up.uncompressed_size:,} bytes, report says {rep.uncompressed_size:,}"))
+    contradicted = any(not c.ok and c.severity == "error" for c in checks)
+    env = environment or Environment(device=rep.config.get("device"))
+    by_name = {c.name: c for c in checks}
+    g, axis, use = contest.grade(
+        profile, source=source, device=env.device, gpu_model=env.gpu_model, samples=rep.samples,
+        platform=env.platform, custody_complete=runtime_d is not None,
+        canonical_env=by_name["uncompressed_size_canonical"].ok, sandboxed=env.sandboxed is not False,
+        contradicted=contradicted)
+    record = EvalRecord(
+        profile=profile.name, source=source, archive=blob_model(archive_d),
+        runtime=Runtime(tree=tree_model(runtime_d)) if runtime_d else Runtime(),
+        upstream=up, environment=env,
+        result=Result(samples=rep.samples, posenet=rep.posenet, segnet=rep.segnet, rate=rep.rate,
+                      canonical_score=contest.canonical_score(profile, rep), printed_score=rep.printed_score,
+                      printed=rep.printed, archive_size_reported=rep.archive_size,
+                      uncompressed_size_reported=rep.uncompressed_size),
+        report=blob_model(report_d), inflated=tree_model(inflated) if inflated else None,
+        timings=timings or {}, checks=[CheckResult(**c.as_dict()) for c in checks],
+        grade=g, axis=axis, allowed_use=use, label=label, created_at=now_rfc3339())
+    return record, save_record(store, record, tuple(children)), checks
