@@ -318,6 +318,152 @@ def import_legacy(ctx, record_file, archive, runtime, as_json):
         sys.exit(1)
 
 
+# -- keys, trust, releases, verification ------------------------------------------------------
+
+_passphrase = click.option("--passphrase-file", type=click.Path(dir_okay=False),
+                           help="File holding the private key's passphrase.")
+
+
+@cli.group()
+def key():
+    """Ed25519 signing keys."""
+
+
+@key.command("generate")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for key.pem (private, 0600) and key.pub.pem.")
+@_passphrase
+@json_option
+def key_generate(out_dir, passphrase_file, as_json):
+    """Generate an Ed25519 key pair; never overwrites an existing key."""
+    from .signing import generate_key
+    priv, pub, kid = generate_key(out_dir, passphrase_file)
+    emit({"private_key": str(priv), "public_key": str(pub), "keyid": kid}, as_json,
+         f"keyid {kid}\n  private {priv} (keep it secret)\n  public  {pub}")
+
+
+@cli.group()
+def trust():
+    """Trust policies: the keys a judge pins."""
+
+
+@trust.command("init")
+@click.option("--release-key", "release_keys", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Public key allowed to sign releases (repeat for k of n).")
+@click.option("--threshold", type=int, default=1, show_default=True, help="Distinct release keys required.")
+@click.option("--log-key", "log_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="Public key allowed to sign log checkpoints.")
+@click.option("--expires", required=True, help="RFC 3339 time after which the policy is void.")
+@click.option("--version", "version", type=int, default=1, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+def trust_init(release_keys, threshold, log_keys, expires, version, out):
+    """Write a trust policy JSON file."""
+    from .release import trust_policy, write_json
+    policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version)
+    write_json(out, policy.model_dump(mode="json", by_alias=True))
+    click.echo(f"wrote {out}: {len(policy.keys)} key(s), release threshold {threshold}")
+
+
+@cli.group()
+def release():
+    """Signed release manifests (in-toto Statement in a DSSE envelope)."""
+
+
+@release.command("create")
+@click.option("--record", "record_ref", required=True, help="EvalRecord digest (or ref) in the store, or a record file.")
+@click.option("--archive", required=True, type=click.Path(dir_okay=False))
+@click.option("--runtime", required=True, type=click.Path(file_okay=False))
+@click.option("--name", required=True, help="Release name; versions count up per name.")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key (key.pem).")
+@_passphrase
+@click.option("--expires", help="RFC 3339 time after which the release is void.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write manifest.json.")
+@json_option
+@click.pass_context
+def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase_file, expires, out, as_json):
+    """Bind archive bytes, runtime tree and score in a signed manifest.
+
+    Refuses (exit 1) when the record's digests do not match the files given.
+    """
+    from .release import create_release, write_json
+    for p in (archive, runtime, key_path):
+        if not os.path.exists(p):
+            raise ProvError(f"{p}: no such file or directory")
+    if expires:
+        from .verify import parse_time
+        parse_time(expires, "--expires")
+    store = open_store(ctx, create=True)
+    env, stmt = create_release(store, record_ref, archive, runtime, name, key_path, passphrase_file, expires)
+    write_json(out, env)
+    from .release import statement_of
+    pred = statement_of(env)["predicate"]
+    emit({"manifest": out, "statement": {"sha256": stmt.sha256, "blake3": stmt.blake3},
+          "name": name, "version": pred["version"]}, as_json,
+         f"wrote {out}: release {name} v{pred['version']}, score {pred['score']['canonical']!r} "
+         f"({pred['grade']}), statement {stmt.sha256}")
+
+
+@release.command("sign")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False))
+@_passphrase
+def release_sign(manifest, key_path, passphrase_file):
+    """Add a co-signature to an existing manifest (in place, atomically)."""
+    from .release import cosign, write_json
+    from .verify import read_envelope
+    env, _ = read_envelope(manifest)
+    out = cosign(env, key_path, passphrase_file)
+    write_json(manifest, out)
+    click.echo(f"{manifest}: now {len(out['signatures'])} signature(s)")
+
+
+@cli.command("export-checksums")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--runtime", required=True, type=click.Path(file_okay=False))
+@click.option("--archive", type=click.Path(dir_okay=False), help="Where archive.zip lies (default: OUT/archive.zip).")
+@click.option("--out", "out_dir", default=".", type=click.Path(file_okay=False), show_default=True)
+def export_checksums(manifest, runtime, archive, out_dir):
+    """Write SHA256SUMS and B3SUMS so `sha256sum -c` / `b3sum -c` check the release with stock tools."""
+    from .release import export_checksums as run
+    from .verify import read_envelope
+    env, _ = read_envelope(manifest)
+    for f in run(env, runtime, out_dir, archive):
+        click.echo(f"wrote {f}")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--trust", "trust_path", type=click.Path(dir_okay=False), help="Trust policy JSON you pinned.")
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Or: a single trusted public key.")
+@click.option("--archive", type=click.Path(dir_okay=False), help="archive.zip to check against the release.")
+@click.option("--runtime", type=click.Path(file_okay=False), help="Runtime tree to re-hash and check.")
+@click.option("--record", type=click.Path(dir_okay=False), help="EvalRecord file to check against the release.")
+@click.option("--at", "at_time", help="Judge validity at this RFC 3339 time (default: now).")
+@click.option("--state", type=click.Path(dir_okay=False), help="File remembering versions seen (rollback check).")
+@json_option
+def verify(manifest, trust_path, key_path, archive, runtime, record, at_time, state, as_json):
+    """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input."""
+    from .verify import load_trust, parse_time, verify_manifest
+    for p in (manifest, archive, record):
+        if p and not os.path.exists(p):
+            raise ProvError(f"{p}: no such file")
+    trust_ = load_trust(trust_path, key_path)
+    at = parse_time(at_time, "--at") if at_time else None
+    out = verify_manifest(manifest, trust_, archive, runtime, record, at, state)
+
+    def human() -> str:
+        lines = [f"{'✓' if c['ok'] else '✗'} {c['name']}: {c['detail']}" for c in out.checks]
+        if out.ok and out.statement:
+            p = out.statement["predicate"]
+            lines.append(f"VERIFIED: release {p['name']} v{p['version']}: score {p['score']['canonical']!r} "
+                         f"({p['grade']}, {p['profile']})")
+        else:
+            lines.append("FAILED")
+        return "\n".join(lines)
+    emit({"ok": out.ok, "checks": out.checks}, as_json, human)
+    sys.exit(0 if out.ok else 1)
+
+
 def main() -> None:
     cli(prog_name="prov")
 

@@ -112,6 +112,79 @@ class EvalRecord(Strict):
         return digest_bytes(self.canonical_bytes())
 
 
+# -- trust policy and release statements ---------------------------------------------------
+
+TRUST_POLICY_SCHEMA = "comma-lab/trust-policy/v1"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+RELEASE_PREDICATE = "https://comma-lab.dev/provenance/release/v1"
+REF_SAFE = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
+
+
+class TrustedKey(Strict):
+    keyid: str = Field(pattern=HEX64, description="hex SHA-256 of the raw 32-byte Ed25519 public key")
+    public_key: str = Field(description="PEM SubjectPublicKeyInfo")
+
+
+class Role(Strict):
+    keys: list[str] = Field(min_length=1, description="names of keys in `keys`")
+    threshold: int = Field(ge=1)
+
+
+class TrustPolicy(Strict):
+    """What a judge pins: which keys may sign releases (k of n) and log checkpoints."""
+    schema_id: Literal["comma-lab/trust-policy/v1"] = Field(default=TRUST_POLICY_SCHEMA, alias="schema")
+    version: int = Field(ge=1)
+    expires: str
+    keys: dict[str, TrustedKey]
+    roles: dict[Literal["release", "log"], Role]
+
+
+class DigestSet(Strict):
+    sha256: str = Field(pattern=HEX64)
+    blake3: str = Field(pattern=HEX64)
+
+
+class Subject(Strict):
+    name: str
+    digest: DigestSet
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Score(Strict):
+    canonical: float
+    posenet: float = Field(ge=0)
+    segnet: float = Field(ge=0)
+    rate: float = Field(ge=0)
+    samples: int = Field(ge=0)
+
+
+class ReleasePredicate(Strict):
+    name: str = Field(pattern=REF_SAFE)
+    version: int = Field(ge=1, description="monotonic per release name")
+    previous: Optional[str] = Field(default=None, pattern=HEX64,
+                                    description="sha256 of the previous statement of this name")
+    issued_at: str
+    expires: Optional[str] = None
+    profile: str
+    score: Score
+    archive_size: int = Field(ge=0)
+    grade: Literal["A++", "A", "contest-CPU", "B", "external", "invalid"]
+    axis: str
+    record: DigestSet
+    upstream: Upstream
+    log: Optional[dict[str, str]] = Field(default=None, description="where the evidence is logged (origin)")
+
+
+class Statement(Strict):
+    type_: Literal["https://in-toto.io/Statement/v1"] = Field(default=STATEMENT_TYPE, alias="_type")
+    subject: list[Subject] = Field(min_length=2, max_length=2)
+    predicateType: Literal["https://comma-lab.dev/provenance/release/v1"] = RELEASE_PREDICATE
+    predicate: ReleasePredicate
+
+    def to_json_obj(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def load_record(data: bytes, where: str = "record") -> EvalRecord:
     from pydantic import ValidationError
     from .errors import ProvError
@@ -124,7 +197,9 @@ def load_record(data: bytes, where: str = "record") -> EvalRecord:
         raise ProvError(f"{where}: not an {EVAL_RECORD_SCHEMA} record ({loc}: {first['msg']})") from None
 
 
-SCHEMAS = {"eval-record.v1.json": EvalRecord}
+SCHEMAS = {"eval-record.v1.json": EvalRecord, "trust-policy.v1.json": TrustPolicy,
+           "release-statement.v1.json": Statement}
+SCHEMA_DIR = __import__("pathlib").Path(__file__).parent / "schemas"
 
 
 def json_schemas() -> dict[str, dict]:
@@ -141,6 +216,5 @@ def write_schemas(out_dir) -> list[str]:
     return sorted(json_schemas())
 
 
-if __name__ == "__main__":  # python -m provenance.models schemas/
-    import sys
-    print("\n".join(write_schemas(sys.argv[1] if len(sys.argv) > 1 else "schemas")))
+if __name__ == "__main__":  # python -m provenance.models: regenerate provenance/schemas/
+    print("\n".join(write_schemas(SCHEMA_DIR)))

@@ -174,7 +174,7 @@ def test_grade_table():
 def test_schemas_do_not_drift():
     for name, schema in json_schemas().items():
         on_disk = json.loads((REPO / "schemas" / name).read_text())
-        assert on_disk == schema, f"schemas/{name} is stale: run python -m provenance.models schemas"
+        assert on_disk == schema, f"schemas/{name} is stale: run python -m provenance.models"
 
 
 def test_record_round_trip_through_store(tmp_path, store, archive):

@@ -1,0 +1,169 @@
+"""Release statements (in-toto Statement v1 in a DSSE envelope): create, co-sign, export checksums."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import canonical, signing
+from .adjudicate import now_rfc3339
+from .digest import Digest
+from .errors import ProvError, VerificationFailed
+from .models import (DigestSet, EvalRecord, ReleasePredicate, Score, Statement, Subject, TrustedKey,
+                     TrustPolicy, Role, load_record)
+from .store import Store
+
+TREE_ANNOTATION = {"digestAlgorithm": "prov-tree-v1"}
+
+
+def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def resolve_record(store: Store, ref: str) -> tuple[EvalRecord, Digest]:
+    """A record given as a file (stored on the way) or as a digest/ref in the store."""
+    if os.path.isfile(ref):
+        record = load_record(Path(ref).read_bytes(), ref)
+        return record, store.put_bytes(record.canonical_bytes(), "record")
+    info = store.resolve(ref)
+    if info.kind != "record":
+        raise ProvError(f"{ref}: not an evaluation record (it is a {info.kind})")
+    data = store.read_bytes(info.blake3)
+    return load_record(data, ref), Digest(info.sha256, info.blake3, info.size)
+
+
+def statement_of(envelope: dict) -> dict:
+    return canonical.loads(signing.b64d(envelope["payload"], "payload"), "payload")
+
+
+def create_release(store: Store, record_ref: str, archive: str | Path, runtime: str | Path, name: str,
+                   key_path: str | Path, passphrase_file=None, expires: str | None = None,
+                   log_origin: str | None = None) -> tuple[dict, Digest]:
+    key = signing.load_private(key_path, passphrase_file)
+    record, record_d = resolve_record(store, record_ref)
+    kind, archive_d = store.add(archive)
+    if kind != "file":
+        raise ProvError(f"{archive}: archive must be a file")
+    kind, runtime_d = store.add(runtime)
+    if kind != "tree":
+        raise ProvError(f"{runtime}: runtime must be a directory")
+    ra, rt = record.archive, record.runtime.tree
+    if ra.sha256 != archive_d.sha256 or ra.size != archive_d.size or (ra.blake3 and ra.blake3 != archive_d.blake3):
+        raise VerificationFailed(f"{archive}: does not match the record (record sha256 {ra.sha256}, "
+                                 f"file {archive_d.sha256})")
+    if rt is None:
+        raise VerificationFailed("the record has no runtime tree digest: it cannot bind a runtime")
+    if (rt.sha256, rt.blake3) != (runtime_d.sha256, runtime_d.blake3):
+        raise VerificationFailed(f"{runtime}: does not match the record (record tree {rt.sha256}, "
+                                 f"directory {runtime_d.sha256})")
+    ref = f"releases/{name}"
+    prev_b3 = store.get_ref(ref)
+    version, previous = 1, None
+    if prev_b3:
+        prev = canonical.loads(store.read_bytes(prev_b3), ref)
+        version = prev["predicate"]["version"] + 1
+        previous = store.info(prev_b3).sha256
+    res = record.result
+    statement = Statement(
+        subject=[Subject(name="archive.zip", digest=DigestSet(sha256=archive_d.sha256, blake3=archive_d.blake3)),
+                 Subject(name="runtime/", digest=DigestSet(sha256=runtime_d.sha256, blake3=runtime_d.blake3),
+                         annotations=TREE_ANNOTATION)],
+        predicate=ReleasePredicate(
+            name=name, version=version, previous=previous, issued_at=now_rfc3339(), expires=expires,
+            profile=record.profile, score=Score(canonical=res.canonical_score, posenet=res.posenet,
+                                                segnet=res.segnet, rate=res.rate, samples=res.samples),
+            archive_size=archive_d.size, grade=record.grade, axis=record.axis,
+            record=DigestSet(sha256=record_d.sha256, blake3=record_d.blake3), upstream=record.upstream,
+            log={"origin": log_origin} if log_origin else None))
+    payload = canonical.dumps(statement.to_json_obj())
+    env = signing.envelope(payload, key)
+    stmt_d = store.put_bytes(payload, "statement", (record_d.blake3, archive_d.blake3, runtime_d.blake3))
+    store.set_ref(ref, stmt_d.blake3, expect=prev_b3 or "")  # a concurrent release of this name loses here
+    return env, stmt_d
+
+
+def cosign(manifest: dict, key_path: str | Path, passphrase_file=None) -> dict:
+    key = signing.load_private(key_path, passphrase_file)
+    payload = signing.b64d(manifest.get("payload", ""), "payload")
+    ptype = manifest.get("payloadType")
+    if not isinstance(ptype, str) or not isinstance(manifest.get("signatures"), list):
+        raise ProvError("manifest: not a DSSE envelope (payloadType, signatures)")
+    kid = signing.keyid(key.public_key())
+    if signing.verified_keys(ptype, payload, manifest["signatures"], {kid: key.public_key()}):
+        raise ProvError(f"manifest: already signed by key {kid[:16]}")
+    out = dict(manifest)
+    out["signatures"] = [*manifest["signatures"], signing.sign(key, ptype, payload)]
+    return out
+
+
+def export_checksums(manifest: dict, runtime: str | Path, out_dir: str | Path,
+                     archive: str | Path | None = None) -> list[Path]:
+    """SHA256SUMS and B3SUMS for archive.zip and every runtime file, checkable with stock tools."""
+    from . import tree as treemod
+    from .digest import hash_file
+    stmt = statement_of(manifest)
+    subjects = {s["name"]: s["digest"] for s in stmt.get("subject", [])}
+    if "archive.zip" not in subjects or "runtime/" not in subjects:
+        raise ProvError("manifest: statement lacks the archive.zip and runtime/ subjects")
+    rt = treemod.walk(runtime, lambda p, s: hash_file(p))
+    if rt.sha256 != subjects["runtime/"]["sha256"]:
+        raise VerificationFailed(f"{runtime}: tree {rt.sha256} is not the released runtime "
+                                 f"{subjects['runtime/']['sha256']}")
+    out = Path(out_dir)
+    archive_name = os.path.relpath(archive, out) if archive else "archive.zip"
+    sha_lines = [f"{subjects['archive.zip']['sha256']}  {archive_name}"]
+    b3_lines = [f"{subjects['archive.zip']['blake3']}  {archive_name}"]
+    for rel, full in treemod.iter_files(os.fsencode(runtime)):
+        d = hash_file(full)
+        name = os.path.relpath(os.fsdecode(full), out)
+        sha_lines.append(f"{d.sha256}  {name}")
+        b3_lines.append(f"{d.blake3}  {name}")
+    files = [out / "SHA256SUMS", out / "B3SUMS"]
+    write_atomic(files[0], ("\n".join(sha_lines) + "\n").encode())
+    write_atomic(files[1], ("\n".join(b3_lines) + "\n").encode())
+    return files
+
+
+def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], expires: str,
+                 version: int = 1) -> TrustPolicy:
+    keys: dict[str, TrustedKey] = {}
+    names: dict[str, list[str]] = {"release": [], "log": []}
+    for role, paths in (("release", release_keys), ("log", log_keys)):
+        for p in paths:
+            pub = signing.load_public(p)
+            kid = signing.keyid(pub)
+            name = next((n for n, k in keys.items() if k.keyid == kid), None)
+            if name is None:
+                name = f"{Path(p).stem.replace('.pub', '')}-{kid[:8]}"
+                keys[name] = TrustedKey(keyid=kid, public_key=signing.public_pem(pub))
+            names[role].append(name)
+    if not names["release"]:
+        raise ProvError("a trust policy needs at least one release key")
+    if not 1 <= threshold <= len(set(names["release"])):
+        raise ProvError(f"threshold {threshold} must be between 1 and {len(set(names['release']))}")
+    datetime.fromisoformat(expires.replace("Z", "+00:00"))
+    roles = {"release": Role(keys=sorted(set(names["release"])), threshold=threshold)}
+    if names["log"]:
+        roles["log"] = Role(keys=sorted(set(names["log"])), threshold=1)
+    return TrustPolicy(version=version, expires=expires, keys=keys, roles=roles)

@@ -1,0 +1,274 @@
+"""Offline verification of a release manifest. Imports nothing heavy: no pydantic, torch, av, dvc.
+
+Mechanism first, then policy (after sigstore's Verifier/Policy split): the signatures over
+the PAE, the payload type and strict parsing gate everything else; nothing in the payload
+is believed before enough trusted keys have signed exactly those bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import jsonschema_lite, signing
+from .errors import ProvError
+
+
+@dataclass
+class Outcome:
+    checks: list[dict] = field(default_factory=list)
+    statement: dict | None = None
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append({"name": name, "ok": bool(ok), "detail": detail})
+        return ok
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c["ok"] for c in self.checks)
+
+
+def parse_time(text: str, what: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ProvError(f"{what}: not an RFC 3339 time ({text!r})") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _loads_tracking_dupes(data: bytes, what: str) -> tuple[object, list[str]]:
+    dupes: list[str] = []
+
+    def hook(pairs):
+        d = {}
+        for k, v in pairs:
+            if k in d:
+                dupes.append(k)
+            d[k] = v
+        return d
+
+    def no_constant(c):
+        raise ValueError(f"non-finite number {c}")
+    try:
+        return json.loads(data, object_pairs_hook=hook, parse_constant=no_constant), dupes
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProvError(f"{what}: not valid JSON ({e})") from None
+
+
+@dataclass
+class Trust:
+    keys: dict[str, tuple[str, object]]  # keyid -> (name, public key)
+    release: set[str]
+    threshold: int
+    log: set[str]
+    expires: datetime | None
+    source: str
+
+
+def load_trust(trust_path: str | None, key_path: str | None) -> Trust:
+    if key_path:
+        pub = signing.load_public(key_path)
+        kid = signing.keyid(pub)
+        return Trust({kid: (Path(key_path).name, pub)}, {kid}, 1, {kid}, None, str(key_path))
+    if not trust_path:
+        raise ProvError("give --trust trust.json or --key pub.pem: whom do you trust?")
+    try:
+        data = Path(trust_path).read_bytes()
+    except OSError as e:
+        raise ProvError(f"{trust_path}: {e.strerror}") from None
+    doc, dupes = _loads_tracking_dupes(data, trust_path)
+    errs = (["duplicate keys " + ", ".join(dupes)] if dupes else []) + jsonschema_lite.validate(doc, "trust-policy.v1.json")
+    if errs:
+        raise ProvError(f"{trust_path}: not a valid trust policy ({errs[0]})")
+    keys = {}
+    by_name = {}
+    for name, k in doc["keys"].items():
+        pub = signing.load_public_pem(k["public_key"], f"{trust_path}: key {name}")
+        if signing.keyid(pub) != k["keyid"]:
+            raise ProvError(f"{trust_path}: key {name}: keyid does not match its public key")
+        keys[k["keyid"]] = (name, pub)
+        by_name[name] = k["keyid"]
+
+    def role(r: str) -> tuple[set[str], int]:
+        spec = doc["roles"].get(r)
+        if spec is None:
+            return set(), 0
+        missing = [n for n in spec["keys"] if n not in by_name]
+        if missing:
+            raise ProvError(f"{trust_path}: role {r} names unknown key(s) {missing}")
+        ids = {by_name[n] for n in spec["keys"]}
+        if spec["threshold"] > len(ids):
+            raise ProvError(f"{trust_path}: role {r} threshold {spec['threshold']} exceeds its {len(ids)} key(s)")
+        return ids, spec["threshold"]
+    release, threshold = role("release")
+    if not release:
+        raise ProvError(f"{trust_path}: no release role")
+    log, _ = role("log")
+    return Trust(keys, release, threshold, log, parse_time(doc["expires"], f"{trust_path}: expires"), str(trust_path))
+
+
+def read_envelope(path: str | Path) -> tuple[dict, list[str]]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ProvError(f"{path}: {e.strerror}") from None
+    env, dupes = _loads_tracking_dupes(data, str(path))
+    if not isinstance(env, dict) or not isinstance(env.get("payload"), str) \
+            or not isinstance(env.get("payloadType"), str) or not isinstance(env.get("signatures"), list):
+        raise ProvError(f"{path}: not a DSSE envelope (needs payload, payloadType, signatures)")
+    return env, dupes
+
+
+def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = None, runtime: str | None = None,
+                    record: str | None = None, at: datetime | None = None, state: str | None = None) -> Outcome:
+    out = Outcome()
+    env, env_dupes = read_envelope(manifest)
+    payload = signing.b64d(env["payload"], f"{manifest}: payload")
+    ptype = env["payloadType"]
+
+    # 1. signatures over the PAE, by keys we trust, before anything in the payload is read
+    release_keys = {k: trust.keys[k][1] for k in trust.release}
+    good = signing.verified_keys(ptype, payload, env["signatures"], release_keys)
+    names = ", ".join(sorted(trust.keys[k][0] for k in good))
+    if not out.add("signatures", bool(good),
+                   f"{len(good)} trusted key(s) signed the payload ({names})" if good
+                   else f"no valid signature by a trusted key among {len(env['signatures'])} signature(s)"):
+        return out
+    # 2. payload type
+    if not out.add("payload_type", ptype == signing.IN_TOTO, f"{ptype}"):
+        return out
+    # 3. strict parsing
+    stmt, dupes = _loads_tracking_dupes(payload, "payload")
+    from . import canonical
+    canonical_ok = not dupes and isinstance(stmt, dict) and canonical.dumps(stmt) == payload
+    if not out.add("strict_json", canonical_ok and not env_dupes,
+                   "payload is RFC 8785 canonical JSON, no duplicate keys" if canonical_ok and not env_dupes
+                   else f"duplicate key(s) {sorted(set(dupes + env_dupes))}" if dupes or env_dupes
+                   else "payload is not RFC 8785 canonical JSON"):
+        return out
+    # 4. threshold of distinct trusted keys
+    out.add("threshold", len(good) >= trust.threshold,
+            f"{len(good)} of {trust.threshold} required distinct release key(s)")
+    # 5. statement schema
+    errs = jsonschema_lite.validate(stmt, "release-statement.v1.json")
+    if not out.add("statement_schema", not errs, "in-toto Statement v1, comma-lab release predicate"
+                   if not errs else errs[0]):
+        return out
+    out.statement = stmt
+    pred = stmt["predicate"]
+    subjects = {s["name"]: s["digest"] for s in stmt["subject"]}
+    # 6. the bytes the judge holds
+    if archive is not None:
+        from .digest import hash_file
+        try:
+            d = hash_file(archive)
+        except OSError as e:
+            raise ProvError(f"{archive}: {e.strerror}") from None
+        want = subjects.get("archive.zip", {})
+        out.add("archive_digest", (d.sha256, d.blake3) == (want.get("sha256"), want.get("blake3"))
+                and d.size == pred["archive_size"],
+                f"sha256 {d.sha256[:16]}.. {'matches' if d.sha256 == want.get('sha256') else 'differs from'} "
+                f"the release ({str(want.get('sha256'))[:16]}..), {d.size:,} bytes")
+    if runtime is not None:
+        from . import tree as treemod
+        from .digest import hash_file
+        if not os.path.isdir(runtime):
+            raise ProvError(f"{runtime}: not a directory")
+        try:
+            t = treemod.walk(runtime, lambda p, s: hash_file(p))
+            want = subjects.get("runtime/", {})
+            out.add("runtime_tree", (t.sha256, t.blake3) == (want.get("sha256"), want.get("blake3")),
+                    f"prov-tree-v1 {t.sha256[:16]}.. {'matches' if t.sha256 == want.get('sha256') else 'differs from'}"
+                    f" the release ({str(want.get('sha256'))[:16]}..)")
+        except treemod.TreeError as e:
+            out.add("runtime_tree", False, str(e))
+    # 7. the score follows from its components under the record's profile
+    from . import contest
+    sc = pred["score"]
+    try:
+        profile = contest.get_profile(pred["profile"])
+        again = profile.score(sc["posenet"], sc["segnet"], sc["rate"])
+        out.add("score_recomputes", again == sc["canonical"] and sc["samples"] == profile.samples,
+                f"{again!r} from components under {profile.name}; statement says {sc['canonical']!r}, "
+                f"{sc['samples']} samples")
+    except ProvError as e:
+        out.add("score_recomputes", False, str(e))
+    # 8. the record behind it
+    if record is not None:
+        out.add(*_check_record(record, pred))
+    # 9. time
+    now = at or datetime.now(timezone.utc)
+    problems = []
+    if pred.get("expires") and parse_time(pred["expires"], "statement expires") <= now:
+        problems.append(f"release expired at {pred['expires']}")
+    if trust.expires and trust.expires <= now:
+        problems.append(f"trust policy expired at {trust.expires.isoformat()}")
+    if parse_time(pred["issued_at"], "statement issued_at") > now:
+        problems.append(f"issued in the future ({pred['issued_at']})")
+    out.add("not_expired", not problems, "; ".join(problems) or f"valid at {now.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    # 10. rollback
+    digest = hashlib.sha256(payload).hexdigest()
+    if state is not None:
+        out.add(*_check_state(state, pred, digest))
+    if out.ok and state is not None:
+        _remember(state, pred, digest)
+    return out
+
+
+def _check_record(record: str, pred: dict) -> tuple[str, bool, str]:
+    from blake3 import blake3
+    try:
+        data = Path(record).read_bytes()
+    except OSError as e:
+        raise ProvError(f"{record}: {e.strerror}") from None
+    sha, b3 = hashlib.sha256(data).hexdigest(), blake3(data).hexdigest()
+    if (sha, b3) != (pred["record"]["sha256"], pred["record"]["blake3"]):
+        return "record_digest", False, f"record file sha256 {sha[:16]}.. is not the released {pred['record']['sha256'][:16]}.."
+    rec, _ = _loads_tracking_dupes(data, record)
+    r = rec.get("result", {}) if isinstance(rec, dict) else {}
+    same = (r.get("canonical_score") == pred["score"]["canonical"] and r.get("samples") == pred["score"]["samples"]
+            and rec.get("grade") == pred["grade"])
+    return "record_digest", same, ("record bytes match; score, samples and grade agree" if same
+                                   else "record bytes match but its result disagrees with the statement")
+
+
+def _check_state(state: str, pred: dict, digest: str) -> tuple[str, bool, str]:
+    seen = _read_state(state).get("releases", {}).get(pred["name"])
+    if not seen:
+        return "rollback", True, f"first sight of {pred['name']} (v{pred['version']}); remembered in {state}"
+    v = pred["version"]
+    if v < seen["version"]:
+        return "rollback", False, f"version {v} is older than v{seen['version']} seen before: rollback"
+    if v == seen["version"] and digest != seen["statement_sha256"]:
+        return "rollback", False, f"a different statement for v{v} was seen before: fork"
+    return "rollback", True, f"v{v} >= v{seen['version']} seen before"
+
+
+def _read_state(state: str) -> dict:
+    if not os.path.exists(state):
+        return {}
+    try:
+        doc = json.loads(Path(state).read_bytes())
+    except (OSError, ValueError) as e:
+        raise ProvError(f"{state}: unreadable verifier state ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("releases", {}), dict):
+        raise ProvError(f"{state}: not a verifier state file")
+    return doc
+
+
+def _remember(state: str, pred: dict, digest: str) -> None:
+    doc = _read_state(state)
+    rel = doc.setdefault("releases", {})
+    cur = rel.get(pred["name"])
+    if not cur or pred["version"] >= cur["version"]:
+        rel[pred["name"]] = {"version": pred["version"], "statement_sha256": digest}
+    tmp = f"{state}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, state)
