@@ -54,8 +54,11 @@ def upstream_identity(root: str | Path, store: Store | None = None) -> Upstream:
 
 
 def save_record(store: Store, record: EvalRecord, children: tuple[str, ...] = ()) -> Digest:
-    """Store a record's canonical bytes, linked to the evidence it names so gc keeps them together."""
-    return store.put_bytes(record.canonical_bytes(), "record", tuple(c for c in children if c))
+    """Store a record's canonical bytes, linked to the evidence it names so gc keeps them together,
+    and append it to the evidence log."""
+    d = store.put_bytes(record.canonical_bytes(), "record", tuple(c for c in children if c))
+    store.log_object(d.blake3)
+    return d
 
 
 def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path,

@@ -377,10 +377,13 @@ def release():
 @click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key (key.pem).")
 @_passphrase
 @click.option("--expires", help="RFC 3339 time after which the release is void.")
+@click.option("--log-key", "log_key", type=click.Path(dir_okay=False),
+              help="Log key: checkpoint the evidence log and embed the statement's proofs.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write manifest.json.")
 @json_option
 @click.pass_context
-def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase_file, expires, out, as_json):
+def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase_file, expires, log_key, out,
+                   as_json):
     """Bind archive bytes, runtime tree and score in a signed manifest.
 
     Refuses (exit 1) when the record's digests do not match the files given.
@@ -393,7 +396,8 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
         from .verify import parse_time
         parse_time(expires, "--expires")
     store = open_store(ctx, create=True)
-    env, stmt = create_release(store, record_ref, archive, runtime, name, key_path, passphrase_file, expires)
+    env, stmt = create_release(store, record_ref, archive, runtime, name, key_path, passphrase_file, expires,
+                               log_key)
     write_json(out, env)
     from .release import statement_of
     pred = statement_of(env)["predicate"]
@@ -440,16 +444,22 @@ def export_checksums(manifest, runtime, archive, out_dir):
 @click.option("--record", type=click.Path(dir_okay=False), help="EvalRecord file to check against the release.")
 @click.option("--at", "at_time", help="Judge validity at this RFC 3339 time (default: now).")
 @click.option("--state", type=click.Path(dir_okay=False), help="File remembering versions seen (rollback check).")
+@click.option("--since", "since_path", type=click.Path(dir_okay=False),
+              help="A log checkpoint you saw before: check the log only grew since.")
 @json_option
-def verify(manifest, trust_path, key_path, archive, runtime, record, at_time, state, as_json):
+def verify(manifest, trust_path, key_path, archive, runtime, record, at_time, state, since_path, as_json):
     """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input."""
     from .verify import load_trust, parse_time, verify_manifest
-    for p in (manifest, archive, record):
+    for p in (manifest, archive, record, since_path):
         if p and not os.path.exists(p):
             raise ProvError(f"{p}: no such file")
     trust_ = load_trust(trust_path, key_path)
     at = parse_time(at_time, "--at") if at_time else None
-    out = verify_manifest(manifest, trust_, archive, runtime, record, at, state)
+    since = None
+    if since_path:
+        from .logbook import read_note
+        since = read_note(since_path)
+    out = verify_manifest(manifest, trust_, archive, runtime, record, at, state, since)
 
     def human() -> str:
         lines = [f"{'✓' if c['ok'] else '✗'} {c['name']}: {c['detail']}" for c in out.checks]
@@ -462,6 +472,116 @@ def verify(manifest, trust_path, key_path, archive, runtime, record, at_time, st
         return "\n".join(lines)
     emit({"ok": out.ok, "checks": out.checks}, as_json, human)
     sys.exit(0 if out.ok else 1)
+
+
+# -- the evidence log ---------------------------------------------------------------------------
+
+@cli.group("log")
+def log_group():
+    """The append-only evidence log (RFC 9162 Merkle tree, C2SP signed checkpoints)."""
+
+
+def _hex(hs) -> list[str]:
+    return [h.hex() for h in hs]
+
+
+@log_group.command("append")
+@click.argument("digest")
+@json_option
+@click.pass_context
+def log_append(ctx, digest, as_json):
+    """Append a stored object (record, statement, verdict...) to the log; idempotent."""
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    index, new = store.log_object(info.blake3)
+    emit({"index": index, "appended": new, "size": store.log.size(), "object": info.as_dict()}, as_json,
+         f"{'appended' if new else 'already logged'}: {info.kind} {info.sha256} at index {index}")
+
+
+@log_group.command("checkpoint")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Log signing key.")
+@_passphrase
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the checkpoint note here.")
+@json_option
+@click.pass_context
+def log_checkpoint(ctx, key_path, passphrase_file, out, as_json):
+    """Sign a checkpoint (origin, size, root) of the log as it is now."""
+    from .logbook import checkpoint
+    from .signing import load_private
+    store = open_store(ctx)
+    note = checkpoint(store, load_private(key_path, passphrase_file))
+    if out:
+        from .release import write_atomic
+        write_atomic(out, note.encode())
+    from .translog import parse_checkpoint
+    cp = parse_checkpoint(note)
+    emit({"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note}, as_json, note.rstrip("\n"))
+
+
+@log_group.command("prove")
+@click.argument("digest")
+@click.option("--size", type=int, help="Tree size to prove against (default: the whole log).")
+@json_option
+@click.pass_context
+def log_prove(ctx, digest, size, as_json):
+    """Inclusion proof of a logged object."""
+    from .translog import entry_bytes, leaf_hash, verify_inclusion
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    log = store.log
+    leaf = leaf_hash(entry_bytes(info.kind, info.sha256, info.blake3))
+    index = log.index_of(leaf)
+    if index is None:
+        raise ProvError(f"{digest}: not in the log (prov log append it first)")
+    size = log.size() if size is None else size
+    if not index < size <= log.size():
+        raise ProvError(f"--size {size}: must be above the leaf's index {index} and at most {log.size()}")
+    proof, root = log.inclusion_proof(index, size), log.root(size)
+    verify_inclusion(leaf, index, size, proof, root)
+    emit({"index": index, "size": size, "leaf_hash": leaf.hex(), "root": root.hex(), "proof": _hex(proof)},
+         as_json, f"leaf {index} of {size}, root {root.hex()}\n" + "\n".join(_hex(proof)))
+
+
+@log_group.command("consistency")
+@click.argument("old", type=click.Path(dir_okay=False, exists=True))
+@click.argument("new", type=click.Path(dir_okay=False, exists=True))
+@click.option("--trust", "trust_path", type=click.Path(dir_okay=False), help="Also check both signatures.")
+@json_option
+@click.pass_context
+def log_consistency(ctx, old, new, trust_path, as_json):
+    """Prove from the store's log that checkpoint NEW extends checkpoint OLD."""
+    from .logbook import read_note
+    from .translog import parse_checkpoint, verify_checkpoint, verify_consistency
+    notes = [read_note(old), read_note(new)]
+    if trust_path:
+        from .verify import load_trust
+        t = load_trust(trust_path, None)
+        cps = [verify_checkpoint(n, {k: t.keys[k][1] for k in t.log})[0] for n in notes]
+    else:
+        cps = [parse_checkpoint(n) for n in notes]
+    a, b = cps
+    if a.origin != b.origin:
+        raise ProvError(f"checkpoints are of different logs ({a.origin}, {b.origin})")
+    store = open_store(ctx)
+    if b.size > store.log.size():
+        raise ProvError(f"{new}: size {b.size} is beyond this store's log ({store.log.size()})")
+    proof = store.log.consistency_proof(a.size, b.size)
+    verify_consistency(a.size, b.size, proof, a.root, b.root)
+    emit({"ok": True, "size1": a.size, "size2": b.size, "proof": _hex(proof)}, as_json,
+         f"consistent: {a.size} -> {b.size} ({len(proof)} hashes)")
+
+
+@log_group.command("verify")
+@json_option
+@click.pass_context
+def log_verify(ctx, as_json):
+    """Recompute every node and checkpoint root from the leaves. Exit 1 on any mismatch."""
+    store = open_store(ctx)
+    problems = store.log.recompute()
+    emit({"ok": not problems, "size": store.log.size(), "problems": problems}, as_json,
+         "\n".join(problems + [f"log of {store.log.size()} leaves: {'ok' if not problems else 'FAILED'}"]))
+    if problems:
+        sys.exit(1)
 
 
 def main() -> None:

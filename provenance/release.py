@@ -59,8 +59,10 @@ def statement_of(envelope: dict) -> dict:
 
 def create_release(store: Store, record_ref: str, archive: str | Path, runtime: str | Path, name: str,
                    key_path: str | Path, passphrase_file=None, expires: str | None = None,
-                   log_origin: str | None = None) -> tuple[dict, Digest]:
+                   log_key_path: str | Path | None = None, log_passphrase_file=None) -> tuple[dict, Digest]:
     key = signing.load_private(key_path, passphrase_file)
+    log_key = signing.load_private(log_key_path, log_passphrase_file) if log_key_path else None
+    log_origin = store.log.origin() if log_key else None
     record, record_d = resolve_record(store, record_ref)
     kind, archive_d = store.add(archive)
     if kind != "file":
@@ -100,6 +102,12 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     env = signing.envelope(payload, key)
     stmt_d = store.put_bytes(payload, "statement", (record_d.blake3, archive_d.blake3, runtime_d.blake3))
     store.set_ref(ref, stmt_d.blake3, expect=prev_b3 or "")  # a concurrent release of this name loses here
+    if log_key is not None:
+        from .logbook import release_log_bundle
+        store.log_object(record_d.blake3)
+        env["log"] = release_log_bundle(store, stmt_d.blake3, log_key)
+    else:
+        store.log_object(stmt_d.blake3)
     return env, stmt_d
 
 

@@ -117,11 +117,26 @@ class Store:
         self.db = sqlite3.connect(self.root / "index.sqlite", timeout=120, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: index inserts by hash land at random pages
         self.db.executescript(SCHEMA)
         self._tmp_seq = 0
 
     def close(self) -> None:
         self.db.close()
+
+    @property
+    def log(self):
+        """The evidence log kept in this store's index (provenance.translog)."""
+        from .translog import Log
+        if getattr(self, "_log", None) is None:
+            self._log = Log(self.db)
+        return self._log
+
+    def log_object(self, b3: str) -> tuple[int, bool]:
+        """Append a stored object to the evidence log (idempotent): (leaf index, newly appended)."""
+        from .translog import entry_bytes
+        info = self.info(b3) or self._missing(b3)
+        return self.log.append(entry_bytes(info.kind, info.sha256, info.blake3))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

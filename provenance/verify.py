@@ -67,6 +67,7 @@ class Trust:
     log: set[str]
     expires: datetime | None
     source: str
+    log_required: bool = False
 
 
 def load_trust(trust_path: str | None, key_path: str | None) -> Trust:
@@ -108,7 +109,8 @@ def load_trust(trust_path: str | None, key_path: str | None) -> Trust:
     if not release:
         raise ProvError(f"{trust_path}: no release role")
     log, _ = role("log")
-    return Trust(keys, release, threshold, log, parse_time(doc["expires"], f"{trust_path}: expires"), str(trust_path))
+    return Trust(keys, release, threshold, log, parse_time(doc["expires"], f"{trust_path}: expires"),
+                 str(trust_path), log_required=bool(log))
 
 
 def read_envelope(path: str | Path) -> tuple[dict, list[str]]:
@@ -124,7 +126,8 @@ def read_envelope(path: str | Path) -> tuple[dict, list[str]]:
 
 
 def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = None, runtime: str | None = None,
-                    record: str | None = None, at: datetime | None = None, state: str | None = None) -> Outcome:
+                    record: str | None = None, at: datetime | None = None, state: str | None = None,
+                    since: str | None = None) -> Outcome:
     out = Outcome()
     env, env_dupes = read_envelope(manifest)
     payload = signing.b64d(env["payload"], f"{manifest}: payload")
@@ -210,7 +213,13 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
     if parse_time(pred["issued_at"], "statement issued_at") > now:
         problems.append(f"issued in the future ({pred['issued_at']})")
     out.add("not_expired", not problems, "; ".join(problems) or f"valid at {now.strftime('%Y-%m-%dT%H:%M:%SZ')}")
-    # 10. rollback
+    # 10. the evidence log: required when the trust policy names log keys, or with --since
+    if "log" in env or trust.log_required or since is not None:
+        from .logbook import check_release_log
+        for name, ok, detail in check_release_log(env.get("log"), payload,
+                                                  {k: trust.keys[k][1] for k in trust.log}, since):
+            out.add(name, ok, detail)
+    # 11. rollback
     digest = hashlib.sha256(payload).hexdigest()
     if state is not None:
         out.add(*_check_state(state, pred, digest))
