@@ -61,28 +61,36 @@ def save_record(store: Store, record: EvalRecord, children: tuple[str, ...] = ()
     return d
 
 
-def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path,
-                      runtime: str | Path | None = None, upstream: str | Path | None = None,
+def _stored(store: Store, x, kind: str, what: str) -> Digest:
+    """A path to add, or a Digest of something already stored (what replay ran)."""
+    if isinstance(x, Digest):
+        return x
+    got, d = store.add(x)
+    if got != kind:
+        raise ProvError(f"{x}: {what} must be a {'file' if kind == 'file' else 'directory'}")
+    return d
+
+
+def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path | Digest,
+                      runtime: str | Path | Digest | None = None, upstream: str | Path | None = None,
                       profile: Profile = contest.OFFICIAL, source: str = "imported-report",
                       environment: Environment | None = None, timings: dict | None = None,
                       inflated: Digest | None = None, label: str | None = None,
-                      extra_checks: list[Check] = ()) -> tuple[EvalRecord, Digest, list[Check]]:
+                      extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None
+                      ) -> tuple[EvalRecord, Digest, list[Check]]:
     report_bytes, rep = contest.read_report(report_path)
-    kind, archive_d = store.add(archive)
-    if kind != "file":
-        raise ProvError(f"{archive}: archive must be a file")
+    archive_d = _stored(store, archive, "file", "archive")
     children = [archive_d.blake3]
     runtime_d = None
     if runtime is not None:
-        kind, runtime_d = store.add(runtime)
-        if kind != "tree":
-            raise ProvError(f"{runtime}: runtime must be a directory")
+        runtime_d = _stored(store, runtime, "tree", "runtime")
         children.append(runtime_d.blake3)
     up = upstream_identity(upstream, store) if upstream is not None else Upstream()
     report_d = store.put_bytes(report_bytes, "blob")
     children.append(report_d.blake3)
     if up.videos_tree:
         children.append(up.videos_tree.blake3)
+    children += [d.blake3 for d in (logs or {}).values()]
 
     checks = contest.check_report(profile, rep, archive_d.size) + list(extra_checks)
     if up.uncompressed_size is not None:
@@ -105,6 +113,7 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
                       printed=rep.printed, archive_size_reported=rep.archive_size,
                       uncompressed_size_reported=rep.uncompressed_size),
         report=blob_model(report_d), inflated=tree_model(inflated) if inflated else None,
+        logs={k: blob_model(v) for k, v in (logs or {}).items()},
         timings=timings or {}, checks=[CheckResult(**c.as_dict()) for c in checks],
         grade=g, axis=axis, allowed_use=use, label=label, created_at=now_rfc3339())
     return record, save_record(store, record, tuple(children)), checks

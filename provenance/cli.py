@@ -584,6 +584,78 @@ def log_verify(ctx, as_json):
         sys.exit(1)
 
 
+# -- replay and the miniature contest ----------------------------------------------------------
+
+@cli.command()
+@click.option("--archive", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--runtime", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--upstream", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Upstream checkout (comma_video_compression_challenge, or a miniature's upstream/).")
+@click.option("--name", help="Submission name: placed at <upstream>/submissions/<name>/ (default: from --runtime).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--compare", "compare_path", type=click.Path(dir_okay=False, exists=True),
+              help="manifest.json or record.json to reproduce: prints REPRODUCED or MISMATCH (exit 1).")
+@click.option("--no-sandbox", is_flag=True, help="Run without bubblewrap; recorded, and the grade is capped below A.")
+@click.option("--timeout", type=float, default=1800.0, show_default=True, help="Wall-clock limit per phase (s).")
+@click.option("--mem-limit", type=int, default=16 << 30, show_default=True,
+              help="Address-space limit in bytes (ignored with --device cuda).")
+@click.option("--keep-scratch", is_flag=True, help="Keep the scratch directory for inspection.")
+@json_option
+@click.pass_context
+def replay(ctx, archive, runtime, upstream, name, device, compare_path, no_sandbox, timeout, mem_limit,
+           keep_scratch, as_json):
+    """Recompute the score of ARCHIVE + RUNTIME with the upstream evaluator, sandboxed.
+
+    Exit 0 on a record (and REPRODUCED), 1 when the submission fails or MISMATCHes,
+    2 on bad input, 3 when bubblewrap is missing.
+    """
+    from .replay import compare, expected_from, replay as run
+    from .sandbox import Limits
+    expected = expected_from(compare_path) if compare_path else None
+    store = open_store(ctx, create=True)
+    tty = sys.stderr.isatty()
+    say = (lambda m: click.echo(f"replay: {m}", err=True)) if tty and not as_json else None
+    limits = Limits(timeout=timeout, address_space=None if device == "cuda" else mem_limit)
+    res = run(store, archive, runtime, upstream, name, device, not no_sandbox, limits, say,
+              keep_scratch=keep_scratch)
+    diff = compare(res.record, expected) if expected else None
+    verdict = None if diff is None else ("REPRODUCED" if all(d["same"] for d in diff) else "MISMATCH")
+    if as_json:
+        out = {"record": res.record.to_json_obj(), "digest": {"sha256": res.digest.sha256, "blake3": res.digest.blake3},
+               "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in res.checks]}
+        if diff is not None:
+            out["compare"] = {"verdict": verdict, "fields": diff}
+        emit(out, True)
+    else:
+        _record_out(res.record, res.digest, res.checks, False)
+        if diff is not None:
+            click.echo(verdict)
+            for d in diff:
+                if not d["same"]:
+                    click.echo(f"  {d['field']}: expected {d['expected']!r}, replayed {d['replayed']!r}")
+    if verdict == "MISMATCH":
+        sys.exit(1)
+
+
+@cli.group()
+def miniature():
+    """The bundled miniature contest (tests and the demo run on it)."""
+
+
+@miniature.command("build")
+@click.argument("dest", type=click.Path(file_okay=False))
+@json_option
+def miniature_build(dest, as_json):
+    """Generate the miniature contest into DEST (deterministic: same bytes on every machine)."""
+    from .miniature.build import build
+    from .tree import walk
+    from .digest import hash_file
+    out = build(dest)
+    d = walk(out, lambda p, s: hash_file(p))
+    emit({"dest": str(out), "sha256": d.sha256, "blake3": d.blake3}, as_json,
+         f"built {out} (tree sha256 {d.sha256})")
+
+
 def main() -> None:
     cli(prog_name="prov")
 

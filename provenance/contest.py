@@ -43,6 +43,8 @@ def register(profile: Profile) -> Profile:
 
 
 def get_profile(name: str) -> Profile:
+    if name not in PROFILES and name.startswith("comma-miniature"):
+        from . import miniature  # noqa: F401  (registers its profile; light: no torch or av)
     try:
         return PROFILES[name]
     except KeyError:
@@ -240,13 +242,12 @@ def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str |
     if dev == "mps" or plat.startswith(("darwin", "macos")):
         return out("invalid")
     if dev.startswith("cuda"):
-        if not custody_complete:
+        if not custody_complete or not sandboxed:  # an unsandboxed replay is capped below A
             return out("B")
-        g = "A++" if gpu_model and profile.official_gpu.lower() in gpu_model.lower() else "A"
-        return out("B" if not sandboxed else g)  # an unsandboxed replay is capped below A
+        return out("A++" if gpu_model and profile.official_gpu.lower() in gpu_model.lower() else "A")
     if dev == "cpu":
         linux_x86 = plat.startswith("linux") and ("x86_64" in plat or "amd64" in plat)
-        if custody_complete and linux_x86:
+        if custody_complete and linux_x86 and sandboxed:
             return out("contest-CPU")
         return out("B" if custody_complete else "invalid")
     return out("invalid")

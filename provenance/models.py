@@ -55,6 +55,7 @@ class Environment(Strict):
     python: Optional[str] = None
     platform: Optional[str] = None
     sandboxed: Optional[bool] = None
+    sandbox_env: Optional[dict[str, str]] = Field(default=None, description="the environment allow-list used")
 
 
 class Result(Strict):
@@ -87,6 +88,7 @@ class EvalRecord(Strict):
     result: Result
     report: Optional[BlobDigest] = None
     inflated: Optional[TreeDigest] = None
+    logs: dict[str, BlobDigest] = Field(default_factory=dict, description="phase output tails, by phase.stream")
     timings: dict[str, float] = Field(default_factory=dict)
     checks: list[CheckResult] = Field(default_factory=list)
     grade: Literal["A++", "A", "contest-CPU", "B", "external", "invalid"]

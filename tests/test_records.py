@@ -163,6 +163,7 @@ def test_grade_table():
     assert g(custody_complete=False) == "B"
     assert g(sandboxed=False) == "B"
     assert g(device="cpu") == "contest-CPU"
+    assert g(device="cpu", sandboxed=False) == "B"
     assert g(device="cpu", platform="darwin-arm64") == "invalid"
     assert g(device="mps") == "invalid"
     assert g(samples=599) == "invalid"
