@@ -656,6 +656,64 @@ def miniature_build(dest, as_json):
          f"built {out} (tree sha256 {d.sha256})")
 
 
+# -- the lab pipeline (what dvc.yaml runs) ------------------------------------------------------
+
+@cli.group()
+def lab():
+    """Pipeline steps that dvc.yaml runs; each touches only the paths it is given."""
+
+
+@lab.command("replay")
+@click.argument("name")
+@click.option("--submissions", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--upstream", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--metrics", required=True, type=click.Path(dir_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+def lab_replay(name, submissions, upstream, out, metrics, device):
+    """Replay one submission into its own store (OUT/store) and record (OUT/record.json)."""
+    from pathlib import Path
+    from .pipeline import replay_one
+    r = replay_one(name, Path(submissions), Path(upstream), Path(out), Path(metrics), device)
+    click.echo(f"{name}: {r['canonical_score']!r} ({r['grade']}), record {r['record']}")
+
+
+@lab.command("release")
+@click.option("--params", "params_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="params.yaml: its `submissions` list, in order.")
+@click.option("--replays", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--submissions", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--store-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--trust", "trust_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--keys", required=True, type=click.Path(file_okay=False), help="Lab keys (made on first run; keep out of git).")
+@click.option("--plot", required=True, type=click.Path(dir_okay=False))
+def lab_release(params_path, replays, submissions, store_dir, out, trust_path, keys, plot):
+    """Merge the replay stores, log every record, sign a release per submission with log proofs."""
+    from pathlib import Path
+    from .pipeline import release_all, submissions_param
+    rows = release_all(submissions_param(Path(params_path)), Path(replays), Path(submissions), Path(store_dir), Path(out),
+                       Path(trust_path), Path(keys), Path(plot))
+    for r in rows:
+        click.echo(f"released {r['name']}: {r['canonical_score']!r} ({r['grade']}), statement {r['statement']}")
+
+
+@lab.command("verify")
+@click.option("--params", "params_path", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--releases", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--submissions", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--trust", "trust_path", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+def lab_verify(params_path, releases, submissions, trust_path, out):
+    """prov verify every release against its files; exit 1 (failing the pipeline) on any failed check."""
+    from pathlib import Path
+    from .pipeline import submissions_param, verify_all
+    ok = verify_all(submissions_param(Path(params_path)), Path(releases), Path(submissions), Path(trust_path), Path(out))
+    click.echo(f"{'all releases verified' if ok else 'VERIFICATION FAILED'} ({out})")
+    if not ok:
+        sys.exit(1)
+
+
 def main() -> None:
     cli(prog_name="prov")
 

@@ -48,6 +48,13 @@ def test_miniature_is_deterministic(tmp_path, mini):
         assert a.is_file() and (rt / "inflate.sh").stat().st_mode & stat.S_IXUSR
 
 
+def test_bundled_submissions_match_a_fresh_build(mini):
+    """submissions/ (the pipeline's committed inputs) must be what the generator makes."""
+    from conftest import REPO
+    assert prov_json("hash", REPO / "submissions") == prov_json("hash", mini / "submissions"), \
+        "submissions/ is stale: rebuild with prov miniature build and copy its submissions/"
+
+
 def test_replay_both_samples_sandboxed(tmp_path, mini):
     scores = {}
     for n in ("copy", "half"):

@@ -1,0 +1,15 @@
+"""Lossy sample: the archive holds a half-resolution re-encode; decode and upsample 2x."""
+
+import os
+import sys
+
+import av
+import numpy as np
+
+src, dst, names = sys.argv[1:4]
+os.makedirs(dst, exist_ok=True)
+for name in open(names).read().split():
+    base = os.path.splitext(name)[0]
+    with av.open(os.path.join(src, base + ".mkv")) as c:
+        small = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    small.repeat(2, axis=1).repeat(2, axis=2).tofile(os.path.join(dst, base + ".raw"))
