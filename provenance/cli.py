@@ -714,6 +714,121 @@ def lab_verify(params_path, releases, submissions, trust_path, out):
         sys.exit(1)
 
 
+# -- the ledger --------------------------------------------------------------------------------
+
+@cli.group()
+def ledger():
+    """Runs, verdicts and annotations: the lab notebook's ledger."""
+
+
+def _run_row(r) -> dict:
+    rec = r.record
+    return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": rec.grade,
+            "canonical_score": rec.result.canonical_score, "archive_bytes": rec.archive.size,
+            "source": rec.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags}
+
+
+@ledger.command("show")
+@json_option
+@click.pass_context
+def ledger_show(ctx, as_json):
+    """Every run with its grade, score and verdict."""
+    from .ledger import runs
+    rows = [_run_row(r) for r in runs(open_store(ctx))]
+    emit(rows, as_json, lambda: "\n".join(
+        f"{r['record'][:12]}  {r['grade']:11} {r['canonical_score']!r:>22} {r['archive_bytes']:>10,}  "
+        f"{(r['verdict'] or '-'):8} {r['label'] or ''}" for r in rows) or "no runs yet")
+
+
+def _verdict(ctx, record, reason, action, as_json):
+    from .ledger import verdict
+    run, sha, flags = verdict(open_store(ctx), record, action, reason)
+    emit({"record": run.sha256, "verdict": action, "verdict_record": sha, "flags": flags}, as_json,
+         f"{action}d {run.sha256[:16]} ({run.record.grade}, {run.score!r})"
+         + (f" [{'; '.join(flags)}]" if flags else ""))
+
+
+@ledger.command("promote")
+@click.argument("record")
+@click.option("--reason", required=True)
+@json_option
+@click.pass_context
+def ledger_promote(ctx, record, reason, as_json):
+    """Promote a run to the frontier (only A++, or A flagged; only if it beats the frontier). Exit 1 if refused."""
+    _verdict(ctx, record, reason, "promote", as_json)
+
+
+@ledger.command("reject")
+@click.argument("record")
+@click.option("--reason", required=True)
+@json_option
+@click.pass_context
+def ledger_reject(ctx, record, reason, as_json):
+    """Record that a run was rejected, and why."""
+    _verdict(ctx, record, reason, "reject", as_json)
+
+
+@ledger.command("annotate")
+@click.argument("record")
+@click.option("--label")
+@click.option("--track")
+@click.option("--notes")
+@click.pass_context
+def ledger_annotate(ctx, record, label, track, notes):
+    """Give a run a label, a track and notes (stored and logged)."""
+    from .ledger import annotate
+    click.echo(annotate(open_store(ctx), record, label, track, notes))
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def frontier(ctx, as_json):
+    """The best promoted run and its release."""
+    from .ledger import frontier as best, release_of
+    store = open_store(ctx)
+    r = best(store)
+    if r is None:
+        emit({"frontier": None}, as_json, "no frontier yet: promote an A++ run with prov ledger promote")
+        return
+    st = release_of(store, r.sha256)
+    out = {"frontier": _run_row(r), "release": st["predicate"]["name"] if st else None}
+    emit(out, as_json, f"frontier {r.score!r} ({r.record.grade}) {r.record.archive.size:,} bytes, record "
+         f"{r.sha256}" + (f", release {out['release']}" if st else ""))
+
+
+# -- the public site ----------------------------------------------------------------------------
+
+@cli.group()
+def site():
+    """The public lab notebook: a sanitized static bundle."""
+
+
+@site.command("build")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--releases", type=click.Path(file_okay=False, exists=True), help="Directory of release dirs to include.")
+@click.option("--trust", "trust_path", type=click.Path(dir_okay=False, exists=True), help="Trust policy to publish.")
+@json_option
+@click.pass_context
+def site_build(ctx, out, releases, trust_path, as_json):
+    """Generate the bundle; the hygiene scan is the last gate (exit 1 naming file, line and rule)."""
+    from .site.build import build_site
+    res = build_site(open_store(ctx), out, releases, trust_path)
+    emit(res, as_json, f"built {res['out']}: {res['files']} files, {res['runs']} runs")
+
+
+@site.command("check")
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@json_option
+def site_check(bundle, as_json):
+    """Re-scan a bundle with the hygiene rules and re-check its file manifest."""
+    from .site.build import check_site
+    problems = check_site(bundle)
+    emit({"ok": not problems, "problems": problems}, as_json, "\n".join(problems) or f"{bundle}: clean")
+    if problems:
+        sys.exit(1)
+
+
 def main() -> None:
     cli(prog_name="prov")
 

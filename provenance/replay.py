@@ -167,7 +167,9 @@ def replay(store: Store, archive: str | Path, runtime: str | Path, upstream: str
                 log_blobs[f"{r.name}.stderr"] = b.put_bytes(r.stderr, "blob")
         env = Environment(device=device, gpu_model=env_seen.get("gpu_model"), driver=env_seen.get("driver"),
                           cuda=env_seen.get("cuda"), torch=env_seen.get("torch"), python=env_seen.get("python"),
-                          platform=env_seen.get("platform"), sandboxed=sandboxed, sandbox_env=box.env)
+                          platform=env_seen.get("platform"), sandboxed=sandboxed,
+                          # the allow-list as used, with this machine's Python location left out
+                          sandbox_env={k: v.replace(box.python_bin, "${PYTHON_BIN}") for k, v in box.env.items()})
         say("adjudicating")
         record, digest, checks = adjudicate_report(
             store, report, archive_d, runtime_d, upstream, profile, source="replay", environment=env,

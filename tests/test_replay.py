@@ -306,14 +306,17 @@ def test_escape_attempts_are_blocked(tmp_path, mini, host, attack):
 def test_runaway_inflate_is_killed(tmp_path, mini, host, attack, timeout, outcomes):
     runtime = hostile_runtime(tmp_path, mini, attack)
     a, _ = sample(mini, "copy")
+    name = f"runaway_{os.urandom(4).hex()}"  # every process of this replay carries it in its command line
     t0 = time.monotonic()
-    r, _ = replay(tmp_path / "store", a, runtime, mini / "upstream", "--name", "evil", "--timeout", str(timeout))
+    r, _ = replay(tmp_path / "store", a, runtime, mini / "upstream", "--name", name, "--timeout", str(timeout))
     assert r.returncode in outcomes, r.err
     if r.returncode == 1:
         assert r.err.startswith("prov: error: inflate: ") and len(r.err.strip().splitlines()) == 1, r.err
     assert time.monotonic() - t0 < timeout + 30
-    time.sleep(0.5)
+    deadline = time.monotonic() + 5  # a dying PID namespace takes a moment to reap
+    while not (no_process("sleep 7772") and no_process(f"submissions/{name}/")) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert no_process("sleep 7772")
-    leftover = subprocess.run(["pgrep", "-u", "65534"], capture_output=True, text=True).stdout.split()
-    assert leftover == [], f"processes left running as nobody: {leftover}"
+    leftover = subprocess.run(["pgrep", "-af", f"submissions/{name}/"], capture_output=True, text=True).stdout
+    assert leftover == "", f"processes of this replay left running: {leftover}"
     assert prov_json("hash", mini / "upstream")["sha256"] == host["upstream_digest"]

@@ -1,0 +1,1 @@
+"""The public lab notebook: a static, offline bundle generated from the evidence, sanitized last."""
