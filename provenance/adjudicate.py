@@ -63,12 +63,7 @@ def save_record(store: Store, record: EvalRecord, children: tuple[str, ...] = ()
 
 def _stored(store: Store, x, kind: str, what: str) -> Digest:
     """A path to add, or a Digest of something already stored (what replay ran)."""
-    if isinstance(x, Digest):
-        return x
-    got, d = store.add(x)
-    if got != kind:
-        raise ProvError(f"{x}: {what} must be a {'file' if kind == 'file' else 'directory'}")
-    return d
+    return x if isinstance(x, Digest) else store.add_as(x, kind, what)
 
 
 def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path | Digest,

@@ -105,9 +105,7 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
     archive_model = BlobDigest(sha256=sha, size=size)
     children = []
     if archive is not None:
-        kind, ad = store.add(archive)
-        if kind != "file":
-            raise ProvError(f"{archive}: archive must be a file")
+        ad = store.add_as(archive, "file", "archive")
         checks.append(Check("archive_sha256_matches", ad.sha256 == sha, f"record {sha}, file {ad.sha256}"))
         checks.append(Check("archive_size_matches", ad.size == size, f"record {size:,}, file {ad.size:,}"))
         if ad.sha256 == sha and ad.size == size:
@@ -135,9 +133,7 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
         custody = ok_v1 and not bad_paths
         tree_d = None
         if runtime is not None and not bad_paths:
-            kind, tree_d = store.add(runtime)
-            if kind != "tree":
-                raise ProvError(f"{runtime}: runtime must be a directory")
+            tree_d = store.add_as(runtime, "tree", "runtime")
             checks.append(_compare_rows(Path(runtime), rows))
             children.append(tree_d.blake3)
         runtime_model = Runtime(tree=tree_model(tree_d) if tree_d else None, legacy_v1_sha256=v1 if ok_v1 else None,

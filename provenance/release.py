@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from . import canonical, signing
@@ -64,12 +64,8 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     log_key = signing.load_private(log_key_path, log_passphrase_file) if log_key_path else None
     log_origin = store.log.origin() if log_key else None
     record, record_d = resolve_record(store, record_ref)
-    kind, archive_d = store.add(archive)
-    if kind != "file":
-        raise ProvError(f"{archive}: archive must be a file")
-    kind, runtime_d = store.add(runtime)
-    if kind != "tree":
-        raise ProvError(f"{runtime}: runtime must be a directory")
+    archive_d = store.add_as(archive, "file", "archive")
+    runtime_d = store.add_as(runtime, "tree", "runtime")
     ra, rt = record.archive, record.runtime.tree
     if ra.sha256 != archive_d.sha256 or ra.size != archive_d.size or (ra.blake3 and ra.blake3 != archive_d.blake3):
         raise VerificationFailed(f"{archive}: does not match the record (record sha256 {ra.sha256}, "

@@ -104,12 +104,8 @@ def replay(store: Store, archive: str | Path, runtime: str | Path, upstream: str
         raise ProvError(f"--name {name!r}: must be a Python identifier (it becomes submissions.<name>)")
     profile = detect_profile(upstream)
     say(f"hashing archive and runtime into {store.root}")
-    kind, archive_d = store.add(archive)
-    if kind != "file":
-        raise ProvError(f"{archive}: archive must be a file")
-    kind, runtime_d = store.add(runtime)
-    if kind != "tree":
-        raise ProvError(f"{runtime}: runtime must be a directory")
+    archive_d = store.add_as(archive, "file", "archive")
+    runtime_d = store.add_as(runtime, "tree", "runtime")
 
     scratch = Path(tempfile.mkdtemp(prefix="prov-replay-", dir=scratch_base))
     try:

@@ -264,6 +264,13 @@ class Store:
                 copied += 1
         return copied
 
+    def add_as(self, path: str | os.PathLike, kind: str, what: str) -> Digest:
+        """Add a path that must be a file (kind 'file') or a directory ('tree')."""
+        got, d = self.add(path)
+        if got != kind:
+            raise ProvError(f"{path}: {what} must be a {'file' if kind == 'file' else 'directory'}")
+        return d
+
     # -- refs ---------------------------------------------------------------------------
 
     def get_ref(self, name: str) -> str | None:

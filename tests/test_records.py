@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import RUNTIME_SPEC, make_tree, prov_json, run_prov
+from conftest import prov_json, run_prov
 from provenance import contest, legacy
 from provenance.contest import OFFICIAL, ReportError, parse_report
 from provenance.models import EvalRecord, json_schemas, load_record

@@ -1,5 +1,4 @@
 import json
-import math
 import os
 import re
 import shutil
@@ -8,7 +7,6 @@ import subprocess
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 

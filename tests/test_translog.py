@@ -1,6 +1,4 @@
-import base64
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -13,6 +11,7 @@ import pytest
 from conftest import prov_json, run_prov
 from provenance import translog as t
 from provenance.store import Store
+from test_release import lab  # noqa: F401  (the release fixture, reused)
 
 # Published RFC 6962 reference vectors (certificate-transparency / transparency-dev merkle testonly).
 LEAVES = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43",
@@ -216,8 +215,6 @@ def logged_lab(lab):
     lab["trust_log"] = trust
     return lab
 
-
-from test_release import lab  # noqa: E402,F401  (the release fixture)
 
 
 def release(lab, out):
