@@ -32,9 +32,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--noop-rounds", type=int, default=5)
     a = ap.parse_args()
-    repo = clone_worktree(fresh(OUT / "dvc") )
+    repo = clone_worktree(fresh(OUT / "dvc"))
     dvc = str(VENV_BIN / "dvc")
-    stages = ["miniature", "replay@copy", "replay@half", "release", "verify"]
+    stages = ["miniature", "replay@copy", "replay@half", "release", "verify", "site"]
     per = {s: timed([dvc, "repro", "--single-item", s], repo) for s in stages}
     total = sum(per.values())
     print("\n## full dvc repro, per stage (dvc repro --single-item, in pipeline order)")

@@ -124,12 +124,19 @@ def add(ctx, path, ref_name, allow_unsafe_links, as_json):
 
 @cli.command()
 @click.argument("digest")
+@json_option
 @click.pass_context
-def cat(ctx, digest):
-    """Write a stored object's bytes to stdout (sha256 or blake3, unique prefix, or ref)."""
+def cat(ctx, digest, as_json):
+    """Write a stored object's bytes to stdout (sha256 or blake3, unique prefix, or ref).
+
+    With --json: the object's digests and its bytes in base64."""
     from .digest import CHUNK
     store = open_store(ctx)
     info = store.resolve(digest)
+    if as_json:
+        import base64
+        emit({**info.as_dict(), "content_base64": base64.b64encode(store.read_bytes(info.blake3)).decode()}, True)
+        return
     out = sys.stdout.buffer
     with store.open(info.blake3) as f:
         while chunk := f.read(CHUNK):
@@ -177,6 +184,7 @@ def ref():
 @json_option
 @click.pass_context
 def ref_set(ctx, name, digest, expect, as_json):
+    """Point NAME at an object; with --expect, only if it still points where you last saw it."""
     store = open_store(ctx)
     info = store.resolve(digest)
     if expect:
@@ -190,6 +198,7 @@ def ref_set(ctx, name, digest, expect, as_json):
 @json_option
 @click.pass_context
 def ref_get(ctx, name, as_json):
+    """Print the object a ref points at."""
     store = open_store(ctx)
     target = store.get_ref(name)
     if target is None:
@@ -202,6 +211,7 @@ def ref_get(ctx, name, as_json):
 @json_option
 @click.pass_context
 def ref_list(ctx, as_json):
+    """List every ref and its target."""
     store = open_store(ctx)
     refs = store.list_refs()
     emit([{"name": n, "blake3": t} for n, t in refs], as_json, "\n".join(f"{t}  {n}" for n, t in refs))
@@ -210,10 +220,13 @@ def ref_list(ctx, as_json):
 @ref.command("delete")
 @click.argument("name")
 @click.option("--expect", help="Only delete if the ref now points here.")
+@json_option
 @click.pass_context
-def ref_delete(ctx, name, expect):
+def ref_delete(ctx, name, expect, as_json):
+    """Remove a ref (the objects stay until gc)."""
     store = open_store(ctx)
     store.delete_ref(name, store.resolve(expect).blake3 if expect else None)
+    emit({"deleted": name}, as_json, f"deleted {name}")
 
 
 @cli.command()
@@ -356,12 +369,14 @@ def trust():
 @click.option("--expires", required=True, help="RFC 3339 time after which the policy is void.")
 @click.option("--version", "version", type=int, default=1, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def trust_init(release_keys, threshold, log_keys, expires, version, out):
+@json_option
+def trust_init(release_keys, threshold, log_keys, expires, version, out, as_json):
     """Write a trust policy JSON file."""
     from .release import trust_policy, write_json
     policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version)
     write_json(out, policy.model_dump(mode="json", by_alias=True))
-    click.echo(f"wrote {out}: {len(policy.keys)} key(s), release threshold {threshold}")
+    emit({"out": out, "keys": sorted(k.keyid for k in policy.keys.values()), "threshold": threshold}, as_json,
+         f"wrote {out}: {len(policy.keys)} key(s), release threshold {threshold}")
 
 
 @cli.group()
@@ -411,14 +426,16 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False))
 @_passphrase
-def release_sign(manifest, key_path, passphrase_file):
+@json_option
+def release_sign(manifest, key_path, passphrase_file, as_json):
     """Add a co-signature to an existing manifest (in place, atomically)."""
     from .release import cosign, write_json
     from .verify import read_envelope
     env, _ = read_envelope(manifest)
     out = cosign(env, key_path, passphrase_file)
     write_json(manifest, out)
-    click.echo(f"{manifest}: now {len(out['signatures'])} signature(s)")
+    emit({"manifest": manifest, "signatures": len(out["signatures"])}, as_json,
+         f"{manifest}: now {len(out['signatures'])} signature(s)")
 
 
 @cli.command("export-checksums")
@@ -426,13 +443,14 @@ def release_sign(manifest, key_path, passphrase_file):
 @click.option("--runtime", required=True, type=click.Path(file_okay=False))
 @click.option("--archive", type=click.Path(dir_okay=False), help="Where archive.zip lies (default: OUT/archive.zip).")
 @click.option("--out", "out_dir", default=".", type=click.Path(file_okay=False), show_default=True)
-def export_checksums(manifest, runtime, archive, out_dir):
+@json_option
+def export_checksums(manifest, runtime, archive, out_dir, as_json):
     """Write SHA256SUMS and B3SUMS so `sha256sum -c` / `b3sum -c` check the release with stock tools."""
     from .release import export_checksums as run
     from .verify import read_envelope
     env, _ = read_envelope(manifest)
-    for f in run(env, runtime, out_dir, archive):
-        click.echo(f"wrote {f}")
+    files = [str(f) for f in run(env, runtime, out_dir, archive)]
+    emit({"written": files}, as_json, "\n".join(f"wrote {f}" for f in files))
 
 
 @cli.command()
@@ -670,12 +688,13 @@ def lab():
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @click.option("--device", default="cpu", show_default=True)
-def lab_replay(name, submissions, upstream, out, metrics, device):
+@json_option
+def lab_replay(name, submissions, upstream, out, metrics, device, as_json):
     """Replay one submission into its own store (OUT/store) and record (OUT/record.json)."""
     from pathlib import Path
     from .pipeline import replay_one
     r = replay_one(name, Path(submissions), Path(upstream), Path(out), Path(metrics), device)
-    click.echo(f"{name}: {r['canonical_score']!r} ({r['grade']}), record {r['record']}")
+    emit(r, as_json, f"{name}: {r['canonical_score']!r} ({r['grade']}), record {r['record']}")
 
 
 @lab.command("release")
@@ -688,14 +707,15 @@ def lab_replay(name, submissions, upstream, out, metrics, device):
 @click.option("--trust", "trust_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--keys", required=True, type=click.Path(file_okay=False), help="Lab keys (made on first run; keep out of git).")
 @click.option("--plot", required=True, type=click.Path(dir_okay=False))
-def lab_release(params_path, replays, submissions, store_dir, out, trust_path, keys, plot):
+@json_option
+def lab_release(params_path, replays, submissions, store_dir, out, trust_path, keys, plot, as_json):
     """Merge the replay stores, log every record, sign a release per submission with log proofs."""
     from pathlib import Path
     from .pipeline import release_all, submissions_param
     rows = release_all(submissions_param(Path(params_path)), Path(replays), Path(submissions), Path(store_dir), Path(out),
                        Path(trust_path), Path(keys), Path(plot))
-    for r in rows:
-        click.echo(f"released {r['name']}: {r['canonical_score']!r} ({r['grade']}), statement {r['statement']}")
+    emit(rows, as_json, "\n".join(f"released {r['name']}: {r['canonical_score']!r} ({r['grade']}), "
+                                   f"statement {r['statement']}" for r in rows))
 
 
 @lab.command("verify")
@@ -704,12 +724,13 @@ def lab_release(params_path, replays, submissions, store_dir, out, trust_path, k
 @click.option("--submissions", required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--trust", "trust_path", required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def lab_verify(params_path, releases, submissions, trust_path, out):
+@json_option
+def lab_verify(params_path, releases, submissions, trust_path, out, as_json):
     """prov verify every release against its files; exit 1 (failing the pipeline) on any failed check."""
     from pathlib import Path
     from .pipeline import submissions_param, verify_all
     ok = verify_all(submissions_param(Path(params_path)), Path(releases), Path(submissions), Path(trust_path), Path(out))
-    click.echo(f"{'all releases verified' if ok else 'VERIFICATION FAILED'} ({out})")
+    emit({"ok": ok, "report": out}, as_json, f"{'all releases verified' if ok else 'VERIFICATION FAILED'} ({out})")
     if not ok:
         sys.exit(1)
 
@@ -773,11 +794,13 @@ def ledger_reject(ctx, record, reason, as_json):
 @click.option("--label")
 @click.option("--track")
 @click.option("--notes")
+@json_option
 @click.pass_context
-def ledger_annotate(ctx, record, label, track, notes):
+def ledger_annotate(ctx, record, label, track, notes, as_json):
     """Give a run a label, a track and notes (stored and logged)."""
     from .ledger import annotate
-    click.echo(annotate(open_store(ctx), record, label, track, notes))
+    sha = annotate(open_store(ctx), record, label, track, notes)
+    emit({"note_record": sha}, as_json, sha)
 
 
 @cli.command()

@@ -369,3 +369,23 @@ def test_stat_cache_hit_whose_object_was_collected_is_restaged(tmp_path, runtime
     assert s.fsck()["ok"]
     s.export(first[1].blake3, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(runtime)
+
+
+def test_every_command_takes_json_and_help():
+    """DESIGN: every command that reports takes --json; every command explains itself."""
+    import click
+    from provenance.cli import cli
+    missing, undocumented = [], []
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + [name])
+            return
+        if not any(p.name == "as_json" for p in cmd.params):
+            missing.append(" ".join(path))
+        if not (cmd.help or "").strip():
+            undocumented.append(" ".join(path))
+    walk(cli, [])
+    assert missing == [], f"commands without --json: {missing}"
+    assert undocumented == [], f"commands without help: {undocumented}"
