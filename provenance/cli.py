@@ -457,6 +457,8 @@ def export_checksums(manifest, runtime, archive, out_dir, as_json):
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--trust", "trust_path", type=click.Path(dir_okay=False), help="Trust policy JSON you pinned.")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Or: a single trusted public key.")
+@click.option("--log-key", "log_key_path", type=click.Path(dir_okay=False),
+              help="With --key: the public key trusted to sign log checkpoints.")
 @click.option("--archive", type=click.Path(dir_okay=False), help="archive.zip to check against the release.")
 @click.option("--runtime", type=click.Path(file_okay=False), help="Runtime tree to re-hash and check.")
 @click.option("--record", type=click.Path(dir_okay=False), help="EvalRecord file to check against the release.")
@@ -465,13 +467,16 @@ def export_checksums(manifest, runtime, archive, out_dir, as_json):
 @click.option("--since", "since_path", type=click.Path(dir_okay=False),
               help="A log checkpoint you saw before: check the log only grew since.")
 @json_option
-def verify(manifest, trust_path, key_path, archive, runtime, record, at_time, state, since_path, as_json):
+def verify(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time, state, since_path,
+           as_json):
     """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input."""
     from .verify import load_trust, parse_time, verify_manifest
     for p in (manifest, archive, record, since_path):
         if p and not os.path.exists(p):
             raise ProvError(f"{p}: no such file")
-    trust_ = load_trust(trust_path, key_path)
+    if log_key_path and not key_path:
+        raise ProvError("--log-key goes with --key (a trust policy names its own log keys)")
+    trust_ = load_trust(trust_path, key_path, log_key_path)
     at = parse_time(at_time, "--at") if at_time else None
     since = None
     if since_path:

@@ -70,11 +70,17 @@ class Trust:
     log_required: bool = False
 
 
-def load_trust(trust_path: str | None, key_path: str | None) -> Trust:
-    if key_path:
+def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str | None = None) -> Trust:
+    if key_path:  # one release key (threshold 1); the log role is --log-key, else that same key
         pub = signing.load_public(key_path)
         kid = signing.keyid(pub)
-        return Trust({kid: (Path(key_path).name, pub)}, {kid}, 1, {kid}, None, str(key_path))
+        keys = {kid: (Path(key_path).name, pub)}
+        log = {kid}
+        if log_key_path:
+            lpub = signing.load_public(log_key_path)
+            log = {signing.keyid(lpub)}
+            keys[signing.keyid(lpub)] = (Path(log_key_path).name, lpub)
+        return Trust(keys, {kid}, 1, log, None, str(key_path), log_required=bool(log_key_path))
     if not trust_path:
         raise ProvError("give --trust trust.json or --key pub.pem: whom do you trust?")
     try:

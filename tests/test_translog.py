@@ -273,6 +273,19 @@ def test_release_embeds_log_proofs_and_since(logged_lab):
     assert {c["name"] for c in out["checks"] if not c["ok"]} == {"log_checkpoint"}
 
 
+def test_verify_with_single_keys(logged_lab):
+    lab = logged_lab
+    m = lab["dir"] / "m1.json"
+    release(lab, m)
+    base = ["verify", m, "--key", lab["pub"]("a"), "--json"]
+    out = json.loads(run_prov(*base, "--log-key", lab["pub"]("b"), check=0).out)
+    assert any(c["name"] == "log_inclusion" and c["ok"] for c in out["checks"])
+    out = json.loads(run_prov(*base, check=1).out)  # the release key does not sign this log
+    assert {c["name"] for c in out["checks"] if not c["ok"]} == {"log_checkpoint"}
+    out = json.loads(run_prov(*base, "--log-key", lab["pub"]("c"), check=1).out)
+    assert {c["name"] for c in out["checks"] if not c["ok"]} == {"log_checkpoint"}
+
+
 def test_log_cli(logged_lab):
     lab = logged_lab
     st, d = lab["store"], lab["dir"]
