@@ -5,35 +5,40 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import rfc8785
-
 from .errors import ProvError
 
 
 def dumps(obj: Any) -> bytes:
+    import rfc8785  # here, not at import: the verify path only loads
     return rfc8785.dumps(obj)
 
 
-def _no_dupes(pairs):
-    seen = {}
-    for k, v in pairs:
-        if k in seen:
-            raise ProvError(f"duplicate JSON key {k!r}")
-        seen[k] = v
-    return seen
+def loads_tracking(data: bytes | str, what: str = "JSON") -> tuple[Any, list[str]]:
+    """Parse JSON, refusing NaN/Infinity; return the value and every duplicated key, so a
+    verifier can report duplicates as a failed check rather than unreadable input."""
+    dupes: list[str] = []
 
+    def hook(pairs):
+        d = {}
+        for k, v in pairs:
+            if k in d:
+                dupes.append(k)
+            d[k] = v
+        return d
 
-def _no_constant(name):
-    raise ProvError(f"non-finite number {name} in JSON")
+    def no_constant(c):
+        raise ValueError(f"non-finite number {c}")
+    try:
+        return json.loads(data, object_pairs_hook=hook, parse_constant=no_constant), dupes
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProvError(f"{what}: not valid JSON ({e})") from None
 
 
 def loads(data: bytes | str, what: str = "JSON") -> Any:
-    try:
-        return json.loads(data, object_pairs_hook=_no_dupes, parse_constant=_no_constant)
-    except ProvError as e:
-        raise ProvError(f"{what}: {e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProvError(f"{what}: not valid JSON ({e})") from None
+    obj, dupes = loads_tracking(data, what)
+    if dupes:
+        raise ProvError(f"{what}: duplicate JSON key {dupes[0]!r}")
+    return obj
 
 
 def load_file(path, what: str | None = None, limit: int = 16 << 20) -> Any:

@@ -372,7 +372,8 @@ def trust():
 @json_option
 def trust_init(release_keys, threshold, log_keys, expires, version, out, as_json):
     """Write a trust policy JSON file."""
-    from .release import trust_policy, write_json
+    from .files import write_json
+    from .release import trust_policy
     policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version)
     write_json(out, policy.model_dump(mode="json", by_alias=True))
     emit({"out": out, "keys": sorted(k.keyid for k in policy.keys.values()), "threshold": threshold}, as_json,
@@ -403,7 +404,8 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
 
     Refuses (exit 1) when the record's digests do not match the files given.
     """
-    from .release import create_release, write_json
+    from .files import write_json
+    from .release import create_release
     for p in (archive, runtime, key_path):
         if not os.path.exists(p):
             raise ProvError(f"{p}: no such file or directory")
@@ -429,7 +431,8 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
 @json_option
 def release_sign(manifest, key_path, passphrase_file, as_json):
     """Add a co-signature to an existing manifest (in place, atomically)."""
-    from .release import cosign, write_json
+    from .files import write_json
+    from .release import cosign
     from .verify import read_envelope
     env, _ = read_envelope(manifest)
     out = cosign(env, key_path, passphrase_file)
@@ -534,7 +537,7 @@ def log_checkpoint(ctx, key_path, passphrase_file, out, as_json):
     store = open_store(ctx)
     note = checkpoint(store, load_private(key_path, passphrase_file))
     if out:
-        from .release import write_atomic
+        from .files import write_atomic
         write_atomic(out, note.encode())
     from .translog import parse_checkpoint
     cp = parse_checkpoint(note)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from . import canonical, contest
-from .adjudicate import blob_model, save_record, tree_model
+from .adjudicate import blob_model, now_rfc3339, save_record, tree_model
 from .contest import Check
 from .digest import Digest, hash_file
 from .errors import ProvError
@@ -161,7 +161,7 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
                       printed_score=f"{final:.2f}" if isinstance(final, (int, float)) and math.isfinite(final) else None,
                       archive_size_reported=size),
         checks=[CheckResult(**c.as_dict()) for c in checks], grade=g, axis=axis,
-        allowed_use=use, created_at=_str(prov.get("started_at_utc")) or _now())
+        allowed_use=use, created_at=_str(prov.get("started_at_utc")) or now_rfc3339())
     source = Path(path).read_bytes()
     children.append(store.put_bytes(source, "blob").blake3)  # the original, for the record (never published)
     return record, save_record(store, record, tuple(children)), checks
@@ -169,11 +169,6 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
 
 def _str(v) -> str | None:
     return v if isinstance(v, str) and v else None
-
-
-def _now() -> str:
-    from .adjudicate import now_rfc3339
-    return now_rfc3339()
 
 
 def _compare_rows(root: Path, rows: list[dict]) -> Check:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .errors import ProvError
-from .release import write_atomic, write_json
+from .files import write_atomic, write_json
 from .store import Store
 
 
@@ -58,7 +58,7 @@ def _trust(keys: Path, trust: Path) -> None:
 
 def release_all(names: list[str], replays: Path, submissions: Path, store_dir: Path, out: Path,
                 trust: Path, keys: Path, plot: Path) -> list[dict]:
-    from .release import create_release, export_checksums
+    from .release import create_release, export_checksums, statement_of
     _ensure_key(keys / "release")
     _ensure_key(keys / "log")
     _trust(keys, trust)
@@ -83,7 +83,7 @@ def release_all(names: list[str], replays: Path, submissions: Path, store_dir: P
         write_json(dest / "manifest.json", env)
         shutil.copyfile(replays / name / "record.json", dest / "record.json")
         export_checksums(env, sub / "runtime", dest, sub / "archive.zip")
-        pred = json.loads(__import__("base64").b64decode(env["payload"]))["predicate"]
+        pred = statement_of(env)["predicate"]
         rows.append({"name": name, "archive_bytes": pred["archive_size"], "canonical_score": pred["score"]["canonical"],
                      "grade": pred["grade"], "statement": stmt.sha256})
     buf = io.StringIO()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -11,34 +10,12 @@ from . import canonical, signing
 from .adjudicate import now_rfc3339
 from .digest import Digest
 from .errors import ProvError, VerificationFailed
+from .files import write_atomic
 from .models import (DigestSet, EvalRecord, ReleasePredicate, Score, Statement, Subject, TrustedKey,
                      TrustPolicy, Role, load_record)
 from .store import Store
 
 TREE_ANNOTATION = {"digestAlgorithm": "prov-tree-v1"}
-
-
-def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def write_json(path: str | Path, obj) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def resolve_record(store: Store, ref: str) -> tuple[EvalRecord, Digest]:

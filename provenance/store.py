@@ -60,12 +60,15 @@ def _syncfs(fd: int) -> None:
         os.sync()
 
 
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
 def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
     """Ask the kernel to start writing a range now (SYNC_FILE_RANGE_WRITE), so fsync finds less to do."""
-    fn = getattr(_libc, "sync_file_range", None)
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-        fn(fd, offset, nbytes, 2)
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, 2)
 
 
 def _fsync_dir(path: str | Path) -> None:

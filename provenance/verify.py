@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import jsonschema_lite, signing
+from .canonical import loads_tracking
+from .files import write_json
 from .errors import ProvError
 
 
@@ -38,25 +40,6 @@ def parse_time(text: str, what: str) -> datetime:
     except (ValueError, AttributeError):
         raise ProvError(f"{what}: not an RFC 3339 time ({text!r})") from None
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-def _loads_tracking_dupes(data: bytes, what: str) -> tuple[object, list[str]]:
-    dupes: list[str] = []
-
-    def hook(pairs):
-        d = {}
-        for k, v in pairs:
-            if k in d:
-                dupes.append(k)
-            d[k] = v
-        return d
-
-    def no_constant(c):
-        raise ValueError(f"non-finite number {c}")
-    try:
-        return json.loads(data, object_pairs_hook=hook, parse_constant=no_constant), dupes
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProvError(f"{what}: not valid JSON ({e})") from None
 
 
 @dataclass
@@ -87,7 +70,7 @@ def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str |
         data = Path(trust_path).read_bytes()
     except OSError as e:
         raise ProvError(f"{trust_path}: {e.strerror}") from None
-    doc, dupes = _loads_tracking_dupes(data, trust_path)
+    doc, dupes = loads_tracking(data, trust_path)
     errs = (["duplicate keys " + ", ".join(dupes)] if dupes else []) + jsonschema_lite.validate(doc, "trust-policy.v1.json")
     if errs:
         raise ProvError(f"{trust_path}: not a valid trust policy ({errs[0]})")
@@ -124,7 +107,7 @@ def read_envelope(path: str | Path) -> tuple[dict, list[str]]:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ProvError(f"{path}: {e.strerror}") from None
-    env, dupes = _loads_tracking_dupes(data, str(path))
+    env, dupes = loads_tracking(data, str(path))
     if not isinstance(env, dict) or not isinstance(env.get("payload"), str) \
             or not isinstance(env.get("payloadType"), str) or not isinstance(env.get("signatures"), list):
         raise ProvError(f"{path}: not a DSSE envelope (needs payload, payloadType, signatures)")
@@ -151,9 +134,9 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
     if not out.add("payload_type", ptype == signing.IN_TOTO, f"{ptype}"):
         return out
     # 3. strict parsing
-    stmt, dupes = _loads_tracking_dupes(payload, "payload")
-    from . import canonical
-    canonical_ok = not dupes and isinstance(stmt, dict) and canonical.dumps(stmt) == payload
+    stmt, dupes = loads_tracking(payload, "payload")
+    from .canonical import dumps
+    canonical_ok = not dupes and isinstance(stmt, dict) and dumps(stmt) == payload
     if not out.add("strict_json", canonical_ok and not env_dupes,
                    "payload is RFC 8785 canonical JSON, no duplicate keys" if canonical_ok and not env_dupes
                    else f"duplicate key(s) {sorted(set(dupes + env_dupes))}" if dupes or env_dupes
@@ -243,7 +226,7 @@ def _check_record(record: str, pred: dict) -> tuple[str, bool, str]:
     sha, b3 = hashlib.sha256(data).hexdigest(), blake3(data).hexdigest()
     if (sha, b3) != (pred["record"]["sha256"], pred["record"]["blake3"]):
         return "record_digest", False, f"record file sha256 {sha[:16]}.. is not the released {pred['record']['sha256'][:16]}.."
-    rec, _ = _loads_tracking_dupes(data, record)
+    rec, _ = loads_tracking(data, record)
     r = rec.get("result", {}) if isinstance(rec, dict) else {}
     same = (r.get("canonical_score") == pred["score"]["canonical"] and r.get("samples") == pred["score"]["samples"]
             and rec.get("grade") == pred["grade"])
@@ -281,9 +264,4 @@ def _remember(state: str, pred: dict, digest: str) -> None:
     cur = rel.get(pred["name"])
     if not cur or pred["version"] >= cur["version"]:
         rel[pred["name"]] = {"version": pred["version"], "statement_sha256": digest}
-    tmp = f"{state}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state)
+    write_json(state, doc)
