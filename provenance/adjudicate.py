@@ -11,7 +11,8 @@ from . import contest
 from .contest import Check, Profile
 from .digest import Digest, hash_file
 from .errors import ProvError
-from .models import BlobDigest, CheckResult, Environment, EvalRecord, Result, Runtime, TreeDigest, Upstream
+from .models import (BlobDigest, CheckResult, Environment, EvalRecord, Result, Runtime, SandboxRecord,
+                     TreeDigest, Upstream)
 from .store import Store
 
 
@@ -66,14 +67,41 @@ def _stored(store: Store, x, kind: str, what: str) -> Digest:
     return x if isinstance(x, Digest) else store.add_as(x, kind, what)
 
 
-def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path | Digest,
+def runtime_artifacts(store: Store, tree_b3: str) -> Check:
+    """Walk a stored runtime tree (iteratively) for its size and its large non-text files."""
+    from . import tree as treemod
+    total = files = 0
+    large: list[tuple[str, int]] = []
+    todo = [("", tree_b3)]
+    while todo:
+        prefix, b3 = todo.pop()
+        for kind, name, size, child in treemod.parse(store.read_bytes(b3), b3):
+            if kind == "tree":
+                todo.append((f"{prefix}{name}/", child))
+                continue
+            total += size
+            if kind == "link":
+                continue
+            files += 1
+            if size > contest.ARTIFACT_BYTES:
+                with store.open(child) as f:
+                    if not contest.is_text(f.read(8192)):
+                        large.append((prefix + name, size))
+    return contest.check_runtime_artifacts(total, files, sorted(large))
+
+
+def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: str | Path | Digest,
                       runtime: str | Path | Digest | None = None, upstream: str | Path | None = None,
                       profile: Profile = contest.OFFICIAL, source: str = "imported-report",
                       environment: Environment | None = None, timings: dict | None = None,
                       inflated: Digest | None = None, label: str | None = None,
-                      extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None
-                      ) -> tuple[EvalRecord, Digest, list[Check]]:
-    report_bytes, rep = contest.read_report(report_path)
+                      extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None,
+                      sandbox: SandboxRecord | None = None) -> tuple[EvalRecord, Digest, list[Check]]:
+    """`report_path` is a path, or the report's bytes as a replay read them."""
+    if isinstance(report_path, bytes):
+        report_bytes, rep = report_path, contest.parse_report(report_path)
+    else:
+        report_bytes, rep = contest.read_report(report_path)
     archive_d = _stored(store, archive, "file", "archive")
     children = [archive_d.blake3]
     runtime_d = None
@@ -88,6 +116,13 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
     children += [d.blake3 for d in (logs or {}).values()]
 
     checks = contest.check_report(profile, rep, archive_d.size) + list(extra_checks)
+    if runtime_d is not None:
+        checks.append(runtime_artifacts(store, runtime_d.blake3))
+    pinned = None
+    if upstream is not None:
+        pin = contest.check_evaluator(profile, upstream)
+        checks.append(pin)
+        pinned = pin.ok
     if up.uncompressed_size is not None:
         checks.append(Check("upstream_videos_size", up.uncompressed_size == rep.uncompressed_size,
                             f"videos/ holds {up.uncompressed_size:,} bytes, report says {rep.uncompressed_size:,}"))
@@ -98,7 +133,7 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
         profile, source=source, device=env.device, gpu_model=env.gpu_model, samples=rep.samples,
         platform=env.platform, custody_complete=runtime_d is not None,
         canonical_env=by_name["uncompressed_size_canonical"].ok, sandboxed=env.sandboxed is not False,
-        contradicted=contradicted)
+        contradicted=contradicted, evaluator_pinned=pinned)
     record = EvalRecord(
         profile=profile.name, source=source, archive=blob_model(archive_d),
         runtime=Runtime(tree=tree_model(runtime_d)) if runtime_d else Runtime(),
@@ -109,6 +144,6 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
                       uncompressed_size_reported=rep.uncompressed_size),
         report=blob_model(report_d), inflated=tree_model(inflated) if inflated else None,
         logs={k: blob_model(v) for k, v in (logs or {}).items()},
-        timings=timings or {}, checks=[CheckResult(**c.as_dict()) for c in checks],
+        timings=timings or {}, sandbox=sandbox, checks=[CheckResult(**c.as_dict()) for c in checks],
         grade=g, axis=axis, allowed_use=use, label=label, created_at=now_rfc3339())
     return record, save_record(store, record, tuple(children)), checks

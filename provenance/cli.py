@@ -138,6 +138,7 @@ def cat(ctx, digest, as_json):
         emit({**info.as_dict(), "content_base64": base64.b64encode(store.read_bytes(info.blake3)).decode()}, True)
         return
     out = sys.stdout.buffer
+    store.verify_object(info.blake3)  # stdout cannot be taken back: check before the first byte
     with store.open(info.blake3) as f:
         while chunk := f.read(CHUNK):
             out.write(chunk)
@@ -624,26 +625,38 @@ def log_verify(ctx, as_json):
 @click.option("--no-sandbox", is_flag=True, help="Run without bubblewrap; recorded, and the grade is capped below A.")
 @click.option("--timeout", type=float, default=1800.0, show_default=True, help="Wall-clock limit per phase (s).")
 @click.option("--mem-limit", type=int, default=16 << 30, show_default=True,
-              help="Address-space limit in bytes (ignored with --device cuda).")
+              help="Address-space limit per process in bytes (ignored with --device cuda).")
+@click.option("--memory", type=int, default=16 << 30, show_default=True,
+              help="Memory cap in bytes for all processes of a phase together, plus its /tmp.")
+@click.option("--tmp-size", type=int, default=2 << 30, show_default=True, help="Size cap of each phase's /tmp (bytes).")
+@click.option("--write-margin", type=int, default=64 << 20, show_default=True,
+              help="Bytes inflate may write beyond the unzipped archive and the expected .raw outputs.")
+@click.option("--max-expand", type=int, default=16 << 30, show_default=True,
+              help="Total bytes archive.zip may expand to at intake.")
 @click.option("--keep-scratch", is_flag=True, help="Keep the scratch directory for inspection.")
 @json_option
 @click.pass_context
 def replay(ctx, archive, runtime, upstream, name, device, compare_path, no_sandbox, timeout, mem_limit,
-           keep_scratch, as_json):
+           memory, tmp_size, write_margin, max_expand, keep_scratch, as_json):
     """Recompute the score of ARCHIVE + RUNTIME with the upstream evaluator, sandboxed.
 
-    Exit 0 on a record (and REPRODUCED), 1 when the submission fails or MISMATCHes,
-    2 on bad input, 3 when bubblewrap is missing.
+    Inflate runs without the ground truth and the scorer weights in sight; evaluate runs with
+    the submission read-only; the evaluator is checked against the profile's pinned digests.
+
+    Exit 0 on a record (and REPRODUCED), 1 when the submission fails or MISMATCHes, or a stored
+    object is corrupt, 2 on bad input (a refused archive among it), 3 when bubblewrap is missing.
     """
+    from . import intake
     from .replay import compare, expected_from, replay as run
     from .sandbox import Limits
     expected = expected_from(compare_path) if compare_path else None
     store = open_store(ctx, create=True)
     tty = sys.stderr.isatty()
     say = (lambda m: click.echo(f"replay: {m}", err=True)) if tty and not as_json else None
-    limits = Limits(timeout=timeout, address_space=None if device == "cuda" else mem_limit)
+    limits = Limits(timeout=timeout, address_space=None if device == "cuda" else mem_limit, memory=memory,
+                    tmp_size=tmp_size, write_margin=write_margin)
     res = run(store, archive, runtime, upstream, name, device, not no_sandbox, limits, say,
-              keep_scratch=keep_scratch)
+              keep_scratch=keep_scratch, intake_limits=intake.Limits(max_total_bytes=max_expand))
     diff = compare(res.record, expected) if expected else None
     verdict = None if diff is None else ("REPRODUCED" if all(d["same"] for d in diff) else "MISMATCH")
     if as_json:

@@ -26,6 +26,10 @@ class Profile:
     frames: int
     width: int
     height: int
+    # the evaluator's identity: (path in the checkout, bytes, sha256) of every file that decides a score
+    evaluator: tuple[tuple[str, int, str], ...] = ()
+    # ground truth and scorer artifacts: absent while a submission inflates (CONTEST.md, the rules)
+    hidden_at_inflate: tuple[str, ...] = ("videos", "models")
 
     @staticmethod
     def score(posenet: float, segnet: float, rate: float) -> float:
@@ -33,7 +37,17 @@ class Profile:
         return 100 * segnet + math.sqrt(posenet * 10) + 25 * rate
 
 
-OFFICIAL = Profile("comma-official-v1", 37_545_489, 600, "Tesla T4", 1200, 1164, 874)
+OFFICIAL = Profile("comma-official-v1", 37_545_489, 600, "Tesla T4", 1200, 1164, 874, evaluator=(
+    # upstream commit 11ad728f563d8970929e8947a1cf6124ee6303e4 (CONTEST.md)
+    ("evaluate.py", 6_005, "7da71a84ce24286bc6b583470f9bbd25c998971da301320d0d4e9d6fd40baa4b"),
+    ("frame_utils.py", 9_345, "d689aca7d263997cb2fb980d6098d503f955e56e8642cd0a04cc437f0ffdab90"),
+    ("modules.py", 8_322, "065961ba97023e393e27818760b0dc8efaa8dd53c5d4cc70a2db8ee1b3cf49aa"),
+    ("public_test_video_names.txt", 6, "7ff99d08c8351dd8167ec09213b758da5bbb705dedabe361ba881217374029a8"),
+    ("models/posenet.safetensors", 55_835_560, "0f3a0874c5c387f990d7b88bd1d7e1f6de35d98b45f2a289989db2c77b9b6576"),
+    ("models/segnet.safetensors", 38_502_892, "68956e328d4c5d875389a1a444870e6bac1c052c9986123827af95c07c6991b6"),
+    ("videos/0.mkv", 37_545_489, "2611f5f3e186f3529777749f97bd4cce3a208d6b3559e137bd45d256980d2fa9"),
+))
+ARTIFACT_BYTES = 1 << 20  # a runtime file this large that is not source text is flagged (custody)
 PROFILES = {OFFICIAL.name: OFFICIAL}
 
 
@@ -228,9 +242,13 @@ GRADE_TABLE = {
 
 def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str | None,
           samples: int, platform: str | None, custody_complete: bool, canonical_env: bool,
-          sandboxed: bool = True, contradicted: bool = False) -> tuple[str, str, str]:
-    """(grade, axis, allowed_use) from the facts. The only place grades are decided."""
+          sandboxed: bool = True, contradicted: bool = False,
+          evaluator_pinned: bool | None = None) -> tuple[str, str, str]:
+    """(grade, axis, allowed_use) from the facts. The only place grades are decided.
+    An evaluator that differs from the profile's pin produces a report, never a score-bearing grade."""
     def out(g: str) -> tuple[str, str, str]:
+        if evaluator_pinned is False and g in ("A++", "A", "contest-CPU"):
+            g = "B"
         return (g, *GRADE_TABLE[g])
 
     if contradicted or samples != profile.samples or not canonical_env:
@@ -251,3 +269,54 @@ def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str |
             return out("contest-CPU")
         return out("B" if custody_complete else "invalid")
     return out("invalid")
+
+
+# -- the evaluator's identity and the runtime's custody ----------------------------------------
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def check_evaluator(profile: Profile, root: str | Path) -> Check:
+    """`evaluator_pinned`: every file the profile pins, with expected and seen digests where they differ."""
+    from .digest import hash_file
+    if not profile.evaluator:
+        return Check("evaluator_pinned", False, f"profile {profile.name} pins no evaluator", "flag")
+    root, bad = Path(root), []
+    for rel, size, sha in profile.evaluator:
+        p = root / rel
+        if not p.is_file():
+            bad.append(f"{rel}: missing (expected sha256 {sha})")
+            continue
+        if p.stat().st_size < 1024:
+            head = p.read_bytes()
+            if head.startswith(LFS_POINTER):
+                bad.append(f"{rel}: a git-LFS pointer, not the file (run `git lfs pull`)")
+                continue
+        seen = hash_file(p).sha256
+        if seen != sha:
+            bad.append(f"{rel}: expected sha256 {sha}, seen {seen}")
+    detail = "; ".join(bad) if bad else f"{len(profile.evaluator)} files match the evaluator {profile.name} pins"
+    return Check("evaluator_pinned", not bad, detail, "flag")
+
+
+def check_runtime_artifacts(total: int, files: int, large_binaries: list[tuple[str, int]]) -> Check:
+    """`runtime_artifacts`: the contest counts networks and other large artifacts toward the archive,
+    so a large file in the runtime tree that is not source text is flagged for a judge to see."""
+    head = f"runtime tree holds {total:,} bytes in {files} file(s)"
+    if not large_binaries:
+        return Check("runtime_artifacts", True, f"{head}; no non-text file over {ARTIFACT_BYTES:,} bytes", "flag")
+    listed = ", ".join(f"{n} ({s:,} bytes)" for n, s in large_binaries[:10])
+    more = f" and {len(large_binaries) - 10} more" if len(large_binaries) > 10 else ""
+    return Check("runtime_artifacts", False,
+                 f"{head}; non-text files over {ARTIFACT_BYTES:,} bytes: {listed}{more} "
+                 "(large artifacts must ship inside the archive)", "flag")
+
+
+def is_text(head: bytes) -> bool:
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3  # a character cut at the end of the sample
+    return True

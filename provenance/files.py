@@ -28,3 +28,64 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a directory tree that a sandboxed program made: at any depth (by directory fds, so
+    no path grows past PATH_MAX and nothing recurses), without following links, making locked
+    directories ours first. Best effort: never raises."""
+    import stat
+    top = os.fsencode(path)
+    try:
+        if not stat.S_ISDIR(os.lstat(top).st_mode):
+            os.unlink(top)
+            return
+        os.chmod(top, 0o700)
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    names: list[bytes] = []  # the path from top to fd, by name
+    try:
+        while True:
+            sub = None
+            try:
+                with os.scandir(fd) as it:
+                    for e in it:
+                        if e.is_dir(follow_symlinks=False):
+                            sub = os.fsencode(e.name)
+                            break
+                        try:
+                            os.unlink(e.name, dir_fd=fd)
+                        except OSError:
+                            pass
+            except OSError:
+                pass
+            if sub is not None:
+                try:
+                    os.chmod(sub, 0o700, dir_fd=fd)
+                    child = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError:  # cannot enter: try to remove it as it is, and move on
+                    try:
+                        os.rmdir(sub, dir_fd=fd)
+                    except OSError:
+                        return
+                    continue
+                os.close(fd)
+                names.append(sub)
+                fd = child
+                continue
+            if not names:
+                break
+            parent = os.open(b"..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            try:
+                os.rmdir(names.pop(), dir_fd=fd)
+            except OSError:
+                return
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(top)
+    except OSError:
+        pass

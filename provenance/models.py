@@ -58,6 +58,20 @@ class Environment(Strict):
     sandbox_env: Optional[dict[str, str]] = Field(default=None, description="the environment allow-list used")
 
 
+class PhaseView(Strict):
+    """What one sandboxed phase saw and could write, in symbolic paths (no machine paths)."""
+    sees: list[str]
+    writes: list[str]
+    hidden: list[str] = Field(default_factory=list, description="absent from the phase, not merely unreadable")
+    write_cap: Optional[int] = Field(default=None, description="bytes the phase could leave in what it writes")
+
+
+class SandboxRecord(Strict):
+    phases: dict[str, PhaseView] = Field(default_factory=dict)
+    limits: dict[str, int | float] = Field(default_factory=dict, description="whole-phase caps, bytes and seconds")
+    no_new_user_namespaces: bool = False
+
+
 class Result(Strict):
     samples: int = Field(ge=0)
     posenet: float = Field(ge=0)
@@ -90,6 +104,7 @@ class EvalRecord(Strict):
     inflated: Optional[TreeDigest] = None
     logs: dict[str, BlobDigest] = Field(default_factory=dict, description="phase output tails, by phase.stream")
     timings: dict[str, float] = Field(default_factory=dict)
+    sandbox: Optional[SandboxRecord] = Field(default=None, description="each phase's view and the limits, for replays")
     checks: list[CheckResult] = Field(default_factory=list)
     grade: Literal["A++", "A", "contest-CPU", "B", "external", "invalid"]
     axis: str

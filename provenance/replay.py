@@ -1,15 +1,17 @@
 """Replay: recompute the score from the exact stored bytes, in a sandbox.
 
 intake -> inflate -> check every .raw -> evaluate -> parse -> adjudicate -> EvalRecord.
-The runtime tree and archive are exported from the store, so what runs is exactly what was
-hashed, whatever happens to the originals meanwhile.
+What runs is exactly what was hashed: the archive is copied into scratch as it is hashed and
+unzipped from that copy (the store sees it only once intake accepts it), and the runtime tree
+leaves the store re-hashed. The host reads nothing the submission made through a link, walks
+what it made without recursion, and removes scratch on every way out.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -19,26 +21,29 @@ from typing import Callable
 from . import contest, intake
 from .adjudicate import adjudicate_report
 from .contest import Check
-from .digest import Digest, hash_file
+from .digest import Digest, hash_file, stream
 from .errors import ProvError, VerificationFailed
-from .models import EvalRecord, Environment
-from .sandbox import Layout, Limits, PhaseResult, Sandbox
-from .store import Store
+from .files import remove_tree
+from .models import EvalRecord, Environment, PhaseView, SandboxRecord
+from .sandbox import Layout, Limits, PhaseResult, Sandbox, View, written_bytes
 
 NAMES_FILE = "public_test_video_names.txt"
 PROFILE_MARKER = "comma_lab_profile"  # the miniature names its profile; a real checkout has none
+MAX_OUTPUT_DEPTH = 64  # levels under inflated/ the host will walk
 
+# Versions from package metadata and nvidia-smi: importing torch here would cost seconds.
 PROBE = r"""
-import json, platform, shutil, subprocess, sys
+import json, platform, re, shutil, subprocess, sys
+from importlib import metadata, util
 out = {"python": platform.python_version(), "platform": platform.system().lower() + "-" + platform.machine()}
 try:
-    import torch
-    out["torch"] = torch.__version__
-    out["cuda"] = torch.version.cuda
-    if sys.argv[1] == "cuda" and torch.cuda.is_available():
-        out["gpu_model"] = torch.cuda.get_device_name(0)
+    out["torch"] = metadata.version("torch")
+    spec = util.find_spec("torch")
+    with open(spec.submodule_search_locations[0] + "/version.py") as f:
+        m = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", f.read(), re.M)
+    out["cuda"] = m.group(1) if m else None
 except Exception as e:
-    out["torch_error"] = repr(e)
+    out["torch_error"] = type(e).__name__
 if sys.argv[1] == "cuda" and shutil.which("nvidia-smi"):
     r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                        capture_output=True, text=True)
@@ -86,10 +91,78 @@ def _scratch_layout(scratch: Path, upstream: Path, name: str, sandboxed: bool) -
     return Layout(upstream=view, name=name, runtime_copy=view / "submissions" / name, out=scratch / "out")
 
 
-def replay(store: Store, archive: str | Path, runtime: str | Path, upstream: str | Path, name: str | None = None,
+def _stage(src: str | Path, dest: Path) -> Digest:
+    """Copy a file into scratch, hashing the bytes as they are written."""
+    try:
+        with open(src, "rb") as f:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            try:
+                return stream(f, lambda mv: os.write(fd, mv))
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise ProvError(f"{src}: {e.strerror}") from None
+
+
+def phase_views(profile: contest.Profile, limits: Limits, inflate_writes: int) -> dict[str, View]:
+    """The one place that says what each phase sees and writes (DESIGN.md, the replay's trust model)."""
+    hidden = profile.hidden_at_inflate
+    return {"probe": View("probe", hide=hidden, write_cap=0),
+            "inflate": View("inflate", hide=hidden, writable=("archive", "inflated"), write_cap=inflate_writes),
+            "evaluate": View("evaluate", out=True, write_cap=limits.evaluate_writes)}
+
+
+def check_outputs(inflated: Path, names: list[str], want: int, max_entries: int) -> Check:
+    """Every .raw a regular file of the right size (lstat: a planted link is refused, never followed),
+    and the rest of inflated/ shallow and small enough to walk."""
+    for n in names:
+        raw = inflated / (os.path.splitext(n)[0] + ".raw")
+        try:
+            st = os.lstat(raw)
+        except FileNotFoundError:
+            raise ReplayFailed(f"inflate: produced no inflated/{raw.name}") from None
+        if not stat.S_ISREG(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise ReplayFailed(f"inflate: inflated/{raw.name} is {what}; outputs must be regular files")
+        if st.st_size != want:
+            raise ReplayFailed(f"inflate: inflated/{raw.name} has {st.st_size:,} bytes, expected {want:,}")
+    todo, entries = [(os.fsencode(inflated), 0)], 0
+    while todo:
+        d, depth = todo.pop()
+        if depth > MAX_OUTPUT_DEPTH:
+            raise ReplayFailed(f"inflate: inflated/ nests deeper than {MAX_OUTPUT_DEPTH} levels")
+        with os.scandir(d) as it:
+            for e in it:
+                entries += 1
+                if entries > max_entries:
+                    raise ReplayFailed(f"inflate: inflated/ holds more than {max_entries:,} entries")
+                if e.is_dir(follow_symlinks=False):
+                    todo.append((e.path, depth + 1))
+                elif not (e.is_file(follow_symlinks=False) or e.is_symlink()):
+                    raise ReplayFailed(f"inflate: inflated/ holds a special file "
+                                       f"({os.fsdecode(e.path)[len(str(inflated)) + 1:]})")
+    return Check("inflated_outputs", True, f"{len(names)} .raw file(s) of {want:,} bytes")
+
+
+def read_report(out: Path) -> bytes:
+    """report.txt from a directory only the evaluator could write, never through a link."""
+    try:
+        fd = os.open(out / "report.txt", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ReplayFailed("evaluate: wrote no report.txt") from None
+    except OSError as e:
+        raise ReplayFailed(f"evaluate: report.txt cannot be read safely ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > contest.MAX_REPORT_BYTES:
+            raise ReplayFailed("evaluate: report.txt is not a regular file of a report's size")
+        return f.read(contest.MAX_REPORT_BYTES + 1)
+
+
+def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path, name: str | None = None,
            device: str = "cpu", sandboxed: bool = True, limits: Limits = Limits(),
            progress: Callable[[str], None] | None = None, scratch_base: str | None = None,
-           keep_scratch: bool = False) -> ReplayResult:
+           keep_scratch: bool = False, intake_limits: intake.Limits = intake.Limits()) -> ReplayResult:
     say = progress or (lambda msg: None)
     upstream, runtime = Path(upstream).resolve(), Path(runtime)
     if not (upstream / "evaluate.py").is_file():
@@ -102,32 +175,39 @@ def replay(store: Store, archive: str | Path, runtime: str | Path, upstream: str
     name = name or default_name(runtime)
     if not name.isidentifier():
         raise ProvError(f"--name {name!r}: must be a Python identifier (it becomes submissions.<name>)")
+    for reserved in ("archive", "inflated", "archive.zip"):
+        if os.path.lexists(runtime / reserved):
+            raise ProvError(f"{runtime}: runtime tree ships {reserved!r}, which the evaluator writes")
     profile = detect_profile(upstream)
-    say(f"hashing archive and runtime into {store.root}")
-    archive_d = store.add_as(archive, "file", "archive")
-    runtime_d = store.add_as(runtime, "tree", "runtime")
+    names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+    want = profile.frames * profile.height * profile.width * 3
 
     scratch = Path(tempfile.mkdtemp(prefix="prov-replay-", dir=scratch_base))
     try:
+        say("intake: copying archive.zip into scratch and unzipping it safely")
+        staged = scratch / "archive.zip"
+        _stage(archive, staged)
+        intake.extract(staged, scratch / "unzipped", intake_limits, label=str(archive))
+        say(f"hashing archive and runtime into {store.root}")
+        runtime_d = store.add_as(runtime, "tree", "runtime")
+        archive_d = store.add_as(staged, "file", "archive")
         layout = _scratch_layout(scratch, upstream, name, sandboxed)
-        store.export(runtime_d.blake3, layout.runtime_copy)
-        for reserved in ("archive", "inflated", "archive.zip"):
-            if os.path.lexists(layout.runtime_copy / reserved):
-                raise ProvError(f"{runtime}: runtime tree ships {reserved!r}, which the evaluator writes")
-        say("intake: unzipping archive.zip safely")
-        intake.extract(store.path_of(archive_d.blake3), layout.runtime_copy / "archive", label=str(archive))
-        shutil.copyfile(store.path_of(archive_d.blake3), layout.runtime_copy / "archive.zip")
+        store.export(runtime_d.blake3, layout.runtime_copy)  # re-hashed on the way out
+        os.rename(scratch / "unzipped", layout.runtime_copy / "archive")
+        store.copy_out(archive_d.blake3, layout.runtime_copy / "archive.zip")
         (layout.runtime_copy / "inflated").mkdir()
         layout.out.mkdir()
         logs_dir = scratch / "logs"
         logs_dir.mkdir()
+        unzipped, _ = written_bytes([layout.runtime_copy / "archive"], limits.max_entries)
+        views = phase_views(profile, limits, unzipped + want * len(names) + limits.write_margin)
         box = Sandbox(layout, device, limits, sandboxed)
         sub, up = str(layout.submission), str(layout.upstream)
         phases: list[PhaseResult] = []
 
         def phase(label: str, argv: list[str]) -> PhaseResult:
             say(f"{label}: running{' in the sandbox' if sandboxed else ' WITHOUT a sandbox'}")
-            r = box.run(label, argv, logs_dir)
+            r = box.run(label, argv, logs_dir, views[label])
             phases.append(r)
             say(f"{label}: {'done' if r.ok else 'FAILED'} in {r.wall:.1f} s")
             if not r.ok:
@@ -135,27 +215,19 @@ def replay(store: Store, archive: str | Path, runtime: str | Path, upstream: str
                 raise ReplayFailed(f"{label}: {r.reason}" + (f": {last}" if last else ""))
             return r
 
-        probe = phase("probe", [sys.executable, "-c", PROBE, device])
-        env_seen = json.loads(probe.stdout.decode().strip().splitlines()[-1])
+        probe = phase("probe", [sys.executable, "-s", "-c", PROBE, device])
+        try:
+            env_seen = json.loads(probe.stdout.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise ReplayFailed("probe: printed no environment") from None
         phase("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated", f"{up}/{NAMES_FILE}"])
-        names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
-        want = profile.frames * profile.height * profile.width * 3
-        for n in names:
-            raw = layout.runtime_copy / "inflated" / (os.path.splitext(n)[0] + ".raw")
-            if not raw.is_file():
-                raise ReplayFailed(f"inflate: produced no inflated/{raw.name}")
-            if raw.stat().st_size != want:
-                raise ReplayFailed(f"inflate: inflated/{raw.name} has {raw.stat().st_size:,} bytes, expected "
-                                   f"{want:,} ({profile.frames} frames x {profile.height} x {profile.width} x 3)")
-        raw_check = Check("inflated_outputs", True, f"{len(names)} .raw file(s) of {want:,} bytes")
-        phase("evaluate", [sys.executable, "evaluate.py", "--submission-dir", sub,
+        raw_check = check_outputs(layout.runtime_copy / "inflated", names, want, limits.max_entries)
+        phase("evaluate", [sys.executable, "-s", "evaluate.py", "--submission-dir", sub,
                            "--uncompressed-dir", f"{up}/videos", "--report", f"{box.out_inside}/report.txt",
                            "--video-names-file", f"{up}/{NAMES_FILE}", "--device", device])
-        report = layout.out / "report.txt"
-        if not report.is_file():
-            raise ReplayFailed("evaluate: wrote no report.txt")
+        report = read_report(layout.out)
         from . import tree as treemod
-        inflated = treemod.walk(layout.runtime_copy / "inflated", lambda p, s: hash_file(p))
+        inflated = treemod.walk(layout.runtime_copy / "inflated", lambda p, s: hash_file(p), allow_unsafe_links=True)
         log_blobs = {}
         with store.batch() as b:
             for r in phases:
@@ -166,6 +238,10 @@ def replay(store: Store, archive: str | Path, runtime: str | Path, upstream: str
                           platform=env_seen.get("platform"), sandboxed=sandboxed,
                           # the allow-list as used, with this machine's Python location left out
                           sandbox_env={k: v.replace(box.python_bin, "${PYTHON_BIN}") for k, v in box.env.items()})
+        sandbox = SandboxRecord(
+            phases={k: PhaseView(**v.describe(upstream)) for k, v in views.items()} if sandboxed else {},
+            limits={k: v for k, v in limits.as_dict().items() if v is not None},
+            no_new_user_namespaces=box.seccomp is not None)
         say("adjudicating")
         record, digest, checks = adjudicate_report(
             store, report, archive_d, runtime_d, upstream, profile, source="replay", environment=env,
@@ -173,11 +249,11 @@ def replay(store: Store, archive: str | Path, runtime: str | Path, upstream: str
             extra_checks=[raw_check] + ([] if sandboxed else [Check("sandboxed", False,
                                                                     "replayed with --no-sandbox: grade capped below A",
                                                                     "flag")]),
-            logs=log_blobs)
+            logs=log_blobs, sandbox=sandbox)
         return ReplayResult(record, digest, checks, phases)
     finally:
         if not keep_scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch)
 
 
 # -- comparison -----------------------------------------------------------------------------

@@ -1,13 +1,22 @@
 """The bubblewrap sandbox that inflate.sh and the evaluator run in.
 
-The sandbox sees a root built from scratch: /usr and the loader's files read-only, the
-Python installation read-only, the upstream checkout read-only at its own path, the
-runtime copy read-only at <upstream>/submissions/<name>/ with only archive/ and inflated/
-writable there, a fresh /tmp, and nothing else: no home, no store, no keys. All namespaces
-are unshared, so there is no network. When the caller is root, the user namespace is
-kept and the command drops to nobody with no capabilities, so that process-count limits
-bind (the kernel exempts uid 0 from RLIMIT_NPROC).
+Each phase sees a root built from scratch: /usr and the loader's files read-only, the Python
+installation read-only, the upstream checkout read-only at its own path, the runtime copy
+read-only at <upstream>/submissions/<name>/, a size-capped /tmp, and nothing else: no home, no
+store, no keys. What else a phase sees is its `View`: inflate writes archive/ and inflated/ and
+never sees what the profile hides (ground truth, scorer weights: absent, not merely
+unreadable); evaluate sees everything of the upstream, the submission read-only, and writes
+only its own output directory. All namespaces are unshared, so there is no network; a seccomp
+filter refuses new user namespaces, so nothing inside regains capabilities. When the caller
+is root, the user namespace is kept and the command drops to nobody with no capabilities, so
+that process-count limits bind (the kernel exempts uid 0 from RLIMIT_NPROC).
+
+Limits bind the whole phase: a watchdog sums the resident memory of every process of the
+phase plus its /tmp, and the bytes under its writable directories, and kills the PID
+namespace when either crosses its cap (this machine class has cgroup v1 only, so the
+watchdog is the mechanism everywhere).
 """
+
 
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +39,47 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "passw
 LOG_TAIL = 1 << 20
 
 
+MiB, GiB = 1 << 20, 1 << 30
+
+
 @dataclass(frozen=True)
 class Limits:
+    """Per-phase limits. Defaults follow the official runners (CONTEST.md): 30 minutes, and the
+    16 GB of RAM of the CPU runner for everything a phase holds at once."""
     timeout: float = 1800.0  # wall clock per phase: the official limit
-    address_space: int | None = 16 << 30  # None for CUDA, whose drivers reserve vast address space
-    file_size: int = 16 << 30
+    address_space: int | None = 16 * GiB  # per process; None for CUDA, whose drivers reserve vast address space
+    file_size: int = 16 * GiB  # per file; a phase's write cap lowers it
     processes: int = 1024  # threads count too (torch starts one per core)
     cpu_seconds: int | None = None  # default: the wall-clock timeout
+    memory: int = 16 * GiB  # every process of the phase together, plus its /tmp
+    tmp_size: int = 2 * GiB  # the phase's private /tmp (a tmpfs, so it is memory)
+    write_margin: int = 64 * MiB  # inflate may write the expected .raw bytes plus this
+    evaluate_writes: int = 64 * MiB  # evaluate writes its report and nothing else of size
+    max_entries: int = 100_000  # files and directories a phase may leave in what it writes
+    poll: float = 0.05  # how often the watchdog looks
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("timeout", "address_space", "file_size", "processes",
+                                              "memory", "tmp_size", "write_margin", "evaluate_writes")}
+
+
+@dataclass(frozen=True)
+class View:
+    """What one phase sees besides the system: the upstream less `hide`, the runtime copy read-only,
+    `writable` subdirectories of the runtime copy, and (`out`) its own output directory."""
+    name: str
+    hide: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
+    out: bool = False
+    write_cap: int | None = None  # bytes the phase may leave in what it writes
+
+    def describe(self, upstream: Path) -> dict:
+        entries = sorted(e for e in os.listdir(upstream) if e != "submissions")
+        return {"sees": [f"upstream/{e}" for e in entries if e not in self.hide]
+                + ["submission/ (read-only)", "/usr, /etc (loader files), python (read-only)", "/tmp (private tmpfs)"],
+                "writes": [f"submission/{d}/" for d in self.writable] + (["output/"] if self.out else []),
+                "hidden": [f"upstream/{e}" for e in self.hide],
+                "write_cap": self.write_cap}
 
 
 @dataclass
@@ -47,6 +91,8 @@ class PhaseResult:
     reason: str | None  # why it did not succeed, in words
     stdout: bytes = b""
     stderr: bytes = b""
+    peak_memory: int = 0
+    written: int = 0
 
     @property
     def ok(self) -> bool:
@@ -60,7 +106,7 @@ class Layout:
     upstream: Path  # the real checkout (read-only inside, at the same path)
     name: str
     runtime_copy: Path  # scratch copy of the runtime tree; holds archive/ and inflated/
-    out: Path  # scratch dir for the report and probe output (writable inside at /prov-out)
+    out: Path  # scratch dir for the report (writable inside at /prov-out, by the evaluate phase only)
     inside_out: str = "/prov-out"
 
     @property
@@ -90,17 +136,164 @@ def _python_roots() -> list[str]:
     return sorted(r for r in roots if not r.startswith("/usr/"))
 
 
+# -- no new user namespaces inside: a classic-BPF seccomp filter for bwrap --seccomp ---------------
+
+_ARCH = {  # AUDIT_ARCH and syscall numbers of unshare, clone, clone3, setns
+    "x86_64": (0xC000003E, 272, 56, 435, 308),
+    "aarch64": (0xC00000B7, 97, 220, 435, 268),
+}
+CLONE_NEWUSER = 0x10000000
+
+
+def seccomp_program() -> bytes | None:
+    """unshare/clone with CLONE_NEWUSER and setns fail with EPERM; clone3 with ENOSYS (its flags sit
+    in memory a filter cannot read, and libc then falls back to clone); foreign ABIs fail."""
+    import platform
+    import struct
+    spec = _ARCH.get(platform.machine())
+    if spec is None:
+        return None
+    audit, unshare, clone, clone3, setns = spec
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    prog = [
+        (ld, 0, 0, 4),             # 0: arch
+        (jeq, 1, 0, audit),        # 1: native ABI -> 3
+        (ret, 0, 0, eperm),        # 2
+        (ld, 0, 0, 0),             # 3: syscall number
+        (jge, 0, 1, 0x40000000),   # 4: x32 ABI -> 5, else 6
+        (ret, 0, 0, eperm),        # 5
+        (jeq, 0, 1, clone3),       # 6
+        (ret, 0, 0, enosys),       # 7
+        (jeq, 0, 1, setns),        # 8
+        (ret, 0, 0, eperm),        # 9
+        (jeq, 1, 0, unshare),      # 10: -> 12
+        (jeq, 0, 3, clone),        # 11: neither -> 15
+        (ld, 0, 0, 16),            # 12: low word of the first argument (the flags)
+        (jset, 0, 1, CLONE_NEWUSER),  # 13
+        (ret, 0, 0, eperm),        # 14
+        (ret, 0, 0, allow),        # 15
+    ]
+    return b"".join(struct.pack("<HBBI", *i) for i in prog)
+
+
+# -- the watchdog: whole-phase memory and write caps ---------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _descendants(root: int) -> list[int]:
+    seen, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo += _children(pid)
+    return seen
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _tmp_used(pids: list[int]) -> int:
+    """Bytes in the sandbox's /tmp, seen through a sandboxed process's root."""
+    for pid in pids[1:]:
+        try:
+            v = os.statvfs(f"/proc/{pid}/root/tmp")
+        except OSError:
+            continue
+        return (v.f_blocks - v.f_bfree) * v.f_frsize
+    return 0
+
+
+def written_bytes(dirs: list[Path], max_entries: int) -> tuple[int, int]:
+    """(bytes, entries) under `dirs`: apparent sizes, links not followed, iteratively."""
+    total = entries = 0
+    todo = [os.fsencode(d) for d in dirs]
+    while todo and entries <= max_entries:
+        try:
+            it = os.scandir(todo.pop())
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                entries += 1
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(e.path)
+                    else:
+                        total += e.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+    return total, entries
+
+
+def _size(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+class _Watchdog(threading.Thread):
+    def __init__(self, root: int, limits: Limits, dirs: list[Path], write_cap: int | None, kill, sandboxed: bool):
+        super().__init__(daemon=True)
+        self.root, self.lim, self.dirs, self.write_cap, self.kill = root, limits, dirs, write_cap, kill
+        self.sandboxed = sandboxed
+        self.stop = threading.Event()
+        self.reason: str | None = None
+        self.peak_memory = self.peak_tmp = self.written = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(self.lim.poll):
+            self.reason = self.look()
+            if self.reason:
+                self.kill()
+                return
+
+    def look(self) -> str | None:
+        pids = _descendants(self.root)
+        tmp = _tmp_used(pids) if self.sandboxed else 0
+        mem = sum(_rss(p) for p in pids) + tmp
+        self.peak_memory, self.peak_tmp = max(self.peak_memory, mem), max(self.peak_tmp, tmp)
+        if mem > self.lim.memory:
+            return (f"memory cap: the phase's processes and /tmp held {_size(mem)} ({mem:,} bytes), "
+                    f"cap {self.lim.memory:,} bytes; killed")
+        if self.write_cap is not None and self.dirs:
+            n, entries = written_bytes(self.dirs, self.lim.max_entries)
+            self.written = max(self.written, n)
+            if n > self.write_cap:
+                return f"write cap: the phase wrote {n:,} bytes, cap {self.write_cap:,} bytes; killed"
+            if entries > self.lim.max_entries:
+                return f"entry cap: the phase made more than {self.lim.max_entries:,} files and directories; killed"
+        return None
+
+
 class Sandbox:
     def __init__(self, layout: Layout, device: str = "cpu", limits: Limits = Limits(), enabled: bool = True):
         self.l, self.device, self.limits, self.enabled = layout, device, limits, enabled
         self.as_root = os.geteuid() == 0
         self.python_bin = os.path.dirname(sys.executable)  # the venv's bin (not resolved: keeps site-packages)
         self.env = env_allowlist(device, self.python_bin)
+        self.seccomp = seccomp_program() if enabled else None
         if enabled:
             self.bwrap = bwrap_path()
         if self.as_root and enabled:  # the sandboxed user must be able to write its outputs
-            for d in (layout.runtime_copy / "inflated", layout.out):
-                os.chown(d, NOBODY, NOBODY)
+            for d in (layout.runtime_copy / "archive", layout.runtime_copy / "inflated", layout.out):
+                if d.is_dir():
+                    os.chown(d, NOBODY, NOBODY)
 
     # -- the command line -------------------------------------------------------------------
     @property
@@ -108,13 +301,15 @@ class Sandbox:
         """The writable output directory as the sandboxed command sees it."""
         return self.l.inside_out if self.enabled else str(self.l.out)
 
-    def bwrap_args(self) -> list[str]:
+    def bwrap_args(self, view: View, seccomp_fd: int | None = None) -> list[str]:
         l = self.l
         a = [self.bwrap, "--die-with-parent", "--new-session"]
         if self.as_root:
             a += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
         else:
             a += ["--unshare-all"]
+        if seccomp_fd is not None:
+            a += ["--seccomp", str(seccomp_fd)]
         a += ["--ro-bind", "/usr", "/usr"]
         for d in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
             if os.path.islink(d):
@@ -124,11 +319,12 @@ class Sandbox:
         for f in ETC_FILES:
             if os.path.exists(f"/etc/{f}"):
                 a += ["--ro-bind", f"/etc/{f}", f"/etc/{f}"]
-        a += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
+        a += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(self.limits.tmp_size),
+              "--tmpfs", "/tmp"]
         binds: list[tuple[str, str, str]] = [("--ro-bind", r, r) for r in _python_roots()]
         up = str(l.upstream)
         for entry in sorted(os.listdir(up)):
-            if entry != "submissions":
+            if entry != "submissions" and entry not in view.hide:
                 binds.append(("--ro-bind", f"{up}/{entry}", f"{up}/{entry}"))
         subs = l.upstream / "submissions"
         if subs.is_dir():  # shared files (e.g. __init__.py) stay; other submissions stay out of sight
@@ -137,8 +333,9 @@ class Sandbox:
                     binds.append(("--ro-bind", str(f), str(f)))
         sub = str(l.submission)
         binds.append(("--ro-bind", str(l.runtime_copy), sub))
-        binds += [("--bind", str(l.runtime_copy / d), f"{sub}/{d}") for d in ("archive", "inflated")]
-        binds.append(("--bind", str(l.out), l.inside_out))
+        binds += [("--bind", str(l.runtime_copy / d), f"{sub}/{d}") for d in view.writable]
+        if view.out:
+            binds.append(("--bind", str(l.out), l.inside_out))
         # bwrap makes missing mount points 0700, which the unprivileged user cannot cross
         made = {"/", "/usr", "/dev", "/proc", "/tmp", "/etc"}
         for _, _, dst in binds:
@@ -164,37 +361,68 @@ class Sandbox:
                   "--inh-caps=-all", "--bounding-set=-all", "--"]
         return a
 
-    def _limits(self) -> None:  # runs in the child before exec: inherited by everything below
+    def _limits(self, file_size: int) -> None:  # runs in the child before exec: inherited by everything below
         lim = self.limits
         os.setpgrp()
         if lim.address_space:
             resource.setrlimit(resource.RLIMIT_AS, (lim.address_space, lim.address_space))
         cpu = int(lim.cpu_seconds or lim.timeout) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (lim.file_size, lim.file_size))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
         resource.setrlimit(resource.RLIMIT_NPROC, (lim.processes, lim.processes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
+    def writable_dirs(self, view: View) -> list[Path]:
+        return [self.l.runtime_copy / d for d in view.writable] + ([self.l.out] if view.out else [])
+
     # -- running a phase --------------------------------------------------------------------
-    def run(self, name: str, argv: list[str], logs: Path) -> PhaseResult:
-        cmd = (self.bwrap_args() + argv) if self.enabled else argv
+    def run(self, name: str, argv: list[str], logs: Path, view: View | None = None) -> PhaseResult:
+        view = view or View(name)
+        fds: tuple[int, ...] = ()
+        if self.enabled and self.seccomp:
+            r, w = os.pipe()
+            os.write(w, self.seccomp)  # a few hundred bytes: fits the pipe buffer
+            os.close(w)
+            fds = (r,)
+        cmd = (self.bwrap_args(view, fds[0] if fds else None) + argv) if self.enabled else argv
+        file_size = min(self.limits.file_size, view.write_cap or self.limits.file_size)
         out_path, err_path = logs / f"{name}.stdout", logs / f"{name}.stderr"
         start = time.monotonic()
         reason = None
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                 env=self.env, cwd=str(self.l.upstream),
-                                 preexec_fn=self._limits)
-            try:
-                rc = p.wait(timeout=self.limits.timeout)
-            except subprocess.TimeoutExpired:
-                reason = f"timed out after {self.limits.timeout:g} s (wall-clock limit); killed"
-                self._kill(p)
-                rc = p.wait()
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                     env=self.env, cwd=str(self.l.upstream), pass_fds=fds,
+                                     preexec_fn=lambda: self._limits(file_size))
+                dog = _Watchdog(p.pid, self.limits, self.writable_dirs(view), view.write_cap,
+                                lambda: self._kill(p), self.enabled)
+                dog.start()
+                try:
+                    rc = p.wait(timeout=self.limits.timeout)
+                except subprocess.TimeoutExpired:
+                    reason = f"timed out after {self.limits.timeout:g} s (wall-clock limit); killed"
+                    self._kill(p)
+                    rc = p.wait()
+                dog.stop.set()
+                dog.join()
+        finally:
+            for fd in fds:
+                os.close(fd)
         wall = time.monotonic() - start
+        reason = dog.reason or reason
+        if reason is None and dog.write_cap is not None:  # a last look: what it left behind counts too
+            n, entries = written_bytes(dog.dirs, self.limits.max_entries)
+            dog.written = max(dog.written, n)
+            if n > dog.write_cap:
+                reason = f"write cap: the phase wrote {n:,} bytes, cap {dog.write_cap:,} bytes"
+            elif entries > self.limits.max_entries:
+                reason = f"entry cap: the phase made more than {self.limits.max_entries:,} files and directories"
         if reason is None and rc != 0:
-            reason = _explain(rc)
-        return PhaseResult(name, argv, rc, wall, reason, _tail(out_path), _tail(err_path))
+            reason = _explain(rc, file_size)
+            if dog.peak_tmp >= self.limits.tmp_size - MiB:
+                reason += f"; /tmp reached its cap of {self.limits.tmp_size:,} bytes"
+        return PhaseResult(name, argv, rc, wall, reason, _tail(out_path), _tail(err_path),
+                           dog.peak_memory, dog.written)
 
     def _kill(self, p: subprocess.Popen) -> None:
         # bwrap dies -> its pid-1 child gets SIGKILL (--die-with-parent) -> the pid namespace and
@@ -206,14 +434,16 @@ class Sandbox:
                 pass
 
 
-def _explain(rc: int) -> str:
+def _explain(rc: int, file_size: int) -> str:
     if rc < 0:
         sig = signal.Signals(-rc).name
-        why = {"SIGXCPU": "CPU-time limit", "SIGXFSZ": "file-size limit", "SIGKILL": "killed",
+        why = {"SIGXCPU": "CPU-time limit", "SIGXFSZ": f"file-size cap of {file_size:,} bytes", "SIGKILL": "killed",
                "SIGSEGV": "crashed"}.get(sig, "signal")
         return f"terminated by {sig} ({why})"
     if rc == 128 + signal.SIGXCPU:
         return "exceeded the CPU-time limit"
+    if rc == 128 + signal.SIGXFSZ:
+        return f"exceeded the file-size cap of {file_size:,} bytes"
     return f"exited with status {rc}"
 
 

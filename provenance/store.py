@@ -188,11 +188,45 @@ class Store:
     def _missing(self, what: str):
         raise ProvError(f"{what}: object missing from {self.root}")
 
+    def _corrupt(self, b3: str, seen: str) -> VerificationFailed:
+        return VerificationFailed(f"object {b3} at {self.path_of(b3)} is corrupt (its bytes hash to {seen}); "
+                                  f"nothing was served: run prov fsck")
+
     def read_bytes(self, b3: str) -> bytes:
+        """The object's bytes, re-hashed: a store altered on disk is noticed, never served."""
         try:
-            return self.path_of(b3).read_bytes()
+            data = self.path_of(b3).read_bytes()
         except FileNotFoundError:
             self._missing(b3)
+        seen = digest_bytes(data).blake3
+        if seen != b3:
+            raise self._corrupt(b3, seen)
+        return data
+
+    def copy_out(self, b3: str, dest: str | os.PathLike, mode: int = 0o644) -> Digest:
+        """Write the object to a new file `dest`, re-hashing the bytes as they are copied: what leaves
+        the store to be run or read is what was hashed, or nothing (dest is removed)."""
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            with self.open(b3) as src:
+                d = stream(src, lambda mv: _write_all(fd, mv))
+        except BaseException:
+            os.close(fd)
+            os.unlink(dest)
+            raise
+        os.close(fd)
+        if d.blake3 != b3:
+            os.unlink(dest)
+            raise self._corrupt(b3, d.blake3)
+        return d
+
+    def verify_object(self, b3: str) -> Digest:
+        """Re-hash a stored object in place (before streaming it somewhere that cannot be undone)."""
+        with self.open(b3) as f:
+            d = stream(f)
+        if d.blake3 != b3:
+            raise self._corrupt(b3, d.blake3)
+        return d
 
     def open(self, b3: str):
         try:
@@ -335,9 +369,7 @@ class Store:
                 treemod.check_link(link, depth, str(target))
                 os.symlink(link, target)
             else:
-                with self.open(child) as src, open(target, "xb") as out:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
+                self.copy_out(child, target)
                 os.chmod(target, 0o755 if kind == "exec" else 0o644)
 
     # -- integrity ----------------------------------------------------------------------

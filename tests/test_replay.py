@@ -194,12 +194,13 @@ def hostile_zip(tmp_path, case) -> Path:
 def test_hostile_archives_refused(tmp_path, mini, case, rule):
     z = hostile_zip(tmp_path, case)
     _, rt = sample(mini, "half")
-    before = set(os.listdir(tempfile_dir()))
-    r, _ = replay(tmp_path / "store", z, rt, mini / "upstream", check=2)
+    scratch = own_tmpdir(tmp_path)
+    r, _ = replay(tmp_path / "store", z, rt, mini / "upstream", check=2, env={"TMPDIR": str(scratch)})
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and f"rule: {rule}" in lines[0], r.err
     assert not (tmp_path / "evil").exists() and not Path("/etc/evil").exists()
-    assert set(os.listdir(tempfile_dir())) == before  # scratch cleaned up
+    assert os.listdir(scratch) == []  # scratch cleaned up
+    assert not (tmp_path / "store").exists() or prov_json("fsck", store=tmp_path / "store")["objects"] == 0
 
 
 def test_intake_limits_are_configurable(tmp_path):
@@ -212,9 +213,11 @@ def test_intake_limits_are_configurable(tmp_path):
         intake.check(z, intake.Limits(max_entries=1))
 
 
-def tempfile_dir():
-    import tempfile
-    return tempfile.gettempdir()
+def own_tmpdir(tmp_path) -> Path:
+    """A TMPDIR of the test's own: other programs write to the shared /tmp."""
+    d = tmp_path / "tmpdir"
+    d.mkdir(exist_ok=True)
+    return d
 
 
 # -- escape suite --------------------------------------------------------------------------
