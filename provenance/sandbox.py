@@ -379,16 +379,21 @@ class Sandbox:
     def run(self, name: str, argv: list[str], logs: Path, view: View | None = None) -> PhaseResult:
         view = view or View(name)
         fds: tuple[int, ...] = ()
-        if self.enabled and self.seccomp:
-            r, w = os.pipe()
-            os.write(w, self.seccomp)  # a few hundred bytes: fits the pipe buffer
-            os.close(w)
-            fds = (r,)
-        cmd = (self.bwrap_args(view, fds[0] if fds else None) + argv) if self.enabled else argv
+        cmd, tmp_r = argv, None
+        if self.enabled:
+            seccomp_fd = None
+            if self.seccomp:
+                seccomp_fd, w = os.pipe()
+                os.write(w, self.seccomp)  # a few hundred bytes: fits the pipe buffer
+                os.close(w)
+            # /tmp dies with the mount namespace: the phase's last act is to say how full it was
+            tmp_r, tmp_w = os.pipe()
+            fds = tuple(fd for fd in (seccomp_fd, tmp_w) if fd is not None)
+            cmd = self.bwrap_args(view, seccomp_fd) + ["bash", "-c", TMP_REPORT.format(fd=tmp_w), name] + argv
         file_size = min(self.limits.file_size, view.write_cap or self.limits.file_size)
         out_path, err_path = logs / f"{name}.stdout", logs / f"{name}.stderr"
         start = time.monotonic()
-        reason = None
+        reason, dog = None, None
         try:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
@@ -397,6 +402,9 @@ class Sandbox:
                 dog = _Watchdog(p.pid, self.limits, self.writable_dirs(view), view.write_cap,
                                 lambda: self._kill(p), self.enabled)
                 dog.start()
+                for fd in fds:  # the child has its copies; ours would keep the pipe open
+                    os.close(fd)
+                fds = ()
                 try:
                     rc = p.wait(timeout=self.limits.timeout)
                 except subprocess.TimeoutExpired:
@@ -408,6 +416,10 @@ class Sandbox:
         finally:
             for fd in fds:
                 os.close(fd)
+            if tmp_r is not None:
+                used = _read_tmp_report(tmp_r)
+                if dog is not None:
+                    dog.peak_tmp = max(dog.peak_tmp, used)
         wall = time.monotonic() - start
         reason = dog.reason or reason
         if reason is None and dog.write_cap is not None:  # a last look: what it left behind counts too
@@ -432,6 +444,25 @@ class Sandbox:
                 target()
             except ProcessLookupError:
                 pass
+
+
+TMP_REPORT = '"$@"; rc=$?; stat -f -c "%b %f %S" /tmp >&{fd} 2>/dev/null; exit $rc'
+
+
+def _read_tmp_report(fd: int) -> int:
+    """Bytes used in /tmp as the phase's wrapper last saw them (0 if it said nothing sensible)."""
+    try:
+        os.set_blocking(fd, False)
+        data = os.read(fd, 4096)
+    except OSError:
+        data = b""
+    finally:
+        os.close(fd)
+    try:
+        blocks, free, size = (int(x) for x in data.split(b"\n")[-2].split())
+        return max(0, (blocks - free) * size)
+    except (ValueError, IndexError):
+        return 0
 
 
 def _explain(rc: int, file_size: int) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import prov_json, run_prov
+from conftest import prov_json, run_prov, sample
 
 pytest.importorskip("torch")
 pytest.importorskip("av")
@@ -20,15 +20,6 @@ pytest.importorskip("av")
 from provenance import intake  # noqa: E402
 from provenance.miniature import PROFILE  # noqa: E402
 from provenance.miniature.build import build  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def mini(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("mini") / "contest")
-
-
-def sample(mini, name):
-    return mini / "submissions" / name / "archive.zip", mini / "submissions" / name / "runtime"
 
 
 def replay(store, archive, runtime, upstream, *extra, check=None, env=None):

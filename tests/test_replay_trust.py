@@ -1,0 +1,341 @@
+"""A replay that cannot be fooled (issue 11): each attack of a hostile entrant, built on the
+miniature, with its outcome and a host left as it was (no bytes outside scratch, no process
+left, scratch removed)."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import prov_json, run_prov, sample
+
+pytest.importorskip("torch")
+pytest.importorskip("av")
+
+from provenance import contest, intake  # noqa: E402
+from provenance.miniature import PROFILE  # noqa: E402
+from provenance.sandbox import Layout, Limits, Sandbox  # noqa: E402
+from provenance.replay import phase_views  # noqa: E402
+
+MARK = "ESCAPED"
+
+
+def hostile(tmp_path, mini, attack: str, base: str = "copy") -> Path:
+    """A runtime that runs `attack` (bash) before its normal inflate line."""
+    rt = tmp_path / "hostile" / "evil"
+    shutil.copytree(sample(mini, base)[1], rt, symlinks=True)
+    lines = (rt / "inflate.sh").read_text().splitlines()
+    (rt / "inflate.sh").write_text("\n".join(lines[:-1] + [attack, lines[-1]]) + "\n")
+    return rt
+
+
+def replay(tmp_path, runtime, upstream, *extra, archive=None, mini=None):
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir(exist_ok=True)
+    name = f"evil_{os.urandom(4).hex()}"  # every process of this replay carries it in its command line
+    r = run_prov("replay", "--archive", archive or sample(mini, "copy")[0], "--runtime", runtime,
+                 "--upstream", upstream, "--name", name, *extra, "--json",
+                 store=tmp_path / "store", env={"TMPDIR": str(scratch)})
+    r.record = json.loads(r.out)["record"] if r.returncode == 0 else None
+    # the host afterwards: scratch removed, no process of the replay left
+    assert os.listdir(scratch) == [], "scratch left behind"
+    left = subprocess.run(["pgrep", "-af", f"submissions/{name}/"], capture_output=True, text=True).stdout
+    assert left == "", f"processes left running: {left}"
+    return r
+
+
+def one_line_failure(r, phase: str, *words):
+    assert r.returncode == 1, r.out + r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"prov: error: {phase}: "), r.err
+    for w in words:
+        assert w in lines[0], r.err
+    assert MARK not in r.err
+    return lines[0]
+
+
+@pytest.fixture
+def pristine(mini):
+    before = prov_json("hash", mini / "upstream")["sha256"]
+    yield mini
+    assert prov_json("hash", mini / "upstream")["sha256"] == before, "the upstream checkout changed"
+
+
+# -- phase views ------------------------------------------------------------------------------
+
+def test_inflate_cannot_see_ground_truth_or_weights_and_cannot_nest_namespaces(tmp_path, pristine):
+    up = pristine / "upstream"
+    attack = " ; ".join([
+        f'for p in "{up}/videos" "{up}/models" "{up}/videos/0.mkv" "{up}/models/posenet.safetensors"; do '
+        f'[ -e "$p" ] && {{ echo "{MARK}: $p visible" >&2; exit 99; }}; done',
+        f'ls "{up}" | grep -qE "^(videos|models)$" && {{ echo "{MARK}: listed" >&2; exit 99; }}',
+        f'unshare -U true 2>/dev/null && {{ echo "{MARK}: userns" >&2; exit 99; }}',
+        "python -c \"import os; os.unshare(os.CLONE_NEWUSER)\" 2>/dev/null && "
+        f'{{ echo "{MARK}: userns via python" >&2; exit 99; }}',
+        f'[ -e /prov-out ] && {{ echo "{MARK}: output dir visible" >&2; exit 99; }}',
+        "true",
+    ])
+    r = replay(tmp_path, hostile(tmp_path, pristine, attack), up, mini=pristine)
+    assert r.returncode == 0, r.err
+    rec = r.record
+    assert rec["grade"] == "contest-CPU"
+    views = rec["sandbox"]["phases"]
+    assert views["inflate"]["hidden"] == ["upstream/videos", "upstream/models"]
+    assert "upstream/videos" not in views["inflate"]["sees"] and "upstream/videos" in views["evaluate"]["sees"]
+    assert views["inflate"]["writes"] == ["submission/archive/", "submission/inflated/"]
+    assert views["evaluate"]["writes"] == ["output/"] and views["evaluate"]["hidden"] == []
+    assert rec["sandbox"]["no_new_user_namespaces"] is True
+    assert rec["sandbox"]["limits"]["memory"] == Limits().memory
+    import importlib.metadata
+    assert rec["environment"]["torch"] == importlib.metadata.version("torch")  # read without importing torch
+
+
+def test_inflate_that_decodes_the_ground_truth_fails(tmp_path, pristine):
+    """An inflate.sh that ignores its archive and decodes the checkout's videos/ scores nothing."""
+    up = pristine / "upstream"
+    rt = hostile(tmp_path, pristine, f'set -- "{up}/videos" "$2" "$3"')
+    r = replay(tmp_path, rt, up, archive=_tiny_zip(tmp_path), mini=pristine)
+    one_line_failure(r, "inflate", "exited with status")
+
+
+def _tiny_zip(tmp_path) -> Path:
+    p = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("x", b"101 bytes is all it takes")
+    return p
+
+
+def test_phase_views_at_library_level(tmp_path, mini):
+    """The evaluate phase sees the submission read-only; inflate cannot write it or the output."""
+    rc = tmp_path / "sub"
+    for d in ("archive", "inflated"):
+        (rc / d).mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "logs").mkdir()
+    layout = Layout(upstream=mini / "upstream", name="probe_views", runtime_copy=rc, out=tmp_path / "out")
+    box = Sandbox(layout, limits=Limits(timeout=600))
+    views = phase_views(PROFILE, box.limits, 1 << 20)
+    sub = layout.submission
+
+    def sh(view, script):
+        return box.run(view, ["bash", "-c", script], tmp_path / "logs", views[view])
+
+    assert sh("inflate", f"echo x > {sub}/inflated/a && echo x > {sub}/archive/b").ok
+    assert not sh("inflate", f"echo x > {sub}/inflate.sh").ok
+    assert not sh("inflate", f"test -e {mini}/upstream/videos").ok
+    assert sh("evaluate", f"test -e {mini}/upstream/videos/0.mkv && echo x > /prov-out/report.txt").ok
+    assert not sh("evaluate", f"echo x > {sub}/inflated/c").ok
+    assert not sh("evaluate", f"echo x > {sub}/archive/c").ok
+    assert (tmp_path / "out/report.txt").read_text() == "x\n"
+    assert not (rc / "inflated/c").exists()
+
+
+# -- the pinned evaluator -----------------------------------------------------------------------
+
+def test_edited_evaluator_caps_the_grade(tmp_path, pristine):
+    up = tmp_path / "upstream"
+    shutil.copytree(pristine / "upstream", up)
+    (up / "evaluate.py").write_text((up / "evaluate.py").read_text() + "\n# tuned\n")
+    a, rt = sample(pristine, "half")
+    r = replay(tmp_path, rt, up, archive=a, mini=pristine)
+    assert r.returncode == 0, r.err
+    pin = next(c for c in r.record["checks"] if c["name"] == "evaluator_pinned")
+    assert pin["ok"] is False and pin["severity"] == "flag"
+    expected = dict((p, s) for p, _, s in PROFILE.evaluator)["evaluate.py"]
+    seen = prov_json("hash", up / "evaluate.py")["sha256"]
+    assert f"evaluate.py: expected sha256 {expected}, seen {seen}" == pin["detail"]
+    assert r.record["grade"] == "B"
+
+
+def test_pins_match_the_generated_miniature_and_name_lfs_pointers(tmp_path, mini):
+    assert contest.check_evaluator(PROFILE, mini / "upstream").ok
+    up = tmp_path / "up"
+    shutil.copytree(mini / "upstream", up)
+    sha = dict((p, s) for p, _, s in PROFILE.evaluator)["models/segnet.safetensors"]
+    (up / "models/segnet.safetensors").write_text(
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize 2428\n")
+    (up / "videos/0.mkv").unlink()
+    c = contest.check_evaluator(PROFILE, up)
+    assert not c.ok
+    assert "models/segnet.safetensors: a git-LFS pointer, not the file (run `git lfs pull`)" in c.detail
+    assert "videos/0.mkv: missing" in c.detail
+    # the official pin: a checkout of pointers is named as such, file by file
+    off = tmp_path / "official"
+    (off / "models").mkdir(parents=True)
+    for rel, size, sha in contest.OFFICIAL.evaluator:
+        if rel.startswith("models/"):
+            (off / rel).write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n")
+    c = contest.check_evaluator(contest.OFFICIAL, off)
+    assert c.detail.count("git lfs pull") == 2 and "evaluate.py: missing" in c.detail
+
+
+def test_grade_table_caps_unpinned_evaluators():
+    kw = dict(source="replay", samples=600, platform="linux-x86_64", custody_complete=True, canonical_env=True)
+    assert contest.grade(contest.OFFICIAL, device="cuda", gpu_model="Tesla T4", evaluator_pinned=True, **kw)[0] == "A++"
+    assert contest.grade(contest.OFFICIAL, device="cuda", gpu_model="Tesla T4", evaluator_pinned=False, **kw)[0] == "B"
+    assert contest.grade(contest.OFFICIAL, device="cpu", gpu_model=None, evaluator_pinned=False, **kw)[0] == "B"
+    assert contest.grade(contest.OFFICIAL, device="cpu", gpu_model=None, evaluator_pinned=False,
+                         **{**kw, "samples": 5})[0] == "invalid"
+
+
+# -- verified bytes -----------------------------------------------------------------------------
+
+def test_store_object_altered_after_hashing_is_never_run_or_served(tmp_path, pristine):
+    a, rt = sample(pristine, "half")
+    st = tmp_path / "store"
+    first = replay(tmp_path, rt, pristine / "upstream", archive=a, mini=pristine)
+    assert first.returncode == 0, first.err
+    entry = next(e for e in prov_json("ls", first.record["runtime"]["tree"]["blake3"], store=st)["entries"]
+                 if e["name"] == "inflate.py")
+    obj = st / "objects" / entry["blake3"][:2] / entry["blake3"]
+    obj.chmod(0o644)
+    obj.write_bytes(obj.read_bytes().replace(b"repeat(2", b"repeat(1"))
+    r = replay(tmp_path, rt, pristine / "upstream", archive=a, mini=pristine)  # the stat cache skips the source
+    assert r.returncode == 1 and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"object {entry['blake3']}" in r.err and "corrupt" in r.err and "prov fsck" in r.err
+    cat = run_prov("cat", entry["blake3"], store=st)
+    assert cat.returncode == 1 and cat.stdout == b"" and "prov fsck" in cat.err
+    assert run_prov("export", first.record["runtime"]["tree"]["blake3"], tmp_path / "x", store=st).returncode == 1
+    assert not (tmp_path / "x").exists()
+
+
+# -- whole-phase limits ---------------------------------------------------------------------------
+
+def test_memory_summed_over_processes_is_capped(tmp_path, pristine):
+    hog = "python -c \"import time; b = b'x' * (120 << 20); time.sleep(600)\""
+    rt = hostile(tmp_path, pristine, f"{hog} & {hog} & {hog} & wait")
+    r = replay(tmp_path, rt, pristine / "upstream", "--memory", str(200 << 20), mini=pristine)
+    one_line_failure(r, "inflate", "memory cap", f"cap {200 << 20:,} bytes")
+
+
+def test_tmp_is_size_capped(tmp_path, pristine):
+    rt = hostile(tmp_path, pristine, "head -c 200M /dev/zero > /tmp/fill")
+    r = replay(tmp_path, rt, pristine / "upstream", "--tmp-size", str(16 << 20), mini=pristine)
+    one_line_failure(r, "inflate", f"/tmp reached its cap of {16 << 20:,} bytes")
+
+
+def test_disk_writes_are_capped_across_files(tmp_path, pristine):
+    rt = hostile(tmp_path, pristine, 'for i in $(seq 40); do head -c 4M /dev/zero > "$2/junk$i"; done')
+    r = replay(tmp_path, rt, pristine / "upstream", "--write-margin", str(8 << 20), mini=pristine)
+    one_line_failure(r, "inflate", "write cap")
+
+
+def test_one_large_file_hits_the_file_size_cap(tmp_path, pristine):
+    rt = hostile(tmp_path, pristine, 'head -c 100M /dev/zero > "$2/big"')
+    r = replay(tmp_path, rt, pristine / "upstream", "--write-margin", str(8 << 20), mini=pristine)
+    line = one_line_failure(r, "inflate")
+    # the per-file cap stops the write at once; the file then also fills the phase's write cap
+    assert "file-size cap of" in line or ("write cap" in line and "File size limit exceeded" in line), line
+    assert os.path.getsize(tmp_path / "tmpdir") >= 0 and not list((tmp_path / "tmpdir").iterdir())
+
+
+# -- the host never follows what the sandbox made -------------------------------------------------
+
+def test_planted_link_output_is_refused_without_following(tmp_path, pristine):
+    rt = hostile(tmp_path, pristine, "")
+    lines = (rt / "inflate.sh").read_text().splitlines()
+    lines[-1] = lines[-1].replace("exec ", "")
+    lines.append('rm -f "$2/0.raw" && ln -s /etc/shadow "$2/0.raw"')
+    (rt / "inflate.sh").write_text("\n".join(lines) + "\n")
+    r = replay(tmp_path, rt, pristine / "upstream", mini=pristine)
+    line = one_line_failure(r, "inflate", "inflated/0.raw is a symlink")
+    if os.path.exists("/etc/shadow"):
+        assert f"{os.stat('/etc/shadow').st_size:,}" not in line and str(os.stat('/etc/shadow').st_size) not in line
+
+
+def test_deep_tree_in_inflated_fails_cleanly(tmp_path, pristine):
+    deep = ("python -c \"import os,sys; os.chdir(sys.argv[1])\n"
+            "for _ in range(3000): os.mkdir('d'); os.chdir('d')\" \"$2\"")
+    rt = hostile(tmp_path, pristine, deep)
+    r = replay(tmp_path, rt, pristine / "upstream", mini=pristine)
+    one_line_failure(r, "inflate", "nests deeper than 64 levels")
+
+
+# -- intake ----------------------------------------------------------------------------------------
+
+def overlapping_bomb(path: Path, copies: int = 5) -> Path:
+    """One compressed kernel, many central-directory entries pointing at it."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("k0", bytes(512 << 10))  # under the ratio floor: only the overlap gives it away
+    data = path.read_bytes()
+    cd_off = struct.unpack_from("<I", data, len(data) - 22 + 16)[0]
+    cd = data[cd_off:len(data) - 22]
+    entries = []
+    for i in range(copies):
+        e = bytearray(cd)
+        e[46:46 + 2] = f"k{i}".encode()  # same length name, same local header offset
+        entries.append(bytes(e))
+    new_cd = b"".join(entries)
+    eocd = bytearray(data[len(data) - 22:])
+    struct.pack_into("<HHII", eocd, 8, copies, copies, len(new_cd), cd_off)
+    path.write_bytes(data[:cd_off] + new_cd + bytes(eocd))
+    return path
+
+
+def test_overlapping_entry_bomb_is_refused_and_store_unchanged(tmp_path, pristine):
+    bomb = overlapping_bomb(tmp_path / "bomb.zip")
+    assert len(zipfile.ZipFile(bomb).infolist()) == 5
+    with pytest.raises(intake.IntakeError, match=r"rule: overlap"):
+        intake.check(bomb)
+    r = replay(tmp_path, sample(pristine, "copy")[1], pristine / "upstream", archive=bomb, mini=pristine)
+    assert r.returncode == 2 and "rule: overlap" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert not (tmp_path / "store").exists() or prov_json("fsck", store=tmp_path / "store")["objects"] == 0
+
+
+def raw_zip(path: Path, raw_name: bytes, flag: int = 0, system: int = 3, data: bytes = b"hi") -> Path:
+    """A one-entry stored zip whose name bytes are exactly `raw_name`."""
+    import zlib
+    crc = zlib.crc32(data)
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, flag, 0, 0, 0, crc, len(data), len(data),
+                        len(raw_name), 0) + raw_name + data
+    cd = struct.pack("<4sBBHHHHHIIIHHHHHII", b"PK\x01\x02", 20, system, 20, flag, 0, 0, 0, crc, len(data),
+                     len(data), len(raw_name), 0, 0, 0, 0, 0o100644 << 16, 0) + raw_name
+    path.write_bytes(local + cd + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(cd), len(local), 0))
+    return path
+
+
+def test_names_decode_as_unzip_does(tmp_path):
+    unzip = shutil.which("unzip")
+    assert unzip, "unzip is installed by .ci/setup"
+    for i, raw in enumerate(["café/naïve.txt".encode(), "日本/ok.bin".encode()]):
+        z = raw_zip(tmp_path / f"u{i}.zip", raw)  # UTF-8 bytes, no UTF-8 flag, Unix host
+        subprocess.run([unzip, "-qo", str(z), "-d", str(tmp_path / f"unzip{i}")], check=True)
+        intake.extract(z, tmp_path / f"ours{i}")
+        assert prov_json("hash", tmp_path / f"ours{i}") == prov_json("hash", tmp_path / f"unzip{i}")
+        assert (tmp_path / f"ours{i}" / raw.decode()).is_file()
+
+
+@pytest.mark.parametrize("raw,flag,system,rule", [
+    (b"caf\xe9.txt", 0x800, 3, "name-encoding"),  # not UTF-8 although flagged
+    (b"caf\xe9.txt", 0, 3, "name-encoding"),  # unzip would write raw Latin-1 bytes
+    (b"caf\x82.txt", 0, 0, "name-encoding"),  # DOS host: unzip maps it through its OEM table
+    (b"a/" * 2100 + b"x", 0, 3, "path-depth"),
+    (b"n" * 300, 0, 3, "name"),
+])
+def test_hostile_names_get_a_rule(tmp_path, raw, flag, system, rule):
+    z = raw_zip(tmp_path / "n.zip", raw, flag, system)
+    with pytest.raises(intake.IntakeError, match=f"rule: {rule}"):
+        intake.extract(z, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == ["n.zip"]
+
+
+# -- custody ---------------------------------------------------------------------------------------
+
+def test_large_binary_outside_the_archive_is_flagged(tmp_path, pristine):
+    rt = hostile(tmp_path, pristine, "", base="half")
+    (rt / "weights.bin").write_bytes(os.urandom(3 << 20))
+    (rt / "big_source.py").write_text("# text\n" * 300_000)
+    a, _ = sample(pristine, "half")
+    r = replay(tmp_path, rt, pristine / "upstream", archive=a, mini=pristine)
+    assert r.returncode == 0, r.err
+    c = next(c for c in r.record["checks"] if c["name"] == "runtime_artifacts")
+    assert c["ok"] is False and c["severity"] == "flag"
+    assert f"weights.bin ({3 << 20:,} bytes)" in c["detail"] and "big_source.py" not in c["detail"]
+    assert f"runtime tree holds {r.record['runtime']['tree']['size']:,} bytes" in c["detail"]
+    assert r.record["grade"] == "contest-CPU"  # a flag for the judge, not a verdict
