@@ -66,16 +66,20 @@ def _stored(store: Store, x, kind: str, what: str) -> Digest:
     return x if isinstance(x, Digest) else store.add_as(x, kind, what)
 
 
-def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path | Digest,
+def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path | Digest | None,
                       runtime: str | Path | Digest | None = None, upstream: str | Path | None = None,
                       profile: Profile = contest.OFFICIAL, source: str = "imported-report",
                       environment: Environment | None = None, timings: dict | None = None,
                       inflated: Digest | None = None, label: str | None = None,
                       extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None
                       ) -> tuple[EvalRecord, Digest, list[Check]]:
+    """`archive` None records a claim not bound to an archive: graded external at best, archive
+    checks 'not checked' (the schema says so)."""
+    if archive is None and source != "imported-report":
+        raise ProvError("only an imported report may be recorded without its archive")
     report_bytes, rep = contest.read_report(report_path)
-    archive_d = _stored(store, archive, "file", "archive")
-    children = [archive_d.blake3]
+    archive_d = _stored(store, archive, "file", "archive") if archive is not None else None
+    children = [archive_d.blake3] if archive_d else []
     runtime_d = None
     if runtime is not None:
         runtime_d = _stored(store, runtime, "tree", "runtime")
@@ -87,7 +91,7 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
         children.append(up.videos_tree.blake3)
     children += [d.blake3 for d in (logs or {}).values()]
 
-    checks = contest.check_report(profile, rep, archive_d.size) + list(extra_checks)
+    checks = contest.check_report(profile, rep, archive_d.size if archive_d else None) + list(extra_checks)
     if up.uncompressed_size is not None:
         checks.append(Check("upstream_videos_size", up.uncompressed_size == rep.uncompressed_size,
                             f"videos/ holds {up.uncompressed_size:,} bytes, report says {rep.uncompressed_size:,}"))
@@ -100,7 +104,7 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
         canonical_env=by_name["uncompressed_size_canonical"].ok, sandboxed=env.sandboxed is not False,
         contradicted=contradicted)
     record = EvalRecord(
-        profile=profile.name, source=source, archive=blob_model(archive_d),
+        profile=profile.name, source=source, archive=blob_model(archive_d) if archive_d else None,
         runtime=Runtime(tree=tree_model(runtime_d)) if runtime_d else Runtime(),
         upstream=up, environment=env,
         result=Result(samples=rep.samples, posenet=rep.posenet, segnet=rep.segnet, rate=rep.rate,

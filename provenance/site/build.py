@@ -48,10 +48,10 @@ def _write(root: Path, rel: str, data: bytes) -> Path:
 def _view(r: ledger.Run, href: str) -> dict:
     res = r.record.result
     return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": r.record.grade,
-            "score": res.canonical_score, "score_repr": repr(res.canonical_score), "bytes": r.record.archive.size,
+            "score": res.canonical_score, "score_repr": repr(res.canonical_score), "bytes": r.archive_bytes,
             "source": r.record.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags, "href": href,
             "samples": res.samples, "segnet": f"{res.segnet:.3g}", "posenet": f"{res.posenet:.3g}",
-            "rate": f"{res.rate:.6g}", "archive": r.record.archive.sha256,
+            "rate": f"{res.rate:.6g}", "archive": r.record.archive.sha256 if r.record.archive else None,
             "runtime": r.record.runtime.tree.sha256 if r.record.runtime.tree else
             r.record.runtime.legacy_v1_sha256}
 
