@@ -271,3 +271,14 @@ def test_model_refuses_an_archiveless_record_with_a_score_grade(tmp_path, store)
     for change in ({"grade": "A++"}, {"source": "replay"}):
         with pytest.raises(ValidationError, match="without an archive"):
             EvalRecord.model_validate({**rec, **change})
+
+
+def test_claim_without_archive_can_be_the_expectation_of_a_replay(tmp_path, store):
+    from provenance.replay import expected_from
+    p = tmp_path / "report.txt"
+    p.write_bytes(evaluator_report(0.38042614, 0.00946623, 2_244_900))
+    rec = prov_json("adjudicate", p, store=store)["record"]
+    f = tmp_path / "claim.json"
+    f.write_text(json.dumps(rec))
+    exp = expected_from(f)
+    assert exp["archive_sha256"] is None and exp["canonical_score"] == rec["result"]["canonical_score"]
