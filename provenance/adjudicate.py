@@ -90,20 +90,24 @@ def runtime_artifacts(store: Store, tree_b3: str) -> Check:
     return contest.check_runtime_artifacts(total, files, sorted(large))
 
 
-def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: str | Path | Digest,
+def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: str | Path | Digest | None,
                       runtime: str | Path | Digest | None = None, upstream: str | Path | None = None,
                       profile: Profile = contest.OFFICIAL, source: str = "imported-report",
                       environment: Environment | None = None, timings: dict | None = None,
                       inflated: Digest | None = None, label: str | None = None,
                       extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None,
                       sandbox: SandboxRecord | None = None) -> tuple[EvalRecord, Digest, list[Check]]:
-    """`report_path` is a path, or the report's bytes as a replay read them."""
+    """`report_path` is a path, or the report's bytes as a replay read them. `archive` None records a
+    claim not bound to an archive: graded external at best, archive checks 'not checked' (the schema
+    says so)."""
+    if archive is None and source != "imported-report":
+        raise ProvError("only an imported report may be recorded without its archive")
     if isinstance(report_path, bytes):
         report_bytes, rep = report_path, contest.parse_report(report_path)
     else:
         report_bytes, rep = contest.read_report(report_path)
-    archive_d = _stored(store, archive, "file", "archive")
-    children = [archive_d.blake3]
+    archive_d = _stored(store, archive, "file", "archive") if archive is not None else None
+    children = [archive_d.blake3] if archive_d else []
     runtime_d = None
     if runtime is not None:
         runtime_d = _stored(store, runtime, "tree", "runtime")
@@ -115,7 +119,7 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
         children.append(up.videos_tree.blake3)
     children += [d.blake3 for d in (logs or {}).values()]
 
-    checks = contest.check_report(profile, rep, archive_d.size) + list(extra_checks)
+    checks = contest.check_report(profile, rep, archive_d.size if archive_d else None) + list(extra_checks)
     if runtime_d is not None:
         checks.append(runtime_artifacts(store, runtime_d.blake3))
     pinned = None
@@ -135,7 +139,7 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
         canonical_env=by_name["uncompressed_size_canonical"].ok, sandboxed=env.sandboxed is not False,
         contradicted=contradicted, evaluator_pinned=pinned)
     record = EvalRecord(
-        profile=profile.name, source=source, archive=blob_model(archive_d),
+        profile=profile.name, source=source, archive=blob_model(archive_d) if archive_d else None,
         runtime=Runtime(tree=tree_model(runtime_d)) if runtime_d else Runtime(),
         upstream=up, environment=env,
         result=Result(samples=rep.samples, posenet=rep.posenet, segnet=rep.segnet, rate=rep.rate,

@@ -271,7 +271,7 @@ def _record_out(record, digest, checks, as_json: bool) -> None:
                  f"score   {r.canonical_score!r}  (printed {r.printed_score}; profile {record.profile})",
                  f"        posenet {r.posenet!r}  segnet {r.segnet!r}  rate {r.rate!r}  samples {r.samples}",
                  f"grade   {record.grade}  axis {record.axis}: {record.allowed_use}"]
-        lines += [f"  [{'ok' if c.ok else 'FAIL' if c.severity == 'error' else 'flag'}] {c.name}: {c.detail}"
+        lines += [f"  [{'ok' if c.ok else 'FAIL' if c.severity == 'error' else 'not checked' if c.severity == 'not-checked' else 'flag'}] {c.name}: {c.detail}"
                   for c in checks]
         return "\n".join(lines)
     emit(out, as_json, human)
@@ -284,7 +284,8 @@ def _profile_option(f):
 
 @cli.command()
 @click.argument("report", type=click.Path(dir_okay=False))
-@click.option("--archive", required=True, type=click.Path(dir_okay=False), help="The archive.zip the report scores.")
+@click.option("--archive", type=click.Path(dir_okay=False),
+              help="The archive.zip the report scores (without it: a claim not bound to an archive).")
 @click.option("--runtime", type=click.Path(file_okay=False), help="The runtime tree (inflate.sh and friends).")
 @click.option("--upstream", type=click.Path(file_okay=False), help="The upstream checkout it was evaluated with.")
 @_profile_option
@@ -293,13 +294,14 @@ def _profile_option(f):
 def adjudicate(ctx, report, archive, runtime, upstream, profile_name, as_json):
     """Turn an official report.txt into a graded, stored EvalRecord.
 
-    Not replayed here, so the grade is `external`. Exit 1 when the report contradicts
-    the archive (size); softer findings are flagged with exit 0.
+    Not replayed here, so the grade is `external`. Without --archive the record is a claim
+    not bound to an archive and its archive checks say "not checked". Exit 1 when the report
+    contradicts the archive (size); softer findings are flagged with exit 0.
     """
     from .adjudicate import adjudicate_report
     from .contest import get_profile
     for p in (report, archive):
-        if not os.path.exists(p):
+        if p is not None and not os.path.exists(p):
             raise ProvError(f"{p}: no such file")
     profile = get_profile(profile_name)
     store = open_store(ctx, create=True)
@@ -463,6 +465,8 @@ def export_checksums(manifest, runtime, archive, out_dir, as_json):
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Or: a single trusted public key.")
 @click.option("--log-key", "log_key_path", type=click.Path(dir_okay=False),
               help="With --key: the public key trusted to sign log checkpoints.")
+@click.option("--key-signs-log", is_flag=True,
+              help="With --key: the release key also signs the log's checkpoints (else a checkpoint needs --log-key).")
 @click.option("--archive", type=click.Path(dir_okay=False), help="archive.zip to check against the release.")
 @click.option("--runtime", type=click.Path(file_okay=False), help="Runtime tree to re-hash and check.")
 @click.option("--record", type=click.Path(dir_okay=False), help="EvalRecord file to check against the release.")
@@ -472,15 +476,15 @@ def export_checksums(manifest, runtime, archive, out_dir, as_json):
               help="A log checkpoint you saw before: check the log only grew since.")
 @json_option
 def verify(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time, state, since_path,
-           as_json):
+           as_json, key_signs_log=False):
     """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input."""
     from .verify import load_trust, parse_time, verify_manifest
     for p in (manifest, archive, record, since_path):
         if p and not os.path.exists(p):
             raise ProvError(f"{p}: no such file")
-    if log_key_path and not key_path:
-        raise ProvError("--log-key goes with --key (a trust policy names its own log keys)")
-    trust_ = load_trust(trust_path, key_path, log_key_path)
+    if (log_key_path or key_signs_log) and not key_path:
+        raise ProvError("--log-key and --key-signs-log go with --key (a trust policy names its own log keys)")
+    trust_ = load_trust(trust_path, key_path, log_key_path, key_signs_log)
     at = parse_time(at_time, "--at") if at_time else None
     since = None
     if since_path:
@@ -766,7 +770,7 @@ def ledger():
 def _run_row(r) -> dict:
     rec = r.record
     return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": rec.grade,
-            "canonical_score": rec.result.canonical_score, "archive_bytes": rec.archive.size,
+            "canonical_score": rec.result.canonical_score, "archive_bytes": r.archive_bytes,
             "source": rec.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags}
 
 

@@ -34,6 +34,12 @@ class Run:
     def score(self) -> float:
         return self.record.result.canonical_score
 
+    @property
+    def archive_bytes(self) -> int | None:
+        """The archive's real size, or what the report claims for a claim without its archive."""
+        rec = self.record
+        return rec.archive.size if rec.archive else rec.result.archive_size_reported
+
 
 def _records(store: Store):
     for b3, sha in store.db.execute("SELECT blake3, sha256 FROM objects WHERE kind='record' ORDER BY added, blake3"):

@@ -162,9 +162,22 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
                       archive_size_reported=size),
         checks=[CheckResult(**c.as_dict()) for c in checks], grade=g, axis=axis,
         allowed_use=use, created_at=_str(prov.get("started_at_utc")) or now_rfc3339())
+    record, checks = _without_machine_paths(record, checks)
     source = Path(path).read_bytes()
     children.append(store.put_bytes(source, "blob").blake3)  # the original, for the record (never published)
     return record, save_record(store, record, tuple(children)), checks
+
+
+def _without_machine_paths(record: EvalRecord, checks: list[Check]) -> tuple[EvalRecord, list[Check]]:
+    """Any field may carry a machine path or a secret (a device string, a commit field, an unsafe row in
+    a check's detail): the hygiene rules redact them all, so the record can be published as it is."""
+    from .site import sanitize
+    obj = record.to_json_obj()
+    clean = sanitize.redact(obj)
+    if clean == obj:
+        return record, checks
+    record = EvalRecord.model_validate(clean)
+    return record, [Check(**c.model_dump()) for c in record.checks]
 
 
 def _str(v) -> str | None:

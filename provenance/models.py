@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import canonical
 from .digest import digest_bytes
@@ -88,14 +88,19 @@ class CheckResult(Strict):
     name: str
     ok: bool
     detail: str
-    severity: Literal["error", "flag"] = "error"
+    severity: Literal["error", "flag", "not-checked"] = Field(
+        default="error", description="error: contradicts the evidence; flag: a softer finding; "
+                                     "not-checked: the check could not run (ok is then false), e.g. no archive given")
 
 
 class EvalRecord(Strict):
     schema_id: Literal["comma-lab/eval-record/v1"] = Field(default=EVAL_RECORD_SCHEMA, alias="schema")
     profile: str
     source: Literal["replay", "imported-report", "legacy-import"]
-    archive: BlobDigest
+    archive: Optional[BlobDigest] = Field(default=None, description=(
+        "The archive.zip the result is bound to. Absent only in a claim not bound to an archive "
+        "(`prov adjudicate REPORT` without --archive): such a record is an imported report graded "
+        "external (or invalid), and its archive checks say 'not checked'."))
     runtime: Runtime = Field(default_factory=Runtime)
     upstream: Upstream = Field(default_factory=Upstream)
     environment: Environment = Field(default_factory=Environment)
@@ -111,6 +116,19 @@ class EvalRecord(Strict):
     allowed_use: str
     label: Optional[str] = None
     created_at: str
+
+    # the schema states the rule for a claim without bytes, so readers need not find it in code
+    model_config = ConfigDict(**Strict.model_config, json_schema_extra={
+        "if": {"not": {"required": ["archive"]}},
+        "then": {"properties": {"source": {"const": "imported-report"},
+                                "grade": {"enum": ["external", "invalid"]}}},
+    })
+
+    @model_validator(mode="after")
+    def _claim_without_bytes(self):
+        if self.archive is None and (self.source != "imported-report" or self.grade not in ("external", "invalid")):
+            raise ValueError("a record without an archive is an imported claim graded external or invalid")
+        return self
 
     @field_validator("created_at")
     @classmethod

@@ -44,6 +44,8 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     archive_d = store.add_as(archive, "file", "archive")
     runtime_d = store.add_as(runtime, "tree", "runtime")
     ra, rt = record.archive, record.runtime.tree
+    if ra is None:
+        raise VerificationFailed("the record is a claim not bound to an archive: it cannot be released")
     if ra.sha256 != archive_d.sha256 or ra.size != archive_d.size or (ra.blake3 and ra.blake3 != archive_d.blake3):
         raise VerificationFailed(f"{archive}: does not match the record (record sha256 {ra.sha256}, "
                                  f"file {archive_d.sha256})")

@@ -274,7 +274,7 @@ def expected_from(path: str | Path) -> dict:
     if isinstance(doc, dict) and doc.get("schema") == "comma-lab/eval-record/v1":
         r = doc["result"]
         return {"canonical_score": r["canonical_score"], "posenet": r["posenet"], "segnet": r["segnet"],
-                "rate": r["rate"], "samples": r["samples"], "archive_sha256": doc["archive"]["sha256"],
+                "rate": r["rate"], "samples": r["samples"], "archive_sha256": (doc.get("archive") or {}).get("sha256"),
                 "runtime_sha256": (doc.get("runtime", {}).get("tree") or {}).get("sha256")}
     raise ProvError(f"{path}: neither a release manifest nor an EvalRecord")
 

@@ -51,19 +51,26 @@ class Trust:
     expires: datetime | None
     source: str
     log_required: bool = False
+    no_log_key: str = "the trust policy names no log key"  # why `log` is empty, for the failing check
 
 
-def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str | None = None) -> Trust:
-    if key_path:  # one release key (threshold 1); the log role is --log-key, else that same key
+def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str | None = None,
+               key_signs_log: bool = False) -> Trust:
+    if key_path:  # one release key (threshold 1); the log role only by --log-key or --key-signs-log
+        if log_key_path and key_signs_log:
+            raise ProvError("give --log-key or --key-signs-log, not both")
         pub = signing.load_public(key_path)
         kid = signing.keyid(pub)
         keys = {kid: (Path(key_path).name, pub)}
-        log = {kid}
+        # roles stay apart: a release key is never taken for the log's unless the judge says so
+        log = {kid} if key_signs_log else set()
         if log_key_path:
             lpub = signing.load_public(log_key_path)
             log = {signing.keyid(lpub)}
             keys[signing.keyid(lpub)] = (Path(log_key_path).name, lpub)
-        return Trust(keys, {kid}, 1, log, None, str(key_path), log_required=bool(log_key_path))
+        return Trust(keys, {kid}, 1, log, None, str(key_path), log_required=bool(log_key_path or key_signs_log),
+                     no_log_key="--key pins the release key only: give --log-key LOG.pub, or --key-signs-log "
+                                "if the release key also signs the log")
     if not trust_path:
         raise ProvError("give --trust trust.json or --key pub.pem: whom do you trust?")
     try:
@@ -205,9 +212,12 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
     # 10. the evidence log: required when the trust policy names log keys, or with --since
     if "log" in env or trust.log_required or since is not None:
         from .logbook import check_release_log
-        for name, ok, detail in check_release_log(env.get("log"), payload,
-                                                  {k: trust.keys[k][1] for k in trust.log}, since):
-            out.add(name, ok, detail)
+        if not trust.log:
+            out.add("log_checkpoint", False, trust.no_log_key)
+        else:
+            for name, ok, detail in check_release_log(env.get("log"), payload,
+                                                      {k: trust.keys[k][1] for k in trust.log}, since):
+                out.add(name, ok, detail)
     # 11. rollback
     digest = hashlib.sha256(payload).hexdigest()
     if state is not None:

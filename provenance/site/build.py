@@ -48,10 +48,10 @@ def _write(root: Path, rel: str, data: bytes) -> Path:
 def _view(r: ledger.Run, href: str) -> dict:
     res = r.record.result
     return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": r.record.grade,
-            "score": res.canonical_score, "score_repr": repr(res.canonical_score), "bytes": r.record.archive.size,
+            "score": res.canonical_score, "score_repr": repr(res.canonical_score), "bytes": r.archive_bytes,
             "source": r.record.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags, "href": href,
             "samples": res.samples, "segnet": f"{res.segnet:.3g}", "posenet": f"{res.posenet:.3g}",
-            "rate": f"{res.rate:.6g}", "archive": r.record.archive.sha256,
+            "rate": f"{res.rate:.6g}", "archive": r.record.archive.sha256 if r.record.archive else None,
             "runtime": r.record.runtime.tree.sha256 if r.record.runtime.tree else
             r.record.runtime.legacy_v1_sha256}
 
@@ -59,12 +59,12 @@ def _view(r: ledger.Run, href: str) -> dict:
 def _turning_points(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
     promoted = [r for r in runs if r.verdict == "promote"]
     if promoted:
-        return [(r.label or r.sha256[:8], r.score) for r in promoted], "Frontier over promotions"
+        return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score) for r in promoted], "Frontier over promotions"
     pts, best = [], None
     for r in runs:
         if best is None or r.score < best:
             best = r.score
-            pts.append((r.label or r.sha256[:8], r.score))
+            pts.append((sanitize.redact_text(r.label or r.sha256[:8]), r.score))  # drawn as glyphs: unscannable
     return pts, "Best score so far, all grades (no promotion yet)"
 
 
@@ -92,9 +92,9 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                 note = "exact canonical bytes"
             else:
                 p = _write(work, rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
-                note = "redacted view: machine paths replaced"
+                note = "redacted view: machine paths and secrets replaced"
             evidence.append({"kind": "record", "path": rel, "sha256": _sha(p), "note": note})
-            views.append(_view(r, rel))
+            views.append(sanitize.redact(_view(r, rel)))  # annotations are published too
         release_links = {}
         if releases:
             for d in sorted(Path(releases).iterdir()):

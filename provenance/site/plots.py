@@ -49,11 +49,11 @@ def score_vs_bytes(runs, frontier_sha: str | None) -> str:
     for verdict, (color, marker, size, label) in STYLE.items():
         pts = [r for r in runs if r.verdict == verdict]
         if pts:
-            ax.scatter([r.record.archive.size for r in pts], [r.score for r in pts], c=color, marker=marker,
+            ax.scatter([r.archive_bytes for r in pts], [r.score for r in pts], c=color, marker=marker,
                        s=size, label=label, edgecolors="black", linewidths=0.4, zorder=3)
     f = next((r for r in runs if r.sha256 == frontier_sha), None)
     if f is not None:
-        ax.scatter([f.record.archive.size], [f.score], s=420, facecolors="none", edgecolors="#1f77b4",
+        ax.scatter([f.archive_bytes], [f.score], s=420, facecolors="none", edgecolors="#1f77b4",
                    linewidths=2, label="frontier", zorder=4)
     ax.set_xscale("log")
     ax.set_xlabel("archive.zip bytes (log scale)")

@@ -1,15 +1,26 @@
-"""The last gate of the public bundle: hygiene rules kept as data (hygiene.json), a redaction
-for machine paths in published records, and a scan that names file, line and rule."""
+"""The last gate of the public bundle: hygiene rules kept as data (hygiene.json), a redaction of
+what can be redacted (records, annotations, import-legacy's fields), and a scan that names file,
+line and rule and fails the build on the rest.
+
+Leaks hide in encodings, so text is normalised before it is judged: zero-width characters go,
+and HTML entities, \\uXXXX, JSON \\/ and URL %XX escapes are decoded; a token split across two
+lines is seen by joining adjacent lines."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote
 
 RULES_FILE = Path(__file__).parent / "hygiene.json"
+WITHHELD = "${REDACTED}"  # a string whose leak survives per-rule redaction (e.g. split across lines)
+
+ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e"))
+_U_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,14 @@ class Violation:
         return f"{self.file}:{self.line}: {self.rule}: {self.excerpt}"
 
 
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    rx: re.Pattern
+    placeholder: str
+    scope: str  # "line" or "text"
+
+
 @lru_cache(maxsize=None)
 def rules() -> tuple[list[tuple[str, re.Pattern]], re.Pattern, str]:
     doc = json.loads(RULES_FILE.read_text())
@@ -30,27 +49,87 @@ def rules() -> tuple[list[tuple[str, re.Pattern]], re.Pattern, str]:
     return compiled, re.compile(doc["redact"]["pattern"]), doc["redact"]["placeholder"]
 
 
-def redact(obj):
-    """Machine paths in any string of a JSON value become a placeholder."""
-    _, pattern, placeholder = rules()
-    if isinstance(obj, str):
-        return pattern.sub(placeholder, obj)
-    if isinstance(obj, list):
-        return [redact(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: redact(v) for k, v in obj.items()}
-    return obj
+@lru_cache(maxsize=None)
+def _rules() -> tuple[Rule, ...]:
+    doc = json.loads(RULES_FILE.read_text())
+    return tuple(Rule(r["name"], re.compile(r["pattern"]), r.get("redact", WITHHELD), r.get("scope", "line"))
+                 for r in doc["rules"])
+
+
+def normalize(text: str) -> str:
+    """Decode the forms that hide a leak from a plain pattern (to a fixpoint: double encodings too)."""
+    for _ in range(4):
+        before = text
+        text = text.translate(ZERO_WIDTH)
+        text = _U_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+        text = text.replace("\\/", "/")
+        if "&" in text:
+            text = html.unescape(text)
+        if "%" in text:
+            text = unquote(text, errors="surrogateescape")
+        if text == before:
+            break
+    return text.translate(ZERO_WIDTH)
+
+
+def _excerpt(s: str) -> str:
+    return s[:60].encode("unicode_escape").decode("ascii")
 
 
 def scan_text(name: str, text: str) -> list[Violation]:
-    out = []
-    compiled, _, _ = rules()
-    for n, line in enumerate(text.splitlines(), 1):
-        for rule, rx in compiled:
-            m = rx.search(line)
+    out: dict[tuple[int, str], Violation] = {}
+
+    def hit(n: int, rule: str, s: str, how: str = "") -> None:
+        shown = s if rule.startswith("local-path") else s[:6] + "..."  # never echo a secret into a build log
+        out.setdefault((n, rule), Violation(name, n, rule + how, _excerpt(shown)))
+
+    lines = [normalize(ln) for ln in text.splitlines()]
+    line_rules = [r for r in _rules() if r.scope == "line"]
+    for n, line in enumerate(lines, 1):
+        for r in line_rules:
+            m = r.rx.search(line)
             if m:
-                out.append(Violation(name, n, rule, m.group(0)[:60]))
-    return out
+                hit(n, r.name, m.group(0))
+    for n in range(len(lines) - 1):  # a token split across two lines
+        a = lines[n].rstrip()
+        a = a[:-1] if a.endswith("\\") else a
+        joined = a + lines[n + 1].lstrip()
+        for r in line_rules:
+            for m in r.rx.finditer(joined):
+                if m.start() < len(a) < m.end():
+                    hit(n + 1, r.name, m.group(0), " (split across lines)")
+                    break
+    whole = "\n".join(lines)
+    for r in _rules():
+        if r.scope == "text":
+            for m in r.rx.finditer(whole):
+                hit(whole.count("\n", 0, m.start()) + 1, r.name, m.group(0))
+    return sorted(out.values(), key=lambda v: (v.line, v.rule))
+
+
+def redact_text(s: str) -> str:
+    """Every rule's matches become its placeholder, and absolute paths ${LOCAL_PATH}. The decoded form
+    is published where decoding reveals a leak; a leak that survives (split across lines) withholds
+    the whole string."""
+    decoded = normalize(s)
+    if decoded != s and scan_text("", decoded):
+        s = decoded
+    for r in _rules():
+        s = r.rx.sub(r.placeholder, s)
+    _, pattern, placeholder = rules()
+    s = pattern.sub(placeholder, s)
+    return WITHHELD if scan_text("", s) else s
+
+
+def redact(obj):
+    """Redact every string of a JSON value, keys included."""
+    if isinstance(obj, str):
+        return redact_text(obj)
+    if isinstance(obj, list):
+        return [redact(x) for x in obj]
+    if isinstance(obj, dict):
+        return {redact_text(k) if isinstance(k, str) else k: redact(v) for k, v in obj.items()}
+    return obj
 
 
 def scan_dir(root: Path) -> list[Violation]:

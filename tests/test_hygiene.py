@@ -1,0 +1,144 @@
+"""The hygiene gate: every leak form of issue 13 is caught, redacted where it can be (records,
+annotations, import-legacy) and fails the build where it cannot (signed files)."""
+
+import json
+import os
+
+import pytest
+
+from conftest import prov_json, run_prov
+from provenance.site import sanitize
+from test_records import report, v1_record
+
+# name -> (text as it would be published, a fragment that must not survive)
+LEAKS = {
+    "path-workspace": ("ran in /workspace/alice/job", "/workspace/"),
+    "path-content": ("colab at /content/drive/MyDrive/alice", "/content/"),
+    "path-mnt": ("data on /mnt/nvme0/alice", "/mnt/"),
+    "path-opt": ("venv /opt/alice/venv/bin/python", "/opt/"),
+    "path-srv": ("served from /srv/alice/www", "/srv/"),
+    "path-file-url": ("open file:///home/alice/report.txt", "file:///"),
+    "path-windows": ("copied to C:\\Users\\alice\\Downloads", "Users\\alice"),
+    "path-windows-json": ("C:\\\\Users\\\\alice\\\\x", "Users\\\\alice"),
+    "path-tilde": ("see ~/comma/alice/run", "~/"),
+    "path-home": ("old /home/alice/x", "/home/"),
+    "token-github-pat": ("github_pat_11AAAAAAA0123456789_abcdefghijklmnopqrstuvwxyzABCDEFG", "github_pat_"),
+    "token-aws": ("key AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    "token-bare-api-key": ("API_KEY=alicesecret42", "alicesecret42"),
+    "token-openai": ("sk-proj0123456789abcdefXYZ", "sk-proj"),
+    "private-key-header": ("-----BEGIN OPENSSH PRIVATE KEY-----", "BEGIN OPENSSH"),
+    "private-key-body-ed25519": ("MC4CAQAwBQYDK2VwBCIEIHPgq1R4sVh8o2hOVm0gqDJ3S1mBrx5X0yVKMKm4T1Xr", "MC4CAQAw"),
+    "private-key-body-rsa": ("MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQC7", "MIIEvAIBAD"),
+    "private-key-body-openssh": ("b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAAB", "b3BlbnNzaC1rZXktdjE"),
+    "private-key-body-wrapped": ("Zm9vYmFyYmF6cXV4" * 4 + "\n" + "cXV1eGNvcmdlZ3JhdWx0" * 3 + "cXV1\n" + "Zm9vYmFy==",
+                                 "Zm9vYmFyYmF6cXV4"),
+    "ssh-command": ("ssh -p 40022 root@203.0.113.7", "203.0.113.7"),
+    "ssh-command-flags": ("ssh -i key.pem -p 2222 alice@gpu.example.net", "gpu.example.net"),
+    "encoded-json-slash": ("\\/home\\/alice\\/x", "alice"),
+    "encoded-url": ("%2Fhome%2Falice%2Fx", "alice"),
+    "encoded-url-double": ("%252Fteamspace%252Falice", "alice"),
+    "encoded-u-escape": ("\\u002fhome\\u002falice", "alice"),
+    "encoded-html-entity": ("&#47;root&#47;alice", "alice"),
+    "zero-width": ("/ho\u200bme/alice/x and gh\u200dp_ABCDEFGHIJKLMNOPQRSTUV", "alice"),
+    "split-token": ("token ghp_ABCDEFGH\nIJKLMNOPQRSTUVWX", "ghp_"),
+    "split-token-backslash": ("hf_ABCDEFGHIJ\\\nKLMNOPQRSTUV", "hf_"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEAKS))
+def test_scan_catches_each_form(name):
+    text, _ = LEAKS[name]
+    assert sanitize.scan_text("f", text), name
+
+
+@pytest.mark.parametrize("name", sorted(LEAKS))
+def test_redaction_removes_each_form(name):
+    text, needle = LEAKS[name]
+    out = sanitize.redact_text(text)
+    assert needle not in sanitize.normalize(out) and not sanitize.scan_text("f", out), (name, out)
+
+
+@pytest.mark.parametrize("text", [
+    "https://github.com/commaai/comma_video_compression_challenge/tree/main/submissions/x",
+    "evidence/records/0123abcd.json",
+    "API_KEY=${API_KEY} and ${ARCHIVE_ZIP_URL}",
+    '"public_key": "-----BEGIN PUBLIC KEY-----\\nMCowBQYDK2VwAyEA4NG8m61QbLuKDGMHZt9JwMTd9O5bGbNqKPpMFN8Z3Uk=\\n"',
+    "a" * 64 + "\n" + "b" * 64,  # hex digests on their own lines are not a key body
+    "100*segnet_dist + sqrt(10*posenet_dist) + 25*rate = 4.39  50% smaller, 10%2",
+    "prov verify manifest.json --key release.pub.pem",
+    "the ssh key is pinned",
+])
+def test_clean_text_is_not_flagged(text):
+    assert sanitize.scan_text("f", text) == []
+    assert sanitize.redact_text(text) == text
+
+
+def test_build_error_does_not_echo_the_secret():
+    v = sanitize.scan_text("f", "AKIAIOSFODNN7EXAMPLE")[0]
+    assert "AKIAIOSFODNN7EXAMPLE" not in str(v)
+
+
+def test_planted_leak_site(tmp_path):
+    """Every form planted in records and annotations: the bundle publishes none of them; one more in a
+    signed release file (which cannot be redacted) fails the build, leaving nothing behind."""
+    from provenance import ledger
+    from provenance.adjudicate import adjudicate_report
+    from provenance.site.build import build_site
+    from provenance.store import Store
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("jinja2")
+    store_dir = tmp_path / "store"
+    store = Store(store_dir, create=True)
+    rep = tmp_path / "report.txt"
+    rep.write_bytes(report())
+    for name, (text, _) in sorted(LEAKS.items()):
+        _, d, _ = adjudicate_report(store, rep, None, label=text)
+        ledger.annotate(store, d.sha256, label=text, track=name, notes=f"notes: {text}")
+    out = tmp_path / "public"
+    build_site(store, out)
+    assert sanitize.scan_dir(out) == []
+    for p in out.rglob("*"):
+        if p.is_file():
+            published = sanitize.normalize(p.read_bytes().decode("utf-8", "replace"))
+            for name, (_, needle) in LEAKS.items():
+                assert needle not in published, f"{p.relative_to(out)} publishes {name}"
+    notes = [e for e in json.loads((out / "public_bundle_manifest.json").read_text())["files"]
+             if e["path"].startswith("evidence/records/")]
+    assert len(notes) == len(LEAKS)
+    store.close()
+    # the rest: a leak in a signed file cannot be redacted, so the build fails and names it
+    rel = tmp_path / "releases" / "demo"
+    rel.mkdir(parents=True)
+    (rel / "manifest.json").write_text(json.dumps({"payload": "x", "note": "built in /workspace/alice"}))
+    out2 = tmp_path / "public2"
+    r = run_prov("site", "build", "--out", out2, "--releases", tmp_path / "releases", store=store_dir)
+    lines = r.err.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.err
+    assert "evidence/releases/demo/manifest.json:1: local-path" in lines[0]
+    assert not out2.exists() and not list(tmp_path.glob(".public2*")), "nothing half-written"
+
+
+def test_import_legacy_leaves_no_machine_path_in_any_field(tmp_path, runtime, store):
+    arch = tmp_path / "small.zip"
+    arch.write_bytes(os.urandom(178_981))
+    doc = v1_record(runtime, arch)
+    prov = doc["provenance"]
+    prov["device"] = "cuda:0 (/workspace/alice/venv)"
+    prov["gpu_model"] = "Tesla T4 at file:///home/alice/gpu"
+    prov["torch_version"] = "2.5.1+cu124 /opt/conda/lib/python3.11"
+    prov["cuda_version"] = "12.4 C:\\Users\\alice\\cuda"
+    prov["upstream_commit"] = "deadbeef ~/comma/upstream"
+    rows = prov["inflate_runtime_manifest"]["files"]
+    rows.append({"relative_path": "/content/alice/inflate.sh", "bytes": 1, "sha256": "00" * 32})
+    p = tmp_path / "v1.json"
+    p.write_text(json.dumps(doc))
+    r = run_prov("import-legacy", p, "--archive", arch, "--json", store=store)
+    assert r.returncode in (0, 1), r.err
+    out = json.loads(r.out)
+    text = json.dumps(out)
+    assert sanitize.scan_text("record", text) == [], sanitize.scan_text("record", text)
+    for needle in ("alice", "/workspace", "/opt/", "file://", "Users", "~/", "/content"):
+        assert needle not in text, needle
+    assert out["record"]["environment"]["device"].startswith("cuda:0 (${LOCAL_PATH}")
+    unsafe = next(c for c in out["checks"] if c["name"] == "runtime_rows_relative")
+    assert not unsafe["ok"] and "${LOCAL_PATH}" in unsafe["detail"]
