@@ -256,9 +256,14 @@ class ReadCounter:
 
 def test_stat_cache_skips_unchanged_and_catches_racy_and_changed(tmp_path, monkeypatch, runtime):
     s = Store(tmp_path / "store", create=True)
+    # files hashed moments after being written are racy: they must be re-read, and then cached.
+    # Hash them "the instant they were written" whatever the load, so the first add is racy.
+    import provenance.store as sm
+    written = max(p.lstat().st_ctime_ns for p in runtime.rglob("*"))
+    monkeypatch.setattr(sm.time, "time_ns", lambda: written)
     first = s.add(runtime)
+    monkeypatch.undo()
     counter = ReadCounter(monkeypatch, runtime)
-    # files hashed moments after being written are racy: they must be re-read, and then cached
     time.sleep(0.1)
     assert s.add(runtime) == first
     assert counter.paths, "files modified within the racy window must be re-hashed"
