@@ -170,6 +170,7 @@ from provenance import signing, logbook
 s = Store({store!r}, create=True)
 key = signing.load_private({key!r})
 i = int(sys.argv[1])
+print("ready", flush=True)  # the store exists: from here on a kill may land anywhere
 while True:
     s.log.append_many([b"entry %d %s" % (i, os.urandom(8).hex().encode())])
     i += 1
@@ -189,7 +190,8 @@ def test_sigkill_during_appends_no_torn_leaf_no_overreaching_checkpoint(tmp_path
     reported = 0
     for round_ in range(25):
         p = subprocess.Popen([sys.executable, str(script), str(reported)], stdout=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.2, 0.6))
+        assert p.stdout.readline().strip() == "ready"  # however slow the start, kill only a running appender
+        time.sleep(rng.uniform(0.0, 0.4))
         p.send_signal(signal.SIGKILL)
         out, _ = p.communicate()
         lines = out.split()
