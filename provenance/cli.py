@@ -860,6 +860,10 @@ def site_check(bundle, as_json):
         sys.exit(1)
 
 
+from .cli_batch import batch as _batch  # noqa: E402  (its own module: issue 17)
+cli.add_command(_batch)
+
+
 def main() -> None:
     cli(prog_name="prov")
 
