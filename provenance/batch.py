@@ -324,7 +324,15 @@ def run_local(b: Batch) -> list[Outcome]:
         return [results[n] for n in order]
 
 
-def ray_available() -> bool:
+def _loopback_only(address: str | None) -> None:
+    """An embedded Ray is this machine alone: keep its traffic on loopback. (Ray otherwise binds
+    and dials the machine's outward address; the switch is read once, when ray is imported.)"""
+    if address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def ray_available(address: str | None = None) -> bool:
+    _loopback_only(address)
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -332,10 +340,19 @@ def ray_available() -> bool:
     return True
 
 
-def run_ray(b: Batch, address: str | None = None, cpus: float = 1.0, retries: int = 3) -> list[Outcome]:
+def run_ray(b: Batch, address: str | None = None, cpus: float = 1.0, retries: int = 3,
+            node_ip: str | None = None) -> list[Outcome]:
+    import contextlib
+    import sys
+    with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' deaths: stdout is our answer's
+        return _run_ray(b, address, cpus, retries, node_ip)
+
+
+def _run_ray(b: Batch, address: str | None, cpus: float, retries: int, node_ip: str | None) -> list[Outcome]:
     """Fan out as Ray tasks (num_gpus=1 with --device cuda). Without an address, an embedded Ray
     on this machine. At most as many tasks are in flight as the cluster has slots, so 'running'
     means running."""
+    _loopback_only(address)
     try:
         import ray
     except ImportError:
@@ -347,7 +364,7 @@ def run_ray(b: Batch, address: str | None = None, cpus: float = 1.0, retries: in
         kw = dict(log_to_driver=False, configure_logging=False)
         try:
             if address:
-                ray.init(address=address, **kw)
+                ray.init(address=address, **({"_node_ip_address": node_ip} if node_ip else {}), **kw)
             else:  # this machine only: small object store (tasks pass digests, not data), no dashboard
                 ray.init(include_dashboard=False, object_store_memory=128 << 20, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -398,8 +415,9 @@ def run_ray(b: Batch, address: str | None = None, cpus: float = 1.0, retries: in
             ray.shutdown()
 
 
-def run(b: Batch, engine: str | None = None, **kw) -> list[Outcome]:
-    engine = engine or ("ray" if ray_available() else "local")
+def run(b: Batch, engine: str | None = None, **kw) -> tuple[str, list[Outcome]]:
+    """(the engine used, one outcome per submission in the order given)."""
+    engine = engine or ("ray" if ray_available(kw.get("address")) else "local")
     if engine not in ENGINES:
         raise ProvError(f"--engine {engine}: must be one of {', '.join(ENGINES)}")
-    return run_ray(b, **kw) if engine == "ray" else run_local(b)
+    return engine, (run_ray(b, **kw) if engine == "ray" else run_local(b))

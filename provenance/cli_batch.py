@@ -44,6 +44,7 @@ def _progress(total: int):
 @click.option("--engine", type=click.Choice(["local", "ray"]),
               help="local: one after another here; ray: Ray tasks. Default: ray when installed, else local.")
 @click.option("--address", help="Join this Ray cluster (host:port) instead of starting one on this machine.")
+@click.option("--node-ip-address", "node_ip", help="This machine's address in the cluster (as for ray start).")
 @click.option("--remote", "remote_name", help="DVC remote (of --repo) as the meeting point; needed with --address.")
 @click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False),
               help="DVC repository whose remote configuration --remote names.")
@@ -58,7 +59,7 @@ def _progress(total: int):
               help="Write OUT/<name>/record.json for each record and OUT/batch.json.")
 @json_option
 @click.pass_context
-def batch_replay(ctx, names, folder, params_path, upstream, device, engine, address, remote_name, repo,
+def batch_replay(ctx, names, folder, params_path, upstream, device, engine, address, node_ip, remote_name, repo,
                  cpus_per_task, retries, no_sandbox, timeout, mem_limit, out_dir, as_json):
     """Replay many submissions; merge every record into the store and log, in submission order.
 
@@ -81,10 +82,9 @@ def batch_replay(ctx, names, folder, params_path, upstream, device, engine, addr
     store = open_store(ctx, create=True)
     limits = {"timeout": timeout, "address_space": None if device == "cuda" else mem_limit}
     b = B.Batch(store, subs, Path(upstream).resolve(), device, not no_sandbox, limits, meet, _progress(len(subs)))
-    kw = {"address": address, "cpus": cpus_per_task, "retries": retries}
-    chosen = engine or ("ray" if B.ray_available() else "local")
     try:
-        outcomes = B.run(b, chosen, **(kw if chosen == "ray" else {}))
+        chosen, outcomes = B.run(b, engine, address=address, cpus=cpus_per_task, retries=retries,
+                               **({"node_ip": node_ip} if node_ip else {}))
     except KeyboardInterrupt:
         click.echo("prov: interrupted: in-flight replays stopped; the store holds only complete results", err=True)
         sys.exit(130)
