@@ -54,6 +54,7 @@ class Outcome:
     exit_code: int = 0
     host: str | None = None  # describes the run, like timings: not part of the answer
     wall: float | None = None
+    upstream_from: str | None = None  # "in place" (the head's path, same bytes) or "store"
     logged: int | None = None  # leaf index in the lab's log
 
     def as_dict(self) -> dict:
@@ -216,38 +217,58 @@ def fetch(store: Store, rows: list[list], where) -> int:
 
 # -- the work of one submission (runs on a worker) -------------------------------------------------
 
+def _in_place(path: str, b3: str) -> bool:
+    """Is the head's upstream checkout here, at the same path, with exactly the pinned bytes?"""
+    from . import tree as treemod
+    from .digest import hash_file
+    p = Path(path)
+    try:
+        return p.is_dir() and treemod.walk(p, lambda f, s: hash_file(f)).blake3 == b3
+    except (OSError, ProvError):
+        return False
+
+
 def work(task: dict) -> dict:
     """Fetch the inputs by digest, replay in a private store, publish what it stored.
-    Always returns: a failure is a result with its reason."""
+    Always returns: a failure is a result with its reason.
+
+    The upstream checkout is used where the head has it when this machine holds the same bytes at
+    the same path (a shared disk, or one image for every machine): the evaluator prints its paths
+    into the report, so only then is the report byte-identical to a replay on the head. Otherwise
+    it is exported from the store, re-verified, into scratch."""
     from .replay import replay
     from .sandbox import Limits
     started = time.monotonic()
     host = socket.gethostname()
     scratch = Path(tempfile.mkdtemp(prefix="prov-batch-"))
+    base = {"name": task["name"], "host": host}
     try:
         where = meeting(task["meeting"])
         store = Store(scratch / "store", create=True)
         try:
-            fetch(store, task["inputs"], where)
-            up = scratch / "upstream"
-            store.export(task["upstream"], up)
+            up = Path(task["upstream_path"])
+            base["upstream_from"] = "in place" if _in_place(task["upstream_path"], task["upstream"]) else "store"
+            up_rows = {r[0] for r in task["upstream_rows"]}
+            fetch(store, [r for r in task["inputs"] if base["upstream_from"] == "store" or r[0] not in up_rows], where)
+            if base["upstream_from"] == "store":
+                up = scratch / "upstream"
+                store.export(task["upstream"], up)
             runtime = scratch / task["name"] / "runtime"
             store.export(task["runtime"], runtime)
             archive = scratch / task["name"] / "archive.zip"
             shutil.copyfile(store.path_of(task["archive"]), archive)
-            lim = task["limits"]
             res = replay(store, archive, runtime, up, name=task["name"], device=task["device"],
-                         sandboxed=task["sandboxed"], limits=Limits(**lim), scratch_base=str(scratch))
+                         sandboxed=task["sandboxed"], limits=Limits(**task["limits"]), scratch_base=str(scratch))
             have = {r[0] for r in task["inputs"]}
             made = [r for r in closure(store, [res.digest.blake3]) if r[0] not in have]
             publish(store, made, where)
-            return {"name": task["name"], "ok": True, "record": res.digest.sha256, "record_b3": res.digest.blake3,
+            return {**base, "ok": True, "record": res.digest.sha256, "record_b3": res.digest.blake3,
                     "score": res.record.result.canonical_score, "grade": res.record.grade, "rows": made,
-                    "host": host, "wall": round(time.monotonic() - started, 3)}
+                    "wall": round(time.monotonic() - started, 3)}
         finally:
             store.close()
     except ProvError as e:
-        return {"name": task["name"], "ok": False, "reason": str(e), "exit_code": e.exit_code, "host": host,
+        return {**base, "ok": False, "reason": str(e), "exit_code": e.exit_code,
                 "wall": round(time.monotonic() - started, 3)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -274,6 +295,7 @@ class Batch:
         if self.device not in ("cpu", "cuda"):
             raise ProvError(f"--device {self.device}: must be cpu or cuda")
         up_d = self.store.add_as(up, "tree", "upstream")
+        up_rows = closure(self.store, [up_d.blake3])
         where = meeting(meet)
         out = []
         for s in self.submissions:
@@ -282,7 +304,7 @@ class Batch:
             rows = closure(self.store, [up_d.blake3, r.blake3, a.blake3])
             publish(self.store, rows, where)
             out.append({"name": s.name, "archive": a.blake3, "runtime": r.blake3, "upstream": up_d.blake3,
-                        "inputs": rows, "device": self.device, "sandboxed": self.sandboxed,
+                        "inputs": rows, "upstream_rows": up_rows, "upstream_path": str(up), "device": self.device, "sandboxed": self.sandboxed,
                         "limits": self.limits, "meeting": meet})
         return out
 

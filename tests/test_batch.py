@@ -205,6 +205,7 @@ def test_batch_on_cluster_survives_a_killed_worker_and_matches_sequential(cluste
     assert p.returncode == 0, err.decode()
     res = json.loads(out)
     assert [r["name"] for r in res["results"]] == ["half", "copy"] and all(r["ok"] for r in res["results"])
+    assert {r["upstream_from"] for r in res["results"]} == {"in place"}  # one disk: the same checkout
 
     # every record once in the lab's store and its log, in the order given, not the order finished
     leaves = prov_json("log", "verify", store=store)
@@ -250,7 +251,7 @@ def test_local_engine_without_ray_records_failures(mini, tmp_path):
     subs = tmp_path / "subs"
     shutil.copytree(mini / "submissions" / "copy", subs / "copy", symlinks=True)
     shutil.copytree(mini / "submissions" / "copy", subs / "broken", symlinks=True)
-    (subs / "broken" / "runtime" / "inflate.sh").write_text("#!/bin/sh\necho 'no frames for you' >&2\nexit 3\n")
+    (subs / "broken" / "runtime" / "inflated").mkdir()  # refused before any phase runs: cheap
     env = {"PYTHONPATH": str(shim)}
     r = run_prov("batch", "replay", "broken", "copy", "--submissions", subs, "--upstream", mini / "upstream",
                  "--json", store=tmp_path / "store", env=env)
@@ -258,9 +259,32 @@ def test_local_engine_without_ray_records_failures(mini, tmp_path):
     res = json.loads(r.out)
     assert res["engine"] == "local"
     broken, copy = res["results"]
-    assert not broken["ok"] and "inflate" in broken["reason"] and "no frames for you" in broken["reason"]
+    assert not broken["ok"] and "ships 'inflated'" in broken["reason"] and broken["exit_code"] == 2
     assert copy["ok"] and copy["logged"] == 0
     assert prov_json("log", "verify", store=tmp_path / "store")["size"] == 1
     r = run_prov("batch", "replay", "copy", "--submissions", subs, "--upstream", mini / "upstream", "--engine", "ray",
                  store=tmp_path / "store", env=env)
     assert r.returncode == 3 and "comma-lab[ray]" in r.err
+
+
+def test_worker_without_the_checkout_exports_it_from_the_store(mini, tmp_path):
+    """A worker that lacks the head's upstream path gets the pinned tree by digest instead."""
+    from provenance import batch as B
+    from provenance.store import Store
+    subs = tmp_path / "subs"
+    shutil.copytree(mini / "submissions" / "copy", subs / "early", symlinks=True)
+    (subs / "early" / "runtime" / "archive").mkdir()  # refused after the inputs arrive, before any phase
+    store = Store(tmp_path / "store", create=True)
+    b = B.Batch(store, B.collect(subs, ["early"]), mini / "upstream")
+    meet = {"kind": "dir", "path": str(tmp_path / "meet")}
+    task = b.tasks(meet)[0]
+    task["upstream_path"] = str(tmp_path / "not-here")
+    got = B.work(task)
+    assert got["upstream_from"] == "store" and not got["ok"] and "ships 'archive'" in got["reason"]
+    # a meeting point that corrupts an object: refused on arrival, nothing stored
+    victim = next(r[0] for r in task["inputs"] if r[1] == "blob")
+    path = tmp_path / "meet" / B._rel(victim)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes() + b"x")
+    got = B.work(task)
+    assert not got["ok"] and "arrived corrupt" in got["reason"] and got["exit_code"] == 1
