@@ -97,6 +97,16 @@ def mini(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sequential_half(mini, tmp_path_factory):
+    """What `prov replay` records for the miniature's `half`, alone: (store, record sha256)."""
+    store = tmp_path_factory.mktemp("seq") / "store"
+    sub = mini / "submissions" / "half"
+    got = prov_json("replay", "--archive", sub / "archive.zip", "--runtime", sub / "runtime", "--upstream",
+                    mini / "upstream", store=store)
+    return store, got["digest"]["sha256"]
+
+
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """moto's S3 server, a DVC repo whose remote `lab` is a bucket there, and a two-node Ray cluster."""
     base = tmp_path_factory.mktemp("cluster")
@@ -142,9 +152,12 @@ def cluster(tmp_path_factory):
                     "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
                     "--dashboard-agent-listen-port", str(free_port()),
                     "--dashboard-agent-grpc-port", str(free_port())]
+        def started(log: Path):
+            return lambda: log.exists() and "Ray runtime started" in log.read_text(errors="replace")
+        head_log, worker_log = base / "head.log", base / "worker.log"
         head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--port", str(port), "--include-dashboard",
                                  "false", "--temp-dir", str(short),
-                                 *common, *ports()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 *common, *ports()], stdout=open(head_log, "wb"), stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
         procs.append(head)
         address = f"{IP}:{port}"
@@ -158,15 +171,13 @@ def cluster(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 return 0
             return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else 0
-        def listening():
-            with socket.socket() as c:
-                return c.connect_ex((IP, port)) == 0
-        wait_for("ray head", listening, head)
+        wait_for("ray head", started(head_log), head)
         worker = subprocess.Popen([str(BIN / "ray"), "start", "--address", address, *common, *ports()],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                  stdout=open(worker_log, "wb"), stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
         procs.append(worker)
-        wait_for("second ray node", lambda: nodes() >= 2, worker)
+        wait_for("second ray node", started(worker_log), worker)
+        assert nodes() == 2
         yield {"address": address, "repo": repo, "env": env, "endpoint": endpoint, "base": base}
     finally:
         for p in reversed(procs):
@@ -190,7 +201,7 @@ def ray_workers_replaying() -> list[int]:
     return out
 
 
-def test_batch_on_cluster_survives_a_killed_worker_and_matches_sequential(cluster, mini, tmp_path):
+def test_batch_on_cluster_survives_a_killed_worker_and_matches_sequential(cluster, mini, sequential_half, tmp_path):
     subs = mini / "submissions"
     store = tmp_path / "lab-store"
     env = dict(cluster["env"], PROV_STORE=str(store))
@@ -224,13 +235,8 @@ def test_batch_on_cluster_survives_a_killed_worker_and_matches_sequential(cluste
         Bucket="lab", Prefix="comma-lab/prov-store/objects/")
     assert keys["KeyCount"] > 10
 
-    # the same answers as sequential `prov replay`, byte for byte, but for run-describing fields
-    seq = tmp_path / "seq-store"
-    for r in res["results"]:
-        sub = subs / r["name"]
-        got = prov_json("replay", "--archive", sub / "archive.zip", "--runtime", sub / "runtime", "--upstream",
-                        mini / "upstream", store=seq)
-        assert record_without_run_fields(seq, got["digest"]["sha256"]) == record_without_run_fields(store, r["record"])
+    # the same answer as a sequential `prov replay`, byte for byte, but for run-describing fields
+    assert record_without_run_fields(*sequential_half) == record_without_run_fields(store, res["results"][0]["record"])
 
 
 def test_bad_cluster_input_is_one_line(cluster, mini, tmp_path):
@@ -242,27 +248,28 @@ def test_bad_cluster_input_is_one_line(cluster, mini, tmp_path):
     assert r.returncode == 2 and "archive.zip" in r.err and "Traceback" not in r.err
 
 
-def test_local_engine_without_ray_records_failures(mini, tmp_path):
+def test_local_engine_without_ray_records_failures(mini, sequential_half, tmp_path):
     """`import ray` fails (a shim first on the path); the default engine is then local, a broken
     submission is a recorded failure, and the good one still lands in store and log."""
     shim = tmp_path / "shim"
     (shim / "ray").mkdir(parents=True)
     (shim / "ray" / "__init__.py").write_text("raise ImportError('ray is not installed here')\n")
     subs = tmp_path / "subs"
-    shutil.copytree(mini / "submissions" / "copy", subs / "copy", symlinks=True)
+    shutil.copytree(mini / "submissions" / "half", subs / "half", symlinks=True)
     shutil.copytree(mini / "submissions" / "copy", subs / "broken", symlinks=True)
     (subs / "broken" / "runtime" / "inflated").mkdir()  # refused before any phase runs: cheap
     env = {"PYTHONPATH": str(shim)}
-    r = run_prov("batch", "replay", "broken", "copy", "--submissions", subs, "--upstream", mini / "upstream",
+    r = run_prov("batch", "replay", "broken", "half", "--submissions", subs, "--upstream", mini / "upstream",
                  "--json", store=tmp_path / "store", env=env)
     assert r.returncode == 1, r.err
     res = json.loads(r.out)
     assert res["engine"] == "local"
-    broken, copy = res["results"]
+    broken, half = res["results"]
     assert not broken["ok"] and "ships 'inflated'" in broken["reason"] and broken["exit_code"] == 2
-    assert copy["ok"] and copy["logged"] == 0
+    assert half["ok"] and half["logged"] == 0
+    assert record_without_run_fields(*sequential_half) == record_without_run_fields(tmp_path / "store", half["record"])
     assert prov_json("log", "verify", store=tmp_path / "store")["size"] == 1
-    r = run_prov("batch", "replay", "copy", "--submissions", subs, "--upstream", mini / "upstream", "--engine", "ray",
+    r = run_prov("batch", "replay", "half", "--submissions", subs, "--upstream", mini / "upstream", "--engine", "ray",
                  store=tmp_path / "store", env=env)
     assert r.returncode == 3 and "comma-lab[ray]" in r.err
 
