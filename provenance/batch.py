@@ -354,7 +354,7 @@ def _loopback_only(address: str | None) -> None:
 
 
 def ray_available(address: str | None = None) -> bool:
-    _loopback_only(address)
+    _loopback_only(address or os.environ.get("RAY_ADDRESS") or None)
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -374,6 +374,7 @@ def _run_ray(b: Batch, address: str | None, cpus: float, retries: int, node_ip: 
     """Fan out as Ray tasks (num_gpus=1 with --device cuda). Without an address, an embedded Ray
     on this machine. At most as many tasks are in flight as the cluster has slots, so 'running'
     means running."""
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, honoured as Ray does
     _loopback_only(address)
     try:
         import ray
@@ -443,3 +444,35 @@ def run(b: Batch, engine: str | None = None, **kw) -> tuple[str, list[Outcome]]:
     if engine not in ENGINES:
         raise ProvError(f"--engine {engine}: must be one of {', '.join(ENGINES)}")
     return engine, (run_ray(b, **kw) if engine == "ray" else run_local(b))
+
+
+def lab_replay(name: str, submissions: Path, upstream: Path, out: Path, metrics: Path, device: str,
+               engine: str = "local", repo: Path = Path(".")) -> dict:
+    """The pipeline's replay step (`prov lab replay --engine`): `local` is pipeline.replay_one as
+    ever; `ray` runs the same replay as a Ray task (on the cluster of RAY_ADDRESS, meeting through
+    the repository's default DVC remote; else on an embedded Ray) and writes the same outputs."""
+    from .pipeline import replay_one
+    if engine == "local":
+        return replay_one(name, submissions, upstream, out, metrics, device)
+    from .files import write_atomic, write_json
+    from .models import load_record
+    from .replay import ReplayFailed
+    meet = {"kind": "dvc", "conf": dvc_remote(repo, None)} if os.environ.get("RAY_ADDRESS") else None
+    if out.exists():
+        shutil.rmtree(out)
+    store = Store(out / "store", create=True)
+    try:
+        b = Batch(store, collect(submissions, [name]), upstream.resolve(), device, meeting=meet)
+        _, (o,) = run(b, engine)
+        if not o.ok:
+            raise (ReplayFailed if o.exit_code == 1 else ProvError)(f"{name}: {o.reason}")
+        data = store.read_bytes(o.record_b3)
+        write_atomic(out / "record.json", data)
+        rec = load_record(data, name)
+    finally:
+        store.close()
+    r = rec.result
+    m = {"canonical_score": r.canonical_score, "posenet": r.posenet, "segnet": r.segnet, "rate": r.rate,
+         "samples": r.samples, "archive_bytes": rec.archive.size, "grade": rec.grade}
+    write_json(metrics, m)
+    return {"name": name, "record": o.record, **m}
