@@ -288,7 +288,6 @@ class Batch:
     progress: Callable[[str, str, Outcome | None], None] | None = None  # (name, state, outcome)
 
     def tasks(self, meet: dict) -> list[dict]:
-        from .replay import detect_profile  # noqa: F401  (fails early on a broken install, not per task)
         up = self.upstream
         if not (up / "evaluate.py").is_file():
             raise ProvError(f"{up}: not an upstream checkout (no evaluate.py)")
@@ -304,8 +303,8 @@ class Batch:
             rows = closure(self.store, [up_d.blake3, r.blake3, a.blake3])
             publish(self.store, rows, where)
             out.append({"name": s.name, "archive": a.blake3, "runtime": r.blake3, "upstream": up_d.blake3,
-                        "inputs": rows, "upstream_rows": up_rows, "upstream_path": str(up), "device": self.device, "sandboxed": self.sandboxed,
-                        "limits": self.limits, "meeting": meet})
+                        "inputs": rows, "upstream_rows": up_rows, "upstream_path": str(up), "device": self.device,
+                        "sandboxed": self.sandboxed, "limits": self.limits, "meeting": meet})
         return out
 
     def _say(self, name: str, state: str, o: Outcome | None = None) -> None:

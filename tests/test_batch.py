@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROV, REPO, prov_json, run_prov
+from conftest import PROV, prov_json, run_prov
 
 pytest.importorskip("torch")
 pytest.importorskip("dvc")
@@ -206,8 +206,8 @@ def test_batch_on_cluster_survives_a_killed_worker_and_matches_sequential(cluste
     store = tmp_path / "lab-store"
     env = dict(cluster["env"], PROV_STORE=str(store))
     p = subprocess.Popen([PROV, "batch", "replay", "half", "copy", "--submissions", subs, "--upstream",
-                          mini / "upstream", "--engine", "ray", "--address", cluster["address"], "--node-ip-address", IP, "--remote", "lab",
-                          "--repo", cluster["repo"], "--out", tmp_path / "out", "--json"],
+                          mini / "upstream", "--engine", "ray", "--address", cluster["address"], "--node-ip-address",
+                          IP, "--remote", "lab", "--repo", cluster["repo"], "--out", tmp_path / "out", "--json"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     # kill one worker while its replay runs; Ray re-runs that task
     victim = wait_for("a replay running on a worker", ray_workers_replaying, p)[0]
