@@ -295,3 +295,27 @@ def test_worker_without_the_checkout_exports_it_from_the_store(mini, tmp_path):
     path.write_bytes(path.read_bytes() + b"x")
     got = B.work(task)
     assert not got["ok"] and "arrived corrupt" in got["reason"] and got["exit_code"] == 1
+
+
+def test_ctrl_c_stops_the_batch_and_leaves_the_store_consistent(mini, tmp_path):
+    store = tmp_path / "store"
+    env = dict(os.environ, PROV_STORE=str(store))
+    p = subprocess.Popen([PROV, "batch", "replay", "copy", "half", "--submissions", mini / "submissions",
+                          "--upstream", mini / "upstream", "--engine", "local"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+    def sandbox_running():
+        try:
+            return Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        except OSError:
+            return []
+    kids = wait_for("the first replay's sandbox", sandbox_running, p)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err.decode()
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert prov_json("fsck", store=store)["ok"]
+    assert prov_json("log", "verify", store=store)["size"] == 0  # nothing half-merged, nothing logged
+    for k in kids:  # the sandbox went with it
+        wait_for("the sandbox to end", lambda: not Path(f"/proc/{k}").exists() or
+                 Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
