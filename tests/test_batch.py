@@ -319,3 +319,10 @@ def test_ctrl_c_stops_the_batch_and_leaves_the_store_consistent(mini, tmp_path):
     for k in kids:  # the sandbox went with it
         wait_for("the sandbox to end", lambda: not Path(f"/proc/{k}").exists() or
                  Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_cli_and_verify_path_import_no_ray():
+    code = ("import sys, provenance.cli, provenance.verify, provenance.cli_batch;"
+            "print(sorted(m for m in ('ray', 'dvc', 'torch') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
