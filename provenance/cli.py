@@ -713,12 +713,14 @@ def lab():
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: run it as a Ray task (cluster of RAY_ADDRESS, through the DVC remote); see prov batch.")
 @json_option
-def lab_replay(name, submissions, upstream, out, metrics, device, as_json):
+def lab_replay(name, submissions, upstream, out, metrics, device, engine, as_json):
     """Replay one submission into its own store (OUT/store) and record (OUT/record.json)."""
     from pathlib import Path
-    from .pipeline import replay_one
-    r = replay_one(name, Path(submissions), Path(upstream), Path(out), Path(metrics), device)
+    from .batch import lab_replay as replay_one
+    r = replay_one(name, Path(submissions), Path(upstream), Path(out), Path(metrics), device, engine)
     emit(r, as_json, f"{name}: {r['canonical_score']!r} ({r['grade']}), record {r['record']}")
 
 
@@ -875,6 +877,10 @@ def site_check(bundle, as_json):
     emit({"ok": not problems, "problems": problems}, as_json, "\n".join(problems) or f"{bundle}: clean")
     if problems:
         sys.exit(1)
+
+
+from .cli_batch import batch as _batch  # noqa: E402  (its own module: issue 17)
+cli.add_command(_batch)
 
 
 def main() -> None:
