@@ -27,6 +27,7 @@ from typing import Callable
 
 from .digest import stream
 from .errors import MissingEnvironment, ProvError, VerificationFailed
+from .files import remove_tree
 from .store import Store, _write_all
 
 ENGINES = ("local", "ray")
@@ -256,7 +257,7 @@ def work(task: dict) -> dict:
             runtime = scratch / task["name"] / "runtime"
             store.export(task["runtime"], runtime)
             archive = scratch / task["name"] / "archive.zip"
-            shutil.copyfile(store.path_of(task["archive"]), archive)
+            store.copy_out(task["archive"], archive)  # re-hashed on the way out, like every export
             res = replay(store, archive, runtime, up, name=task["name"], device=task["device"],
                          sandboxed=task["sandboxed"], limits=Limits(**task["limits"]), scratch_base=str(scratch))
             have = {r[0] for r in task["inputs"]}
@@ -271,7 +272,7 @@ def work(task: dict) -> dict:
         return {**base, "ok": False, "reason": str(e), "exit_code": e.exit_code,
                 "wall": round(time.monotonic() - started, 3)}
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)  # a replay's scratch may hold whatever a submission made
 
 
 # -- the head ----------------------------------------------------------------------------------------
