@@ -71,8 +71,8 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
                       profile: Profile = contest.OFFICIAL, source: str = "imported-report",
                       environment: Environment | None = None, timings: dict | None = None,
                       inflated: Digest | None = None, label: str | None = None,
-                      extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None
-                      ) -> tuple[EvalRecord, Digest, list[Check]]:
+                      extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None,
+                      frames: dict[str, Digest] | None = None) -> tuple[EvalRecord, Digest, list[Check]]:
     report_bytes, rep = contest.read_report(report_path)
     archive_d = _stored(store, archive, "file", "archive")
     children = [archive_d.blake3]
@@ -86,6 +86,7 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
     if up.videos_tree:
         children.append(up.videos_tree.blake3)
     children += [d.blake3 for d in (logs or {}).values()]
+    children += [d.blake3 for d in (frames or {}).values()]
 
     checks = contest.check_report(profile, rep, archive_d.size) + list(extra_checks)
     if up.uncompressed_size is not None:
@@ -109,6 +110,6 @@ def adjudicate_report(store: Store, report_path: str | Path, archive: str | Path
                       uncompressed_size_reported=rep.uncompressed_size),
         report=blob_model(report_d), inflated=tree_model(inflated) if inflated else None,
         logs={k: blob_model(v) for k, v in (logs or {}).items()},
-        timings=timings or {}, checks=[CheckResult(**c.as_dict()) for c in checks],
+        timings=timings or {}, frames={k: blob_model(v) for k, v in frames.items()} if frames else None, checks=[CheckResult(**c.as_dict()) for c in checks],
         grade=g, axis=axis, allowed_use=use, label=label, created_at=now_rfc3339())
     return record, save_record(store, record, tuple(children)), checks

@@ -29,6 +29,9 @@ class Run:
     verdict: str | None = None  # "promote" | "reject" | None
     reason: str | None = None
     flags: list[str] = field(default_factory=list)
+    parent: str | None = None  # sha256 of the run this one varies (an annotation)
+    axis: str | None = None  # what it changed against its parent
+    previous_frontier: str | None = None  # the frontier a verdict was judged against
 
     @property
     def score(self) -> float:
@@ -53,10 +56,13 @@ def runs(store: Store) -> list[Run]:
             r.label = note.get("label") or r.label
             r.track = note.get("track") or r.track
             r.notes = note.get("notes") or r.notes
+            r.parent = note.get("parent") or r.parent
+            r.axis = note.get("axis") or r.axis
     for v in sorted(_docs(store, "verdict"), key=lambda d: d["at"]):
         r = out.get(v["record"])
         if r:
             r.verdict, r.reason, r.flags = v["verdict"], v["reason"], v.get("flags", [])
+            r.previous_frontier = v.get("previous_frontier")
     return list(out.values())
 
 
@@ -115,10 +121,14 @@ def verdict(store: Store, ref: str, action: str, reason: str) -> tuple[Run, str,
     return run, sha, flags
 
 
-def annotate(store: Store, ref: str, label: str | None, track: str | None, notes: str | None) -> str:
+def annotate(store: Store, ref: str, label: str | None, track: str | None, notes: str | None,
+             parent: str | None = None, axis: str | None = None) -> str:
     run = resolve_run(store, ref)
+    parent_sha = resolve_run(store, parent).sha256 if parent else None
+    if parent_sha == run.sha256:
+        raise ProvError(f"{ref}: a run cannot be its own parent")
     doc = {"schema": NOTE_SCHEMA, "record": run.sha256, "label": label, "track": track, "notes": notes,
-           "at": now_rfc3339()}
+           "parent": parent_sha, "axis": axis, "at": now_rfc3339()}
     return _store_logged(store, {k: v for k, v in doc.items() if v is not None}, "note", (run.blake3,))
 
 

@@ -21,6 +21,7 @@ from .adjudicate import adjudicate_report
 from .contest import Check
 from .digest import Digest, hash_file
 from .errors import ProvError, VerificationFailed
+from .frames import keep_frames
 from .models import EvalRecord, Environment
 from .sandbox import Layout, Limits, PhaseResult, Sandbox
 from .store import Store
@@ -173,7 +174,7 @@ def replay(store: Store, archive: str | Path, runtime: str | Path, upstream: str
             extra_checks=[raw_check] + ([] if sandboxed else [Check("sandboxed", False,
                                                                     "replayed with --no-sandbox: grade capped below A",
                                                                     "flag")]),
-            logs=log_blobs)
+            logs=log_blobs, frames=keep_frames(store, profile, upstream, layout.runtime_copy / "inflated", names))
         return ReplayResult(record, digest, checks, phases)
     finally:
         if not keep_scratch:

@@ -14,4 +14,6 @@ PROFILE = register(Profile(
     samples=FRAMES // 2,
     official_gpu="Tesla T4",
     frames=FRAMES, width=WIDTH, height=HEIGHT,
+    official_device="cpu",
+    preview_frames=(0, 25, 47),  # made to be replayed on any lab machine: an exact CPU replay is its top grade
 ))

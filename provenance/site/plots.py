@@ -38,49 +38,70 @@ def _svg(fig, label: str) -> str:
 def _mpl():
     import matplotlib
     matplotlib.use("Agg")
-    matplotlib.rcParams.update({"svg.hashsalt": "comma-lab", "svg.fonttype": "path", "font.size": 9})
+    # sized to be read on a phone: a 5.2 in figure scaled to ~360 px keeps 12 pt text near 11 px
+    matplotlib.rcParams.update({"svg.hashsalt": "comma-lab", "svg.fonttype": "path", "font.size": 12})
     import matplotlib.pyplot as plt
     return plt
 
 
+def _titled(svg: str, titles: dict[str, str]) -> str:
+    """Name every point: a <title> inside the group matplotlib wrote for its gid."""
+    from xml.sax.saxutils import escape
+    for gid, title in titles.items():
+        svg = re.sub(rf'(<g id="{re.escape(gid)}"[^>]*>)', lambda m: f"{m.group(1)}<title>{escape(title)}</title>",
+                     svg, count=1)
+    return svg
+
+
+def _name(r) -> str:
+    return r.label or r.sha256[:12]
+
+
 def score_vs_bytes(runs, frontier_sha: str | None) -> str:
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(5.2, 4))
+    titles = {}
     for verdict, (color, marker, size, label) in STYLE.items():
         pts = [r for r in runs if r.verdict == verdict]
-        if pts:
-            ax.scatter([r.record.archive.size for r in pts], [r.score for r in pts], c=color, marker=marker,
-                       s=size, label=label, edgecolors="black", linewidths=0.4, zorder=3)
+        for i, r in enumerate(pts):
+            gid = f"sb-{r.sha256[:16]}"
+            ax.scatter([r.record.archive.size], [r.score], c=color, marker=marker, s=size,
+                       label=label if i == 0 else None, edgecolors="black", linewidths=0.4, zorder=3, gid=gid)
+            titles[gid] = (f"{_name(r)}: score {r.score!r}, {r.record.archive.size:,} bytes, {r.record.grade}"
+                           + (f", {verdict}d" if verdict else ""))
     f = next((r for r in runs if r.sha256 == frontier_sha), None)
     if f is not None:
         ax.scatter([f.record.archive.size], [f.score], s=420, facecolors="none", edgecolors="#1f77b4",
-                   linewidths=2, label="frontier", zorder=4)
+                   linewidths=2, label="frontier", zorder=4, gid="sb-frontier")
+        titles["sb-frontier"] = f"frontier {_name(f)}: {f.score!r}"
     ax.set_xscale("log")
     ax.set_xlabel("archive.zip bytes (log scale)")
     ax.set_ylabel("canonical score (lower is better)")
     ax.grid(True, which="both", alpha=0.3)
     if runs:
-        ax.legend(loc="best")
-    ax.set_title("Score against bytes")
-    svg = _svg(fig, "score against archive bytes")
+        ax.legend(loc="best", fontsize=10)
+    svg = _titled(_svg(fig, "score against archive bytes"), titles)
     plt.close(fig)
     return svg
 
 
 def trajectory(points: list[tuple[str, float]], title: str) -> str:
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    titles = {}
     if points:
         ax.step(range(1, len(points) + 1), [s for _, s in points], where="post", color="#1f77b4")
-        ax.scatter(range(1, len(points) + 1), [s for _, s in points], color="#1f77b4", zorder=3)
         for i, (label, s) in enumerate(points, 1):
-            ax.annotate(label, (i, s), textcoords="offset points", xytext=(4, 6), fontsize=7)
+            ax.scatter([i], [s], color="#1f77b4", zorder=3, gid=f"tp-{i}")
+            titles[f"tp-{i}"] = f"turning point {i}: {label}, score {s!r}"
+            ax.annotate(label, (i, s), textcoords="offset points", xytext=(4, 6), fontsize=10)
+        ax.margins(x=0.25, y=0.15)
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("turning point")
     ax.set_ylabel("canonical score")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=12)
     ax.grid(True, alpha=0.3)
-    svg = _svg(fig, title)
+    svg = _titled(_svg(fig, title), titles)
     plt.close(fig)
     return svg
