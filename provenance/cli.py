@@ -755,7 +755,8 @@ def _run_row(r) -> dict:
     rec = r.record
     return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": rec.grade,
             "canonical_score": rec.result.canonical_score, "archive_bytes": rec.archive.size,
-            "source": rec.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags}
+            "source": rec.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags,
+            "parent": r.parent, "axis": r.axis}
 
 
 @ledger.command("show")

@@ -91,6 +91,9 @@ def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, 
         flags.append("needs Tesla T4 confirmation")
     elif candidate.grade != "A++":
         return False, f"grade {candidate.grade} cannot set the frontier (only A++, or A flagged)", flags
+    if current is not None and candidate.profile != current.profile:
+        return False, (f"profile {candidate.profile} is not the frontier's ({current.profile}): "
+                       "their scores do not compare"), flags
     if current is not None and not candidate.result.canonical_score < current.result.canonical_score:
         return False, (f"score {candidate.result.canonical_score!r} does not beat the frontier "
                        f"{current.result.canonical_score!r}"), flags

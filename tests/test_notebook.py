@@ -104,6 +104,23 @@ def test_demo_has_a_frontier_promotions_and_rejections(demo):
         "the rule promotes every A++ run that beats the frontier, so the best run is the frontier"
 
 
+def test_sweep_annotations_and_the_rule(demo):
+    runs = {r["label"]: r for r in demo["runs"]}
+    assert runs["half_crf30"]["parent"] == runs["half"]["record"] and runs["half_crf30"]["axis"] == "crf 36 -> 30"
+    assert "does not beat the frontier half" in runs["half_crf30"]["reason"]
+    # the rule, not the sweep, decides: a grade that may not set the frontier is refused by name
+    from provenance import ledger
+    from provenance.models import load_record
+    repo = demo["repo"]
+    rec = load_record((repo / "evidence/releases/quarter_bilinear/record.json").read_bytes())
+    prev = load_record((repo / "evidence/releases/copy/record.json").read_bytes())
+    assert ledger.promotion(rec, prev)[0] is True
+    ok, why, _ = ledger.promotion(rec.model_copy(update={"grade": "contest-CPU"}), prev)
+    assert not ok and "cannot set the frontier" in why
+    ok, why, _ = ledger.promotion(rec, prev.model_copy(update={"profile": "comma-official-v1"}))
+    assert not ok and "do not compare" in why
+
+
 def test_site_pages_frames_and_manifest(demo):
     site = demo["site"]
     assert run_prov("site", "check", site).returncode == 0, "hygiene and the file manifest hold"

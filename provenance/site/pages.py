@@ -78,14 +78,15 @@ def neighbourhoods(runs: list[ledger.Run]) -> list[dict]:
 
 def verify_commands(name: str | None, record_sha: str, profile: str) -> list[str]:
     rel = f"evidence/releases/{name}" if name else "evidence/releases/NAME"
-    cmds = []
+    cmds = ["# in a clone of the repository (this bundle mirrors its evidence/releases/ and evidence/trust.json)"]
     if name:
         cmds.append(f"prov verify {rel}/manifest.json --trust evidence/trust.json "
                     f"--archive submissions/{name}/archive.zip --runtime submissions/{name}/runtime "
-                    f"--record evidence/records/{record_sha}.json")
+                    f"--record {rel}/record.json")
         upstream = ("evidence/miniature/upstream" if profile.startswith("comma-miniature")
                     else "<comma_video_compression_challenge checkout> --device cuda")
         cmds.append(f"prov replay --archive submissions/{name}/archive.zip --runtime submissions/{name}/runtime "
                     f"--upstream {upstream} --compare {rel}/manifest.json")
-    cmds.append(f"sha256sum evidence/records/{record_sha}.json   # prints {record_sha[:16]}... for an exact record")
+    cmds.append("# in this bundle: an exact record's name is its SHA-256")
+    cmds.append(f"sha256sum evidence/records/{record_sha}.json")
     return cmds

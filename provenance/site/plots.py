@@ -53,6 +53,13 @@ def _titled(svg: str, titles: dict[str, str]) -> str:
     return svg
 
 
+def _bytes_label(x: float, _pos=None) -> str:
+    for unit, div in (("M", 1e6), ("k", 1e3)):
+        if x >= div:
+            return f"{x / div:g}{unit}"
+    return f"{x:g}"
+
+
 def _name(r) -> str:
     return r.label or r.sha256[:12]
 
@@ -75,11 +82,16 @@ def score_vs_bytes(runs, frontier_sha: str | None) -> str:
                    linewidths=2, label="frontier", zorder=4, gid="sb-frontier")
         titles["sb-frontier"] = f"frontier {_name(f)}: {f.score!r}"
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("archive.zip bytes (log scale)")
     ax.set_ylabel("canonical score (lower is better)")
     ax.grid(True, which="both", alpha=0.3)
     if runs:
-        ax.legend(loc="best", fontsize=10)
+        ax.legend(loc="upper left", fontsize=10, framealpha=0.85)
+        ax.margins(x=0.12, y=0.12)
     svg = _titled(_svg(fig, "score against archive bytes"), titles)
     plt.close(fig)
     return svg
