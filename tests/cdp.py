@@ -20,15 +20,23 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--remote-debugging-pipe"]
 
 
+def _high(fd: int) -> int:
+    """Move a descriptor above 9, so the child's `exec 3<&R 4>&W` never closes what it just made."""
+    import fcntl
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return new
+
+
 class Browser:
     def __init__(self, profile_dir: Path, wait_s: float = 180):
-        to_chrome_r, self._w = os.pipe()
-        self._r, from_chrome_w = os.pipe()
+        to_chrome_r, self._w = map(_high, os.pipe())
+        self._r, from_chrome_w = map(_high, os.pipe())
         cmd = (f"exec 3<&{to_chrome_r} 4>&{from_chrome_w} {to_chrome_r}<&- {from_chrome_w}>&-; "
                f'exec "$0" "$@"')
         self.proc = subprocess.Popen(["bash", "-c", cmd, CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}"],
                                      pass_fds=(to_chrome_r, from_chrome_w), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL if not os.environ.get("CDP_DEBUG") else None)
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self.wait_s = wait_s  # generous: a loaded 2-core machine starts Chromium slowly

@@ -78,6 +78,17 @@ def _turning_points(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], st
     promoted = [r for r in runs if r.verdict == "promote"]
     if promoted:
         return [(r.label or r.sha256[:8], r.score) for r in promoted], "Frontier over promotions"
+    return _best_so_far(runs)
+
+
+def _branches(runs: list[ledger.Run]) -> list[tuple[str, float, float]]:
+    """Rejected runs, placed after the turning point they were judged against (x = its order + 0.5)."""
+    order = {r.sha256: i for i, r in enumerate((r for r in runs if r.verdict == "promote"), 1)}
+    return [(r.label or r.sha256[:8], r.score, order[r.previous_frontier] + 0.5)
+            for r in runs if r.verdict == "reject" and r.previous_frontier in order]
+
+
+def _best_so_far(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
     pts, best = [], None
     for r in runs:
         if best is None or r.score < best:
@@ -170,7 +181,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         html = env.get_template("index.html.j2").render(
             csp=CSP, root="", frontier=fview, best=best, runs=views, evidence=evidence, verify_commands=verify_commands,
             plot_score_bytes=plots.score_vs_bytes(runs, front.sha256 if front else None),
-            plot_trajectory=plots.trajectory(pts, title), custody=pages.CUSTODY,
+            plot_trajectory=plots.trajectory(pts, title, _branches(runs)), custody=pages.CUSTODY,
             comparisons=pages.comparisons(runs), neighbourhoods=pages.neighbourhoods(runs),
             counts={"runs": len(runs), "promote": sum(r.verdict == "promote" for r in runs),
                     "reject": sum(r.verdict == "reject" for r in runs)},

@@ -97,17 +97,26 @@ def score_vs_bytes(runs, frontier_sha: str | None) -> str:
     return svg
 
 
-def trajectory(points: list[tuple[str, float]], title: str) -> str:
+def trajectory(points: list[tuple[str, float]], title: str, branches: list[tuple[str, float, float]] = ()) -> str:
+    """The frontier's turning points as a step line; rejected side branches (label, score, x) as red
+    crosses beside the turning point they were judged against."""
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = plt.subplots(figsize=(5.2, 4))
     titles = {}
     if points:
-        ax.step(range(1, len(points) + 1), [s for _, s in points], where="post", color="#1f77b4")
+        ax.step(range(1, len(points) + 1), [s for _, s in points], where="post", color="#1f77b4",
+                label="mainline (promotions)")
         for i, (label, s) in enumerate(points, 1):
             ax.scatter([i], [s], color="#1f77b4", zorder=3, gid=f"tp-{i}")
             titles[f"tp-{i}"] = f"turning point {i}: {label}, score {s!r}"
-            ax.annotate(label, (i, s), textcoords="offset points", xytext=(4, 6), fontsize=10)
-        ax.margins(x=0.25, y=0.15)
+            ax.annotate(label, (i, s), textcoords="offset points", xytext=(4, 6), fontsize=11)
+        for j, (label, s, x) in enumerate(branches):
+            ax.scatter([x], [s], color="#d62728", marker="X", s=60, zorder=3, gid=f"br-{j}",
+                       label="rejected side branch" if j == 0 else None, edgecolors="black", linewidths=0.4)
+            titles[f"br-{j}"] = f"rejected: {label}, score {s!r}"
+            ax.annotate(label, (x, s), textcoords="offset points", xytext=(4, -14), fontsize=11, color="#d62728")
+        ax.margins(x=0.3, y=0.15)
+        ax.legend(loc="upper right", fontsize=10, framealpha=0.85)
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("turning point")
