@@ -88,7 +88,10 @@ def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, 
     on the official GPU; nothing promotes unless it beats the current frontier."""
     flags = []
     if candidate.grade == "A":
-        flags.append("needs Tesla T4 confirmation")
+        from .contest import get_profile
+        p = get_profile(candidate.profile)
+        flags.append(f"needs {p.official_gpu} confirmation" if p.official_device == "cuda"
+                     else f"needs confirmation on {p.official_environment}")
     elif candidate.grade != "A++":
         return False, f"grade {candidate.grade} cannot set the frontier (only A++, or A flagged)", flags
     if current is not None and candidate.profile != current.profile:
