@@ -90,7 +90,7 @@ def score_vs_bytes(runs, frontier_sha: str | None) -> str:
     ax.set_ylabel("canonical score (lower is better)")
     ax.grid(True, which="both", alpha=0.3)
     if runs:
-        ax.legend(loc="upper left", fontsize=10, framealpha=0.85)
+        ax.legend(loc="upper left", fontsize=11, framealpha=0.85)
         ax.margins(x=0.12, y=0.12)
     svg = _titled(_svg(fig, "score against archive bytes"), titles)
     plt.close(fig)
@@ -116,7 +116,7 @@ def trajectory(points: list[tuple[str, float]], title: str, branches: list[tuple
             titles[f"br-{j}"] = f"rejected: {label}, score {s!r}"
             ax.annotate(label, (x, s), textcoords="offset points", xytext=(4, -14), fontsize=11, color="#d62728")
         ax.margins(x=0.3, y=0.15)
-        ax.legend(loc="upper right", fontsize=10, framealpha=0.85)
+        ax.legend(loc="upper right", fontsize=11, framealpha=0.85)
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("turning point")
