@@ -29,6 +29,9 @@ class Run:
     verdict: str | None = None  # "promote" | "reject" | None
     reason: str | None = None
     flags: list[str] = field(default_factory=list)
+    parent: str | None = None  # sha256 of the run this one varies (an annotation)
+    axis: str | None = None  # what it changed against its parent
+    previous_frontier: str | None = None  # the frontier a verdict was judged against
 
     @property
     def score(self) -> float:
@@ -59,10 +62,13 @@ def runs(store: Store) -> list[Run]:
             r.label = note.get("label") or r.label
             r.track = note.get("track") or r.track
             r.notes = note.get("notes") or r.notes
+            r.parent = note.get("parent") or r.parent
+            r.axis = note.get("axis") or r.axis
     for v in sorted(_docs(store, "verdict"), key=lambda d: d["at"]):
         r = out.get(v["record"])
         if r:
             r.verdict, r.reason, r.flags = v["verdict"], v["reason"], v.get("flags", [])
+            r.previous_frontier = v.get("previous_frontier")
     return list(out.values())
 
 
@@ -88,9 +94,15 @@ def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, 
     on the official GPU; nothing promotes unless it beats the current frontier."""
     flags = []
     if candidate.grade == "A":
-        flags.append("needs Tesla T4 confirmation")
+        from .contest import get_profile
+        p = get_profile(candidate.profile)
+        flags.append(f"needs {p.official_gpu} confirmation" if p.official_device == "cuda"
+                     else f"needs confirmation on {p.official_environment}")
     elif candidate.grade != "A++":
         return False, f"grade {candidate.grade} cannot set the frontier (only A++, or A flagged)", flags
+    if current is not None and candidate.profile != current.profile:
+        return False, (f"profile {candidate.profile} is not the frontier's ({current.profile}): "
+                       "their scores do not compare"), flags
     if current is not None and not candidate.result.canonical_score < current.result.canonical_score:
         return False, (f"score {candidate.result.canonical_score!r} does not beat the frontier "
                        f"{current.result.canonical_score!r}"), flags
@@ -121,10 +133,14 @@ def verdict(store: Store, ref: str, action: str, reason: str) -> tuple[Run, str,
     return run, sha, flags
 
 
-def annotate(store: Store, ref: str, label: str | None, track: str | None, notes: str | None) -> str:
+def annotate(store: Store, ref: str, label: str | None, track: str | None, notes: str | None,
+             parent: str | None = None, axis: str | None = None) -> str:
     run = resolve_run(store, ref)
+    parent_sha = resolve_run(store, parent).sha256 if parent else None
+    if parent_sha == run.sha256:
+        raise ProvError(f"{ref}: a run cannot be its own parent")
     doc = {"schema": NOTE_SCHEMA, "record": run.sha256, "label": label, "track": track, "notes": notes,
-           "at": now_rfc3339()}
+           "parent": parent_sha, "axis": axis, "at": now_rfc3339()}
     return _store_logged(store, {k: v for k, v in doc.items() if v is not None}, "note", (run.blake3,))
 
 

@@ -13,10 +13,10 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import ledger
+from .. import contest, ledger
 from ..errors import ProvError, VerificationFailed
 from ..store import Store
-from . import plots, sanitize
+from . import pages, plots, sanitize
 
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
@@ -51,15 +51,44 @@ def _view(r: ledger.Run, href: str) -> dict:
             "score": res.canonical_score, "score_repr": repr(res.canonical_score), "bytes": r.archive_bytes,
             "source": r.record.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags, "href": href,
             "samples": res.samples, "segnet": f"{res.segnet:.3g}", "posenet": f"{res.posenet:.3g}",
+            "segnet_exact": res.printed.get("segnet", repr(res.segnet)),
+            "posenet_exact": res.printed.get("posenet", repr(res.posenet)),
             "rate": f"{res.rate:.6g}", "archive": r.record.archive.sha256 if r.record.archive else None,
             "runtime": r.record.runtime.tree.sha256 if r.record.runtime.tree else
-            r.record.runtime.legacy_v1_sha256}
+            r.record.runtime.legacy_v1_sha256, "page": pages.run_href(r.sha256), "name": pages.name_of(r),
+            "axis": r.axis, "profile": r.record.profile, "device": r.record.environment.device,
+            "platform": r.record.environment.platform, "gpu": r.record.environment.gpu_model}
+
+
+def _frames(store: Store, work: Path, r: ledger.Run, evidence: list) -> list[dict]:
+    """The run's PNG illustrations, published under their SHA-256 (same pixels, same file)."""
+    by_index: dict[str, dict] = {}
+    for key, d in sorted((r.record.frames or {}).items()):
+        video, kind, index = key.split("/")
+        rel = f"evidence/frames/{d.sha256}.png"
+        if not (work / rel).exists():
+            _write(work, rel, store.read_bytes(d.blake3 or store.resolve(d.sha256).blake3))
+            evidence.append({"kind": "frame", "path": rel, "sha256": _sha(work / rel),
+                             "note": f"{kind} {video} frame {int(index)}"})
+        by_index.setdefault(f"{video}/{index}", {"video": video, "index": int(index)})[kind] = rel
+    return list(by_index.values())
 
 
 def _turning_points(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
     promoted = [r for r in runs if r.verdict == "promote"]
     if promoted:
         return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score) for r in promoted], "Frontier over promotions"
+    return _best_so_far(runs)
+
+
+def _branches(runs: list[ledger.Run]) -> list[tuple[str, float, float]]:
+    """Rejected runs, placed after the turning point they were judged against (x = its order + 0.5)."""
+    order = {r.sha256: i for i, r in enumerate((r for r in runs if r.verdict == "promote"), 1)}
+    return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score, order[r.previous_frontier] + 0.5)
+            for r in runs if r.verdict == "reject" and r.previous_frontier in order]
+
+
+def _best_so_far(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
     pts, best = [], None
     for r in runs:
         if best is None or r.score < best:
@@ -119,6 +148,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             st = ledger.release_of(store, front.sha256)
             fview["release"] = st["predicate"]["name"] if st else None
             fview["release_href"] = release_links.get(fview["release"]) if st else None
+            fview["environment"] = contest.get_profile(front.record.profile).official_environment
         best = min(views, key=lambda v: v["score"]) if views else None
         pts, title = _turning_points(runs)
         name = fview["release"] if fview and fview.get("release") else next(iter(release_links), "NAME")
@@ -131,11 +161,31 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             "sha256sum evidence/records/*.json   # each exact record's name is its sha256",
         ]
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
+        generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        releases_by_record = {}
+        for r, v in zip(runs, views):
+            st = ledger.release_of(store, r.sha256)
+            if st:
+                p = st["predicate"]
+                releases_by_record[r.sha256] = {"name": p["name"], "version": p["version"],
+                                                "href": release_links.get(p["name"]), "issued_at": p["issued_at"]}
+        for r, v in zip(runs, views):
+            frames = _frames(store, work, r, evidence)
+            rel = releases_by_record.get(r.sha256)
+            _write(work, v["page"], env.get_template("run.html.j2").render(
+                csp=CSP, root="../", r=v, rec=r.record, frames=frames, release=rel, custody=pages.CUSTODY,
+                parent=next((x for x in views if x["record"] == r.parent), None),
+                environment=contest.get_profile(r.record.profile).official_environment,
+                verify_commands=pages.verify_commands(rel["name"] if rel else None, r.sha256, r.record.profile),
+                generated=generated).encode())
         html = env.get_template("index.html.j2").render(
-            csp=CSP, frontier=fview, best=best, runs=views, evidence=evidence, verify_commands=verify_commands,
+            csp=CSP, root="", frontier=fview, best=best, runs=views, evidence=evidence, verify_commands=verify_commands,
             plot_score_bytes=plots.score_vs_bytes(runs, front.sha256 if front else None),
-            plot_trajectory=plots.trajectory(pts, title),
-            generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+            plot_trajectory=plots.trajectory(pts, title, _branches(runs)), custody=pages.CUSTODY,
+            comparisons=pages.comparisons(runs), neighbourhoods=pages.neighbourhoods(runs),
+            counts={"runs": len(runs), "promote": sum(r.verdict == "promote" for r in runs),
+                    "reject": sum(r.verdict == "reject" for r in runs)},
+            generated=generated)
         _write(work, "index.html", html.encode())
         shutil.copyfile(HERE / "templates/style.css", work / "style.css")
         _write(work, "_headers", HEADERS.encode())
