@@ -25,6 +25,12 @@ def json_option(f):
 class Cli(click.Group):
     """Turn our errors into one line and the documented exit code."""
 
+    def parse_args(self, ctx, args):
+        if ctx.parent is None:  # `prov verify ... --store DIR` means the same as `prov --store DIR verify ...`
+            from .cli_extra import hoist_store
+            args = hoist_store(args)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -368,16 +374,31 @@ def trust():
               help="Public key allowed to sign log checkpoints.")
 @click.option("--expires", required=True, help="RFC 3339 time after which the policy is void.")
 @click.option("--version", "version", type=int, default=1, show_default=True)
+@click.option("--root-key", "root_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="Public key allowed to sign the next policy version (default: the release keys).")
+@click.option("--root-threshold", type=int, default=1, show_default=True, help="Distinct root keys required.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @json_option
-def trust_init(release_keys, threshold, log_keys, expires, version, out, as_json):
-    """Write a trust policy JSON file."""
+def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, root_threshold, out, as_json):
+    """Write a trust policy JSON file.
+
+    \b
+    Example:
+      prov trust init --release-key a/key.pub.pem --release-key b/key.pub.pem --threshold 2 \\
+                      --log-key log/key.pub.pem --expires 2027-12-31T00:00:00Z --out trust.json
+    """
     from .files import write_json
     from .release import trust_policy
-    policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version)
-    write_json(out, policy.model_dump(mode="json", by_alias=True))
+    policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version, list(root_keys),
+                          root_threshold)
+    write_json(out, policy.model_dump(mode="json", by_alias=True, exclude_none=True))
     emit({"out": out, "keys": sorted(k.keyid for k in policy.keys.values()), "threshold": threshold}, as_json,
          f"wrote {out}: {len(policy.keys)} key(s), release threshold {threshold}")
+
+
+from .cli_extra import trust_rotate, trust_allowed_signers  # noqa: E402
+trust.add_command(trust_rotate)
+trust.add_command(trust_allowed_signers)
 
 
 @cli.group()
@@ -403,6 +424,11 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
     """Bind archive bytes, runtime tree and score in a signed manifest.
 
     Refuses (exit 1) when the record's digests do not match the files given.
+
+    \b
+    Example:
+      prov release create --record REC_SHA256 --archive archive.zip --runtime runtime/ \\
+                          --name mysub --key keys/key.pem --out manifest.json
     """
     from .files import write_json
     from .release import create_release
@@ -448,8 +474,16 @@ def release_sign(manifest, key_path, passphrase_file, as_json):
 @click.option("--out", "out_dir", default=".", type=click.Path(file_okay=False), show_default=True)
 @json_option
 def export_checksums(manifest, runtime, archive, out_dir, as_json):
-    """Write SHA256SUMS and B3SUMS so `sha256sum -c` / `b3sum -c` check the release with stock tools."""
-    from .release import export_checksums as run
+    """Write the judge's files: SHA256SUMS, B3SUMS, statement.json(.sig) and tree_digest.py.
+
+    Names are `archive.zip` and `runtime/...`: run the stock tools in a folder holding both.
+
+    \b
+    Example:
+      prov export-checksums manifest.json --runtime runtime/ --archive archive.zip --out release/
+      cd judge/ && sha256sum -c SHA256SUMS && b3sum -c B3SUMS && python3 tree_digest.py --check statement.json
+    """
+    from .release import write_judge_files as run
     from .verify import read_envelope
     env, _ = read_envelope(manifest)
     files = [str(f) for f in run(env, runtime, out_dir, archive)]
@@ -469,17 +503,35 @@ def export_checksums(manifest, runtime, archive, out_dir, as_json):
 @click.option("--state", type=click.Path(dir_okay=False), help="File remembering versions seen (rollback check).")
 @click.option("--since", "since_path", type=click.Path(dir_okay=False),
               help="A log checkpoint you saw before: check the log only grew since.")
+@click.option("--no-files", is_flag=True, help="Check signatures and score only; say so (files NOT checked).")
+@click.option("--trust-chain", "chain_dir", type=click.Path(file_okay=False),
+              help="Directory of later trust policy versions (N.trust.json): walk from the pinned --trust.")
 @json_option
 def verify(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time, state, since_path,
-           as_json):
-    """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input."""
+           no_files, chain_dir, as_json):
+    """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input.
+
+    \b
+    Example:
+      prov verify manifest.json --trust trust.json --archive archive.zip --runtime runtime/
+    """
     from .verify import load_trust, parse_time, verify_manifest
+    if no_files and (archive or runtime):
+        raise ProvError("--no-files contradicts --archive/--runtime: drop one")
+    if not no_files and not (archive and runtime):
+        raise ProvError("give --archive archive.zip and --runtime DIR: the release binds both "
+                        "(or --no-files to check signatures and score only)")
     for p in (manifest, archive, record, since_path):
         if p and not os.path.exists(p):
             raise ProvError(f"{p}: no such file")
     if log_key_path and not key_path:
         raise ProvError("--log-key goes with --key (a trust policy names its own log keys)")
-    trust_ = load_trust(trust_path, key_path, log_key_path)
+    if chain_dir and not trust_path:
+        raise ProvError("--trust-chain walks from a pinned --trust trust.json")
+    trust_ = load_trust(trust_path, key_path, log_key_path, chain_dir)
+    if state and trust_.chain:
+        from .cli_extra import check_trust_state
+        check_trust_state(state, trust_)
     at = parse_time(at_time, "--at") if at_time else None
     since = None
     if since_path:
@@ -489,14 +541,17 @@ def verify(manifest, trust_path, key_path, log_key_path, archive, runtime, recor
 
     def human() -> str:
         lines = [f"{'✓' if c['ok'] else '✗'} {c['name']}: {c['detail']}" for c in out.checks]
+        lines += [f"- {n}: not checked (--no-files)" for n in out.not_checked]
         if out.ok and out.statement:
             p = out.statement["predicate"]
-            lines.append(f"VERIFIED: release {p['name']} v{p['version']}: score {p['score']['canonical']!r} "
+            what = "" if out.files_checked else " (signatures and score only: archive and runtime NOT checked)"
+            lines.append(f"VERIFIED{what}: release {p['name']} v{p['version']}: score {p['score']['canonical']!r} "
                          f"({p['grade']}, {p['profile']})")
         else:
             lines.append("FAILED")
         return "\n".join(lines)
-    emit({"ok": out.ok, "checks": out.checks}, as_json, human)
+    emit({"ok": out.ok, "checks": out.checks, "files_checked": out.files_checked, "not_checked": out.not_checked,
+          "trust_version": trust_.version, "trust_chain": trust_.chain}, as_json, human)
     sys.exit(0 if out.ok else 1)
 
 
