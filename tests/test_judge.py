@@ -279,3 +279,30 @@ def test_store_option_after_the_subcommand(tmp_path):
     assert prov_json("--store", tmp_path / "s1", "ref", "get", "r1")["target"]["blake3"] == a["blake3"]
     assert prov_json("ref", "get", "r1", f"--store={tmp_path / 's1'}")["target"]["blake3"] == a["blake3"]
     assert run_prov("ref", "get", "r1", "--store", tmp_path / "empty").returncode != 0
+
+
+def test_wheel_alone_installs_and_verifies(rel, tmp_path):
+    """`python -m build` makes a wheel and an sdist; a fresh venv holding only the wheel (and its
+    declared dependencies) runs `prov verify`. Built from a copy so the work tree stays clean."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "provenance", src / "provenance", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO / f, src / f)
+    dist = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, src],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = next(dist.glob("comma_lab-*.whl"))
+    assert next(dist.glob("comma_lab-*.tar.gz"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin/python", "install", "-q",
+                        "--disable-pip-version-check", wheel], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([venv / "bin/prov", "verify", rel["manifest"], "--trust", rel["trust"], "--archive",
+                        rel["archive"], "--runtime", rel["rt"]], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("VERIFIED"), r.stdout + r.stderr
+    listed = subprocess.run([venv / "bin/python", "-c", "import importlib.util as u; "
+                             "print([m for m in ('torch', 'av', 'dvc', 'pytest') if u.find_spec(m)])"],
+                            capture_output=True, text=True)
+    assert listed.stdout.strip() == "[]"  # nothing else came along: only the wheel's own dependencies
