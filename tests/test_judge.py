@@ -20,30 +20,41 @@ from test_records import report
 STOCK_PY = shutil.which("python3", path="/usr/bin:/bin") or sys.executable  # not our venv: any Python 3
 
 
+def inproc(*args, store=None, check=0):
+    """Set-up steps in this process (CliRunner): the same commands without a Python start-up each."""
+    from click.testing import CliRunner
+    from provenance.cli import cli
+    env = {"PROV_STORE": str(store)} if store else {}
+    r = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    assert check is None or r.exit_code == check, (args, r.exit_code, r.output)
+    return r
+
+
 @pytest.fixture(scope="module")
 def rel(tmp_path_factory):
     """A 2-of-3 release signed by all three keys, its judge files exported into rel/."""
     d = tmp_path_factory.mktemp("judge")
     store = d / "store"
     for k in "abc":
-        run_prov("key", "generate", "--out", d / k, check=0)
+        inproc("key", "generate", "--out", d / k)
     rt = make_tree(d / "runtime", RUNTIME_SPEC)
     archive = d / "archive.zip"
     archive.write_bytes(os.urandom(2_244_900))
     (d / "report.txt").write_bytes(report())
-    rec = prov_json("adjudicate", d / "report.txt", "--archive", archive, "--runtime", rt, store=store)
+    rec = json.loads(inproc("adjudicate", d / "report.txt", "--archive", archive, "--runtime", rt, "--json",
+                           store=store).output)
     trust = d / "trust.json"
-    run_prov("trust", "init", *[x for k in "abc" for x in ("--release-key", d / k / "key.pub.pem")],
-             "--threshold", "2", "--expires", "2099-01-01T00:00:00Z", "--out", trust, check=0)
+    inproc("trust", "init", *[x for k in "abc" for x in ("--release-key", d / k / "key.pub.pem")],
+             "--threshold", "2", "--expires", "2099-01-01T00:00:00Z", "--out", trust)
     out = d / "rel"
     out.mkdir()
     manifest = out / "manifest.json"
-    run_prov("release", "create", "--record", rec["digest"]["sha256"], "--archive", archive, "--runtime", rt,
-             "--name", "demo", "--key", d / "a/key.pem", "--out", manifest, store=store, check=0)
+    inproc("release", "create", "--record", rec["digest"]["sha256"], "--archive", archive, "--runtime", rt,
+             "--name", "demo", "--key", d / "a/key.pem", "--out", manifest, store=store)
     for k in "bc":
-        run_prov("release", "sign", manifest, "--key", d / k / "key.pem", check=0)
+        inproc("release", "sign", manifest, "--key", d / k / "key.pem")
     run_prov("export-checksums", manifest, "--runtime", rt, "--archive", archive, "--out", out, check=0)
-    run_prov("trust", "allowed-signers", trust, "--out", d / "allowed_signers", check=0)
+    inproc("trust", "allowed-signers", trust, "--out", d / "allowed_signers")
     return dict(dir=d, rt=rt, archive=archive, trust=trust, out=out, manifest=manifest, store=store)
 
 
@@ -289,15 +300,17 @@ def test_wheel_alone_installs_and_verifies(rel, tmp_path):
     for f in ("pyproject.toml", "README.md"):
         shutil.copyfile(REPO / f, src / f)
     dist = tmp_path / "dist"
-    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, src],
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", dist, src],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(dist.glob("comma_lab-*.whl"))
     assert next(dist.glob("comma_lab-*.tar.gz"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    house = Path(sys.executable).parent.parent / "wheelhouse"  # made by .ci/setup; else the index
+    local = ["--no-index", "--find-links", house] if house.is_dir() else []
     r = subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin/python", "install", "-q",
-                        "--disable-pip-version-check", wheel], capture_output=True, text=True)
+                        "--disable-pip-version-check", *local, wheel], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([venv / "bin/prov", "verify", rel["manifest"], "--trust", rel["trust"], "--archive",
                         rel["archive"], "--runtime", rel["rt"]], capture_output=True, text=True)
