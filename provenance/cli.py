@@ -81,7 +81,12 @@ def _print_digest(path, out) -> str:
 @click.option("--allow-unsafe-links", is_flag=True, help="Accept absolute or escaping symlinks.")
 @json_option
 def hash_cmd(path, allow_unsafe_links, as_json):
-    """Print the digests of a file or directory tree; store nothing."""
+    """Print the digests of a file or directory tree; store nothing.
+
+    \b
+    Example:
+      prov hash runtime/ --json
+    """
     import stat as st_
     from .digest import hash_file
     from .progress import Progress
@@ -115,7 +120,12 @@ def hash_cmd(path, allow_unsafe_links, as_json):
 @json_option
 @click.pass_context
 def add(ctx, path, ref_name, allow_unsafe_links, as_json):
-    """Store a file or directory tree byte-exactly and print its digests."""
+    """Store a file or directory tree byte-exactly and print its digests.
+
+    \b
+    Example:
+      prov add archive.zip --ref submissions/mine/archive --store evidence/store
+    """
     from .progress import Progress
     if not os.path.lexists(path):
         raise ProvError(f"{path}: no such file or directory")
@@ -300,6 +310,10 @@ def adjudicate(ctx, report, archive, runtime, upstream, profile_name, as_json):
 
     Not replayed here, so the grade is `external`. Exit 1 when the report contradicts
     the archive (size); softer findings are flagged with exit 0.
+
+    \b
+    Example:
+      prov adjudicate report.txt --archive archive.zip --runtime runtime/ --json
     """
     from .adjudicate import adjudicate_report
     from .contest import get_profile
@@ -897,7 +911,12 @@ def site():
 @json_option
 @click.pass_context
 def site_build(ctx, out, releases, trust_path, as_json):
-    """Generate the bundle; the hygiene scan is the last gate (exit 1 naming file, line and rule)."""
+    """Generate the bundle; the hygiene scan is the last gate (exit 1 naming file, line and rule).
+
+    \b
+    Example:
+      prov --store evidence/store site build --out site/ --releases evidence/releases --trust evidence/trust.json
+    """
     from .site.build import build_site
     res = build_site(open_store(ctx), out, releases, trust_path)
     emit(res, as_json, f"built {res['out']}: {res['files']} files, {res['runs']} runs")

@@ -319,3 +319,10 @@ def test_wheel_alone_installs_and_verifies(rel, tmp_path):
                              "print([m for m in ('torch', 'av', 'dvc', 'pytest') if u.find_spec(m)])"],
                             capture_output=True, text=True)
     assert listed.stdout.strip() == "[]"  # nothing else came along: only the wheel's own dependencies
+
+
+def test_shell_completion_as_documented():
+    src = run_prov(env={"_PROV_COMPLETE": "bash_source"}, check=0).out
+    assert "complete " in src and "_prov_completion" in src
+    r = run_prov(env={"_PROV_COMPLETE": "bash_complete", "COMP_WORDS": "prov tru", "COMP_CWORD": "1"}, check=0)
+    assert "plain,trust" in r.out.splitlines()
