@@ -529,44 +529,9 @@ def verify(manifest, trust_path, key_path, log_key_path, archive, runtime, recor
     Example:
       prov verify manifest.json --trust trust.json --archive archive.zip --runtime runtime/
     """
-    from .verify import load_trust, parse_time, verify_manifest
-    if no_files and (archive or runtime):
-        raise ProvError("--no-files contradicts --archive/--runtime: drop one")
-    if not no_files and not (archive and runtime):
-        raise ProvError("give --archive archive.zip and --runtime DIR: the release binds both "
-                        "(or --no-files to check signatures and score only)")
-    for p in (manifest, archive, record, since_path):
-        if p and not os.path.exists(p):
-            raise ProvError(f"{p}: no such file")
-    if log_key_path and not key_path:
-        raise ProvError("--log-key goes with --key (a trust policy names its own log keys)")
-    if chain_dir and not trust_path:
-        raise ProvError("--trust-chain walks from a pinned --trust trust.json")
-    trust_ = load_trust(trust_path, key_path, log_key_path, chain_dir)
-    if state and trust_.chain:
-        from .cli_extra import check_trust_state
-        check_trust_state(state, trust_)
-    at = parse_time(at_time, "--at") if at_time else None
-    since = None
-    if since_path:
-        from .logbook import read_note
-        since = read_note(since_path)
-    out = verify_manifest(manifest, trust_, archive, runtime, record, at, state, since)
-
-    def human() -> str:
-        lines = [f"{'✓' if c['ok'] else '✗'} {c['name']}: {c['detail']}" for c in out.checks]
-        lines += [f"- {n}: not checked (--no-files)" for n in out.not_checked]
-        if out.ok and out.statement:
-            p = out.statement["predicate"]
-            what = "" if out.files_checked else " (signatures and score only: archive and runtime NOT checked)"
-            lines.append(f"VERIFIED{what}: release {p['name']} v{p['version']}: score {p['score']['canonical']!r} "
-                         f"({p['grade']}, {p['profile']})")
-        else:
-            lines.append("FAILED")
-        return "\n".join(lines)
-    emit({"ok": out.ok, "checks": out.checks, "files_checked": out.files_checked, "not_checked": out.not_checked,
-          "trust_version": trust_.version, "trust_chain": trust_.chain}, as_json, human)
-    sys.exit(0 if out.ok else 1)
+    from .verify_cmd import run
+    sys.exit(run(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time, state, since_path,
+                 no_files, chain_dir, as_json))
 
 
 # -- the evidence log ---------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from .cli import _passphrase, emit, json_option
-from .errors import ProvError, VerificationFailed
 
 
 def hoist_store(args: list[str]) -> list[str]:
@@ -83,17 +82,4 @@ def trust_allowed_signers(trust_file, out, as_json):
     emit({"out": out, "identities": identities}, as_json, (f"wrote {out}" if out else text.rstrip("\n")))
 
 
-def check_trust_state(state: str, trust) -> None:
-    """Refuse a trust chain older than one this verifier walked before; remember the newest."""
-    from .files import write_json
-    from .verify import _read_state
-    doc = _read_state(state)
-    seen = doc.get("trust", {}).get("version", 0)
-    if trust.version < seen:
-        raise VerificationFailed(f"rollback: trust chain ends at v{trust.version}, but v{seen} was seen before")
-    if trust.version > seen:
-        doc["trust"] = {"version": trust.version}
-        write_json(state, doc)
-
-
-__all__ = ["hoist_store", "trust_rotate", "trust_allowed_signers", "check_trust_state", "ProvError"]
+__all__ = ["hoist_store", "trust_rotate", "trust_allowed_signers"]

@@ -150,3 +150,16 @@ def sign_policy(doc: dict, key_paths: list[str], passphrase_file=None, previous:
         verify_delegate(previous, out, f"trust policy v{doc['version']}")
     verify_delegate(out, out, f"trust policy v{doc['version']}")
     return out
+
+
+def check_trust_state(state: str, trust) -> None:
+    """Refuse a trust chain older than one this verifier walked before; remember the newest."""
+    from .files import write_json
+    from .verify import _read_state
+    doc = _read_state(state)
+    seen = doc.get("trust", {}).get("version", 0)
+    if trust.version < seen:
+        raise VerificationFailed(f"rollback: trust chain ends at v{trust.version}, but v{seen} was seen before")
+    if trust.version > seen:
+        doc["trust"] = {"version": trust.version}
+        write_json(state, doc)
