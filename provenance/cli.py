@@ -11,15 +11,7 @@ import click
 from .errors import ProvError
 
 
-def emit(obj, as_json: bool, human=None) -> None:
-    if as_json:
-        click.echo(json.dumps(obj, indent=2, sort_keys=True))
-    elif human is not None:
-        click.echo(human() if callable(human) else human)
-
-
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
+from .cli_common import _passphrase, emit, json_option  # noqa: E402  (shared with cli_extra)
 
 
 class Cli(click.Group):
@@ -353,8 +345,6 @@ def import_legacy(ctx, record_file, archive, runtime, as_json):
 
 # -- keys, trust, releases, verification ------------------------------------------------------
 
-_passphrase = click.option("--passphrase-file", type=click.Path(dir_okay=False),
-                           help="File holding the private key's passphrase.")
 
 
 @cli.group()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .cli import _passphrase, emit, json_option
+from .cli_common import _passphrase, emit, json_option
 
 
 def hoist_store(args: list[str]) -> list[str]:

@@ -326,3 +326,34 @@ def test_shell_completion_as_documented():
     assert "complete " in src and "_prov_completion" in src
     r = run_prov(env={"_PROV_COMPLETE": "bash_complete", "COMP_WORDS": "prov tru", "COMP_CWORD": "1"}, check=0)
     assert "plain,trust" in r.out.splitlines()
+
+
+def test_fast_verify_entry_agrees_with_click(rel):
+    """`prov verify` skips click for the clean command line: same options, same output, same exit codes."""
+    import click
+    from provenance.cli import cli
+    from provenance.verify_cmd import FLAG_OPTIONS, VALUE_OPTIONS
+    cmd = cli.commands["verify"]
+    opts = {o: p.name for p in cmd.params if isinstance(p, click.Option) for o in p.opts if o not in ("-h", "--help")}
+    assert opts == {**VALUE_OPTIONS, **FLAG_OPTIONS}
+    m, t = rel["manifest"], rel["trust"]
+    cases = [
+        ["verify", m, "--trust", t, "--archive", rel["archive"], "--runtime", rel["rt"], "--at", "2030-01-01T00:00:00Z"],
+        ["verify", m, f"--trust={t}", "--no-files", "--json", "--at=2030-01-01T00:00:00Z"],
+        ["verify", m, "--trust", t],                                   # exit 2: asks for the files
+        ["verify", m, "--trust", t, "--no-files", "--at", "not-a-time"],  # exit 2: bad time
+        ["verify", m, "--trust", t, "--runtime", rel["archive"], "--archive", rel["archive"]],  # click's own error
+        ["verify", m, "--bogus"],                                       # click's usage error
+    ]
+    for args in cases:
+        fast = run_prov(*args)
+        slow = subprocess.run([sys.executable, "-m", "provenance.cli", *map(str, args)], capture_output=True, text=True)
+        assert (fast.returncode, fast.out) == (slow.returncode, slow.stdout), args
+        assert fast.err.replace("Usage: prov ", "Usage: cli ").splitlines()[-1:] == \
+            slow.stderr.replace("Usage: python -m provenance.cli ", "Usage: cli ").splitlines()[-1:], args
+    code = ("import sys; from provenance.verify_cmd import main; "
+            f"sys.argv = ['prov', 'verify', {str(m)!r}, '--trust', {str(t)!r}, '--no-files'];\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "print(sorted(x for x in ('click', 'pydantic', 'torch') if x in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stderr
