@@ -147,6 +147,8 @@ def write_judge_files(manifest: dict, runtime: str | Path, out_dir: str | Path,
     payload = signing.b64d(manifest["payload"], "payload")
     write_atomic(out / "statement.json", payload)
     files.append(out / "statement.json")
+    for stale in out.glob("statement.json*.sig"):  # a signer of an earlier export must not linger
+        stale.unlink()
     for i, s in enumerate(manifest.get("ssh", [])):
         names = [f"statement.json.{sshsig.identity(s['keyid'])}.sig"] + (["statement.json.sig"] if i == 0 else [])
         for n in names:

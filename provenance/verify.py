@@ -303,7 +303,7 @@ def _check_ssh(ssh, payload: bytes, release_keys: dict, dsse_good: set[str], tru
     sigs = [s.get("sshsig") if isinstance(s, dict) else None for s in ssh] if isinstance(ssh, list) else [None]
     good, bad = _ssh_signers(sigs, payload, release_keys)
     if good == dsse_good and not bad:
-        return "ssh_signatures", True, f"{len(good)} SSHSIG(s) ({'comma-lab-release'}) by the same key(s) as DSSE"
+        return "ssh_signatures", True, f"{len(good)} SSHSIG(s) (namespace comma-lab-release) by the same key(s) as DSSE"
     name = lambda ks: ", ".join(sorted(trust.keys[k][0] for k in ks)) or "none"  # noqa: E731
     return "ssh_signatures", False, (f"DSSE and SSH signatures disagree: DSSE only {name(dsse_good - good)}; "
                                      f"SSH only {name(good - dsse_good)}; {bad} invalid or untrusted SSHSIG(s)")
