@@ -11,19 +11,17 @@ import click
 from .errors import ProvError
 
 
-def emit(obj, as_json: bool, human=None) -> None:
-    if as_json:
-        click.echo(json.dumps(obj, indent=2, sort_keys=True))
-    elif human is not None:
-        click.echo(human() if callable(human) else human)
-
-
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
+from .cli_common import _passphrase, emit, json_option  # noqa: E402  (shared with cli_extra)
 
 
 class Cli(click.Group):
     """Turn our errors into one line and the documented exit code."""
+
+    def parse_args(self, ctx, args):
+        if ctx.parent is None:  # `prov verify ... --store DIR` means the same as `prov --store DIR verify ...`
+            from .cli_extra import hoist_store
+            args = hoist_store(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -75,7 +73,12 @@ def _print_digest(path, out) -> str:
 @click.option("--allow-unsafe-links", is_flag=True, help="Accept absolute or escaping symlinks.")
 @json_option
 def hash_cmd(path, allow_unsafe_links, as_json):
-    """Print the digests of a file or directory tree; store nothing."""
+    """Print the digests of a file or directory tree; store nothing.
+
+    \b
+    Example:
+      prov hash runtime/ --json
+    """
     import stat as st_
     from .digest import hash_file
     from .progress import Progress
@@ -109,7 +112,12 @@ def hash_cmd(path, allow_unsafe_links, as_json):
 @json_option
 @click.pass_context
 def add(ctx, path, ref_name, allow_unsafe_links, as_json):
-    """Store a file or directory tree byte-exactly and print its digests."""
+    """Store a file or directory tree byte-exactly and print its digests.
+
+    \b
+    Example:
+      prov add archive.zip --ref submissions/mine/archive --store evidence/store
+    """
     from .progress import Progress
     if not os.path.lexists(path):
         raise ProvError(f"{path}: no such file or directory")
@@ -297,6 +305,10 @@ def adjudicate(ctx, report, archive, runtime, upstream, profile_name, as_json):
     Not replayed here, so the grade is `external`. Without --archive the record is a claim
     not bound to an archive and its archive checks say "not checked". Exit 1 when the report
     contradicts the archive (size); softer findings are flagged with exit 0.
+
+    \b
+    Example:
+      prov adjudicate report.txt --archive archive.zip --runtime runtime/ --json
     """
     from .adjudicate import adjudicate_report
     from .contest import get_profile
@@ -336,8 +348,6 @@ def import_legacy(ctx, record_file, archive, runtime, as_json):
 
 # -- keys, trust, releases, verification ------------------------------------------------------
 
-_passphrase = click.option("--passphrase-file", type=click.Path(dir_okay=False),
-                           help="File holding the private key's passphrase.")
 
 
 @cli.group()
@@ -371,16 +381,31 @@ def trust():
               help="Public key allowed to sign log checkpoints.")
 @click.option("--expires", required=True, help="RFC 3339 time after which the policy is void.")
 @click.option("--version", "version", type=int, default=1, show_default=True)
+@click.option("--root-key", "root_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="Public key allowed to sign the next policy version (default: the release keys).")
+@click.option("--root-threshold", type=int, default=1, show_default=True, help="Distinct root keys required.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @json_option
-def trust_init(release_keys, threshold, log_keys, expires, version, out, as_json):
-    """Write a trust policy JSON file."""
+def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, root_threshold, out, as_json):
+    """Write a trust policy JSON file.
+
+    \b
+    Example:
+      prov trust init --release-key a/key.pub.pem --release-key b/key.pub.pem --threshold 2 \\
+                      --log-key log/key.pub.pem --expires 2027-12-31T00:00:00Z --out trust.json
+    """
     from .files import write_json
     from .release import trust_policy
-    policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version)
-    write_json(out, policy.model_dump(mode="json", by_alias=True))
+    policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version, list(root_keys),
+                          root_threshold)
+    write_json(out, policy.model_dump(mode="json", by_alias=True, exclude_none=True))
     emit({"out": out, "keys": sorted(k.keyid for k in policy.keys.values()), "threshold": threshold}, as_json,
          f"wrote {out}: {len(policy.keys)} key(s), release threshold {threshold}")
+
+
+from .cli_extra import trust_rotate, trust_allowed_signers  # noqa: E402
+trust.add_command(trust_rotate)
+trust.add_command(trust_allowed_signers)
 
 
 @cli.group()
@@ -406,6 +431,11 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
     """Bind archive bytes, runtime tree and score in a signed manifest.
 
     Refuses (exit 1) when the record's digests do not match the files given.
+
+    \b
+    Example:
+      prov release create --record REC_SHA256 --archive archive.zip --runtime runtime/ \\
+                          --name mysub --key keys/key.pem --out manifest.json
     """
     from .files import write_json
     from .release import create_release
@@ -451,8 +481,16 @@ def release_sign(manifest, key_path, passphrase_file, as_json):
 @click.option("--out", "out_dir", default=".", type=click.Path(file_okay=False), show_default=True)
 @json_option
 def export_checksums(manifest, runtime, archive, out_dir, as_json):
-    """Write SHA256SUMS and B3SUMS so `sha256sum -c` / `b3sum -c` check the release with stock tools."""
-    from .release import export_checksums as run
+    """Write the judge's files: SHA256SUMS, B3SUMS, statement.json(.sig) and tree_digest.py.
+
+    Names are `archive.zip` and `runtime/...`: run the stock tools in a folder holding both.
+
+    \b
+    Example:
+      prov export-checksums manifest.json --runtime runtime/ --archive archive.zip --out release/
+      cd judge/ && sha256sum -c SHA256SUMS && b3sum -c B3SUMS && python3 tree_digest.py --check statement.json
+    """
+    from .release import write_judge_files as run
     from .verify import read_envelope
     env, _ = read_envelope(manifest)
     files = [str(f) for f in run(env, runtime, out_dir, archive)]
@@ -474,35 +512,21 @@ def export_checksums(manifest, runtime, archive, out_dir, as_json):
 @click.option("--state", type=click.Path(dir_okay=False), help="File remembering versions seen (rollback check).")
 @click.option("--since", "since_path", type=click.Path(dir_okay=False),
               help="A log checkpoint you saw before: check the log only grew since.")
+@click.option("--no-files", is_flag=True, help="Check signatures and score only; say so (files NOT checked).")
+@click.option("--trust-chain", "chain_dir", type=click.Path(file_okay=False),
+              help="Directory of later trust policy versions (N.trust.json): walk from the pinned --trust.")
 @json_option
 def verify(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time, state, since_path,
-           as_json, key_signs_log=False):
-    """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input."""
-    from .verify import load_trust, parse_time, verify_manifest
-    for p in (manifest, archive, record, since_path):
-        if p and not os.path.exists(p):
-            raise ProvError(f"{p}: no such file")
-    if (log_key_path or key_signs_log) and not key_path:
-        raise ProvError("--log-key and --key-signs-log go with --key (a trust policy names its own log keys)")
-    trust_ = load_trust(trust_path, key_path, log_key_path, key_signs_log)
-    at = parse_time(at_time, "--at") if at_time else None
-    since = None
-    if since_path:
-        from .logbook import read_note
-        since = read_note(since_path)
-    out = verify_manifest(manifest, trust_, archive, runtime, record, at, state, since)
+           no_files, chain_dir, as_json, key_signs_log=False):
+    """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input.
 
-    def human() -> str:
-        lines = [f"{'✓' if c['ok'] else '✗'} {c['name']}: {c['detail']}" for c in out.checks]
-        if out.ok and out.statement:
-            p = out.statement["predicate"]
-            lines.append(f"VERIFIED: release {p['name']} v{p['version']}: score {p['score']['canonical']!r} "
-                         f"({p['grade']}, {p['profile']})")
-        else:
-            lines.append("FAILED")
-        return "\n".join(lines)
-    emit({"ok": out.ok, "checks": out.checks}, as_json, human)
-    sys.exit(0 if out.ok else 1)
+    \b
+    Example:
+      prov verify manifest.json --trust trust.json --archive archive.zip --runtime runtime/
+    """
+    from .verify_cmd import run
+    sys.exit(run(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time, state, since_path,
+                 no_files, chain_dir, as_json, key_signs_log))
 
 
 # -- the evidence log ---------------------------------------------------------------------------
@@ -865,7 +889,12 @@ def site():
 @json_option
 @click.pass_context
 def site_build(ctx, out, releases, trust_path, as_json):
-    """Generate the bundle; the hygiene scan is the last gate (exit 1 naming file, line and rule)."""
+    """Generate the bundle; the hygiene scan is the last gate (exit 1 naming file, line and rule).
+
+    \b
+    Example:
+      prov --store evidence/store site build --out site/ --releases evidence/releases --trust evidence/trust.json
+    """
     from .site.build import build_site
     res = build_site(open_store(ctx), out, releases, trust_path)
     emit(res, as_json, f"built {res['out']}: {res['files']} files, {res['runs']} runs")

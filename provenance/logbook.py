@@ -30,7 +30,7 @@ def checkpoint(store, key) -> str:
     """Sign a checkpoint of the log as it is now (only committed, hence durable, leaves)."""
     log = store.log
     size = log.size()
-    note = translog.sign_checkpoint(log.origin(), size, log.root(size), key)
+    note = translog.sign_checkpoint(log.origin(), size, log.root(size), key, name=translog.NOTE_KEY_NAME)
     log.record_checkpoint(size, note)
     return note
 

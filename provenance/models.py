@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -160,6 +160,8 @@ REF_SAFE = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
 class TrustedKey(Strict):
     keyid: str = Field(pattern=HEX64, description="hex SHA-256 of the raw 32-byte Ed25519 public key")
     public_key: str = Field(description="PEM SubjectPublicKeyInfo")
+    note_verifier: Optional[str] = Field(default=None, description="log keys: C2SP signed-note verifier key "
+                                         "(name+hash+base64), as golang.org/x/mod/sumdb/note reads it")
 
 
 class Role(Strict):
@@ -167,13 +169,23 @@ class Role(Strict):
     threshold: int = Field(ge=1)
 
 
+class TrustSignature(Strict):
+    keyid: str = Field(pattern=HEX64)
+    sig: str
+
+
 class TrustPolicy(Strict):
     """What a judge pins: which keys may sign releases (k of n) and log checkpoints."""
     schema_id: Literal["comma-lab/trust-policy/v1"] = Field(default=TRUST_POLICY_SCHEMA, alias="schema")
     version: int = Field(ge=1)
     expires: str
+    issued_at: Optional[str] = Field(default=None, description="when this version was signed (rotation)")
     keys: dict[str, TrustedKey]
-    roles: dict[Literal["release", "log"], Role]
+    roles: dict[Literal["release", "log", "root"], Role] = Field(
+        description="root (default: the release role) signs the next version of this policy")
+    signatures: Optional[list[TrustSignature]] = Field(
+        default=None, description="Ed25519 over PAE(trust payload type, RFC 8785 of this object without "
+                                  "signatures) by root keys of this and the previous version")
 
 
 class DigestSet(Strict):
@@ -181,9 +193,15 @@ class DigestSet(Strict):
     blake3: str = Field(pattern=HEX64)
 
 
+class TreeDigestSet(Strict):
+    """A prov-tree-v1 digest: in-toto reserves `sha256` for a file's plain bytes, so the keys name our algorithm."""
+    tree_sha256: str = Field(pattern=HEX64, alias="prov-tree-v1-sha256")
+    tree_blake3: str = Field(pattern=HEX64, alias="prov-tree-v1-blake3")
+
+
 class Subject(Strict):
     name: str
-    digest: DigestSet
+    digest: Union[DigestSet, TreeDigestSet]
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
@@ -240,7 +258,9 @@ SCHEMA_DIR = __import__("pathlib").Path(__file__).parent / "schemas"
 
 
 def json_schemas() -> dict[str, dict]:
-    return {name: model.model_json_schema(by_alias=True) for name, model in SCHEMAS.items()}
+    return {name: {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                   "$id": f"https://comma-lab.dev/schemas/{name}", **model.model_json_schema(by_alias=True)}
+            for name, model in SCHEMAS.items()}
 
 
 def write_schemas(out_dir) -> list[str]:

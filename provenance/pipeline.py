@@ -53,12 +53,12 @@ def _trust(keys: Path, trust: Path) -> None:
             return
     expires = (datetime.now(timezone.utc) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
     policy = trust_policy([str(release_pub)], 1, [str(log_pub)], expires)
-    write_json(trust, policy.model_dump(mode="json", by_alias=True))
+    write_json(trust, policy.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
 def release_all(names: list[str], replays: Path, submissions: Path, store_dir: Path, out: Path,
                 trust: Path, keys: Path, plot: Path, sweep: dict | None = None) -> list[dict]:
-    from .release import create_release, export_checksums, statement_of
+    from .release import create_release, statement_of, write_judge_files
     _ensure_key(keys / "release")
     _ensure_key(keys / "log")
     _trust(keys, trust)
@@ -85,7 +85,7 @@ def release_all(names: list[str], replays: Path, submissions: Path, store_dir: P
         dest = out / name
         write_json(dest / "manifest.json", env)
         shutil.copyfile(replays / name / "record.json", dest / "record.json")
-        export_checksums(env, sub / "runtime", dest, sub / "archive.zip")
+        write_judge_files(env, sub / "runtime", dest, sub / "archive.zip")
         pred = statement_of(env)["predicate"]
         rows.append({"name": name, "archive_bytes": pred["archive_size"], "canonical_score": pred["score"]["canonical"],
                      "grade": pred["grade"], "statement": stmt.sha256})

@@ -11,7 +11,7 @@ from .adjudicate import now_rfc3339
 from .digest import Digest
 from .errors import ProvError, VerificationFailed
 from .files import write_atomic
-from .models import (DigestSet, EvalRecord, ReleasePredicate, Score, Statement, Subject, TrustedKey,
+from .models import (DigestSet, TreeDigestSet, EvalRecord, ReleasePredicate, Score, Statement, Subject, TrustedKey,
                      TrustPolicy, Role, load_record)
 from .store import Store
 
@@ -64,7 +64,8 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     res = record.result
     statement = Statement(
         subject=[Subject(name="archive.zip", digest=DigestSet(sha256=archive_d.sha256, blake3=archive_d.blake3)),
-                 Subject(name="runtime/", digest=DigestSet(sha256=runtime_d.sha256, blake3=runtime_d.blake3),
+                 Subject(name="runtime/", digest=TreeDigestSet(tree_sha256=runtime_d.sha256,
+                                                               tree_blake3=runtime_d.blake3),
                          annotations=TREE_ANNOTATION)],
         predicate=ReleasePredicate(
             name=name, version=version, previous=previous, issued_at=now_rfc3339(), expires=expires,
@@ -75,6 +76,7 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
             log={"origin": log_origin} if log_origin else None))
     payload = canonical.dumps(statement.to_json_obj())
     env = signing.envelope(payload, key)
+    env["ssh"] = [ssh_signature(key, payload)]
     stmt_d = store.put_bytes(payload, "statement", (record_d.blake3, archive_d.blake3, runtime_d.blake3))
     store.set_ref(ref, stmt_d.blake3, expect=prev_b3 or "")  # a concurrent release of this name loses here
     if log_key is not None:
@@ -97,42 +99,85 @@ def cosign(manifest: dict, key_path: str | Path, passphrase_file=None) -> dict:
         raise ProvError(f"manifest: already signed by key {kid[:16]}")
     out = dict(manifest)
     out["signatures"] = [*manifest["signatures"], signing.sign(key, ptype, payload)]
+    out["ssh"] = [*manifest.get("ssh", []), ssh_signature(key, payload)]
     return out
+
+
+def ssh_signature(key, payload: bytes) -> dict:
+    """An SSHSIG of the statement bytes by the same key, carried outside the signed payload (as DSSE allows)."""
+    from . import sshsig
+    return {"keyid": signing.keyid(key.public_key()), "sshsig": sshsig.sign(key, payload)}
 
 
 def export_checksums(manifest: dict, runtime: str | Path, out_dir: str | Path,
                      archive: str | Path | None = None) -> list[Path]:
-    """SHA256SUMS and B3SUMS for archive.zip and every runtime file, checkable with stock tools."""
+    """SHA256SUMS and B3SUMS naming `archive.zip` and `runtime/...` as they sit in a judge's folder,
+    so `sha256sum -c` / `b3sum -c` run there as published. Symlinks and exec bits are beyond
+    checksum files: tree_digest.py covers them."""
     from . import tree as treemod
     from .digest import hash_file
-    stmt = statement_of(manifest)
-    subjects = {s["name"]: s["digest"] for s in stmt.get("subject", [])}
+    from .verify import subject_digests
+    subjects = subject_digests(statement_of(manifest))
     if "archive.zip" not in subjects or "runtime/" not in subjects:
         raise ProvError("manifest: statement lacks the archive.zip and runtime/ subjects")
+    if archive is not None and hash_file(archive).sha256 != subjects["archive.zip"][0]:
+        raise VerificationFailed(f"{archive}: is not the released archive.zip")
     rt = treemod.walk(runtime, lambda p, s: hash_file(p))
-    if rt.sha256 != subjects["runtime/"]["sha256"]:
+    if rt.sha256 != subjects["runtime/"][0]:
         raise VerificationFailed(f"{runtime}: tree {rt.sha256} is not the released runtime "
-                                 f"{subjects['runtime/']['sha256']}")
+                                 f"{subjects['runtime/'][0]}")
     out = Path(out_dir)
-    archive_name = os.path.relpath(archive, out) if archive else "archive.zip"
-    sha_lines = [f"{subjects['archive.zip']['sha256']}  {archive_name}"]
-    b3_lines = [f"{subjects['archive.zip']['blake3']}  {archive_name}"]
+    sha_lines = [f"{subjects['archive.zip'][0]}  archive.zip"]
+    b3_lines = [f"{subjects['archive.zip'][1]}  archive.zip"]
     for rel, full in treemod.iter_files(os.fsencode(runtime)):
         d = hash_file(full)
-        name = os.path.relpath(os.fsdecode(full), out)
-        sha_lines.append(f"{d.sha256}  {name}")
-        b3_lines.append(f"{d.blake3}  {name}")
+        sha_lines.append(f"{d.sha256}  runtime/{rel}")
+        b3_lines.append(f"{d.blake3}  runtime/{rel}")
     files = [out / "SHA256SUMS", out / "B3SUMS"]
     write_atomic(files[0], ("\n".join(sha_lines) + "\n").encode())
     write_atomic(files[1], ("\n".join(b3_lines) + "\n").encode())
     return files
 
 
+def write_judge_files(manifest: dict, runtime: str | Path, out_dir: str | Path,
+                      archive: str | Path | None = None) -> list[Path]:
+    """Everything a judge needs beside archive.zip and runtime/ to check a release with stock tools:
+    checksums, the exact signed statement bytes, one SSHSIG per signing key, tree_digest.py."""
+    from . import sshsig
+    out = Path(out_dir)
+    files = export_checksums(manifest, runtime, out, archive)
+    payload = signing.b64d(manifest["payload"], "payload")
+    write_atomic(out / "statement.json", payload)
+    files.append(out / "statement.json")
+    for stale in out.glob("statement.json*.sig"):  # a signer of an earlier export must not linger
+        stale.unlink()
+    for i, s in enumerate(manifest.get("ssh", [])):
+        names = [f"statement.json.{sshsig.identity(s['keyid'])}.sig"] + (["statement.json.sig"] if i == 0 else [])
+        for n in names:
+            write_atomic(out / n, s["sshsig"].encode())
+            files.append(out / n)
+    write_atomic(out / "tree_digest.py", (Path(__file__).parent / "tree_digest.py").read_bytes())
+    files.append(out / "tree_digest.py")
+    return files
+
+
+def allowed_signers(trust_doc: dict) -> str:
+    """OpenSSH allowed_signers for the release role of a trust policy (namespace comma-lab-release)."""
+    from . import sshsig
+    lines = []
+    for name in trust_doc["roles"]["release"]["keys"]:
+        k = trust_doc["keys"][name]
+        pub = signing.load_public_pem(k["public_key"], f"trust policy key {name}")
+        lines.append(sshsig.allowed_signers_line(k["keyid"], signing.raw_public(pub)))
+    return "\n".join(lines) + "\n"
+
+
 def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], expires: str,
-                 version: int = 1) -> TrustPolicy:
+                 version: int = 1, root_keys: list[str] | None = None, root_threshold: int = 1) -> TrustPolicy:
+    from .translog import NOTE_KEY_NAME, note_verifier
     keys: dict[str, TrustedKey] = {}
-    names: dict[str, list[str]] = {"release": [], "log": []}
-    for role, paths in (("release", release_keys), ("log", log_keys)):
+    names: dict[str, list[str]] = {"release": [], "log": [], "root": []}
+    for role, paths in (("release", release_keys), ("log", log_keys), ("root", root_keys or [])):
         for p in paths:
             pub = signing.load_public(p)
             kid = signing.keyid(pub)
@@ -140,6 +185,9 @@ def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], e
             if name is None:
                 name = f"{Path(p).stem.replace('.pub', '')}-{kid[:8]}"
                 keys[name] = TrustedKey(keyid=kid, public_key=signing.public_pem(pub))
+            if role == "log":  # publish what Go's note package needs to check our checkpoints
+                keys[name] = keys[name].model_copy(update={
+                    "note_verifier": note_verifier(NOTE_KEY_NAME, signing.raw_public(pub))})
             names[role].append(name)
     if not names["release"]:
         raise ProvError("a trust policy needs at least one release key")
@@ -149,4 +197,8 @@ def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], e
     roles = {"release": Role(keys=sorted(set(names["release"])), threshold=threshold)}
     if names["log"]:
         roles["log"] = Role(keys=sorted(set(names["log"])), threshold=1)
-    return TrustPolicy(version=version, expires=expires, keys=keys, roles=roles)
+    if names["root"]:
+        if not 1 <= root_threshold <= len(set(names["root"])):
+            raise ProvError(f"root threshold {root_threshold} must be between 1 and {len(set(names['root']))}")
+        roles["root"] = Role(keys=sorted(set(names["root"])), threshold=root_threshold)
+    return TrustPolicy(version=version, expires=expires, keys=keys, roles=roles, issued_at=now_rfc3339())

@@ -272,7 +272,7 @@ def expected_from(path: str | Path) -> dict:
         p, subj = st["predicate"], {s["name"]: s["digest"] for s in st["subject"]}
         return {"canonical_score": p["score"]["canonical"], "posenet": p["score"]["posenet"],
                 "segnet": p["score"]["segnet"], "rate": p["score"]["rate"], "samples": p["score"]["samples"],
-                "archive_sha256": subj["archive.zip"]["sha256"], "runtime_sha256": subj["runtime/"]["sha256"]}
+                "archive_sha256": subj["archive.zip"]["sha256"], "runtime_sha256": subj["runtime/"].get("prov-tree-v1-sha256", subj["runtime/"].get("sha256"))}
     if isinstance(doc, dict) and doc.get("schema") == "comma-lab/eval-record/v1":
         r = doc["result"]
         return {"canonical_score": r["canonical_score"], "posenet": r["posenet"], "segnet": r["segnet"],

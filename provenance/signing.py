@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import ProvError
@@ -26,8 +25,13 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
+# `serialization` is imported where keys are written or private keys read: the verify path
+# (public keys only) then starts without it.
+_ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")  # DER SubjectPublicKeyInfo header, RFC 8410
+
+
 def raw_public(pub: Ed25519PublicKey) -> bytes:
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return pub.public_bytes_raw()
 
 
 def keyid(pub: Ed25519PublicKey) -> str:
@@ -35,6 +39,7 @@ def keyid(pub: Ed25519PublicKey) -> str:
 
 
 def public_pem(pub: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
     return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
@@ -57,6 +62,7 @@ def generate_key(out_dir: str | Path, passphrase_file: str | Path | None = None)
     for p in (priv_path, pub_path):
         if os.path.lexists(p):
             raise ProvError(f"{p}: already exists; refusing to overwrite a key")
+    from cryptography.hazmat.primitives import serialization
     passphrase = _read_passphrase(passphrase_file)
     out.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
@@ -81,6 +87,7 @@ def load_private(path: str | Path, passphrase_file: str | Path | None = None) ->
         data = Path(path).read_bytes()
     except OSError as e:
         raise ProvError(f"{path}: {e.strerror}") from None
+    from cryptography.hazmat.primitives import serialization
     passphrase = _read_passphrase(passphrase_file)
     try:
         key = serialization.load_pem_private_key(data, passphrase)
@@ -95,8 +102,18 @@ def load_private(path: str | Path, passphrase_file: str | Path | None = None) ->
 
 
 def load_public_pem(data: bytes | str, where: str) -> Ed25519PublicKey:
+    data = data.encode() if isinstance(data, str) else data
+    lines = data.strip().splitlines()
+    if len(lines) == 3 and lines[0] == b"-----BEGIN PUBLIC KEY-----" and lines[2] == b"-----END PUBLIC KEY-----":
+        try:  # the one form we write: no need for cryptography's general PEM machinery
+            der = base64.b64decode(lines[1], validate=True)
+        except ValueError:
+            der = b""
+        if len(der) == 44 and der.startswith(_ED25519_SPKI):
+            return Ed25519PublicKey.from_public_bytes(der[12:])
+    from cryptography.hazmat.primitives import serialization
     try:
-        key = serialization.load_pem_public_key(data.encode() if isinstance(data, str) else data)
+        key = serialization.load_pem_public_key(data)
     except ValueError:
         raise ProvError(f"{where}: not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):

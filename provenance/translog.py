@@ -352,6 +352,15 @@ def note_key_hash(name: str, raw_pub: bytes) -> bytes:
     return hashlib.sha256(name.encode() + b"\n\x01" + raw_pub).digest()[:4]
 
 
+NOTE_KEY_NAME = "comma-lab.dev/provenance/log"  # stable, so a trust policy can publish the verifier key
+
+
+def note_verifier(name: str, raw_pub: bytes) -> str:
+    """The signed-note verifier key `name+hash+base64(0x01 || key)` (C2SP signed-note; Go's note.NewVerifier)."""
+    data = base64.b64encode(b"\x01" + raw_pub).decode()
+    return f"{name}+{note_key_hash(name, raw_pub).hex()}+{data}"
+
+
 def sign_checkpoint(origin: str, size: int, root: bytes, key, name: str | None = None) -> str:
     from . import signing
     body = f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"

@@ -24,6 +24,11 @@ from .errors import ProvError
 class Outcome:
     checks: list[dict] = field(default_factory=list)
     statement: dict | None = None
+    not_checked: list[str] = field(default_factory=list)  # file checks the caller did not ask for
+
+    @property
+    def files_checked(self) -> bool:
+        return not self.not_checked
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append({"name": name, "ok": bool(ok), "detail": detail})
@@ -52,10 +57,23 @@ class Trust:
     source: str
     log_required: bool = False
     no_log_key: str = "the trust policy names no log key"  # why `log` is empty, for the failing check
+    version: int = 1
+    chain: list[int] = field(default_factory=list)  # versions walked from the pinned one (--trust-chain)
+
+
+def subject_digests(stmt: dict) -> dict[str, tuple[str | None, str | None]]:
+    """{subject name: (sha256, blake3)}; a tree's digest is read under its own algorithm's keys
+    (`prov-tree-v1-sha256`) or, for releases made before those keys, under plain `sha256`."""
+    out = {}
+    for s in stmt.get("subject", []):
+        d = s.get("digest", {})
+        out[s.get("name")] = (d.get("prov-tree-v1-sha256", d.get("sha256")),
+                              d.get("prov-tree-v1-blake3", d.get("blake3")))
+    return out
 
 
 def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str | None = None,
-               key_signs_log: bool = False) -> Trust:
+               chain_dir: str | None = None, key_signs_log: bool = False) -> Trust:
     if key_path:  # one release key (threshold 1); the log role only by --log-key or --key-signs-log
         if log_key_path and key_signs_log:
             raise ProvError("give --log-key or --key-signs-log, not both")
@@ -73,20 +91,60 @@ def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str |
                                 "if the release key also signs the log")
     if not trust_path:
         raise ProvError("give --trust trust.json or --key pub.pem: whom do you trust?")
+    doc = read_trust_doc(trust_path)
+    chain = []
+    if chain_dir is not None:
+        from .trustchain import walk_chain
+        doc, chain = walk_chain(doc, chain_dir, trust_path)
+        trust_path = f"{chain_dir} (v{doc['version']})"
+    t = trust_from_doc(doc, str(trust_path))
+    t.chain = chain
+    return t
+
+
+def read_trust_doc(trust_path: str | Path) -> dict:
     try:
         data = Path(trust_path).read_bytes()
     except OSError as e:
         raise ProvError(f"{trust_path}: {e.strerror}") from None
-    doc, dupes = loads_tracking(data, trust_path)
+    doc, dupes = loads_tracking(data, str(trust_path))
     errs = (["duplicate keys " + ", ".join(dupes)] if dupes else []) + jsonschema_lite.validate(doc, "trust-policy.v1.json")
     if errs:
         raise ProvError(f"{trust_path}: not a valid trust policy ({errs[0]})")
+    return doc
+
+
+def role_keys(doc: dict, r: str, where: str) -> tuple[dict[str, object], int]:
+    """{keyid: public key} and threshold of a role; `root` defaults to the release role."""
+    spec = doc["roles"].get(r) or (doc["roles"].get("release") if r == "root" else None)
+    if spec is None:
+        return {}, 0
+    out = {}
+    for n in spec["keys"]:
+        k = doc["keys"].get(n)
+        if k is None:
+            raise ProvError(f"{where}: role {r} names unknown key {n!r}")
+        pub = signing.load_public_pem(k["public_key"], f"{where}: key {n}")
+        if signing.keyid(pub) != k["keyid"]:
+            raise ProvError(f"{where}: key {n}: keyid does not match its public key")
+        out[k["keyid"]] = pub
+    if spec["threshold"] > len(out):
+        raise ProvError(f"{where}: role {r} threshold {spec['threshold']} exceeds its {len(out)} key(s)")
+    return out, spec["threshold"]
+
+
+def trust_from_doc(doc: dict, trust_path: str) -> Trust:
     keys = {}
     by_name = {}
     for name, k in doc["keys"].items():
         pub = signing.load_public_pem(k["public_key"], f"{trust_path}: key {name}")
         if signing.keyid(pub) != k["keyid"]:
             raise ProvError(f"{trust_path}: key {name}: keyid does not match its public key")
+        if k.get("note_verifier") is not None:
+            from .translog import note_verifier
+            nv = k["note_verifier"]
+            if note_verifier(nv.split("+", 1)[0], signing.raw_public(pub)) != nv:
+                raise ProvError(f"{trust_path}: key {name}: note_verifier does not match its public key")
         keys[k["keyid"]] = (name, pub)
         by_name[name] = k["keyid"]
 
@@ -105,8 +163,9 @@ def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str |
     if not release:
         raise ProvError(f"{trust_path}: no release role")
     log, _ = role("log")
+    role("root")  # a malformed root role makes the policy unreadable, used or not
     return Trust(keys, release, threshold, log, parse_time(doc["expires"], f"{trust_path}: expires"),
-                 str(trust_path), log_required=bool(log))
+                 str(trust_path), log_required=bool(log), version=doc["version"])
 
 
 def read_envelope(path: str | Path) -> tuple[dict, list[str]]:
@@ -135,7 +194,8 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
     names = ", ".join(sorted(trust.keys[k][0] for k in good))
     if not out.add("signatures", bool(good),
                    f"{len(good)} trusted key(s) signed the payload ({names})" if good
-                   else f"no valid signature by a trusted key among {len(env['signatures'])} signature(s)"):
+                   else f"no valid signature by a trusted key among {len(env['signatures'])} signature(s)"
+                   + (f" (trust policy v{trust.version})" if trust.chain else "")):
         return out
     # 2. payload type
     if not out.add("payload_type", ptype == signing.IN_TOTO, f"{ptype}"):
@@ -158,20 +218,28 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
                    if not errs else errs[0]):
         return out
     out.statement = stmt
+    if "ssh" in env:  # the same keys' OpenSSH signatures over the same bytes must tell the same story
+        out.add(*_check_ssh(env["ssh"], payload, release_keys, good, trust))
+    judge = Path(manifest).parent / "statement.json"
+    if judge.is_file():
+        out.add(*_check_judge_files(judge, payload, release_keys, good))
     pred = stmt["predicate"]
-    subjects = {s["name"]: s["digest"] for s in stmt["subject"]}
+    subjects = subject_digests(stmt)
     # 6. the bytes the judge holds
+    if archive is None:
+        out.not_checked.append("archive_digest")
+    if runtime is None:
+        out.not_checked.append("runtime_tree")
     if archive is not None:
         from .digest import hash_file
         try:
             d = hash_file(archive)
         except OSError as e:
             raise ProvError(f"{archive}: {e.strerror}") from None
-        want = subjects.get("archive.zip", {})
-        out.add("archive_digest", (d.sha256, d.blake3) == (want.get("sha256"), want.get("blake3"))
-                and d.size == pred["archive_size"],
-                f"sha256 {d.sha256[:16]}.. {'matches' if d.sha256 == want.get('sha256') else 'differs from'} "
-                f"the release ({str(want.get('sha256'))[:16]}..), {d.size:,} bytes")
+        want = subjects.get("archive.zip", (None, None))
+        out.add("archive_digest", (d.sha256, d.blake3) == want and d.size == pred["archive_size"],
+                f"sha256 {d.sha256[:16]}.. {'matches' if d.sha256 == want[0] else 'differs from'} "
+                f"the release ({str(want[0])[:16]}..), {d.size:,} bytes")
     if runtime is not None:
         from . import tree as treemod
         from .digest import hash_file
@@ -179,10 +247,10 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
             raise ProvError(f"{runtime}: not a directory")
         try:
             t = treemod.walk(runtime, lambda p, s: hash_file(p))
-            want = subjects.get("runtime/", {})
-            out.add("runtime_tree", (t.sha256, t.blake3) == (want.get("sha256"), want.get("blake3")),
-                    f"prov-tree-v1 {t.sha256[:16]}.. {'matches' if t.sha256 == want.get('sha256') else 'differs from'}"
-                    f" the release ({str(want.get('sha256'))[:16]}..)")
+            want = subjects.get("runtime/", (None, None))
+            out.add("runtime_tree", (t.sha256, t.blake3) == want,
+                    f"prov-tree-v1 {t.sha256[:16]}.. {'matches' if t.sha256 == want[0] else 'differs from'}"
+                    f" the release ({str(want[0])[:16]}..)")
         except treemod.TreeError as e:
             out.add("runtime_tree", False, str(e))
     # 7. the score follows from its components under the record's profile
@@ -225,6 +293,42 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
     if out.ok and state is not None:
         _remember(state, pred, digest)
     return out
+
+
+def _ssh_signers(sigs: list[str], payload: bytes, release_keys: dict) -> tuple[set[str], int]:
+    from . import sshsig
+    by_raw = {signing.raw_public(pub): kid for kid, pub in release_keys.items()}
+    good, bad = set(), 0
+    for armored in sigs:
+        raw = sshsig.verify(armored, payload) if isinstance(armored, str) else None
+        if raw in by_raw:
+            good.add(by_raw[raw])
+        else:
+            bad += 1
+    return good, bad
+
+
+def _check_ssh(ssh, payload: bytes, release_keys: dict, dsse_good: set[str], trust: Trust) -> tuple[str, bool, str]:
+    sigs = [s.get("sshsig") if isinstance(s, dict) else None for s in ssh] if isinstance(ssh, list) else [None]
+    good, bad = _ssh_signers(sigs, payload, release_keys)
+    if good == dsse_good and not bad:
+        return "ssh_signatures", True, f"{len(good)} SSHSIG(s) (namespace comma-lab-release) by the same key(s) as DSSE"
+    name = lambda ks: ", ".join(sorted(trust.keys[k][0] for k in ks)) or "none"  # noqa: E731
+    return "ssh_signatures", False, (f"DSSE and SSH signatures disagree: DSSE only {name(dsse_good - good)}; "
+                                     f"SSH only {name(good - dsse_good)}; {bad} invalid or untrusted SSHSIG(s)")
+
+
+def _check_judge_files(statement: Path, payload: bytes, release_keys: dict, dsse_good: set[str]):
+    """The files a judge checks with stock tools, when they lie beside the manifest."""
+    if statement.read_bytes() != payload:
+        return "judge_files", False, f"{statement} is not the signed statement bytes"
+    sig_files = sorted(statement.parent.glob("statement.json*.sig"))
+    good, bad = _ssh_signers([p.read_text(errors="replace") for p in sig_files], payload, release_keys)
+    ok = not bad and good == dsse_good
+    return "judge_files", ok, (f"statement.json is the signed payload; {len(sig_files)} .sig file(s) verify "
+                               "by the DSSE signers" if ok else
+                               f"statement.json is the signed payload but {bad} .sig file(s) do not verify "
+                               "or their signers differ from DSSE's")
 
 
 def _check_record(record: str, pred: dict) -> tuple[str, bool, str]:

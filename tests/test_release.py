@@ -86,8 +86,9 @@ def test_clean_release_verifies_with_trust_and_with_key(lab):
     rc, out, r = verify(lab, check=0)
     assert out["ok"] and [c["name"] for c in out["checks"]][:5] == \
         ["signatures", "payload_type", "strict_json", "threshold", "statement_schema"]
-    run_prov("verify", lab["manifest"], "--key", lab["pub"]("a"), check=0)
-    human = run_prov("verify", lab["manifest"], "--key", lab["pub"]("a"), "--archive", lab["archive"]).out
+    run_prov("verify", lab["manifest"], "--key", lab["pub"]("a"), "--no-files", check=0)
+    human = run_prov("verify", lab["manifest"], "--key", lab["pub"]("a"), "--archive", lab["archive"],
+                     "--runtime", lab["rt"]).out
     assert "✓ archive_digest" in human and "VERIFIED" in human
 
 
@@ -305,7 +306,7 @@ def test_keys(tmp_path):
 def test_malformed_manifest_exit_2(lab, content, needle):
     m = lab["dir"] / "bad.json"
     m.write_bytes(content)
-    r = run_prov("verify", m, "--trust", lab["trust"])
+    r = run_prov("verify", m, "--trust", lab["trust"], "--no-files")
     assert r.returncode == 2 and needle in r.err and len(r.err.strip().splitlines()) == 1, r.err
 
 
@@ -315,9 +316,9 @@ def test_bad_trust_exit_2(lab):
     name = next(iter(doc["keys"]))
     doc["keys"][name]["keyid"] = "0" * 64
     t.write_text(json.dumps(doc))
-    r = run_prov("verify", lab["manifest"], "--trust", t)
+    r = run_prov("verify", lab["manifest"], "--trust", t, "--no-files")
     assert r.returncode == 2 and "keyid does not match" in r.err
-    assert run_prov("verify", lab["manifest"]).returncode == 2  # no trust given
+    assert run_prov("verify", lab["manifest"], "--no-files").returncode == 2  # no trust given
 
 
 def test_verify_imports_nothing_heavy(lab):

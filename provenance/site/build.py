@@ -128,7 +128,8 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         if releases:
             for d in sorted(Path(releases).iterdir()):
                 if (d / "manifest.json").is_file():
-                    for f in ("manifest.json", "SHA256SUMS", "B3SUMS"):
+                    judge = sorted(p.name for p in d.glob("statement.json*")) + ["tree_digest.py"]
+                    for f in ("manifest.json", "SHA256SUMS", "B3SUMS", *judge):
                         if (d / f).is_file():
                             rel = f"evidence/releases/{d.name}/{f}"
                             p = _write(work, rel, (d / f).read_bytes())
@@ -139,9 +140,19 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             rel = f"evidence/checkpoints/{size}.note"
             p = _write(work, rel, note.encode())
             evidence.append({"kind": "log checkpoint", "path": rel, "sha256": _sha(p), "note": f"size {size}"})
+        identity, note_keys = "IDENTITY", []
         if trust:
+            from .. import sshsig
+            from ..release import allowed_signers
             p = _write(work, "evidence/trust.json", Path(trust).read_bytes())
             evidence.append({"kind": "trust policy", "path": "evidence/trust.json", "sha256": _sha(p)})
+            tdoc = json.loads(Path(trust).read_text())
+            p = _write(work, "evidence/allowed_signers", allowed_signers(tdoc).encode())
+            evidence.append({"kind": "trust policy", "path": "evidence/allowed_signers", "sha256": _sha(p),
+                             "note": "OpenSSH allowed_signers of the release keys"})
+            first = tdoc["keys"][tdoc["roles"]["release"]["keys"][0]]["keyid"]
+            identity = sshsig.identity(first)
+            note_keys = [k["note_verifier"] for k in tdoc["keys"].values() if k.get("note_verifier")]
         fview = None
         if front:
             fview = next(v for v in views if v["record"] == front.sha256)
@@ -153,13 +164,20 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         pts, title = _turning_points(runs)
         name = fview["release"] if fview and fview.get("release") else next(iter(release_links), "NAME")
         verify_commands = [
+            "# 1. Stock tools only (OpenSSH, coreutils or b3sum, any Python 3), no trust in our code.",
+            f"#    Into one folder: archive.zip, runtime/, evidence/allowed_signers and evidence/releases/{name}/*",
+            f"ssh-keygen -Y verify -f allowed_signers -I {identity} -n comma-lab-release "
+            f"-s statement.json.{identity}.sig < statement.json   # one .sig per signing key",
+            "sha256sum -c SHA256SUMS         # archive.zip and every runtime/ file",
+            "b3sum -c B3SUMS",
+            "python3 tree_digest.py --check statement.json   # archive, runtime/ tree (symlinks, exec bits, "
+            "empty dirs) and score vs the signed statement",
+            "",
+            "# 2. With prov (pip install ./comma-lab from a clone, or pip install comma_lab-*.whl):",
             f"prov verify evidence/releases/{name}/manifest.json --trust evidence/trust.json "
             "--archive archive.zip --runtime runtime/",
-            f"cd <dir holding archive.zip and runtime/> && sha256sum -c SHA256SUMS   "
-            f"# from evidence/releases/{name}/",
-            "b3sum -c B3SUMS",
             "sha256sum evidence/records/*.json   # each exact record's name is its sha256",
-        ]
+        ] + [f"# log checkpoints: Go note verifier key {k}" for k in note_keys]
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
         generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         releases_by_record = {}
