@@ -11,7 +11,7 @@ import click
 from .errors import ProvError
 
 
-from .cli_common import _passphrase, emit, json_option  # noqa: E402  (shared with cli_extra)
+from .cli_common import _passphrase, emit, json_option, open_store  # noqa: E402  (shared with cli_extra, cli_batch)
 
 
 class Cli(click.Group):
@@ -51,11 +51,6 @@ def cli(ctx, store_path):
     failed, 2 bad input or usage, 3 missing environment.
     """
     ctx.obj = {"store": store_path}
-
-
-def open_store(ctx, create: bool = False):
-    from .store import Store
-    return Store(ctx.obj["store"], create=create)
 
 
 # -- store commands -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import emit, json_option, open_store
+from .cli_common import emit, json_option, open_store
 from .errors import ProvError
 
 

@@ -20,3 +20,8 @@ def json_option(f):
 
 _passphrase = click.option("--passphrase-file", type=click.Path(dir_okay=False),
                            help="File holding the private key's passphrase.")
+
+
+def open_store(ctx, create: bool = False):
+    from .store import Store
+    return Store(ctx.obj["store"], create=create)
