@@ -24,7 +24,7 @@ def resolve_record(store: Store, ref: str) -> tuple[EvalRecord, Digest]:
         record = load_record(Path(ref).read_bytes(), ref)
         return record, store.put_bytes(record.canonical_bytes(), "record")
     info = store.resolve(ref)
-    if info.kind != "record":
+    if "record" not in info.kinds:
         raise ProvError(f"{ref}: not an evaluation record (it is a {info.kind})")
     data = store.read_bytes(info.blake3)
     return load_record(data, ref), Digest(info.sha256, info.blake3, info.size)
