@@ -22,6 +22,11 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
 
 
+def _error(text: str) -> None:
+    """One line, whatever the input it quotes holds."""
+    click.echo("prov: error: " + text.replace("\r", "\\r").replace("\n", "\\n"), err=True)
+
+
 class Cli(click.Group):
     """Turn our errors into one line and the documented exit code."""
 
@@ -29,19 +34,21 @@ class Cli(click.Group):
         try:
             return super().invoke(ctx)
         except ProvError as e:
-            click.echo(f"prov: error: {e}", err=True)
+            _error(str(e))
             sys.exit(e.exit_code)
         except BrokenPipeError:
             sys.exit(1)
         except OSError as e:  # a filesystem failure we did not anticipate: still one line
             from .faults import os_error_code
             where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"prov: error: {where}{e.strerror or e}", err=True)
+            _error(f"{where}{e.strerror or e}")
             sys.exit(os_error_code(e))
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors print their usage, exit 2
         except Exception as e:  # never a traceback (faults.py maps what we know; the rest is a bug)
             from .faults import one_line
             code, line = one_line(e, ctx)
-            click.echo(f"prov: error: {line}", err=True)
+            _error(line)
             sys.exit(code)
 
 

@@ -143,7 +143,8 @@ def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], e
         raise ProvError("a trust policy needs at least one release key")
     if not 1 <= threshold <= len(set(names["release"])):
         raise ProvError(f"threshold {threshold} must be between 1 and {len(set(names['release']))}")
-    datetime.fromisoformat(expires.replace("Z", "+00:00"))
+    from .verify import parse_time
+    parse_time(expires, "--expires")
     roles = {"release": Role(keys=sorted(set(names["release"])), threshold=threshold)}
     if names["log"]:
         roles["log"] = Role(keys=sorted(set(names["log"])), threshold=1)
