@@ -50,7 +50,7 @@ def check(archive: str | Path, limits: Limits = Limits()) -> list[tuple[zipfile.
     """Every rule that can be checked from the central directory, before a byte is written."""
     try:
         z = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, UnicodeDecodeError) as e:  # a name not UTF-8 under the UTF-8 flag
         raise IntakeError(f"{archive}: not a zip archive ({e})") from None
     except OSError as e:
         raise IntakeError(f"{archive}: {e.strerror}") from None

@@ -79,7 +79,7 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
     samples = doc.get("n_samples")
     if not isinstance(size, int) or not isinstance(samples, int):
         raise ProvError(f"{where}: archive_size_bytes and n_samples must be integers")
-    if min(posenet, segnet, rate) < 0:
+    if size < 0 or samples < 0 or min(posenet, segnet, rate) < 0:
         raise ProvError(f"{where}: negative distortion or rate")
     checks: list[Check] = []
 

@@ -245,7 +245,8 @@ class Store:
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite rolls back itself on SQLITE_FULL and friends
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
