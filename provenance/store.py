@@ -161,7 +161,8 @@ class Store:
                 raise ProvError(f"{self.root}: no store here (prov add creates one; or pass --store / PROV_STORE)")
             for d in ("objects", "tmp"):
                 (self.root / d).mkdir(parents=True, exist_ok=True)
-        elif index.stat().st_size == 0 and _has_objects(self.objects):
+        elif index.stat().st_size == 0 and _has_objects(self.objects) and not (
+                index.with_name("index.sqlite-wal").exists() and index.with_name("index.sqlite-wal").stat().st_size):
             # an empty index beside objects is damage, not a new store: gc would delete everything
             raise IndexDamaged(f"{index}: zero length, yet objects/ holds objects; "
                                "prov fsck --repair rebuilds the index from the objects")
