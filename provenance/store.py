@@ -450,7 +450,7 @@ class Store:
                 treemod.check_link(link, depth, str(target))
                 os.symlink(link, target)
             else:
-                with self.open(child) as src, open(target, "xb") as out:
+                with self.open_verified(child, size) as src, open(target, "xb") as out:
                     while chunk := src.read(CHUNK):
                         out.write(chunk)
                 os.chmod(target, 0o755 if kind == "exec" else 0o644)
