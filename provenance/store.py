@@ -157,6 +157,9 @@ class Store:
         self._lock_fd, self._lock_depth = None, 0
         exists = index.exists()
         if not exists:
+            if _has_objects(self.objects):  # objects without their index: damage, never a new store
+                raise IndexDamaged(f"{index}: missing, yet objects/ holds objects; "
+                                   "prov fsck --repair rebuilds the index from the objects")
             if not create:
                 raise ProvError(f"{self.root}: no store here (prov add creates one; or pass --store / PROV_STORE)")
             for d in ("objects", "tmp"):
