@@ -142,3 +142,21 @@ def test_import_legacy_leaves_no_machine_path_in_any_field(tmp_path, runtime, st
     assert out["record"]["environment"]["device"].startswith("cuda:0 (${LOCAL_PATH}")
     unsafe = next(c for c in out["checks"] if c["name"] == "runtime_rows_relative")
     assert not unsafe["ok"] and "${LOCAL_PATH}" in unsafe["detail"]
+
+
+def test_png_pixels_are_not_scanned_but_png_text_is(tmp_path):
+    """Frame images are pixels: noise that happens to read '~/' is no leak; a text chunk is text."""
+    import struct
+    import zlib
+    from provenance.site import sanitize
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 1, 8, 0, 0, 0, 0))
+    noisy = chunk(b"IDAT", b"~/8ppN\x00\x01~/home/x")  # not deflate: the scanner must not read it
+    clean = sanitize.PNG_SIGNATURE + ihdr + noisy + chunk(b"IEND", b"")
+    (tmp_path / "frame.png").write_bytes(clean)
+    assert sanitize.scan_dir(tmp_path) == []
+    leaky = sanitize.PNG_SIGNATURE + ihdr + chunk(b"tEXt", b"Comment\x00/home/alice/run") + chunk(b"IEND", b"")
+    (tmp_path / "frame.png").write_bytes(leaky)
+    assert sanitize.scan_dir(tmp_path)

@@ -132,11 +132,40 @@ def redact(obj):
     return obj
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_text(data: bytes) -> str:
+    """The text a PNG carries (tEXt, zTXt, iTXt chunks): pixels are not text, and scanning them as
+    text finds 'paths' in noise. A malformed PNG is scanned whole, as text."""
+    import struct
+    import zlib
+    out, pos = [], len(PNG_SIGNATURE)
+    try:
+        while pos + 12 <= len(data):
+            n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+            body = data[pos + 8:pos + 8 + n]
+            if len(body) != n:
+                raise ValueError("truncated chunk")
+            if kind == b"tEXt":
+                out.append(body.decode("latin-1"))
+            elif kind == b"zTXt":
+                key, _, rest = body.partition(b"\0")
+                out.append(key.decode("latin-1") + " " + zlib.decompress(rest[1:]).decode("latin-1"))
+            elif kind == b"iTXt":
+                out.append(body.decode("utf-8", "replace"))
+            pos += 12 + n
+    except (ValueError, zlib.error, struct.error):
+        return data.decode("utf-8", "replace")
+    return "\n".join(out)
+
+
 def scan_dir(root: Path) -> list[Violation]:
     out = []
     for p in sorted(root.rglob("*")):
         if p.is_file():
             rel = p.relative_to(root).as_posix()
             data = p.read_bytes()
-            out += scan_text(rel, data.decode("utf-8", "replace"))
+            text = png_text(data) if data.startswith(PNG_SIGNATURE) else data.decode("utf-8", "replace")
+            out += scan_text(rel, text)
     return out
