@@ -55,7 +55,7 @@ def world(tmp_path_factory):
     ok("release", "create", "--record", rec["digest"]["sha256"], "--archive", archive, "--runtime", rt,
        "--name", "demo", "--key", tmp / "a/key.pem", "--log-key", tmp / "log/key.pem", "--out", manifest)
     state = tmp / "state.json"
-    ok("verify", manifest, "--trust", trust, "--since", tmp / "cp1.note", "--state", state)
+    ok("verify", "--no-files", manifest, "--trust", trust, "--since", tmp / "cp1.note", "--state", state)
     legacy_arch = tmp / "legacy.zip"
     legacy_arch.write_bytes(os.urandom(178_981))
     legacy_doc = v1_record(rt, legacy_arch)
@@ -141,19 +141,19 @@ def test_fuzz_manifest(world):
         except Exception:
             return json.dumps(_resigned(world, data)).encode()
     fuzz(st.one_of(mutant(world["env"]), signed, json_mutant(stmt).map(canonical_signed)),
-         lambda data: run(world, ["verify", case.write(data), "--trust", world["trust"], "--json"]))
+         lambda data: run(world, ["verify", "--no-files", case.write(data), "--trust", world["trust"], "--json"]))
 
 
 def test_fuzz_trust_policy(world):
     case = Case(world, "trust.json")
     fuzz(mutant(json.loads(world["trust"].read_bytes())),
-         lambda data: run(world, ["verify", world["manifest"], "--trust", case.write(data)]))
+         lambda data: run(world, ["verify", "--no-files", world["manifest"], "--trust", case.write(data)]))
 
 
 def test_fuzz_state_file(world):
     case = Case(world, "state.json")
     fuzz(mutant(json.loads(world["state"].read_bytes())),
-         lambda data: run(world, ["verify", world["manifest"], "--trust", world["trust"], "--state", case.write(data)]))
+         lambda data: run(world, ["verify", "--no-files", world["manifest"], "--trust", world["trust"], "--state", case.write(data)]))
 
 
 def test_fuzz_checkpoint_note(world):
@@ -168,7 +168,7 @@ def test_fuzz_checkpoint_note(world):
 
     def one(data):  # the note as --since of a release, or as the old side of log consistency
         if len(data) % 2:
-            run(world, ["verify", world["manifest"], "--trust", world["trust"], "--since", case.write(data)])
+            run(world, ["verify", "--no-files", world["manifest"], "--trust", world["trust"], "--since", case.write(data)])
         else:
             run(world, ["log", "consistency", case.write(data), world["cp1"]])
     fuzz(st.one_of(byte_mutant(note), st.builds(with_line, st.integers(0, 5), st.one_of(
@@ -187,7 +187,7 @@ def test_fuzz_log_bundle(world):
         except (ValueError, RecursionError):
             return data
     fuzz(json_mutant(env["log"]).map(put),
-         lambda data: run(world, ["verify", case.write(data), "--trust", world["trust"], "--since", world["cp1"]]))
+         lambda data: run(world, ["verify", "--no-files", case.write(data), "--trust", world["trust"], "--since", world["cp1"]]))
 
 
 def test_fuzz_site_bundle(world):
@@ -215,7 +215,7 @@ def test_fuzz_arguments(world):
             args = ["trust", "init", "--release-key", tmp / "a/key.pub.pem", "--expires", value,
                     "--out", world["fast"] / "cases" / "t.json"]
         elif which == "verify-at":
-            args = ["verify", world["manifest"], "--trust", world["trust"], "--at", value]
+            args = ["verify", "--no-files", world["manifest"], "--trust", world["trust"], "--at", value]
         elif which == "cat":
             args = ["cat", value]
         elif which == "ref":

@@ -97,7 +97,7 @@ def test_verify_trusted_payload_with_out_of_domain_number(world, token):
     """A trusted key signed it, so the signature check passes; the number must still be refused."""
     raw = rfc8785.dumps(world["statement"]).replace(b'"archive_size":2244900', b'"archive_size":' + token.encode())
     assert token.encode() in raw
-    res = run(world, "verify", case(world, "m.json", _signed(world, raw)), "--trust", world["trust"], code=2)
+    res = run(world, "verify", "--no-files", case(world, "m.json", _signed(world, raw)), "--trust", world["trust"], code=2)
     assert "payload" in res.stderr
 
 
@@ -107,7 +107,7 @@ def test_verify_trusted_payload_with_out_of_domain_number(world, token):
 def test_verify_unsigned_log_bundle_field_of_wrong_type(world, field, value):
     env = dict(world["env"])
     env["log"] = {**env["log"], field: value}
-    res = run(world, "verify", case(world, "m.json", env), "--trust", world["trust"], "--since", world["cp1"],
+    res = run(world, "verify", "--no-files", case(world, "m.json", env), "--trust", world["trust"], "--since", world["cp1"],
               "--json", code=1)
     assert not json.loads(res.stdout)["ok"]
 
@@ -117,14 +117,14 @@ def test_verify_checkpoint_size_with_non_ascii_digits(world, size):
     lines = world["cp1"].read_text().split("\n")
     lines[1] = size
     note = case(world, "cp.note", "\n".join(lines).encode())
-    run(world, "verify", world["manifest"], "--trust", world["trust"], "--since", note, "--json", code=1)
+    run(world, "verify", "--no-files", world["manifest"], "--trust", world["trust"], "--since", note, "--json", code=1)
     run(world, "log", "consistency", note, world["cp1"], code=1)
 
 
 def test_verify_json_nested_100k_deep(world):
     deep = b"[" * 100_000 + b"]" * 100_000
-    for args in (["verify", case(world, "deep.json", deep), "--trust", world["trust"]],
-                 ["verify", world["manifest"], "--trust", case(world, "deep-trust.json", deep)],
+    for args in (["verify", "--no-files", case(world, "deep.json", deep), "--trust", world["trust"]],
+                 ["verify", "--no-files", world["manifest"], "--trust", case(world, "deep-trust.json", deep)],
                  ["import-legacy", case(world, "deep-legacy.json", deep)]):
         res = run(world, *args, code=2)
         assert "nested too deeply" in res.stderr
@@ -135,7 +135,7 @@ def test_verify_json_nested_100k_deep(world):
                                    {"releases": []}, [], b"\xff\xfe", b"1e400"])
 def test_state_files(world, state):
     p = case(world, "state.json", state)
-    res = run(world, "verify", world["manifest"], "--trust", world["trust"], "--state", p, code=2)
+    res = run(world, "verify", "--no-files", world["manifest"], "--trust", world["trust"], "--state", p, code=2)
     assert "state" in res.stderr
 
 
