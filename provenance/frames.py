@@ -70,9 +70,10 @@ def _original(video: Path, indices: tuple[int, ...]) -> dict[int, bytes]:
     return out
 
 
-def keep_frames(store, profile: Profile, upstream: Path, inflated: Path, names: list[str]) -> dict:
-    """{"<video>/<kind>/<index>": Digest} of PNGs put in the store, kind original|reconstruction.
-    Only the first video of the names file is illustrated (the contest has one)."""
+def frame_pngs(profile: Profile, upstream: Path, inflated: Path, names: list[str]) -> dict[str, bytes]:
+    """{"<video>/<kind>/<index>": PNG bytes}, kind original|reconstruction: pure work, no store,
+    so a replay can make them while the evaluator runs. Only the first video of the names file is
+    illustrated (the contest has one)."""
     indices = tuple(i for i in profile.preview_frames if 0 <= i < profile.frames)
     if not indices or not names:
         return {}
@@ -82,10 +83,13 @@ def keep_frames(store, profile: Profile, upstream: Path, inflated: Path, names: 
         orig = _original(upstream / "videos" / names[0], indices)
     except ImportError:  # no PyAV on this host: the reconstruction alone still illustrates the run
         orig = {}
-    out = {}
+    return {f"{base}/{kind}/{i:04d}": png(frames[i], profile.width, profile.height)
+            for i in indices for kind, frames in (("original", orig), ("reconstruction", recon)) if i in frames}
+
+
+def keep_frames(store, profile: Profile, upstream: Path, inflated: Path, names: list[str],
+                pngs: dict[str, bytes] | None = None) -> dict:
+    """{"<video>/<kind>/<index>": Digest} of the frame PNGs, put in the store."""
+    pngs = frame_pngs(profile, upstream, inflated, names) if pngs is None else pngs
     with store.batch() as b:
-        for i in indices:
-            for kind, frames in (("original", orig), ("reconstruction", recon)):
-                if i in frames:
-                    out[f"{base}/{kind}/{i:04d}"] = b.put_bytes(png(frames[i], profile.width, profile.height), "blob")
-    return out
+        return {k: b.put_bytes(v, "blob") for k, v in pngs.items()}

@@ -14,6 +14,8 @@ import os
 import stat
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +26,7 @@ from .contest import Check
 from .digest import Digest, hash_file, stream
 from .errors import ProvError, VerificationFailed
 from .files import remove_tree
-from .frames import keep_frames
+from .frames import frame_pngs, keep_frames
 from .models import EvalRecord, Environment, PhaseView, SandboxRecord
 from .sandbox import Layout, Limits, PhaseResult, Sandbox, View, written_bytes
 
@@ -164,7 +166,12 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
            device: str = "cpu", sandboxed: bool = True, limits: Limits = Limits(),
            progress: Callable[[str], None] | None = None, scratch_base: str | None = None,
            keep_scratch: bool = False, intake_limits: intake.Limits = intake.Limits()) -> ReplayResult:
-    say = progress or (lambda msg: None)
+    lock = threading.Lock()  # two phases may report at once
+
+    def say(msg: str) -> None:
+        if progress:
+            with lock:
+                progress(msg)
     upstream, runtime = Path(upstream).resolve(), Path(runtime)
     if not (upstream / "evaluate.py").is_file():
         raise ProvError(f"{upstream}: not an upstream checkout (no evaluate.py)")
@@ -204,31 +211,43 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
         views = phase_views(profile, limits, unzipped + want * len(names) + limits.write_margin)
         box = Sandbox(layout, device, limits, sandboxed)
         sub, up = str(layout.submission), str(layout.upstream)
-        phases: list[PhaseResult] = []
+        inflated_dir = layout.runtime_copy / "inflated"
 
-        def phase(label: str, argv: list[str]) -> PhaseResult:
+        def run(label: str, argv: list[str]) -> PhaseResult:
             say(f"{label}: running{' in the sandbox' if sandboxed else ' WITHOUT a sandbox'}")
             r = box.run(label, argv, logs_dir, views[label])
-            phases.append(r)
             say(f"{label}: {'done' if r.ok else 'FAILED'} in {r.wall:.1f} s")
-            if not r.ok:
-                last = (r.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:300]
-                raise ReplayFailed(f"{label}: {r.reason}" + (f": {last}" if last else ""))
             return r
 
-        probe = phase("probe", [sys.executable, "-s", "-c", PROBE, device])
+        def require(r: PhaseResult) -> PhaseResult:
+            if not r.ok:
+                last = (r.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:300]
+                raise ReplayFailed(f"{r.name}: {r.reason}" + (f": {last}" if last else ""))
+            return r
+
+        # Independent work overlaps: the probe runs beside inflate, and the frame illustrations are
+        # made on the host while the evaluator runs (inflate's processes are gone by then).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            probe_job = pool.submit(run, "probe", [sys.executable, "-s", "-c", PROBE, device])
+            inflate = run("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated",
+                                      f"{up}/{NAMES_FILE}"])
+            probe = require(probe_job.result())
+            require(inflate)
+            raw_check = check_outputs(inflated_dir, names, want, limits.max_entries)
+            frames_job = pool.submit(frame_pngs, profile, upstream, inflated_dir, names)
+            evaluate = require(run("evaluate", [
+                sys.executable, "-s", "evaluate.py", "--submission-dir", sub, "--uncompressed-dir", f"{up}/videos",
+                "--report", f"{box.out_inside}/report.txt", "--video-names-file", f"{up}/{NAMES_FILE}",
+                "--device", device]))
+            pngs = frames_job.result()
+        phases = [probe, inflate, evaluate]
         try:
             env_seen = json.loads(probe.stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise ReplayFailed("probe: printed no environment") from None
-        phase("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated", f"{up}/{NAMES_FILE}"])
-        raw_check = check_outputs(layout.runtime_copy / "inflated", names, want, limits.max_entries)
-        phase("evaluate", [sys.executable, "-s", "evaluate.py", "--submission-dir", sub,
-                           "--uncompressed-dir", f"{up}/videos", "--report", f"{box.out_inside}/report.txt",
-                           "--video-names-file", f"{up}/{NAMES_FILE}", "--device", device])
         report = read_report(layout.out)
         from . import tree as treemod
-        inflated = treemod.walk(layout.runtime_copy / "inflated", lambda p, s: hash_file(p), allow_unsafe_links=True)
+        inflated = treemod.walk(inflated_dir, lambda p, s: hash_file(p), allow_unsafe_links=True)
         log_blobs = {}
         with store.batch() as b:
             for r in phases:
@@ -251,7 +270,7 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
                                                                     "replayed with --no-sandbox: grade capped below A",
                                                                     "flag")]),
             logs=log_blobs, sandbox=sandbox,
-            frames=keep_frames(store, profile, upstream, layout.runtime_copy / "inflated", names))
+            frames=keep_frames(store, profile, upstream, inflated_dir, names, pngs))
         return ReplayResult(record, digest, checks, phases)
     finally:
         if not keep_scratch:
