@@ -25,6 +25,16 @@ def run_prov(*args, store=None, check=None, input=None, env=None, **kw):
     return r
 
 
+def inproc(*args, store=None, check=0):
+    """Set-up steps in this process (CliRunner): the same commands without a Python start-up each."""
+    from click.testing import CliRunner
+    from provenance.cli import cli
+    env = {"PROV_STORE": str(store)} if store else {}
+    r = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    assert check is None or r.exit_code == check, (args, r.exit_code, r.output)
+    return r
+
+
 def prov_json(*args, **kw):
     r = run_prov(*args, "--json", check=kw.pop("check", 0), **kw)
     return json.loads(r.out)

@@ -13,21 +13,11 @@ from pathlib import Path
 import pytest
 import rfc8785
 
-from conftest import REPO, RUNTIME_SPEC, make_tree, prov_json, run_prov
+from conftest import REPO, RUNTIME_SPEC, inproc, make_tree, prov_json, run_prov
 from provenance import signing, sshsig
 from test_records import report
 
 STOCK_PY = shutil.which("python3", path="/usr/bin:/bin") or sys.executable  # not our venv: any Python 3
-
-
-def inproc(*args, store=None, check=0):
-    """Set-up steps in this process (CliRunner): the same commands without a Python start-up each."""
-    from click.testing import CliRunner
-    from provenance.cli import cli
-    env = {"PROV_STORE": str(store)} if store else {}
-    r = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
-    assert check is None or r.exit_code == check, (args, r.exit_code, r.output)
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,11 @@ import shutil
 
 import pytest
 
-from conftest import RUNTIME_SPEC, make_tree, prov_json, run_prov
+from conftest import RUNTIME_SPEC, inproc, make_tree, prov_json, run_prov
 from provenance import signing
 from test_records import report
 
 FAR = "2099-01-01T00:00:00Z"
-
-
-def inproc(*args, store=None, check=0):
-    """Set-up steps in this process (CliRunner): the same commands without a Python start-up each."""
-    from click.testing import CliRunner
-    from provenance.cli import cli
-    env = {"PROV_STORE": str(store)} if store else {}
-    r = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
-    assert check is None or r.exit_code == check, (args, r.exit_code, r.output)
-    return r
 
 
 @pytest.fixture(scope="module")
