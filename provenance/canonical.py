@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .errors import ProvError
@@ -11,6 +12,11 @@ from .errors import ProvError
 def dumps(obj: Any) -> bytes:
     import rfc8785  # here, not at import: the verify path only loads
     return rfc8785.dumps(obj)
+
+
+INF = float("inf")
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+MAX_SAFE_INT = 2 ** 53 - 1
 
 
 def loads_tracking(data: bytes | str, what: str = "JSON") -> tuple[Any, list[str]]:
@@ -28,10 +34,30 @@ def loads_tracking(data: bytes | str, what: str = "JSON") -> tuple[Any, list[str
 
     def no_constant(c):
         raise ValueError(f"non-finite number {c}")
+
+    def finite(text):  # 1e400 would otherwise parse as infinity: RFC 8785 numbers are finite doubles
+        f = float(text)
+        if f in (INF, -INF):
+            raise ValueError(f"number {text[:20]} is beyond a double")
+        return f
+
+    def safe_int(text):  # beyond 2**53 a double (what RFC 8785 and every other JSON reader keep) is not exact
+        n = int(text)
+        if abs(n) > MAX_SAFE_INT:
+            raise ValueError(f"integer {text[:20]}{'...' if len(text) > 20 else ''} is beyond 2**53")
+        return n
     try:
-        return json.loads(data, object_pairs_hook=hook, parse_constant=no_constant), dupes
-    except (ValueError, UnicodeDecodeError) as e:
+        if isinstance(data, (bytes, bytearray)):  # json.loads would let CESU-8 surrogates through
+            data = bytes(data).decode("utf-8")
+        obj = json.loads(data, object_pairs_hook=hook, parse_constant=no_constant, parse_float=finite,
+                         parse_int=safe_int)
+        if _SURROGATE.search(data):  # a \ud800 escape: fine in a pair, not alone (RFC 8785 is UTF-8)
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return obj, dupes
+    except (ValueError, UnicodeError) as e:
         raise ProvError(f"{what}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ProvError(f"{what}: JSON nested too deeply") from None
 
 
 def loads(data: bytes | str, what: str = "JSON") -> Any:

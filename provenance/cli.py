@@ -22,6 +22,11 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
 
 
+def _error(text: str) -> None:
+    """One line, whatever the input it quotes holds."""
+    click.echo("prov: error: " + text.replace("\r", "\\r").replace("\n", "\\n"), err=True)
+
+
 class Cli(click.Group):
     """Turn our errors into one line and the documented exit code."""
 
@@ -29,14 +34,22 @@ class Cli(click.Group):
         try:
             return super().invoke(ctx)
         except ProvError as e:
-            click.echo(f"prov: error: {e}", err=True)
+            _error(str(e))
             sys.exit(e.exit_code)
         except BrokenPipeError:
             sys.exit(1)
         except OSError as e:  # a filesystem failure we did not anticipate: still one line
+            from .faults import os_error_code
             where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"prov: error: {where}{e.strerror or e}", err=True)
-            sys.exit(2)
+            _error(f"{where}{e.strerror or e}")
+            sys.exit(os_error_code(e))
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors print their usage, exit 2
+        except Exception as e:  # never a traceback (faults.py maps what we know; the rest is a bug)
+            from .faults import one_line
+            code, line = one_line(e, ctx)
+            _error(line)
+            sys.exit(code)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,10 +127,11 @@ def add(ctx, path, ref_name, allow_unsafe_links, as_json):
     if not os.path.lexists(path):
         raise ProvError(f"{path}: no such file or directory")
     store = open_store(ctx, create=True)
-    with Progress(f"adding {path}", os.path.getsize(path) if os.path.isfile(path) else None) as prog:
-        kind, d = store.add(path, prog, allow_unsafe_links)
-    if ref_name:
-        store.set_ref(ref_name, d.blake3)
+    with store.writing():  # object and ref land before gc may look (Store.writing)
+        with Progress(f"adding {path}", os.path.getsize(path) if os.path.isfile(path) else None) as prog:
+            kind, d = store.add(path, prog, allow_unsafe_links)
+        if ref_name:
+            store.set_ref(ref_name, d.blake3)
     out = _digest_out(kind, d)
     emit(out, as_json, lambda: _print_digest(path, out))
 
@@ -135,11 +149,12 @@ def cat(ctx, digest, as_json):
     info = store.resolve(digest)
     if as_json:
         import base64
-        emit({**info.as_dict(), "content_base64": base64.b64encode(store.read_bytes(info.blake3)).decode()}, True)
+        with store.open_verified(info.blake3) as f:
+            emit({**info.as_dict(), "content_base64": base64.b64encode(f.read()).decode()}, True)
         return
     out = sys.stdout.buffer
     store.verify_object(info.blake3)  # stdout cannot be taken back: check before the first byte
-    with store.open(info.blake3) as f:
+    with store.open_verified(info.blake3) as f:  # and again as it streams: changed since, exit 1
         while chunk := f.read(CHUNK):
             out.write(chunk)
     out.flush()
@@ -231,14 +246,35 @@ def ref_delete(ctx, name, expect, as_json):
 
 
 @cli.command()
+@click.option("--repair", is_flag=True, help="Rebuild index.sqlite from the objects; list what was lost.")
+@click.option("--ack-repair", is_flag=True, help="After a repair lost refs and you set them again: let gc run.")
 @json_option
 @click.pass_context
-def fsck(ctx, as_json):
-    """Re-hash every object and cross-check the index, trees and refs. Exit 1 on any fault."""
+def fsck(ctx, repair, ack_repair, as_json):
+    """Re-hash every object and cross-check the index (SQLite integrity, schema), trees and refs.
+    Exit 1 on any fault, naming how to recover."""
+    from pathlib import Path
+    from . import storecheck
     from .progress import Progress
-    store = open_store(ctx)
+    from .store import default_store_path
+    root = Path(ctx.obj["store"]) if ctx.obj["store"] else default_store_path()
+    if not (root / "index.sqlite").exists() and not (root / "objects").is_dir():
+        raise ProvError(f"{root}: no store here")
+    if ack_repair:
+        store = open_store(ctx)
+        with store.transaction() as db:
+            db.execute("DELETE FROM store_meta WHERE key='refs_lost'")
     with Progress("checking") as prog:
-        report = store.fsck(prog)
+        report = storecheck.repair(root, prog) if repair else storecheck.fsck(root, prog)
+    if repair:
+        emit(report, as_json, lambda: "\n".join(
+            [f"error: {e}" for e in report["errors"]] + [f"lost: {x}" for x in report["lost"]]
+            + [f"index rebuilt from {report['objects']} objects (damaged index kept as {report['damaged_index']}); "
+               f"kinds from content {report['inferred_kinds']}, {report['refs_recovered']} ref(s) and "
+               f"{report['log_size']} log leaves recovered"]))
+        if not report["ok"]:
+            sys.exit(1)
+        return
     emit(report, as_json, lambda: "\n".join(
         [f"error: {e}" for e in report["errors"]] + [f"note: {n}" for n in report["notes"]]
         + [f"{report['objects']} objects checked: {'ok' if report['ok'] else 'FAILED'}"]))
@@ -560,8 +596,11 @@ def log_prove(ctx, digest, size, as_json):
     store = open_store(ctx)
     info = store.resolve(digest)
     log = store.log
-    leaf = leaf_hash(entry_bytes(info.kind, info.sha256, info.blake3))
-    index = log.index_of(leaf)
+    for kind in (info.kind, *info.kinds):  # logged as whichever kind it was stored as
+        leaf = leaf_hash(entry_bytes(kind, info.sha256, info.blake3))
+        index = log.index_of(leaf)
+        if index is not None:
+            break
     if index is None:
         raise ProvError(f"{digest}: not in the log (prov log append it first)")
     size = log.size() if size is None else size

@@ -42,12 +42,13 @@ class Run:
 
 
 def _records(store: Store):
-    for b3, sha in store.db.execute("SELECT blake3, sha256 FROM objects WHERE kind='record' ORDER BY added, blake3"):
+    for b3, sha in store.db.execute("SELECT o.blake3, o.sha256 FROM kinds k JOIN objects o ON o.blake3=k.blake3 "
+                                    "WHERE k.kind='record' ORDER BY k.added, o.blake3"):
         yield b3, sha, load_record(store.read_bytes(b3), sha)
 
 
 def _docs(store: Store, kind: str):
-    for (b3,) in store.db.execute("SELECT blake3 FROM objects WHERE kind=? ORDER BY added, blake3", (kind,)):
+    for (b3,) in store.db.execute("SELECT blake3 FROM kinds WHERE kind=? ORDER BY added, blake3", (kind,)):
         yield canonical.loads(store.read_bytes(b3), b3)
 
 
@@ -68,7 +69,7 @@ def runs(store: Store) -> list[Run]:
 
 def resolve_run(store: Store, ref: str) -> Run:
     info = store.resolve(ref)
-    if info.kind != "record":
+    if "record" not in info.kinds:
         raise ProvError(f"{ref}: not an evaluation record (it is a {info.kind})")
     for r in runs(store):
         if r.blake3 == info.blake3:

@@ -79,11 +79,13 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
     samples = doc.get("n_samples")
     if not isinstance(size, int) or not isinstance(samples, int):
         raise ProvError(f"{where}: archive_size_bytes and n_samples must be integers")
-    if min(posenet, segnet, rate) < 0:
+    if size < 0 or samples < 0 or min(posenet, segnet, rate) < 0:
         raise ProvError(f"{where}: negative distortion or rate")
     checks: list[Check] = []
 
     score = profile.score(posenet, segnet, rate)
+    if not math.isfinite(score):
+        raise ProvError(f"{where}: components give a non-finite score")
     checks.append(Check("canonical_score_recomputes", score == claimed,
                         f"recorded {claimed!r}, recomputed {score!r}"))
     for key, part in (("score_seg_contribution", 100 * segnet), ("score_pose_contribution", math.sqrt(posenet * 10)),
@@ -117,6 +119,8 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
     custody = False
     if isinstance(manifest, dict) and isinstance(manifest.get("files"), list):
         rows = manifest["files"]
+        if not all(isinstance(r, dict) for r in rows):
+            raise ProvError(f"{where}: inflate_runtime_manifest.files must be a list of objects")
         v1, content = v1_runtime_digests(manifest)
         ok_v1 = v1 == manifest.get("runtime_tree_sha256")
         checks.append(Check("runtime_tree_v1_recomputes", ok_v1,

@@ -36,14 +36,14 @@ def checkpoint(store, key) -> str:
 
 
 def release_log_bundle(store, statement_b3: str, key) -> dict:
-    index, _ = store.log_object(statement_b3)
+    index, _ = store.log_object(statement_b3, "statement")
     note = checkpoint(store, key)
     cp = translog.parse_checkpoint(note)
     log = store.log
     info = store.info(statement_b3)
     return {
         "checkpoint": note,
-        "leaf": b64(translog.entry_bytes(info.kind, info.sha256, info.blake3)),
+        "leaf": b64(translog.entry_bytes("statement", info.sha256, info.blake3)),
         "index": index,
         "inclusion": [b64(h) for h in log.inclusion_proof(index, cp.size)],
         "consistency": {str(size): [b64(h) for h in log.consistency_proof(size, cp.size)]
@@ -69,7 +69,7 @@ def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note
         want = translog.entry_bytes("statement", hashlib.sha256(payload).hexdigest(), blake3(payload).hexdigest())
         if leaf != want:
             raise translog.LogProofError("logged entry is not this manifest's statement")
-        proof = [unb64(h, "inclusion proof") for h in bundle.get("inclusion", [])]
+        proof = [unb64(h, "inclusion proof") for h in _list(bundle.get("inclusion", []), "inclusion proof")]
         translog.verify_inclusion(translog.leaf_hash(leaf), bundle.get("index"), cp.size, proof, cp.root)
         out.append(("log_inclusion", True, f"statement is leaf {bundle['index']} of {cp.size}"))
     except translog.LogProofError as e:
@@ -82,15 +82,22 @@ def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note
             if old.size == cp.size or old.size == 0:
                 proof = []
             else:
-                raw = bundle.get("consistency", {}).get(str(old.size))
+                proofs = bundle.get("consistency", {})
+                raw = proofs.get(str(old.size)) if isinstance(proofs, dict) else None
                 if raw is None:
                     raise translog.LogProofError(f"manifest has no consistency proof from size {old.size}")
-                proof = [unb64(h, "consistency proof") for h in raw]
+                proof = [unb64(h, "consistency proof") for h in _list(raw, "consistency proof")]
             translog.verify_consistency(old.size, cp.size, proof, old.root, cp.root)
             out.append(("log_consistency", True, f"log grew from {old.size} to {cp.size} without rewriting"))
         except translog.LogProofError as e:
             out.append(("log_consistency", False, str(e)))
     return out
+
+
+def _list(v, what: str) -> list:
+    if not isinstance(v, list):  # the bundle sits outside the signed payload: any type may come
+        raise translog.LogProofError(f"{what}: not a list")
+    return v
 
 
 def read_note(path: str) -> str:

@@ -24,7 +24,7 @@ def resolve_record(store: Store, ref: str) -> tuple[EvalRecord, Digest]:
         record = load_record(Path(ref).read_bytes(), ref)
         return record, store.put_bytes(record.canonical_bytes(), "record")
     info = store.resolve(ref)
-    if info.kind != "record":
+    if "record" not in info.kinds:
         raise ProvError(f"{ref}: not an evaluation record (it is a {info.kind})")
     data = store.read_bytes(info.blake3)
     return load_record(data, ref), Digest(info.sha256, info.blake3, info.size)
@@ -145,7 +145,8 @@ def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], e
         raise ProvError("a trust policy needs at least one release key")
     if not 1 <= threshold <= len(set(names["release"])):
         raise ProvError(f"threshold {threshold} must be between 1 and {len(set(names['release']))}")
-    datetime.fromisoformat(expires.replace("Z", "+00:00"))
+    from .verify import parse_time
+    parse_time(expires, "--expires")
     roles = {"release": Role(keys=sorted(set(names["release"])), threshold=threshold)}
     if names["log"]:
         roles["log"] = Role(keys=sorted(set(names["log"])), threshold=1)

@@ -39,10 +39,16 @@ CREATE TABLE IF NOT EXISTS links(parent TEXT NOT NULL, child TEXT NOT NULL,
     PRIMARY KEY(parent, child)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refs(name TEXT PRIMARY KEY, target TEXT NOT NULL,
     updated REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kinds(blake3 TEXT NOT NULL, kind TEXT NOT NULL, added REAL NOT NULL,
+    PRIMARY KEY(blake3, kind)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS store_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS statcache(path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
     size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT, blake3 TEXT,
     recorded_ns INTEGER) WITHOUT ROWID;
 """
+# Index schema versions (PRAGMA user_version): 0 had one kind per object (objects.kind, whoever
+# stored the bytes first); 2 adds kinds(blake3, kind): the set of kinds an object was stored as.
+SCHEMA_VERSION = 2
 REF_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 HEX = re.compile(r"^[0-9a-f]+$")
 # Kernel file timestamps come from a coarse clock (one jiffy, up to 10 ms behind);
@@ -53,6 +59,28 @@ TMP_PREFIX = ".tmp-"  # staged, not yet an object: skipped by readers, reported 
 SMALL = CHUNK  # below this, file bytes are read whole and durability is batched
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class IndexDamaged(VerificationFailed):
+    """index.sqlite cannot be trusted (zero length, no schema, corrupt pages): exit 1, and say how to recover."""
+
+
+def _connect(index: Path, readonly: bool) -> sqlite3.Connection:
+    if not readonly:
+        return sqlite3.connect(index, timeout=120, isolation_level=None)
+    from urllib.parse import quote
+    wal = index.with_name(index.name + "-wal")
+    # no WAL to replay: nobody can be writing a store we may not write, so skip locking altogether
+    extra = "" if wal.exists() and wal.stat().st_size else "&immutable=1"
+    return sqlite3.connect(f"file:{quote(str(index.resolve()))}?mode=ro{extra}", uri=True, timeout=120,
+                           isolation_level=None)
+
+
+def _has_objects(objects: Path) -> bool:
+    try:
+        return any(any(True for _ in sub.iterdir()) for sub in objects.iterdir() if sub.is_dir())
+    except OSError:
+        return False
 
 
 def _syncfs(fd: int) -> None:
@@ -100,29 +128,97 @@ class ObjectInfo:
     blake3: str
     sha256: str
     size: int
-    kind: str
+    kind: str  # the most specific kind: the first non-blob kind it was stored as, else "blob"
+    kinds: tuple[str, ...] = ()  # every kind it was stored as, oldest first
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "sha256": self.sha256, "blake3": self.blake3, "size": self.size}
 
 
+_INFO = ("SELECT o.blake3, o.sha256, o.size, o.kind, (SELECT group_concat(kind, ' ') FROM "
+         "(SELECT kind FROM kinds k WHERE k.blake3=o.blake3 ORDER BY added, kind)) FROM objects o ")
+
+
+def _object_info(row) -> ObjectInfo:
+    b3, sha, size, first, kinds = row
+    ks = tuple(kinds.split()) if kinds else (first,)
+    return ObjectInfo(b3, sha, size, next((k for k in ks if k != "blob"), "blob"), ks)
+
+
 class Store:
-    def __init__(self, root: str | os.PathLike | None = None, create: bool = False):
+    def __init__(self, root: str | os.PathLike | None = None, create: bool = False,
+                 readonly: bool | None = None):
         self.root = Path(root) if root is not None else default_store_path()
-        if not (self.root / "index.sqlite").exists():
+        index = self.root / "index.sqlite"
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self.objects_str, self.tmp_str = str(self.objects), str(self.tmp)
+        self._tmp_seq = 0
+        self._lock_fd, self._lock_depth = None, 0
+        exists = index.exists()
+        if not exists:
             if not create:
                 raise ProvError(f"{self.root}: no store here (prov add creates one; or pass --store / PROV_STORE)")
             for d in ("objects", "tmp"):
                 (self.root / d).mkdir(parents=True, exist_ok=True)
-        self.objects = self.root / "objects"
-        self.tmp = self.root / "tmp"
-        self.objects_str, self.tmp_str = str(self.objects), str(self.tmp)
-        self.db = sqlite3.connect(self.root / "index.sqlite", timeout=120, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: index inserts by hash land at random pages
-        self.db.executescript(SCHEMA)
-        self._tmp_seq = 0
+        elif index.stat().st_size == 0 and _has_objects(self.objects):
+            # an empty index beside objects is damage, not a new store: gc would delete everything
+            raise IndexDamaged(f"{index}: zero length, yet objects/ holds objects; "
+                               "prov fsck --repair rebuilds the index from the objects")
+        if readonly is None:  # a store we may not write (read-only mount, no permission) is opened to read
+            readonly = exists and not (os.access(self.root, os.W_OK) and os.access(index, os.W_OK))
+        self.readonly = readonly
+        try:
+            self.db = _connect(index, readonly)
+            self._open_schema(exists)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise
+            raise IndexDamaged(f"{index}: cannot be read ({e}); prov fsck --repair rebuilds it from the objects") \
+                from None
+
+    def _open_schema(self, existed: bool) -> None:
+        db = self.db
+        tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if existed and "objects" not in tables and _has_objects(self.objects):
+            raise IndexDamaged(f"{self.root / 'index.sqlite'}: has no object table, yet objects/ holds objects; "
+                               "prov fsck --repair rebuilds the index from the objects")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ProvError(f"{self.root}: index schema v{version} is newer than this prov (v{SCHEMA_VERSION}); "
+                            "upgrade prov")
+        if self.readonly:
+            if "kinds" not in tables:  # an old store we may not migrate: read its one kind per object
+                db.execute("CREATE TEMP VIEW kinds AS SELECT blake3, kind, added FROM objects")
+            if "store_meta" not in tables:
+                db.execute("CREATE TEMP TABLE store_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            return
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA cache_size=-65536")  # 64 MiB: index inserts by hash land at random pages
+        db.executescript(SCHEMA)
+        if version < SCHEMA_VERSION:
+            with self.transaction():  # migrate: every object's one kind becomes its first kind
+                db.execute("INSERT OR IGNORE INTO kinds(blake3, kind, added) SELECT blake3, kind, added FROM objects")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's shared write lock: gc (which takes it exclusively) waits until every
+        writer has committed its objects and refs, so no grace is too short to honour."""
+        import fcntl
+        if self._lock_depth == 0:
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self._lock_fd = fd
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
 
     def close(self) -> None:
         self.db.close()
@@ -135,11 +231,13 @@ class Store:
             self._log = Log(self.db)
         return self._log
 
-    def log_object(self, b3: str) -> tuple[int, bool]:
+    def log_object(self, b3: str, kind: str | None = None) -> tuple[int, bool]:
         """Append a stored object to the evidence log (idempotent): (leaf index, newly appended)."""
         from .translog import entry_bytes
         info = self.info(b3) or self._missing(b3)
-        return self.log.append(entry_bytes(info.kind, info.sha256, info.blake3))
+        if kind is not None and kind not in info.kinds:
+            raise ProvError(f"{b3}: not stored as a {kind} (it is {', '.join(info.kinds)})")
+        return self.log.append(entry_bytes(kind or info.kind, info.sha256, info.blake3))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -147,7 +245,8 @@ class Store:
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite rolls back itself on SQLITE_FULL and friends
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
@@ -157,8 +256,8 @@ class Store:
     # -- reading ------------------------------------------------------------------------
 
     def info(self, b3: str) -> ObjectInfo | None:
-        row = self.db.execute("SELECT blake3, sha256, size, kind FROM objects WHERE blake3=?", (b3,)).fetchone()
-        return ObjectInfo(*row) if row else None
+        row = self.db.execute(_INFO + "WHERE o.blake3=?", (b3,)).fetchone()
+        return _object_info(row) if row else None
 
     def resolve(self, ref: str) -> ObjectInfo:
         """A digest (sha256 or blake3, any unique hex prefix of 4+) or a ref name -> object."""
@@ -175,10 +274,8 @@ class Store:
             return self.info(target) or self._missing(ref)
         hits: dict[str, ObjectInfo] = {}
         for algo in algos:
-            for row in self.db.execute(
-                    f"SELECT blake3, sha256, size, kind FROM objects WHERE {algo} >= ? AND {algo} < ? LIMIT 3",
-                    (text, text + "g")):
-                hits[row[0]] = ObjectInfo(*row)
+            for row in self.db.execute(_INFO + f"WHERE o.{algo} >= ? AND o.{algo} < ? LIMIT 3", (text, text + "g")):
+                hits[row[0]] = _object_info(row)
         if not hits:
             raise ProvError(f"{ref}: no such object in {self.root}")
         if len(hits) > 1:
@@ -234,6 +331,12 @@ class Store:
         except FileNotFoundError:
             self._missing(b3)
 
+    def open_verified(self, b3: str, size: int | None = None) -> "VerifiedReader":
+        """Open an object for reading that re-hashes as it goes: the read that reaches the end raises
+        VerificationFailed (returning nothing) unless the bytes match their address. The one way
+        bytes leave the store for a user (cat, export)."""
+        return VerifiedReader(self.open(b3), b3, size)
+
     def ls(self, b3: str) -> list[dict]:
         rows = []
         for kind, name, size, child in treemod.parse(self.read_bytes(b3), b3):
@@ -246,6 +349,14 @@ class Store:
 
     def batch(self) -> "Batch":
         return Batch(self)
+
+    def add_kinds(self, b3: str, kinds: tuple[str, ...]) -> None:
+        """Record that a stored object is also of these kinds (same bytes, another role)."""
+        with self.transaction() as db:
+            if self.info(b3) is None:
+                self._missing(b3)
+            db.executemany("INSERT OR IGNORE INTO kinds(blake3, kind, added) VALUES(?,?,?)",
+                           [(b3, k, time.time()) for k in kinds])
 
     def put_bytes(self, data: bytes, kind: str, children: tuple[str, ...] = ()) -> Digest:
         with self.batch() as b:
@@ -277,6 +388,7 @@ class Store:
         """Copy every object (with its index row and links) that `other` has and we lack.
         Bytes are re-hashed on the way in: a corrupt source object is refused, not spread."""
         rows = list(other.db.execute("SELECT blake3, sha256, size, kind FROM objects"))
+        other_kinds = list(other.db.execute("SELECT blake3, kind FROM kinds"))
         links = list(other.db.execute("SELECT parent, child FROM links"))
         children: dict[str, list[str]] = {}
         for parent, child in links:
@@ -299,6 +411,7 @@ class Store:
                 b.deferred_sync = True
                 b.new[b3] = (tmp, Digest(sha, b3, size), kind, tuple(children.get(b3, ())))
                 copied += 1
+            b.extra.extend((b3, kind, ()) for b3, kind in other_kinds)
         return copied
 
     def add_as(self, path: str | os.PathLike, kind: str, what: str) -> Digest:
@@ -352,6 +465,7 @@ class Store:
         work = dest.parent / f".{dest.name}.prov-export-{os.getpid()}"
         try:
             self._export_tree(b3, work, 0)
+            treemod.check_links_within(os.fsencode(work))
             os.rename(work, dest)
         except BaseException:
             import shutil
@@ -434,6 +548,19 @@ class Store:
         The grace period is what makes gc safe beside a running add: an add touches
         every object it relies on when it commits, and stages new ones as fresh files.
         """
+        import fcntl
+        if self.db.execute("SELECT 1 FROM store_meta WHERE key='refs_lost'").fetchone():
+            raise ProvError(f"{self.root}: fsck --repair rebuilt this index and could not recover every ref; "
+                            "gc would delete what they kept alive. Set the refs again (prov ref set), "
+                            "then run prov fsck --ack-repair")
+        lock = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # wait for in-flight writers (see Store.writing)
+            return self._gc(grace, dry_run)
+        finally:
+            os.close(lock)
+
+    def _gc(self, grace: float, dry_run: bool) -> dict:
         cutoff = time.time() - grace
         removed: list[str] = []
         with self.transaction() as db:
@@ -465,11 +592,46 @@ class Store:
                     except FileNotFoundError:
                         pass
                     db.execute("DELETE FROM objects WHERE blake3=?", (b3,))
+                    db.execute("DELETE FROM kinds WHERE blake3=?", (b3,))
                     db.execute("DELETE FROM links WHERE parent=?", (b3,))
                 for f in stale_temps:
                     f.unlink(missing_ok=True)
             removed = dead
         return {"removed": len(removed), "objects": sorted(removed), "dry_run": dry_run}
+
+
+class VerifiedReader:
+    """A file object over a stored object that re-hashes what it reads (see Store.open_verified).
+    A short read of a regular file is its end: that read is checked before its bytes are returned."""
+
+    def __init__(self, f, b3: str, size: int | None):
+        from blake3 import blake3
+        self.f, self.b3, self.size, self.h, self.n, self.done = f, b3, size, blake3(), 0, False
+
+    def read(self, n: int = -1) -> bytes:
+        whole = n is None or n < 0
+        data = self.f.read() if whole else self.f.read(n)
+        if self.done:
+            if data:
+                raise VerificationFailed(f"object {self.b3}: grew while being read")
+            return data
+        self.h.update(data)
+        self.n += len(data)
+        if whole or len(data) < n:
+            self.done = True
+            if self.h.hexdigest() != self.b3 or (self.size is not None and self.n != self.size):
+                raise VerificationFailed(f"object {self.b3}: stored bytes do not match their address (corrupt); "
+                                         "run prov fsck")
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> "VerifiedReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class _Restage(Exception):
@@ -556,11 +718,23 @@ class Batch:
         self.subdirs: set[str] = set()  # fan-out directories known to exist
         self.new_subdirs = False
         self.stat_rows: list[tuple] = []
+        self.extra: list[tuple[str, str, tuple[str, ...]]] = []  # (b3, kind, children) of objects already known
+        self._writing = None
 
     def __enter__(self) -> "Batch":
+        self._writing = self.s.writing()
+        self._writing.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._exit(exc_type)
+        finally:
+            if self._writing is not None:
+                self._writing.__exit__(None, None, None)
+                self._writing = None
+
+    def _exit(self, exc_type) -> None:
         if exc_type is None:
             self.commit()
         else:
@@ -609,6 +783,8 @@ class Batch:
                 os.close(fd)
             self.deferred_sync = True
             self.new[d.blake3] = (tmp, d, kind, children)
+        elif d.blake3 not in self.new or self.new[d.blake3][2] != kind:
+            self.extra.append((d.blake3, kind, children))
         return d
 
     def load_statcache(self, prefix: bytes) -> None:
@@ -630,6 +806,7 @@ class Batch:
                     and max(mtime_ns, ctime_ns) < recorded_ns - RACY_NS:
                 if not (b3 in self.new or b3 in self.present):
                     self.cached[b3] = (apath, st)  # existence checked in bulk at commit
+                self.extra.append((b3, "blob", ()))
                 if progress:
                     progress(size)
                 return Digest(sha, b3, size)
@@ -674,6 +851,7 @@ class Batch:
                     d = stream(src, lambda mv: _write_all(out, mv), progress)
             if self._known(d.blake3):
                 os.unlink(tmp)
+                self.extra.append((d.blake3, "blob", ()))
                 return d
             os.fsync(out)
         except BaseException:
@@ -730,12 +908,17 @@ class Batch:
                 "ON CONFLICT(blake3) DO UPDATE SET touched=excluded.touched",
                 [(b3, d.sha256, d.size, kind, now, now) for b3, (_, d, kind, _c) in self.new.items()])
             db.executemany("INSERT OR IGNORE INTO links(parent, child) VALUES(?,?)",
-                           [(b3, c) for b3, (*_x, children) in self.new.items() for c in children])
+                           [(b3, c) for b3, (*_x, children) in self.new.items() for c in children]
+                           + [(b3, c) for b3, _k, children in self.extra for c in children])
+            db.executemany("INSERT OR IGNORE INTO kinds(blake3, kind, added) VALUES(?,?,?)",
+                           [(b3, kind, now) for b3, (_, _d, kind, _c) in self.new.items()]
+                           + [(b3, kind, now) for b3, kind, _c in self.extra])
             db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?,?,?,?,?,?,?)", self.stat_rows)
         self.new.clear()
         self.present.clear()
         self.cached.clear()
         self.stat_rows.clear()
+        self.extra.clear()
 
     def _restage(self, gone: list[str]) -> None:
         for b3 in gone:

@@ -281,7 +281,8 @@ class Log:
             db.executemany("INSERT INTO log_leaves(idx, entry) VALUES(?,?)", leaves)
             db.executemany("INSERT INTO log_nodes(id, hash) VALUES(?,?)", nodes)
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite rolls back itself on SQLITE_FULL and friends
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         return list(range(n, n + len(entries)))
@@ -370,7 +371,8 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if len(lines) < 3:
         raise LogProofError("checkpoint: needs origin, size and root lines")
     origin, size_s, root_s = lines[0], lines[1], lines[2]
-    if not origin or not size_s.isdigit() or (len(size_s) > 1 and size_s[0] == "0"):
+    if not origin or not (size_s.isascii() and size_s.isdigit()) or len(size_s) > 19 \
+            or (len(size_s) > 1 and size_s[0] == "0"):  # "١٢" and "²" are digits to str.isdigit
         raise LogProofError("checkpoint: bad origin or size line")
     try:
         root = base64.b64decode(root_s, validate=True)

@@ -68,6 +68,56 @@ def check_link(target: bytes, depth: int, where: str) -> None:
             level += 1
 
 
+MAX_HOPS = 40  # the kernel's own limit on links followed in one lookup (ELOOP)
+
+
+def check_link_chain(root: bytes, parent: list[bytes], target: bytes, where: str) -> None:
+    """Resolve `target` as the kernel would from directory `parent` (components below `root`), but
+    lexically and through the tree's own links only: refuse it if any step climbs above the root,
+    meets an absolute link, or loops. So `d -> .` then `esc -> d/d/d/../../../x` is refused, which
+    counting `..` alone lets through."""
+    stack = list(parent)
+    pending = target.split(b"/")[::-1]
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if not stack:
+                raise TreeError(f"{where}: symlink escapes the tree root through its links "
+                                f"({target.decode('utf-8', 'replace')})")
+            stack.pop()
+            continue
+        full = os.path.join(root, *stack, part)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(full).st_mode)
+        except OSError:  # missing: the rest is lexical, like a dangling link
+            is_link = False
+        if not is_link:
+            stack.append(part)
+            continue
+        hops += 1
+        if hops > MAX_HOPS:
+            raise TreeError(f"{where}: too many levels of symbolic links ({target.decode('utf-8', 'replace')})")
+        inner = os.readlink(full)
+        if inner.startswith(b"/"):
+            raise TreeError(f"{where}: symlink resolves through an absolute link "
+                            f"({os.fsdecode(os.path.join(*stack, part) if stack else part)})")
+        pending.extend(inner.split(b"/")[::-1])
+
+
+def check_links_within(root: bytes) -> None:
+    """check_link_chain for every symlink under a materialized tree (export's last gate)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        parent = [] if rel == "." else rel.split(b"/")
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                check_link_chain(root, parent, os.readlink(full), os.fsdecode(full))
+
+
 def encode(entries: list[Entry], algo: str) -> bytes:
     """Canonical bytes of one view. `entries` must already be sorted by UTF-8 name bytes."""
     out = [HEADER[algo]]
@@ -128,10 +178,11 @@ def walk(root: str | os.PathLike, file_digest: FileDigester,
     st = os.lstat(root_b)
     if not stat.S_ISDIR(st.st_mode):
         raise TreeError(f"{os.fsdecode(root_b)}: not a directory")
-    return _walk_dir(root_b, 0, file_digest, put_link, put_tree, allow_unsafe_links)
+    return _walk_dir(root_b, 0, file_digest, put_link, put_tree, allow_unsafe_links, root_b, [])
 
 
-def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe) -> Digest:
+def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe,
+              root: bytes = b"", parent: list[bytes] | None = None) -> Digest:
     where = os.fsdecode(path)
     try:
         names = sorted(os.listdir(path))
@@ -148,12 +199,13 @@ def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe) 
             target = os.readlink(full)
             if not unsafe:
                 check_link(target, depth, fwhere)
+                check_link_chain(root or path, parent or [], target, fwhere)
             d = digest_bytes(target)
             if put_link:
                 put_link(target, d)
             entries.append(Entry("link", name, d.size, d.sha256, d.blake3))
         elif stat.S_ISDIR(mode):
-            d = _walk_dir(full, depth + 1, file_digest, put_link, put_tree, unsafe)
+            d = _walk_dir(full, depth + 1, file_digest, put_link, put_tree, unsafe, root, [*(parent or []), raw])
             entries.append(Entry("tree", name, d.size, d.sha256, d.blake3))
         elif stat.S_ISREG(mode):
             d = file_digest(full, st)

@@ -263,8 +263,10 @@ def _read_state(state: str) -> dict:
         doc = json.loads(Path(state).read_bytes())
     except (OSError, ValueError) as e:
         raise ProvError(f"{state}: unreadable verifier state ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("releases", {}), dict):
-        raise ProvError(f"{state}: not a verifier state file")
+    if not isinstance(doc, dict) or not isinstance(doc.get("releases", {}), dict) or not all(
+            isinstance(v, dict) and type(v.get("version")) is int and isinstance(v.get("statement_sha256"), str)
+            for v in doc.get("releases", {}).values()):
+        raise ProvError(f"{state}: not a verifier state file (releases: name -> version, statement_sha256)")
     return doc
 
 

@@ -166,7 +166,13 @@ def check_site(root: str | Path) -> list[str]:
     man = root / "public_bundle_manifest.json"
     if not man.is_file():
         return problems + ["public_bundle_manifest.json: missing"]
-    listed = {f["path"]: f["sha256"] for f in json.loads(man.read_text())["files"]}
+    from .. import canonical
+    doc = canonical.load_file(man, "public_bundle_manifest.json")
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str) for f in files):
+        return problems + ["public_bundle_manifest.json: not a bundle manifest (files: [{path, sha256}])"]
+    listed = {f["path"]: f["sha256"] for f in files}
     actual = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {"public_bundle_manifest.json"}
     for path in sorted(actual | set(listed)):
         if path not in listed:

@@ -1,0 +1,274 @@
+"""Never a traceback (issue 13, item 3): every kind of input a judge may hand `prov`, mutated by
+hypothesis (byte edits, structural JSON edits, payloads re-signed by a trusted key so the deep
+checks run), must end in a documented exit code with one line, never a traceback.
+
+Valid inputs are made once per module; each case runs the real command in-process (click's
+CliRunner), so thousands of cases per kind fit in CI. PROV_FUZZ_EXAMPLES overrides the count."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import rfc8785
+from hypothesis import given, strategies as st
+
+from conftest import RUNTIME_SPEC, make_tree
+from fuzzkit import FUZZ, assert_clean, byte_mutant, invoke, json_mutant, library_outcome, mutant
+from provenance import signing
+from test_records import report, v1_record
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Keys, a trust policy naming a log key, a record, a checkpoint, a release with log proofs,
+    a legacy v1 record, a verifier state file and a tiny public bundle: each verified clean."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    fast = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else tmp / "fast"
+    store = fast / "store"
+
+    def ok(*args):
+        res = invoke(["--store", store, *args])
+        assert res.exit_code == 0, (args, res.output)
+        return res
+
+    for k in ("a", "log"):
+        ok("key", "generate", "--out", tmp / k)
+    rt = make_tree(tmp / "runtime", RUNTIME_SPEC)
+    archive = tmp / "archive.zip"
+    archive.write_bytes(os.urandom(2_244_900))
+    (tmp / "report.txt").write_bytes(report())
+    rec = json.loads(ok("adjudicate", tmp / "report.txt", "--archive", archive, "--runtime", rt, "--json").stdout)
+    trust = tmp / "trust.json"
+    ok("trust", "init", "--release-key", tmp / "a/key.pub.pem", "--log-key", tmp / "log/key.pub.pem",
+       "--expires", "2099-01-01T00:00:00Z", "--out", trust)
+    ok("log", "checkpoint", "--key", tmp / "log/key.pem", "--out", tmp / "cp1.note")
+    manifest = tmp / "manifest.json"
+    ok("release", "create", "--record", rec["digest"]["sha256"], "--archive", archive, "--runtime", rt,
+       "--name", "demo", "--key", tmp / "a/key.pem", "--log-key", tmp / "log/key.pem", "--out", manifest)
+    state = tmp / "state.json"
+    ok("verify", manifest, "--trust", trust, "--since", tmp / "cp1.note", "--state", state)
+    legacy_arch = tmp / "legacy.zip"
+    legacy_arch.write_bytes(os.urandom(178_981))
+    legacy_doc = v1_record(rt, legacy_arch)
+    (tmp / "legacy.json").write_text(json.dumps(legacy_doc))
+    ok("import-legacy", tmp / "legacy.json")
+    site = tmp / "site"
+    (site / "evidence").mkdir(parents=True)
+    (site / "index.html").write_text("<!doctype html><title>lab</title><p>score 4.39</p>\n")
+    (site / "evidence" / "trust.json").write_bytes(trust.read_bytes())
+    import hashlib
+    files = [{"path": p, "sha256": hashlib.sha256((site / p).read_bytes()).hexdigest()}
+             for p in ("index.html", "evidence/trust.json")]
+    site_manifest = {"files": files}
+    (site / "public_bundle_manifest.json").write_text(json.dumps(site_manifest))
+    ok("site", "check", site)
+    env = json.loads(manifest.read_bytes())
+    yield dict(tmp=tmp, store=store, rt=rt, archive=archive, trust=trust, manifest=manifest, env=env,
+               statement=json.loads(base64.b64decode(env["payload"])), state=state, cp1=tmp / "cp1.note",
+               legacy=legacy_doc, site=site, site_manifest=site_manifest, key=signing.load_private(tmp / "a/key.pem"))
+    shutil.rmtree(fast, ignore_errors=True)
+
+
+class Case:
+    """A scratch file per kind, rewritten for each example."""
+
+    def __init__(self, world, name):
+        self.path = world["tmp"] / "cases" / name
+        self.path.parent.mkdir(exist_ok=True)
+
+    def write(self, data: bytes) -> Path:
+        self.path.write_bytes(data)
+        return self.path
+
+
+def run(world, args, allowed=(0, 1, 2, 3)):
+    full = ["--store", world["store"], *args]
+    res = invoke(full)
+    assert_clean(res, full, allowed)
+    return res
+
+
+# -- the kinds ------------------------------------------------------------------------------------
+
+def test_fuzz_report(world):
+    case = Case(world, "report.txt")
+    base = report()
+
+    @FUZZ
+    @given(st.one_of(byte_mutant(base), st.text(max_size=40).map(
+        lambda t: base.replace(b"0.38042614", t.encode("utf-8", "surrogatepass")))))
+    def check(data):
+        run(world, ["adjudicate", case.write(data), "--archive", world["archive"]])
+    check()
+
+
+def test_fuzz_legacy_record(world):
+    case = Case(world, "legacy.json")
+
+    @FUZZ
+    @given(mutant(world["legacy"]))
+    def check(data):
+        run(world, ["import-legacy", case.write(data)])
+    check()
+
+
+def _resigned(world, stmt_bytes: bytes) -> dict:
+    env = dict(world["env"])
+    env["payload"] = base64.b64encode(stmt_bytes).decode()
+    env["signatures"] = [signing.sign(world["key"], env["payloadType"], stmt_bytes)]
+    return env
+
+
+def test_fuzz_manifest(world):
+    """The envelope as bytes and as JSON, and statements a trusted key signed (1e400, huge integers,
+    wrong types: everything after the signature check is reached)."""
+    case = Case(world, "manifest.json")
+    stmt = world["statement"]
+    signed = json_mutant(stmt).map(lambda b: json.dumps(_resigned(world, b)).encode())
+
+    def canonical_signed(data: bytes) -> bytes:
+        try:  # the same mutant in RFC 8785 form, so strict_json passes and the schema is next
+            return json.dumps(_resigned(world, rfc8785.dumps(json.loads(data)))).encode()
+        except Exception:
+            return json.dumps(_resigned(world, data)).encode()
+
+    @FUZZ
+    @given(st.one_of(mutant(world["env"]), signed, json_mutant(stmt).map(canonical_signed)))
+    def check(data):
+        run(world, ["verify", case.write(data), "--trust", world["trust"], "--json"])
+    check()
+
+
+def test_fuzz_trust_policy(world):
+    case = Case(world, "trust.json")
+    doc = json.loads(world["trust"].read_bytes())
+
+    @FUZZ
+    @given(mutant(doc))
+    def check(data):
+        run(world, ["verify", world["manifest"], "--trust", case.write(data)])
+    check()
+
+
+def test_fuzz_state_file(world):
+    case = Case(world, "state.json")
+    doc = json.loads(world["state"].read_bytes())
+
+    @FUZZ
+    @given(mutant(doc))
+    def check(data):
+        run(world, ["verify", world["manifest"], "--trust", world["trust"], "--state", case.write(data)])
+    check()
+
+
+def test_fuzz_checkpoint_note(world):
+    case = Case(world, "cp.note")
+    note = world["cp1"].read_bytes()
+    lines = note.decode().split("\n")
+
+    def with_line(i, text):
+        out = list(lines)
+        out[i % len(out)] = text
+        return "\n".join(out).encode("utf-8", "surrogatepass")
+
+    @FUZZ
+    @given(st.one_of(byte_mutant(note), st.builds(with_line, st.integers(0, 5),
+                                                   st.one_of(st.text(max_size=30), st.sampled_from(
+                                                       ["١٢", "٣", "+1", "-1", "1e3", "99999999999999999999999"])))))
+    def check(data):
+        run(world, ["verify", world["manifest"], "--trust", world["trust"], "--since", case.write(data)])
+        run(world, ["log", "consistency", case.path, world["cp1"]])
+    check()
+
+
+def test_fuzz_log_bundle(world):
+    """The unsigned `log` field of a release: every field of the wrong type, bad proofs."""
+    case = Case(world, "manifest-log.json")
+    env = world["env"]
+
+    def put(data: bytes) -> bytes:
+        try:
+            bundle = json.loads(data)
+        except (ValueError, RecursionError):
+            return data
+        return json.dumps({**env, "log": bundle}).encode()
+
+    @FUZZ
+    @given(json_mutant(env["log"]).map(put))
+    def check(data):
+        run(world, ["verify", case.write(data), "--trust", world["trust"], "--since", world["cp1"]])
+    check()
+
+
+def test_fuzz_site_bundle(world):
+    man = world["site"] / "public_bundle_manifest.json"
+    good = man.read_bytes()
+
+    @FUZZ
+    @given(mutant(world["site_manifest"]))
+    def check(data):
+        man.write_bytes(data)
+        run(world, ["site", "check", world["site"]])
+    try:
+        check()
+    finally:
+        man.write_bytes(good)
+
+
+def test_fuzz_arguments(world):
+    """Arguments are input too: times, thresholds, digests, ref names."""
+    text = st.text(max_size=40)
+
+    @FUZZ
+    @given(st.sampled_from(["trust-expires", "verify-at", "cat", "ref", "prove-size"]), text)
+    def check(which, value):
+        tmp = world["tmp"]
+        if which == "trust-expires":
+            args = ["trust", "init", "--release-key", tmp / "a/key.pub.pem", "--expires", value,
+                    "--out", tmp / "cases" / "t.json"]
+        elif which == "verify-at":
+            args = ["verify", world["manifest"], "--trust", world["trust"], "--at", value]
+        elif which == "cat":
+            args = ["cat", value]
+        elif which == "ref":
+            args = ["ref", "get", value]
+        else:
+            args = ["log", "prove", world["manifest"].name, "--size", value]
+        if "\x00" in value:
+            return  # argv cannot carry NUL
+        run(world, args)
+    check()
+
+
+# -- zip intake (the lead rewrites intake.py for issue 11; these cases are for that code to pass) --
+
+def _zip_bytes(entries) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_fuzz_zip_intake(world):
+    """Mutated archives through safe intake: refused with IntakeError (exit 2) or extracted, nothing else.
+    LEAD: intake.py is yours (issue 11); re-run this after merging."""
+    from provenance import intake
+    base = _zip_bytes([("a.raw", b"x" * 100), ("sub/b.bin", os.urandom(64)), ("c.txt", b"hello\n")])
+    case = Case(world, "archive.zip")
+    out = world["tmp"] / "cases" / "unzipped"
+
+    @FUZZ
+    @given(byte_mutant(base))
+    def check(data):
+        shutil.rmtree(out, ignore_errors=True)
+        library_outcome(intake.extract, case.write(data), out)
+    check()
