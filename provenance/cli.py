@@ -434,26 +434,34 @@ def release():
 @click.option("--expires", help="RFC 3339 time after which the release is void.")
 @click.option("--log-key", "log_key", type=click.Path(dir_okay=False),
               help="Log key: checkpoint the evidence log and embed the statement's proofs.")
+@click.option("--since", "since_path", type=click.Path(dir_okay=False),
+              help="A checkpoint a verifier holds: also embed the log's consistency proof from it.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write manifest.json.")
 @json_option
 @click.pass_context
 def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase_file, expires, log_key, out,
-                   as_json):
+                   as_json, since_path=None):
     """Bind archive bytes, runtime tree and score in a signed manifest.
 
     Refuses (exit 1) when the record's digests do not match the files given.
     """
     from .files import write_json
     from .release import create_release
-    for p in (archive, runtime, key_path):
-        if not os.path.exists(p):
+    for p in (archive, runtime, key_path, since_path):
+        if p and not os.path.exists(p):
             raise ProvError(f"{p}: no such file or directory")
+    since_note = None
+    if since_path:
+        if not log_key:
+            raise ProvError("--since needs --log-key (it is a proof about the evidence log)")
+        from .logbook import read_note
+        since_note = read_note(since_path)
     if expires:
         from .verify import parse_time
         parse_time(expires, "--expires")
     store = open_store(ctx, create=True)
     env, stmt = create_release(store, record_ref, archive, runtime, name, key_path, passphrase_file, expires,
-                               log_key)
+                               log_key, since_note=since_note)
     write_json(out, env)
     from .release import statement_of
     pred = statement_of(env)["predicate"]
@@ -814,12 +822,13 @@ def _run_row(r) -> dict:
 
 
 @ledger.command("show")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the latest N runs (reads only those).")
 @json_option
 @click.pass_context
-def ledger_show(ctx, as_json):
+def ledger_show(ctx, as_json, limit=None):
     """Every run with its grade, score and verdict."""
     from .ledger import runs
-    rows = [_run_row(r) for r in runs(open_store(ctx))]
+    rows = [_run_row(r) for r in runs(open_store(ctx), limit)]
     emit(rows, as_json, lambda: "\n".join(
         f"{r['record'][:12]}  {r['grade']:11} {r['canonical_score']!r:>22} {r['archive_bytes']:>10,}  "
         f"{(r['verdict'] or '-'):8} {r['label'] or ''}" for r in rows) or "no runs yet")

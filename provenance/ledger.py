@@ -42,17 +42,17 @@ class Run:
 
 
 def _records(store: Store):
-    for b3, sha in store.db.execute("SELECT o.blake3, o.sha256 FROM kinds k JOIN objects o ON o.blake3=k.blake3 "
-                                    "WHERE k.kind='record' ORDER BY k.added, o.blake3"):
+    for _id, b3, sha in store.of_kind("record"):
         yield b3, sha, load_record(store.read_bytes(b3), sha)
 
 
 def _docs(store: Store, kind: str):
-    for (b3,) in store.db.execute("SELECT blake3 FROM kinds WHERE kind=? ORDER BY added, blake3", (kind,)):
+    for _id, b3, _sha in store.of_kind(kind):
         yield canonical.loads(store.read_bytes(b3), b3)
 
 
-def runs(store: Store) -> list[Run]:
+def _runs_full(store: Store) -> list[Run]:
+    """Every run computed from every document (a store we may not write keeps no ledger rows)."""
     out = {sha: Run(sha, b3, rec, label=rec.label) for b3, sha, rec in _records(store)}
     for note in sorted(_docs(store, "note"), key=lambda d: d["at"]):  # later annotations win
         r = out.get(note["record"])
@@ -67,21 +67,48 @@ def runs(store: Store) -> list[Run]:
     return list(out.values())
 
 
+def _run(store: Store, row: dict) -> Run:
+    b3 = store.db.execute("SELECT b3 FROM obj WHERE id=?", (row["id"],)).fetchone()[0].hex()
+    return Run(row["sha"], b3, load_record(store.read_bytes(b3), row["sha"]), label=row["label"],
+               track=row["track"], notes=row["notes"], verdict=row["verdict"], reason=row["reason"],
+               flags=row["flags"])
+
+
+def runs(store: Store, limit: int | None = None) -> list[Run]:
+    """Every run in the order stored; with `limit`, the latest `limit` of them (only those are read)."""
+    from . import ledgerindex
+    if not ledgerindex.sync(store):
+        everything = _runs_full(store)
+        return everything[-limit:] if limit else everything
+    if limit is None:
+        return [_run(store, r) for r in ledgerindex.rows(store)]
+    return [_run(store, r) for r in reversed(ledgerindex.rows(store, order="id DESC", limit=limit))]
+
+
+def _run_by_b3(store: Store, b3: str) -> Run | None:
+    from . import ledgerindex
+    if not ledgerindex.sync(store):
+        return next((r for r in _runs_full(store) if r.blake3 == b3), None)
+    oid = store.object_id(b3)
+    found = ledgerindex.rows(store, "WHERE id=?", (oid,)) if oid is not None else []
+    return _run(store, found[0]) if found else None
+
+
 def resolve_run(store: Store, ref: str) -> Run:
     info = store.resolve(ref)
     if "record" not in info.kinds:
         raise ProvError(f"{ref}: not an evaluation record (it is a {info.kind})")
-    for r in runs(store):
-        if r.blake3 == info.blake3:
-            return r
-    raise ProvError(f"{ref}: record not found")
+    run = _run_by_b3(store, info.blake3)
+    if run is None:
+        raise ProvError(f"{ref}: record not found")
+    return run
 
 
 def frontier(store: Store) -> Run | None:
     b3 = store.get_ref(FRONTIER_REF)
     if b3 is None:
         return None
-    return next((r for r in runs(store) if r.blake3 == b3), None)
+    return _run_by_b3(store, b3)
 
 
 def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, str, list[str]]:

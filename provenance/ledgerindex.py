@@ -1,0 +1,102 @@
+"""The ledger as indexed rows: one row per run (its score, annotations and latest verdict), derived
+from the record, note and verdict objects and rebuildable from them at any time.
+
+Each ledger command first brings the rows up to date with what was stored since (objects past the
+last id seen, found through obj_kind's partial index): O(new documents), not O(runs). A count that
+disagrees with what was seen (gc collected a document, fsck --repair built a new index, a kind was
+added to an old object) rebuilds the rows from scratch, so they never drift from the objects.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from . import canonical
+from .models import load_record
+
+KINDS = ("record", "note", "verdict")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_run(id INTEGER PRIMARY KEY, sha BLOB NOT NULL, score REAL NOT NULL,
+    label TEXT, label_at TEXT, track TEXT, track_at TEXT, notes TEXT, notes_at TEXT,
+    verdict TEXT, reason TEXT, flags TEXT, verdict_at TEXT);
+CREATE INDEX IF NOT EXISTS ledger_run_score ON ledger_run(score);
+CREATE TABLE IF NOT EXISTS ledger_seen(kind TEXT PRIMARY KEY, last_id INTEGER NOT NULL, n INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_orphan(id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
+"""
+COLUMNS = ("id", "sha", "score", "label", "track", "notes", "verdict", "reason", "flags")
+FIELDS = ("label", "track", "notes")
+
+
+def _count(db: sqlite3.Connection, kind: str) -> int:
+    from .store import KIND_DOC
+    return db.execute(f"SELECT count(*) FROM obj_kind WHERE kind=? AND {KIND_DOC}", (kind,)).fetchone()[0]
+
+
+def sync(store) -> bool:
+    """Bring the ledger rows up to date; False where the store cannot be written (read-only)."""
+    if getattr(store, "readonly", False):
+        return False
+    db = store.db
+    with store.transaction():
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                db.execute(stmt)
+        seen = {k: (last, n) for k, last, n in db.execute("SELECT kind, last_id, n FROM ledger_seen")}
+        fresh = {k: list(store.of_kind(k, seen.get(k, (0, 0))[0])) for k in KINDS}
+        if any(_count(db, k) != seen.get(k, (0, 0))[1] + len(fresh[k]) for k in KINDS):
+            for t in ("ledger_run", "ledger_seen", "ledger_orphan"):
+                db.execute(f"DELETE FROM {t}")
+            fresh = {k: list(store.of_kind(k)) for k in KINDS}
+        _apply(store, fresh)
+        for k in KINDS:
+            now = (max((i for i, _b, _s in fresh[k]), default=seen.get(k, (0, 0))[0]), _count(db, k))
+            if seen.get(k) != now:  # nothing new: nothing written
+                db.execute("INSERT OR REPLACE INTO ledger_seen VALUES(?,?,?)", (k, *now))
+    return True
+
+
+def _apply(store, fresh: dict) -> None:
+    db = store.db
+    for oid, b3, sha in fresh["record"]:
+        rec = load_record(store.read_bytes(b3), sha)
+        db.execute("INSERT OR REPLACE INTO ledger_run(id, sha, score, label) VALUES(?,?,?,?)",
+                   (oid, bytes.fromhex(sha), rec.result.canonical_score, rec.label))
+    docs = [(oid, kind, canonical.loads(store.read_bytes(b3), b3))
+            for kind in ("note", "verdict") for oid, b3, _s in fresh[kind]]
+    if fresh["record"]:  # a note stored before its record (a merge orders by digest) applies now
+        for oid, kind in list(db.execute("SELECT id, kind FROM ledger_orphan")):
+            b3 = db.execute("SELECT b3 FROM obj WHERE id=?", (oid,)).fetchone()
+            if b3:
+                docs.append((oid, kind, canonical.loads(store.read_bytes(b3[0].hex()), b3[0].hex())))
+        db.execute("DELETE FROM ledger_orphan")
+    # later documents win (by their time; among equal times, the one stored later)
+    for oid, kind, doc in sorted(docs, key=lambda d: (d[2].get("at", ""), d[0])):
+        row = db.execute("SELECT id, label_at, track_at, notes_at, verdict_at FROM ledger_run WHERE id="
+                         "(SELECT id FROM obj WHERE substr(sha, 1, 8)=? AND sha=?)",
+                         (bytes.fromhex(doc["record"])[:8], bytes.fromhex(doc["record"]))).fetchone()
+        if row is None:
+            db.execute("INSERT OR REPLACE INTO ledger_orphan VALUES(?,?)", (oid, kind))
+            continue
+        at = doc.get("at", "")
+        if kind == "note":
+            for f, old in zip(FIELDS, row[1:4]):
+                if doc.get(f) and (old is None or at >= old):
+                    db.execute(f"UPDATE ledger_run SET {f}=?, {f}_at=? WHERE id=?", (doc[f], at, row[0]))
+        elif row[4] is None or at >= row[4]:
+            db.execute("UPDATE ledger_run SET verdict=?, reason=?, flags=?, verdict_at=? WHERE id=?",
+                       (doc["verdict"], doc["reason"], json.dumps(doc.get("flags", [])), at, row[0]))
+
+
+def rows(store, where: str = "", args: tuple = (), order: str = "id", limit: int | None = None) -> list[dict]:
+    q = f"SELECT {', '.join(COLUMNS)} FROM ledger_run {where} ORDER BY {order}"
+    if limit is not None:
+        q += f" LIMIT {int(limit)}"
+    out = []
+    for r in store.db.execute(q, args):
+        d = dict(zip(COLUMNS, r))
+        d["sha"] = d["sha"].hex()
+        d["flags"] = json.loads(d["flags"]) if d["flags"] else []
+        out.append(d)
+    return out
