@@ -815,10 +815,9 @@ def ledger():
 
 
 def _run_row(r) -> dict:
-    rec = r.record
-    return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": rec.grade,
-            "canonical_score": rec.result.canonical_score, "archive_bytes": r.archive_bytes,
-            "source": rec.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags}
+    return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": r.grade,
+            "canonical_score": r.score, "archive_bytes": r.archive_bytes,
+            "source": r.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags}
 
 
 @ledger.command("show")
@@ -838,7 +837,7 @@ def _verdict(ctx, record, reason, action, as_json):
     from .ledger import verdict
     run, sha, flags = verdict(open_store(ctx), record, action, reason)
     emit({"record": run.sha256, "verdict": action, "verdict_record": sha, "flags": flags}, as_json,
-         f"{action}d {run.sha256[:16]} ({run.record.grade}, {run.score!r})"
+         f"{action}d {run.sha256[:16]} ({run.grade}, {run.score!r})"
          + (f" [{'; '.join(flags)}]" if flags else ""))
 
 
@@ -889,7 +888,7 @@ def frontier(ctx, as_json):
         return
     st = release_of(store, r.sha256)
     out = {"frontier": _run_row(r), "release": st["predicate"]["name"] if st else None}
-    emit(out, as_json, f"frontier {r.score!r} ({r.record.grade}) {r.record.archive.size:,} bytes, record "
+    emit(out, as_json, f"frontier {r.score!r} ({r.grade}) {r.archive_bytes:,} bytes, record "
          f"{r.sha256}" + (f", release {out['release']}" if st else ""))
 
 

@@ -5,40 +5,68 @@ The promotion rule lives in `promotion()` and nowhere else."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import canonical
-from .adjudicate import now_rfc3339
+from .canonical import now_rfc3339
 from .errors import ProvError, VerificationFailed
-from .models import EvalRecord, load_record
 from .store import Store
+
+if TYPE_CHECKING:
+    from .models import EvalRecord
 
 VERDICT_SCHEMA = "comma-lab/verdict/v1"
 NOTE_SCHEMA = "comma-lab/note/v1"
 FRONTIER_REF = "ledger/frontier"
 
 
-@dataclass
+def load_record(data: bytes, where: str):
+    from .models import load_record as load  # pydantic is imported only by what reads whole records
+    return load(data, where)
+
+
 class Run:
-    sha256: str
-    blake3: str
-    record: EvalRecord
-    label: str | None = None
-    track: str | None = None
-    notes: str | None = None
-    verdict: str | None = None  # "promote" | "reject" | None
-    reason: str | None = None
-    flags: list[str] = field(default_factory=list)
+    """A run: its record (read from the store on first use) and what the ledger says of it. Built
+    from a ledger row, its score, grade, source and archive size need no record at all."""
+
+    def __init__(self, sha256: str, blake3: str, record: "EvalRecord | None" = None, label: str | None = None,
+                 track: str | None = None, notes: str | None = None, verdict: str | None = None,
+                 reason: str | None = None, flags: list[str] | None = None, *, store: Store | None = None,
+                 summary: dict | None = None):
+        self.sha256, self.blake3, self._record = sha256, blake3, record
+        self.label, self.track, self.notes = label, track, notes
+        self.verdict, self.reason, self.flags = verdict, reason, flags if flags is not None else []
+        self._store, self._summary = store, summary
+
+    def __repr__(self) -> str:
+        return f"Run({self.sha256[:16]}, label={self.label!r}, verdict={self.verdict!r})"
+
+    @property
+    def record(self) -> "EvalRecord":
+        if self._record is None:
+            self._record = load_record(self._store.read_bytes(self.blake3), self.sha256)
+        return self._record
+
+    def _get(self, key: str, compute):
+        return self._summary[key] if self._summary is not None else compute(self.record)
 
     @property
     def score(self) -> float:
-        return self.record.result.canonical_score
+        return self._get("score", lambda rec: rec.result.canonical_score)
+
+    @property
+    def grade(self) -> str:
+        return self._get("grade", lambda rec: rec.grade)
+
+    @property
+    def source(self) -> str:
+        return self._get("source", lambda rec: rec.source)
 
     @property
     def archive_bytes(self) -> int | None:
         """The archive's real size, or what the report claims for a claim without its archive."""
-        rec = self.record
-        return rec.archive.size if rec.archive else rec.result.archive_size_reported
+        return self._get("archive_bytes", lambda rec: rec.archive.size if rec.archive
+                         else rec.result.archive_size_reported)
 
 
 def _records(store: Store):
@@ -69,9 +97,9 @@ def _runs_full(store: Store) -> list[Run]:
 
 def _run(store: Store, row: dict) -> Run:
     b3 = store.db.execute("SELECT b3 FROM obj WHERE id=?", (row["id"],)).fetchone()[0].hex()
-    return Run(row["sha"], b3, load_record(store.read_bytes(b3), row["sha"]), label=row["label"],
-               track=row["track"], notes=row["notes"], verdict=row["verdict"], reason=row["reason"],
-               flags=row["flags"])
+    return Run(row["sha"], b3, None, label=row["label"], track=row["track"], notes=row["notes"],
+               verdict=row["verdict"], reason=row["reason"], flags=row["flags"], store=store,
+               summary={k: row[k] for k in ("score", "grade", "source", "archive_bytes")})
 
 
 def runs(store: Store, limit: int | None = None) -> list[Run]:

@@ -13,19 +13,18 @@ import json
 import sqlite3
 
 from . import canonical
-from .models import load_record
 
 KINDS = ("record", "note", "verdict")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_run(id INTEGER PRIMARY KEY, sha BLOB NOT NULL, score REAL NOT NULL,
-    label TEXT, label_at TEXT, track TEXT, track_at TEXT, notes TEXT, notes_at TEXT,
+    grade TEXT NOT NULL, source TEXT NOT NULL, archive_bytes INTEGER, label TEXT, label_at TEXT, track TEXT, track_at TEXT, notes TEXT, notes_at TEXT,
     verdict TEXT, reason TEXT, flags TEXT, verdict_at TEXT);
 CREATE INDEX IF NOT EXISTS ledger_run_score ON ledger_run(score);
 CREATE TABLE IF NOT EXISTS ledger_seen(kind TEXT PRIMARY KEY, last_id INTEGER NOT NULL, n INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_orphan(id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
 """
-COLUMNS = ("id", "sha", "score", "label", "track", "notes", "verdict", "reason", "flags")
+COLUMNS = ("id", "sha", "score", "grade", "source", "archive_bytes", "label", "track", "notes", "verdict", "reason", "flags")
 FIELDS = ("label", "track", "notes")
 
 
@@ -40,6 +39,10 @@ def sync(store) -> bool:
         return False
     db = store.db
     with store.transaction():
+        cols = [r[1] for r in db.execute("PRAGMA table_info(ledger_run)")]
+        if cols and not set(COLUMNS) <= set(cols):  # rows of an older layout: derived, so rebuilt
+            for t in ("ledger_run", "ledger_seen", "ledger_orphan"):
+                db.execute(f"DROP TABLE IF EXISTS {t}")
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 db.execute(stmt)
@@ -60,9 +63,12 @@ def sync(store) -> bool:
 def _apply(store, fresh: dict) -> None:
     db = store.db
     for oid, b3, sha in fresh["record"]:
+        from .models import load_record  # only when there are new records to read
         rec = load_record(store.read_bytes(b3), sha)
-        db.execute("INSERT OR REPLACE INTO ledger_run(id, sha, score, label) VALUES(?,?,?,?)",
-                   (oid, bytes.fromhex(sha), rec.result.canonical_score, rec.label))
+        size = rec.archive.size if rec.archive else rec.result.archive_size_reported
+        db.execute("INSERT OR REPLACE INTO ledger_run(id, sha, score, grade, source, archive_bytes, label) "
+                   "VALUES(?,?,?,?,?,?,?)", (oid, bytes.fromhex(sha), rec.result.canonical_score, rec.grade,
+                                             rec.source, size, rec.label))
     docs = [(oid, kind, canonical.loads(store.read_bytes(b3), b3))
             for kind in ("note", "verdict") for oid, b3, _s in fresh[kind]]
     if fresh["record"]:  # a note stored before its record (a merge orders by digest) applies now

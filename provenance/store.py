@@ -66,6 +66,7 @@ RACY_NS = 50_000_000
 DEFAULT_GRACE = 3600.0
 TMP_PREFIX = ".tmp-"  # staged, not yet an object: skipped by readers, reported by fsck, swept by gc
 SMALL = CHUNK  # below this, file bytes are read whole and durability is batched
+FEW = 8  # a batch of at most this many small objects fsyncs each rather than the filesystem
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -658,11 +659,18 @@ class Store:
         except (treemod.TreeError, VerificationFailed) as e:
             return [f"tree {b3}: {e}"]
         entries = []
+        linked = {c: sha for c, sha in self.db.execute(  # one query: the children the index links it to
+            "SELECT c.b3, c.sha FROM link l JOIN obj c ON c.id=l.child WHERE l.parent=(SELECT id FROM obj WHERE b3=?)",
+            (_key(b3),))}
         for kind, name, csize, child in rows:
-            row = self.db.execute("SELECT sha FROM obj WHERE b3=?", (_key(child),)).fetchone()
-            if row is None:
-                return [f"tree {b3}: child {name} ({child}) missing"]
-            entries.append(treemod.Entry(kind, name, csize, row[0].hex(), child))
+            key = _key(child)
+            sha = linked.get(key)
+            if sha is None:
+                row = self.db.execute("SELECT sha FROM obj WHERE b3=?", (key,)).fetchone()
+                if row is None:
+                    return [f"tree {b3}: child {name} ({child}) missing"]
+                sha = row[0]
+            entries.append(treemod.Entry(kind, name, csize, sha.hex(), child))
         d, _ = treemod.tree_digest(entries)
         if d.sha256 != sha or d.size != size:
             return [f"tree {b3}: SHA-256 view does not match the index"]
@@ -1033,11 +1041,20 @@ class Batch:
     def _commit(self) -> None:
         s = self.s
         if self.new and self.deferred_sync:
-            fd = os.open(s.tmp, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                _syncfs(fd)
-            finally:
-                os.close(fd)
+            staged = [tmp for tmp, *_ in self.new.values() if tmp is not None]
+            if len(staged) <= FEW:  # a record, a note: syncing the whole filesystem costs more
+                for tmp in staged:
+                    fd = os.open(tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            else:
+                fd = os.open(s.tmp, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _syncfs(fd)
+                finally:
+                    os.close(fd)
             self.deferred_sync = False
         dirs: set[str] = set()
         for b3, (tmp, *rest) in self.new.items():
