@@ -664,13 +664,13 @@ class Store:
             (_key(b3),))}
         for kind, name, csize, child in rows:
             key = _key(child)
-            sha = linked.get(key)
-            if sha is None:
+            csha = linked.get(key)
+            if csha is None:
                 row = self.db.execute("SELECT sha FROM obj WHERE b3=?", (key,)).fetchone()
                 if row is None:
                     return [f"tree {b3}: child {name} ({child}) missing"]
-                sha = row[0]
-            entries.append(treemod.Entry(kind, name, csize, sha.hex(), child))
+                csha = row[0]
+            entries.append(treemod.Entry(kind, name, csize, csha.hex(), child))
         d, _ = treemod.tree_digest(entries)
         if d.sha256 != sha or d.size != size:
             return [f"tree {b3}: SHA-256 view does not match the index"]
