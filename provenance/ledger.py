@@ -31,11 +31,15 @@ class Run:
 
     def __init__(self, sha256: str, blake3: str, record: "EvalRecord | None" = None, label: str | None = None,
                  track: str | None = None, notes: str | None = None, verdict: str | None = None,
-                 reason: str | None = None, flags: list[str] | None = None, *, store: Store | None = None,
+                 reason: str | None = None, flags: list[str] | None = None, parent: str | None = None,
+                 axis: str | None = None, previous_frontier: str | None = None, *, store: Store | None = None,
                  summary: dict | None = None):
         self.sha256, self.blake3, self._record = sha256, blake3, record
         self.label, self.track, self.notes = label, track, notes
         self.verdict, self.reason, self.flags = verdict, reason, flags if flags is not None else []
+        self.parent = parent  # sha256 of the run this one varies (an annotation)
+        self.axis = axis  # what it changed against its parent
+        self.previous_frontier = previous_frontier  # the frontier a verdict was judged against
         self._store, self._summary = store, summary
 
     def __repr__(self) -> str:
@@ -88,17 +92,21 @@ def _runs_full(store: Store) -> list[Run]:
             r.label = note.get("label") or r.label
             r.track = note.get("track") or r.track
             r.notes = note.get("notes") or r.notes
+            r.parent = note.get("parent") or r.parent
+            r.axis = note.get("axis") or r.axis
     for v in sorted(_docs(store, "verdict"), key=lambda d: d["at"]):
         r = out.get(v["record"])
         if r:
             r.verdict, r.reason, r.flags = v["verdict"], v["reason"], v.get("flags", [])
+            r.previous_frontier = v.get("previous_frontier")
     return list(out.values())
 
 
 def _run(store: Store, row: dict) -> Run:
     b3 = store.db.execute("SELECT b3 FROM obj WHERE id=?", (row["id"],)).fetchone()[0].hex()
     return Run(row["sha"], b3, None, label=row["label"], track=row["track"], notes=row["notes"],
-               verdict=row["verdict"], reason=row["reason"], flags=row["flags"], store=store,
+               verdict=row["verdict"], reason=row["reason"], flags=row["flags"], parent=row["parent"],
+               axis=row["axis"], previous_frontier=row["previous_frontier"], store=store,
                summary={k: row[k] for k in ("score", "grade", "source", "archive_bytes")})
 
 

@@ -17,15 +17,17 @@ from . import canonical
 KINDS = ("record", "note", "verdict")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_run(id INTEGER PRIMARY KEY, sha BLOB NOT NULL, score REAL NOT NULL,
-    grade TEXT NOT NULL, source TEXT NOT NULL, archive_bytes INTEGER, label TEXT, label_at TEXT, track TEXT, track_at TEXT, notes TEXT, notes_at TEXT,
-    verdict TEXT, reason TEXT, flags TEXT, verdict_at TEXT);
+    grade TEXT NOT NULL, source TEXT NOT NULL, archive_bytes INTEGER, label TEXT, label_at TEXT, track TEXT,
+    track_at TEXT, notes TEXT, notes_at TEXT, parent TEXT, parent_at TEXT, axis TEXT, axis_at TEXT,
+    verdict TEXT, reason TEXT, flags TEXT, previous_frontier TEXT, verdict_at TEXT);
 CREATE INDEX IF NOT EXISTS ledger_run_score ON ledger_run(score);
 CREATE TABLE IF NOT EXISTS ledger_seen(kind TEXT PRIMARY KEY, last_id INTEGER NOT NULL, n INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_orphan(id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
 """
-COLUMNS = ("id", "sha", "score", "grade", "source", "archive_bytes", "label", "track", "notes", "verdict", "reason", "flags")
-FIELDS = ("label", "track", "notes")
+COLUMNS = ("id", "sha", "score", "grade", "source", "archive_bytes", "label", "track", "notes", "parent", "axis",
+           "verdict", "reason", "flags", "previous_frontier")
+FIELDS = ("label", "track", "notes", "parent", "axis")  # note fields: the latest note that sets one wins
 
 
 def _count(db: sqlite3.Connection, kind: str) -> int:
@@ -79,7 +81,7 @@ def _apply(store, fresh: dict) -> None:
         db.execute("DELETE FROM ledger_orphan")
     # later documents win (by their time; among equal times, the one stored later)
     for oid, kind, doc in sorted(docs, key=lambda d: (d[2].get("at", ""), d[0])):
-        row = db.execute("SELECT id, label_at, track_at, notes_at, verdict_at FROM ledger_run WHERE id="
+        row = db.execute(f"SELECT id, {', '.join(f + '_at' for f in FIELDS)}, verdict_at FROM ledger_run WHERE id="
                          "(SELECT id FROM obj WHERE substr(sha, 1, 8)=? AND sha=?)",
                          (bytes.fromhex(doc["record"])[:8], bytes.fromhex(doc["record"]))).fetchone()
         if row is None:
@@ -87,12 +89,13 @@ def _apply(store, fresh: dict) -> None:
             continue
         at = doc.get("at", "")
         if kind == "note":
-            for f, old in zip(FIELDS, row[1:4]):
+            for f, old in zip(FIELDS, row[1:1 + len(FIELDS)]):
                 if doc.get(f) and (old is None or at >= old):
                     db.execute(f"UPDATE ledger_run SET {f}=?, {f}_at=? WHERE id=?", (doc[f], at, row[0]))
-        elif row[4] is None or at >= row[4]:
-            db.execute("UPDATE ledger_run SET verdict=?, reason=?, flags=?, verdict_at=? WHERE id=?",
-                       (doc["verdict"], doc["reason"], json.dumps(doc.get("flags", [])), at, row[0]))
+        elif row[-1] is None or at >= row[-1]:
+            db.execute("UPDATE ledger_run SET verdict=?, reason=?, flags=?, previous_frontier=?, verdict_at=? "
+                       "WHERE id=?", (doc["verdict"], doc["reason"], json.dumps(doc.get("flags", [])),
+                                      doc.get("previous_frontier"), at, row[0]))
 
 
 def rows(store, where: str = "", args: tuple = (), order: str = "id", limit: int | None = None) -> list[dict]:

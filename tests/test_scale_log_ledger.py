@@ -64,7 +64,8 @@ def _record(i: int, score: float, grade: str = "A++") -> bytes:
 
 
 def _view(runs):
-    return [(r.sha256, r.blake3, r.label, r.track, r.notes, r.verdict, r.reason, r.flags, r.score) for r in runs]
+    return [(r.sha256, r.blake3, r.label, r.track, r.notes, r.parent, r.axis, r.verdict, r.reason, r.flags,
+             r.previous_frontier, r.score, r.grade, r.source, r.archive_bytes) for r in runs]
 
 
 def test_ledger_rows_incremental_equal_rebuilt_and_full(tmp_path):
