@@ -1068,8 +1068,15 @@ class Batch:
         if self.new_subdirs:
             dirs.add(s.objects_str)
             self.new_subdirs = False
-        for d in dirs:
-            _fsync_dir(d)
+        if len(dirs) > FEW:  # renames across many fan-out directories: one journal commit for them all
+            fd = os.open(s.objects, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+        else:
+            for d in dirs:
+                _fsync_dir(d)
         if not (self.new or self.extra or self.stat_rows):
             roots = self._roots()
             if not roots:

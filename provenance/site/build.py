@@ -30,6 +30,10 @@ HEADERS = f"""/*
 """
 
 
+# the index page stays bounded however long the ledger grows; everything else is paged
+RECENT, BEST, PAGE, EVIDENCE_ON_INDEX = 50, 20, 500, 30
+
+
 class HygieneError(VerificationFailed):
     """The bundle would publish something the hygiene rules forbid (exit 1)."""
 
@@ -77,24 +81,36 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
     work = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    rules = hashlib.sha256(sanitize.RULES_FILE.read_bytes()).hexdigest()
+    previous, published = _previous(out, rules)  # what the last bundle published (and scanned) under these rules
     try:
-        runs = ledger.runs(store)
-        runs.sort(key=lambda r: r.record.created_at)
+        runs = ledger.runs(store)  # records are read only where a run's page content changed
+        cache = _ViewCache(store, rules)
+        entries = [cache.get(r) for r in runs]
+        order = sorted(range(len(runs)), key=lambda i: entries[i]["created"])
+        runs = [runs[i] for i in order]
+        entries = [entries[i] for i in order]
         front = ledger.frontier(store)
         evidence = []
+        record_evidence = []
         views = []
-        for r in runs:
-            obj = r.record.to_json_obj()
-            clean = sanitize.redact(obj)
+        for r, entry in zip(runs, entries):
             rel = f"evidence/records/{r.sha256}.json"
-            if clean == obj:
-                p = _write(work, rel, store.read_bytes(r.blake3))  # byte-exact: its sha256 is its name
-                note = "exact canonical bytes"
+            kept = previous.get(rel)
+            if kept is not None and _keep(out / rel, work / rel, kept["sha256"]):
+                record_evidence.append(kept)
             else:
-                p = _write(work, rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
-                note = "redacted view: machine paths and secrets replaced"
-            evidence.append({"kind": "record", "path": rel, "sha256": _sha(p), "note": note})
-            views.append(sanitize.redact(_view(r, rel)))  # annotations are published too
+                obj = r.record.to_json_obj()
+                clean = sanitize.redact(obj)
+                if clean == obj:
+                    p = _write(work, rel, store.read_bytes(r.blake3))  # byte-exact: its sha256 is its name
+                    note = "exact canonical bytes"
+                else:
+                    p = _write(work, rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
+                    note = "redacted view: machine paths and secrets replaced"
+                record_evidence.append({"kind": "record", "path": rel, "sha256": _sha(p), "note": note})
+            views.append(entry["view"])
+        cache.save()
         release_links = {}
         if releases:
             for d in sorted(Path(releases).iterdir()):
@@ -131,19 +147,33 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             "sha256sum evidence/records/*.json   # each exact record's name is its sha256",
         ]
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
+        generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
+        page_links = [{"href": f"ledger/{n}.html", "n": n, "first": i * PAGE + 1, "last": i * PAGE + len(pg)}
+                      for n, pg in enumerate(pages, 1) for i in (n - 1,)]
+        rec_ev = {e["path"]: e for e in record_evidence}
+        for n, pg in enumerate(pages, 1):
+            _write(work, f"ledger/{n}.html", env.get_template("ledger.html.j2").render(
+                csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
+                generated=generated).encode())
+        _write(work, "evidence.html", env.get_template("evidence.html.j2").render(
+            csp=CSP, root="", evidence=evidence, generated=generated).encode())
         html = env.get_template("index.html.j2").render(
-            csp=CSP, frontier=fview, best=best, runs=views, evidence=evidence, verify_commands=verify_commands,
+            csp=CSP, frontier=fview, best=best, runs=views[-RECENT:][::-1],
+            best_runs=sorted(views, key=lambda v: v["score"])[:BEST], pages=page_links, total=len(views),
+            evidence=evidence[-EVIDENCE_ON_INDEX:], evidence_total=len(evidence), verify_commands=verify_commands,
             plot_score_bytes=plots.score_vs_bytes(runs, front.sha256 if front else None),
             plot_trajectory=plots.trajectory(pts, title),
-            generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+            generated=generated)
         _write(work, "index.html", html.encode())
         shutil.copyfile(HERE / "templates/style.css", work / "style.css")
         _write(work, "_headers", HEADERS.encode())
         files = [{"path": p.relative_to(work).as_posix(), "sha256": _sha(p), "size": p.stat().st_size}
                  for p in sorted(work.rglob("*")) if p.is_file()]
         _write(work, "public_bundle_manifest.json",
-               (json.dumps({"schema": "comma-lab/public-bundle/v1", "files": files}, indent=2) + "\n").encode())
-        violations = sanitize.scan_dir(work)
+               (json.dumps({"schema": "comma-lab/public-bundle/v1", "files": files, "hygiene_rules_sha256": rules,
+                            "records": record_evidence}, indent=2) + "\n").encode())
+        violations = _scan(work, {f["path"] for f in files if published.get(f["path"]) == f["sha256"]})
         if violations:
             raise HygieneError(f"refusing to publish: {violations[0]}"
                                + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""))
@@ -157,6 +187,80 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         return {"out": str(out), "files": len(files) + 1, "runs": len(runs), "frontier": fview["score"] if fview else None}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _ViewCache:
+    """Each run's redacted table row, kept in the store's index (never published) under what it was
+    made from: the run's annotations and verdict, and the hygiene rules. A rebuild reads and redacts
+    only the runs whose row would change."""
+
+    def __init__(self, store: Store, rules: str):
+        self.store, self.rules, self.new = store, rules, []
+        self.readonly = getattr(store, "readonly", False)
+        if not self.readonly:
+            store.db.execute("CREATE TABLE IF NOT EXISTS site_view(sha BLOB PRIMARY KEY, key TEXT NOT NULL, "
+                             "entry TEXT NOT NULL) WITHOUT ROWID")
+            self.rows = {sha.hex(): (key, entry) for sha, key, entry in store.db.execute("SELECT * FROM site_view")}
+        else:
+            self.rows = {}
+
+    def get(self, r: ledger.Run) -> dict:
+        key = hashlib.sha256(json.dumps([self.rules, r.label, r.track, r.notes, r.verdict, r.reason, r.flags,
+                                         r.parent if hasattr(r, "parent") else None,
+                                         r.axis if hasattr(r, "axis") else None]).encode()).hexdigest()
+        hit = self.rows.get(r.sha256)
+        if hit is not None and hit[0] == key:
+            return json.loads(hit[1])
+        entry = {"created": r.record.created_at,
+                 "view": sanitize.redact(_view(r, f"evidence/records/{r.sha256}.json"))}  # annotations are published
+        self.new.append((bytes.fromhex(r.sha256), key, json.dumps(entry)))
+        return entry
+
+    def save(self) -> None:
+        if self.new and not self.readonly:
+            with self.store.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO site_view VALUES(?,?,?)", self.new)
+
+
+def _previous(out: Path, rules: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """The record files and all files (path -> sha256) of the bundle at `out`, if it was built under
+    the same hygiene rules: a file published then, with the same bytes now, was scanned then."""
+    try:
+        from .. import canonical
+        doc = canonical.load_file(out / "public_bundle_manifest.json", "public_bundle_manifest.json")
+    except (ProvError, OSError):
+        return {}, {}
+    if not isinstance(doc, dict) or doc.get("hygiene_rules_sha256") != rules or \
+            not isinstance(doc.get("records"), list) or not isinstance(doc.get("files"), list):
+        return {}, {}
+    ok = lambda e: isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)  # noqa: E731
+    return ({e["path"]: e for e in doc["records"] if ok(e) and e.get("kind") == "record"},
+            {e["path"]: e["sha256"] for e in doc["files"] if ok(e)})
+
+
+def _keep(old: Path, new: Path, sha: str) -> bool:
+    """Carry a published file over when its bytes are still the ones the last bundle listed."""
+    try:
+        data = old.read_bytes()
+    except OSError:
+        return False
+    if hashlib.sha256(data).hexdigest() != sha:
+        return False
+    new.parent.mkdir(parents=True, exist_ok=True)
+    new.write_bytes(data)
+    return True
+
+
+def _scan(root: Path, skip: set[str]) -> list:
+    """The hygiene scan, once per published file; a file the last bundle published with the same
+    bytes (scanned then, under the same rules) is not scanned again."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(root).as_posix()
+            if rel not in skip:
+                out += sanitize.scan_text(rel, p.read_bytes().decode("utf-8", "replace"))
+    return out
 
 
 def check_site(root: str | Path) -> list[str]:

@@ -43,12 +43,30 @@ def _mpl():
     return plt
 
 
+DENSE = 300  # above this many runs of one kind, a plot shows their density rather than each marker
+
+
+def _density(ax, xs: list[float], ys: list[float], color: str, label: str) -> None:
+    """A 2-D histogram on log-spaced byte bins, rasterized (an inline PNG, kilobytes however many runs)."""
+    import math
+    from matplotlib.colors import LinearSegmentedColormap, LogNorm
+    lo, hi = math.log10(min(xs)), math.log10(max(xs))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    xbins = [10 ** (lo + (hi - lo) * i / 60) for i in range(61)]
+    cmap = LinearSegmentedColormap.from_list("runs", ["#ffffff", color])
+    ax.hist2d(xs, ys, bins=[xbins, 40], cmin=1, cmap=cmap, norm=LogNorm(), rasterized=True, zorder=2)
+    ax.scatter([], [], c=color, marker="s", s=45, label=label)
+
+
 def score_vs_bytes(runs, frontier_sha: str | None) -> str:
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(7, 4))
     for verdict, (color, marker, size, label) in STYLE.items():
-        pts = [r for r in runs if r.verdict == verdict]
-        if pts:
+        pts = [r for r in runs if r.verdict == verdict and r.archive_bytes]
+        if len(pts) > DENSE:  # thousands of markers would hide each other: draw where they are dense
+            _density(ax, [r.archive_bytes for r in pts], [r.score for r in pts], color, f"{label} (density)")
+        elif pts:
             ax.scatter([r.archive_bytes for r in pts], [r.score for r in pts], c=color, marker=marker,
                        s=size, label=label, edgecolors="black", linewidths=0.4, zorder=3)
     f = next((r for r in runs if r.sha256 == frontier_sha), None)
