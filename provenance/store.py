@@ -208,11 +208,15 @@ class Store:
         self._lock_fd, self._lock_depth = None, 0
         exists = index.exists()
         if not exists:
+            if _has_objects(self.objects):  # objects without their index: damage, never a new store
+                raise IndexDamaged(f"{index}: missing, yet objects/ holds objects; "
+                                   "prov fsck --repair rebuilds the index from the objects")
             if not create:
                 raise ProvError(f"{self.root}: no store here (prov add creates one; or pass --store / PROV_STORE)")
             for d in ("objects", "tmp"):
                 (self.root / d).mkdir(parents=True, exist_ok=True)
-        elif index.stat().st_size == 0 and _has_objects(self.objects):
+        elif index.stat().st_size == 0 and _has_objects(self.objects) and not (
+                index.with_name("index.sqlite-wal").exists() and index.with_name("index.sqlite-wal").stat().st_size):
             # an empty index beside objects is damage, not a new store: gc would delete everything
             raise IndexDamaged(f"{index}: zero length, yet objects/ holds objects; "
                                "prov fsck --repair rebuilds the index from the objects")
@@ -588,7 +592,7 @@ class Store:
                 treemod.check_link(link, depth, str(target))
                 os.symlink(link, target)
             else:
-                self.copy_out(child, target)
+                self.copy_out(child, target)  # re-hashed as copied; a corrupt object leaves no file
                 os.chmod(target, 0o755 if kind == "exec" else 0o644)
 
     # -- integrity ----------------------------------------------------------------------

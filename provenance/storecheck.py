@@ -171,8 +171,15 @@ def repair(root: Path, progress=None) -> dict:
         if p.exists():
             os.replace(p, root / f"{aside.name}{suffix}")
     good, errors = _rehash_objects(root, progress)
+    objects_dir = root / "objects"
+    hidden = root / f"objects.repairing-{stamp}"  # Store() refuses objects without an index: build beside them
+    os.replace(objects_dir, hidden)
+    try:
+        store = Store(root, create=True)
+    finally:
+        os.rmdir(objects_dir)
+        os.replace(hidden, objects_dir)
     lost: list[str] = []
-    store = Store(root, create=True)
     now = time.time()
     rows, kinds, links = [], set(), set()
     by_sha = {d.sha256: b3 for b3, d in good.items()}

@@ -3,8 +3,10 @@ bytes and over JSON structure, and the one assertion every command's outcome mus
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import random
 import traceback
 
 from click.testing import CliRunner
@@ -12,9 +14,23 @@ from hypothesis import HealthCheck, settings, strategies as st
 
 from provenance.cli import cli
 
-EXAMPLES = int(os.environ.get("PROV_FUZZ_EXAMPLES", "2000"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+EXAMPLES = int(os.environ.get("PROV_FUZZ_EXAMPLES", "2000"))  # cases per kind
+BATCH = 10  # cases per hypothesis example: the engine's own bookkeeping would otherwise cost more than prov
+FUZZ = settings(max_examples=max(1, EXAMPLES // BATCH), deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck), print_blob=True)
+
+
+def cases(strategy):
+    """BATCH inputs per example (so EXAMPLES cases per kind); a failure names the one input."""
+    return st.lists(strategy, min_size=BATCH, max_size=BATCH)
+
+
+def each(inputs, fn) -> None:
+    for x in inputs:
+        try:
+            fn(x)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n  input: {x!r:.3000}") from None
 
 # Values a hostile or merely odd producer writes where a well-formed one wrote something else.
 _RAW = "\x00RAW:"
@@ -26,44 +42,10 @@ ODD_VALUES = [None, True, False, 0, -1, 1, 2 ** 63, 2 ** 64 + 1, 10 ** 400, -(10
               "../../etc/passwd", "/abs/path", "a" * 300, "\u0000", "\ud800", [], {}, [None], {"": None},
               "ab" * 32, "00" * 32]
 
-_INDEX: dict[int, st.SearchStrategy] = {}
-
-
-def _pick(draw, seq):
-    """draw an element; strategies are made once per length (hypothesis validates each new one)."""
-    n = len(seq)
-    if n not in _INDEX:
-        _INDEX[n] = st.integers(0, n - 1)
-    return seq[draw(_INDEX[n])]
-
-
-_KIND = st.integers(0, 9)
-_SMALL = st.integers(0, 2)
-_INTS = st.integers()
-_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
-_TEXT = st.text(max_size=12)
-_KEYS = st.text(max_size=6)
-
-
-@st.composite
-def json_values(draw, depth: int = 0):
-    """An odd JSON value: edge numbers, raw tokens (1e400), wrong types, small nested containers."""
-    k = draw(_KIND)
-    if k <= 3:
-        return _pick(draw, ODD_VALUES)
-    if k == 4:
-        return draw(_INTS)
-    if k == 5:
-        return draw(_FLOATS)
-    if k == 6:
-        return draw(_TEXT)
-    if k == 7:
-        return _RAW + _pick(draw, RAW_NUMBERS)
-    if depth >= 2:
-        return None
-    if k == 8:
-        return [draw(json_values(depth + 1)) for _ in range(draw(_SMALL))]
-    return {draw(_KEYS): draw(json_values(depth + 1)) for _ in range(draw(_SMALL))}
+# Hypothesis draws one seed per case and our mutators do the rest with random.Random(seed): the
+# engine's per-draw bookkeeping (tens of draws per JSON edit) would otherwise cost more than prov
+# itself. Seeds are derandomized, so a failure reproduces; the failing input is printed whole.
+SEEDS = st.integers(0, 2 ** 64 - 1)
 
 
 def dumps_raw(obj) -> bytes:
@@ -85,10 +67,6 @@ def paths_of(doc, prefix=()) -> list[tuple]:
     return out
 
 
-def _copy(doc):
-    return json.loads(json.dumps(doc))
-
-
 def _set(doc, path, value, action):
     if not path:
         return value if action == "replace" else doc
@@ -102,74 +80,91 @@ def _set(doc, path, value, action):
         parent[last] = value
     elif action == "dup":  # the same value twice in a list / under a new key
         if isinstance(parent, list):
-            parent.insert(last, parent[last])
+            parent.insert(last, copy.deepcopy(parent[last]))
         else:
-            parent[f"{last}_"] = parent[last]
+            parent[f"{last}_"] = copy.deepcopy(parent[last])
     return doc
 
 
-_EDITS = st.integers(1, 3)
-_ACTIONS = ["replace", "replace", "replace", "delete", "dup"]
-_RARE = st.integers(0, 200)
+def json_value(rng: random.Random, depth: int = 0):
+    """An odd JSON value: edge numbers, raw tokens (1e400), wrong types, small nested containers."""
+    k = rng.randrange(10)
+    if k <= 3:
+        return copy.deepcopy(rng.choice(ODD_VALUES))  # later edits must not change the shared list
+    if k == 4:
+        return rng.choice([rng.randrange(-10, 10), rng.getrandbits(rng.choice([8, 31, 53, 54, 64, 200]))])
+    if k == 5:
+        return rng.choice([rng.random(), -rng.random() * 1e6, rng.uniform(-1, 1) * 10 ** rng.randrange(-320, 308)])
+    if k == 6:
+        return "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0, 0x3000), 0x2014, 0x0661]))
+                       for _ in range(rng.randrange(12)))
+    if k == 7:
+        return _RAW + rng.choice(RAW_NUMBERS)
+    if depth >= 2:
+        return None
+    if k == 8:
+        return [json_value(rng, depth + 1) for _ in range(rng.randrange(3))]
+    return {str(rng.randrange(100)): json_value(rng, depth + 1) for _ in range(rng.randrange(3))}
 
 
-@st.composite
-def json_mutant(draw, doc, paths=None):
+def mutate_json(rng: random.Random, doc) -> bytes:
     """`doc` with 1-3 structural edits: a value replaced by an odd one, a key deleted, one duplicated."""
-    paths = paths or paths_of(doc)
-    out = _copy(doc)
-    for _ in range(draw(_EDITS)):
-        live = paths_of(out)
-        path = _pick(draw, live)
-        action = _pick(draw, _ACTIONS)
+    out = copy.deepcopy(doc)
+    for _ in range(rng.randint(1, 3)):
+        path = rng.choice(paths_of(out))
+        action = rng.choice(["replace", "replace", "replace", "delete", "dup"])
         if not path and action != "replace":
             continue
-        value = draw(json_values())
-        if draw(_RARE) == 0:
-            value = _RAW + "DEEP"
+        value = _RAW + "DEEP" if rng.randrange(200) == 0 else json_value(rng)
         out = _set(out, path, value, action)
     data = dumps_raw(out)
     return data.replace(json.dumps(_RAW + "DEEP").encode(), DEEP.encode())
 
 
-_BYTE_EDITS = st.integers(1, 4)
-_BYTE_OPS = ["flip", "delete", "insert", "truncate", "dup", "set"]
-_POS = st.integers(0, 1 << 20)
-_BIT = st.integers(0, 7)
-_RUN = st.integers(1, 16)
-_JUNK = st.binary(min_size=1, max_size=8)
-_SPECIAL = list(b"\x00\xff\"{}[],:0 9e-\\\n\xc3\xe2")
+SPECIAL = list(b"\x00\xff\"{}[],:0 9e-\\\n\xc3\xe2")
 
 
-@st.composite
-def byte_mutant(draw, data: bytes):
-    """`data` with 1-4 byte-level edits: flip, delete a range, insert junk, truncate, duplicate a range."""
+def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
+    """`data` with 1-4 byte-level edits: flip, set, delete a run, insert junk, truncate, duplicate a run."""
     b = bytearray(data)
-    for _ in range(draw(_BYTE_EDITS)):
-        op = _pick(draw, _BYTE_OPS)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.choice(["flip", "delete", "insert", "truncate", "dup", "set"])
         n = len(b)
-        i = draw(_POS) % max(n, 1)
+        i = rng.randrange(max(n, 1))
         if op == "flip" and n:
-            b[i] ^= 1 << draw(_BIT)
+            b[i] ^= 1 << rng.randrange(8)
         elif op == "set" and n:
-            b[i] = _pick(draw, _SPECIAL)
+            b[i] = rng.choice(SPECIAL)
         elif op == "delete" and n:
-            del b[i:i + draw(_RUN)]
+            del b[i:i + rng.randint(1, 16)]
         elif op == "insert":
-            b[i:i] = draw(_JUNK)
+            b[i:i] = rng.randbytes(rng.randint(1, 8))
         elif op == "truncate":
             del b[i:]
         elif op == "dup" and n:
-            b[i:i] = b[i:i + draw(_RUN) * 2]
+            b[i:i] = b[i:i + rng.randint(1, 32)]
     return bytes(b)
 
 
+def byte_mutant(data: bytes):
+    return SEEDS.map(lambda seed: mutate_bytes(random.Random(seed), data))
+
+
+def json_mutant(doc):
+    return SEEDS.map(lambda seed: mutate_json(random.Random(seed), doc))
+
+
+def _both(seed: int, doc) -> bytes:
+    rng = random.Random(seed)
+    return mutate_bytes(rng, mutate_json(rng, doc))
+
+
 def mutant(doc=None, data: bytes | None = None):
-    """Structural mutants of a JSON document, byte mutants of its bytes, and both."""
+    """Byte mutants of a JSON document's bytes, structural mutants, and both."""
     data = data if data is not None else json.dumps(doc).encode()
     parts = [byte_mutant(data)]
     if doc is not None:
-        parts += [json_mutant(doc), json_mutant(doc), json_mutant(doc).flatmap(byte_mutant)]
+        parts += [json_mutant(doc), json_mutant(doc), SEEDS.map(lambda seed: _both(seed, doc))]
     return st.one_of(*parts)
 
 

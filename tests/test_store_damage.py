@@ -349,3 +349,23 @@ def test_read_commands_on_a_read_only_mount(tmp_path, store):
         r = ro(*args)
         assert r.returncode == 2, (args, r.returncode, r.stderr)
         assert b"Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_export_of_a_corrupt_file_publishes_nothing(tmp_path, store):
+    tree, blob = _seed(tmp_path, store)
+    p = _obj(store, Store(store).ls(tree["blake3"])[0]["blake3"])  # a.txt
+    p.chmod(0o644)
+    p.write_bytes(b"alphX\n")
+    r = run_prov("export", "runtimes/x", tmp_path / "out", store=store, check=1)
+    assert "corrupt" in r.err and not (tmp_path / "out").exists()
+
+
+def test_missing_index_beside_objects_is_damage(tmp_path, store):
+    tree, blob = _seed(tmp_path, store)
+    for p in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (store / p).unlink(missing_ok=True)
+    r = run_prov("add", tmp_path / "one.txt", store=store, check=1)
+    assert "missing" in r.err and "fsck --repair" in r.err and not (store / "index.sqlite").exists()
+    assert "fsck --repair" in run_prov("fsck", store=store, check=1).out
+    rep = prov_json("fsck", "--repair", store=store)
+    assert rep["objects"] >= 5 and prov_json("fsck", store=store)["ok"]
