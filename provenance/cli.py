@@ -284,7 +284,7 @@ def fsck(ctx, repair, ack_repair, as_json):
 
 @cli.command()
 @click.option("--grace", type=float, default=3600.0, show_default=True,
-              help="Keep unreachable objects touched within this many seconds (protects running adds).")
+              help="Also keep what objects added or re-added within this many seconds reach (an add not yet under a ref).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 @json_option
 @click.pass_context

@@ -681,10 +681,13 @@ class Store:
         return []
 
     def gc(self, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> dict:
-        """Drop objects unreachable from refs and untouched for `grace` seconds.
+        """Drop objects that neither a ref nor an object added or touched in the last `grace`
+        seconds reaches.
 
-        The grace period is what makes gc safe beside a running add: an add touches
-        every object it relies on when it commits, and stages new ones as fresh files.
+        A running add is safe by the write lock (gc waits for it); the grace keeps what an add
+        stored until a ref is set on it. An add touches only the roots of what it stored (a
+        tree's top, and that only when its last touch is over TOUCH_SLACK old): whatever a
+        recent root reaches is kept with it, so a re-add of a stored tree writes nothing.
         """
         import fcntl
         if self.db.execute("SELECT 1 FROM store_meta WHERE key='refs_lost'").fetchone():
