@@ -60,6 +60,8 @@ def index_problems(store: Store) -> list[str]:
     from .store import SCHEMA_VERSION
     db = store.db
     try:
+        from .store import LEAN_CACHE
+        db.execute(LEAN_CACHE)  # integrity_check reads every page once: a big cache only costs memory
         rows = [r[0] for r in db.execute("PRAGMA integrity_check(20)")]
         if rows != ["ok"]:
             return [f"index.sqlite: integrity check failed: {rows[0]}"

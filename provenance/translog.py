@@ -310,6 +310,7 @@ class Log:
         Level by level, in bounded memory: each level's hashes go to a scratch file (32 bytes a
         node) and are compared, in key order, with the stored nodes of that level."""
         import tempfile
+        self.db.execute("PRAGMA cache_size=-8192")  # one pass over every node: a big cache only costs memory
         problems: list[str] = []
         expected_idx = 0
         count = 0
