@@ -159,14 +159,17 @@ def main() -> None:
             d = tree / f"d{i % 200:03d}"
             d.mkdir(exist_ok=True)
             (d / f"f{i}").write_bytes(os.urandom(4096))
-        subprocess.run(["git", "init", "-q", str(tree)], check=True)
-        subprocess.run(["git", "-C", str(tree), "add", "-A"], check=True)
+        gitdir = WORK / "readd.git"  # outside the tree: prov adds the tree, git tracks it
+        shutil.rmtree(gitdir, ignore_errors=True)
+        git = ["git", f"--git-dir={gitdir}", f"--work-tree={tree}"]
+        subprocess.run(["git", "init", "-q", "--bare", str(gitdir)], check=True)
+        subprocess.run([*git, "add", "-A"], check=True)
         rstore = WORK / "readd-store"
         shutil.rmtree(rstore, ignore_errors=True)
         time.sleep(0.1)  # out of the stat cache's racy window
         run([PROV, "add", str(tree)], None, env=env(rstore))
         prov_s, _ = timed([PROV, "add", str(tree)], rstore, max(3, rounds))
-        git_s, _ = timed(["git", "-C", str(tree), "add", "-A"], rounds=max(3, rounds))
+        git_s, _ = timed([*git, "add", "-A"], rounds=max(3, rounds))
         wal = rstore / "index.sqlite-wal"
         before = wal.stat().st_size if wal.exists() else 0
         run([PROV, "add", str(tree)], None, env=env(rstore))
