@@ -82,7 +82,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     rules = hashlib.sha256(sanitize.RULES_FILE.read_bytes()).hexdigest()
-    previous, published = _previous(out, rules)  # what the last bundle published (and scanned) under these rules
+    previous, published, listed = _previous(out, rules)  # what the last bundle published (and scanned), same rules
     try:
         runs = ledger.runs(store)  # records are read only where a run's page content changed
         cache = _ViewCache(store, rules)
@@ -97,8 +97,9 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         for r, entry in zip(runs, entries):
             rel = f"evidence/records/{r.sha256}.json"
             kept = previous.get(rel)
-            if kept is not None and _keep(out / rel, work / rel, kept["sha256"]):
-                record_evidence.append(kept)
+            if kept is not None and _keep(out / rel, work / rel, kept):
+                record_evidence.append({"kind": "record", "path": rel, "sha256": kept, "note": (
+                    "exact canonical bytes" if kept == r.sha256 else "redacted view: machine paths and secrets replaced")})
             else:
                 obj = r.record.to_json_obj()
                 clean = sanitize.redact(obj)
@@ -168,12 +169,17 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         _write(work, "index.html", html.encode())
         shutil.copyfile(HERE / "templates/style.css", work / "style.css")
         _write(work, "_headers", HEADERS.encode())
-        files = [{"path": p.relative_to(work).as_posix(), "sha256": _sha(p), "size": p.stat().st_size}
-                 for p in sorted(work.rglob("*")) if p.is_file()]
+        known = {e["path"]: e["sha256"] for e in record_evidence}
+        files = []
+        for p in sorted(work.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(work).as_posix()
+                files.append({"path": rel, "sha256": known.get(rel) or _sha(p), "size": p.stat().st_size})
+        # one file a line: the manifest of 10k runs stays quick to scan and to diff
         _write(work, "public_bundle_manifest.json",
-               (json.dumps({"schema": "comma-lab/public-bundle/v1", "files": files, "hygiene_rules_sha256": rules,
-                            "records": record_evidence}, indent=2) + "\n").encode())
-        violations = _scan(work, {f["path"] for f in files if published.get(f["path"]) == f["sha256"]})
+               ('{"schema": "comma-lab/public-bundle/v1", "hygiene_rules_sha256": "%s", "files": [\n' % rules
+                + ",\n".join(json.dumps(f, sort_keys=True) for f in files) + "\n]}\n").encode())
+        violations = _scan(work, {f["path"] for f in files if published.get(f["path"]) == f["sha256"]}, listed)
         if violations:
             raise HygieneError(f"refusing to publish: {violations[0]}"
                                + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""))
@@ -222,44 +228,48 @@ class _ViewCache:
                 db.executemany("INSERT OR REPLACE INTO site_view VALUES(?,?,?)", self.new)
 
 
-def _previous(out: Path, rules: str) -> tuple[dict[str, dict], dict[str, str]]:
+def _previous(out: Path, rules: str) -> tuple[dict[str, str], dict[str, str], set[str]]:
     """The record files and all files (path -> sha256) of the bundle at `out`, if it was built under
     the same hygiene rules: a file published then, with the same bytes now, was scanned then."""
     try:
         from .. import canonical
         doc = canonical.load_file(out / "public_bundle_manifest.json", "public_bundle_manifest.json")
-    except (ProvError, OSError):
-        return {}, {}
-    if not isinstance(doc, dict) or doc.get("hygiene_rules_sha256") != rules or \
-            not isinstance(doc.get("records"), list) or not isinstance(doc.get("files"), list):
-        return {}, {}
-    ok = lambda e: isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)  # noqa: E731
-    return ({e["path"]: e for e in doc["records"] if ok(e) and e.get("kind") == "record"},
-            {e["path"]: e["sha256"] for e in doc["files"] if ok(e)})
+        listed = set((out / "public_bundle_manifest.json").read_text(encoding="utf-8").splitlines())
+    except (ProvError, OSError, UnicodeDecodeError):
+        return {}, {}, set()
+    if not isinstance(doc, dict) or doc.get("hygiene_rules_sha256") != rules or not isinstance(doc.get("files"), list):
+        return {}, {}, set()
+    files = {e["path"]: e["sha256"] for e in doc["files"]
+             if isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)}
+    return {p: sha for p, sha in files.items() if p.startswith("evidence/records/")}, files, listed
 
 
 def _keep(old: Path, new: Path, sha: str) -> bool:
-    """Carry a published file over when its bytes are still the ones the last bundle listed."""
+    """Carry a published file over (a hard link) when its bytes are still the ones the last bundle listed."""
     try:
-        data = old.read_bytes()
+        if hashlib.sha256(old.read_bytes()).hexdigest() != sha:
+            return False
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.link(old, new)
     except OSError:
         return False
-    if hashlib.sha256(data).hexdigest() != sha:
-        return False
-    new.parent.mkdir(parents=True, exist_ok=True)
-    new.write_bytes(data)
     return True
 
 
-def _scan(root: Path, skip: set[str]) -> list:
+def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
     """The hygiene scan, once per published file; a file the last bundle published with the same
-    bytes (scanned then, under the same rules) is not scanned again."""
+    bytes (scanned then, under the same rules) is not scanned again, nor a line of the file
+    manifest that the last manifest held (one file a line: only the new files' lines are read)."""
     out = []
     for p in sorted(root.rglob("*")):
         if p.is_file():
             rel = p.relative_to(root).as_posix()
-            if rel not in skip:
-                out += sanitize.scan_text(rel, p.read_bytes().decode("utf-8", "replace"))
+            if rel in skip:
+                continue
+            text = p.read_bytes().decode("utf-8", "replace")
+            if rel == "public_bundle_manifest.json" and listed:
+                text = "\n".join("" if ln in listed else ln for ln in text.split("\n"))  # line numbers kept
+            out += sanitize.scan_text(rel, text)
     return out
 
 
