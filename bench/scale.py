@@ -195,8 +195,12 @@ def main() -> None:
         r["show_limit_s"], _ = timed([PROV, "ledger", "show", "--limit", "20"], root, max(3, rounds))
         site = WORK / f"site-{n}"
         shutil.rmtree(site, ignore_errors=True)
-        r["site_s"], _ = timed([PROV, "site", "build", "--out", str(site)], root, 1)
+        r["site_s"], _ = timed([PROV, "site", "build", "--cache", "--out", str(site)], root, 1)
         r["index_html_bytes"] = (site / "index.html").stat().st_size if (site / "index.html").exists() else None
+        s = Store(root)  # one new run, then the rebuild
+        s.put_bytes(record_bytes(n, 0.5, "A++"), "record")
+        s.close()
+        r["site_rebuild_s"], _ = timed([PROV, "site", "build", "--cache", "--out", str(site)], root, 1)
         print(f"lab {n}: {json.dumps(r)}", flush=True)
 
     # -- a release's log bundle after 999 releases ---------------------------------------------
@@ -236,8 +240,8 @@ def main() -> None:
         rows.append((f"`frontier`, `annotate` at {n:,} runs / `prov --help`",
                      f"{r['frontier_s'] / help_s:.2f}, {r['annotate_s'] / help_s:.2f} "
                      f"(reject {r['reject_s'] / help_s:.2f}, show --limit 20 {r['show_limit_s'] / help_s:.2f})", "<= 2"))
-        rows.append((f"`site build` at {n:,} runs; index page",
-                     f"{r['site_s']:.2f} s ({r['site_s'] / help_s:.0f}x --help); "
+        rows.append((f"`site build` at {n:,} runs (first; after one new run); index page",
+                     f"{r['site_s']:.2f} s; {r['site_rebuild_s']:.2f} s ({r['site_rebuild_s'] / help_s:.0f}x --help); "
                      f"{(r['index_html_bytes'] or 0) / 1024:.0f} KB", "<= 5 s; <= 300 KB"))
     rows.append(("release log bundle after 999 releases", f"{res['bundle_bytes']:,} bytes", "<= 4 KB"))
     print(f"\n`prov --help`: {help_s:.3f} s\n")
@@ -253,7 +257,7 @@ def main() -> None:
     if len(res["lab"]) > 1:
         ks = sorted(res["lab"])
         print("growth exponents between lab sizes:")
-        for op in ("frontier_s", "annotate_s", "reject_s", "show_limit_s", "site_s"):
+        for op in ("frontier_s", "annotate_s", "reject_s", "show_limit_s", "site_s", "site_rebuild_s"):
             lab = res["lab"]
             print(f"  {op:14s} " + "  ".join(f"{ks[i]:,}->{ks[i + 1]:,}: {exponent((ks[i], lab[ks[i]][op]), (ks[i + 1], lab[ks[i + 1]][op])):.2f}"
                                               for i in range(len(ks) - 1)))

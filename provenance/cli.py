@@ -903,12 +903,14 @@ def site():
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--releases", type=click.Path(file_okay=False, exists=True), help="Directory of release dirs to include.")
 @click.option("--trust", "trust_path", type=click.Path(dir_okay=False, exists=True), help="Trust policy to publish.")
+@click.option("--cache", is_flag=True, help="Keep ledger rows and redacted table rows in the store's index, so a "
+              "rebuild reads only what changed (without it, site build never writes the store).")
 @json_option
 @click.pass_context
-def site_build(ctx, out, releases, trust_path, as_json):
+def site_build(ctx, out, releases, trust_path, as_json, cache=False):
     """Generate the bundle; the hygiene scan is the last gate (exit 1 naming file, line and rule)."""
     from .site.build import build_site
-    res = build_site(open_store(ctx), out, releases, trust_path)
+    res = build_site(open_store(ctx), out, releases, trust_path, cache=cache)
     emit(res, as_json, f"built {res['out']}: {res['files']} files, {res['runs']} runs")
 
 

@@ -110,10 +110,11 @@ def _run(store: Store, row: dict) -> Run:
                summary={k: row[k] for k in ("score", "grade", "source", "archive_bytes")})
 
 
-def runs(store: Store, limit: int | None = None) -> list[Run]:
-    """Every run in the order stored; with `limit`, the latest `limit` of them (only those are read)."""
+def runs(store: Store, limit: int | None = None, write: bool = True) -> list[Run]:
+    """Every run in the order stored; with `limit`, the latest `limit` of them (only those are read).
+    Without `write`, the ledger rows are used only if they are already up to date."""
     from . import ledgerindex
-    if not ledgerindex.sync(store):
+    if not ledgerindex.sync(store, write):
         everything = _runs_full(store)
         return everything[-limit:] if limit else everything
     if limit is None:

@@ -35,10 +35,11 @@ def _count(db: sqlite3.Connection, kind: str) -> int:
     return db.execute(f"SELECT count(*) FROM obj_kind WHERE kind=? AND {KIND_DOC}", (kind,)).fetchone()[0]
 
 
-def sync(store) -> bool:
-    """Bring the ledger rows up to date; False where the store cannot be written (read-only)."""
-    if getattr(store, "readonly", False):
-        return False
+def sync(store, write: bool = True) -> bool:
+    """Bring the ledger rows up to date; False where they are not and the store cannot (read-only)
+    or may not (`write` False) be written."""
+    if not write or getattr(store, "readonly", False):
+        return current(store)
     db = store.db
     with store.transaction():
         cols = [r[1] for r in db.execute("PRAGMA table_info(ledger_run)")]
@@ -60,6 +61,20 @@ def sync(store) -> bool:
             if seen.get(k) != now:  # nothing new: nothing written
                 db.execute("INSERT OR REPLACE INTO ledger_seen VALUES(?,?,?)", (k, *now))
     return True
+
+
+def current(store) -> bool:
+    """Whether the rows already account for every record, note and verdict (read only)."""
+    db = store.db
+    try:
+        cols = [r[1] for r in db.execute("PRAGMA table_info(ledger_run)")]
+        seen = {k: (last, n) for k, last, n in db.execute("SELECT kind, last_id, n FROM ledger_seen")}
+    except sqlite3.OperationalError:
+        return False
+    if not cols or not set(COLUMNS) <= set(cols):
+        return False
+    return all(k in seen and _count(db, k) == seen[k][1] and next(store.of_kind(k, seen[k][0]), None) is None
+               for k in KINDS)
 
 
 def _apply(store, fresh: dict) -> None:

@@ -26,7 +26,7 @@ def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
     ledger.annotate(s, shas[4], "four", None, "first notes")
     ledger.verdict(s, shas[20], "promote", "best so far")
     out = tmp_path / "public"
-    build.build_site(s, out)
+    build.build_site(s, out, cache=True)
     index = (out / "index.html").read_text()
     linked = set(re.findall(r"evidence/records/([0-9a-f]{64})\.json", index))
     assert linked == set(shas[-5:]) | set(shas[-3:]) | {shas[20]}  # recent, best, frontier: not all 27
@@ -44,7 +44,7 @@ def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
     monkeypatch.setattr(ledger, "load_record", lambda data, where: reads.append(where) or real_load(data, where))
     monkeypatch.setattr(sanitize, "scan_text", lambda name, text: scanned.append(name) or real_scan(name, text))
     pages_before = {p.name: p.read_bytes() for p in pages}
-    build.build_site(s, out)
+    build.build_site(s, out, cache=True)
     assert reads == [shas[-1]]
     assert f"evidence/records/{shas[-1]}.json" in scanned and "ledger/1.html" not in scanned
     assert not any(n.startswith("evidence/records/") and shas[-1] not in n for n in scanned)
@@ -53,4 +53,14 @@ def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
     man = json.loads((out / "public_bundle_manifest.json").read_text())
     assert len([f for f in man["files"] if f["path"].startswith("evidence/records/")]) == 28
     assert run_prov("site", "check", out).returncode == 0
+    # without --cache the store is only read: a pipeline stage must not change its input
+    idx = tmp_path / "store" / "index.sqlite"
+    s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = (idx.read_bytes(), s.db.total_changes)
+    s.put_bytes(_record(100, 0.4), "record")
+    s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = (idx.read_bytes(), s.db.total_changes)
+    build.build_site(s, out)
+    assert (idx.read_bytes(), s.db.total_changes) == before
+    assert len(list((out / "evidence/records").iterdir())) == 29
     s.close()

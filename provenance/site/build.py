@@ -73,7 +73,9 @@ def _turning_points(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], st
 
 
 def build_site(store: Store, out: str | Path, releases: str | Path | None = None,
-               trust: str | Path | None = None) -> dict:
+               trust: str | Path | None = None, cache: bool = False) -> dict:
+    """With `cache`, the ledger's rows and each run's redacted table row are kept in the store's
+    index; without it the store is only read (a pipeline stage must not change its input)."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "public_bundle_manifest.json").exists():
@@ -84,13 +86,14 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
     rules = hashlib.sha256(sanitize.RULES_FILE.read_bytes()).hexdigest()
     previous, published, listed = _previous(out, rules)  # what the last bundle published (and scanned), same rules
     try:
-        runs = ledger.runs(store)  # records are read only where a run's page content changed
-        cache = _ViewCache(store, rules)
+        runs = ledger.runs(store, write=cache)  # records are read only where a run's row changed
+        cache = _ViewCache(store, rules, write=cache)
         entries = [cache.get(r) for r in runs]
         order = sorted(range(len(runs)), key=lambda i: entries[i]["created"])
         runs = [runs[i] for i in order]
         entries = [entries[i] for i in order]
-        front = ledger.frontier(store)
+        front_b3 = store.get_ref(ledger.FRONTIER_REF)
+        front = next((r for r in runs if r.blake3 == front_b3), None)
         evidence = []
         record_evidence = []
         views = []
@@ -200,14 +203,16 @@ class _ViewCache:
     made from: the run's annotations and verdict, and the hygiene rules. A rebuild reads and redacts
     only the runs whose row would change."""
 
-    def __init__(self, store: Store, rules: str):
+    def __init__(self, store: Store, rules: str, write: bool):
+        import sqlite3
         self.store, self.rules, self.new = store, rules, []
-        self.readonly = getattr(store, "readonly", False)
-        if not self.readonly:
+        self.write = write and not getattr(store, "readonly", False)
+        if self.write:
             store.db.execute("CREATE TABLE IF NOT EXISTS site_view(sha BLOB PRIMARY KEY, key TEXT NOT NULL, "
                              "entry TEXT NOT NULL) WITHOUT ROWID")
+        try:
             self.rows = {sha.hex(): (key, entry) for sha, key, entry in store.db.execute("SELECT * FROM site_view")}
-        else:
+        except sqlite3.OperationalError:  # never cached
             self.rows = {}
 
     def get(self, r: ledger.Run) -> dict:
@@ -223,7 +228,7 @@ class _ViewCache:
         return entry
 
     def save(self) -> None:
-        if self.new and not self.readonly:
+        if self.new and self.write:
             with self.store.transaction() as db:
                 db.executemany("INSERT OR REPLACE INTO site_view VALUES(?,?,?)", self.new)
 
