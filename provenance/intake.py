@@ -78,7 +78,7 @@ def check(archive: str | Path, limits: Limits = Limits()) -> list[tuple[zipfile.
     """Every rule that can be checked from the central directory, before a byte is written."""
     try:
         z = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, UnicodeDecodeError) as e:  # a name not UTF-8 under the UTF-8 flag
+    except zipfile.BadZipFile as e:
         raise IntakeError(f"{archive}: not a zip archive ({e})") from None
     except UnicodeDecodeError:
         raise IntakeError(f"{archive}: an entry flagged UTF-8 has a name that is not UTF-8 "
