@@ -92,7 +92,8 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
                       environment: Environment | None = None, timings: dict | None = None,
                       inflated: Digest | None = None, label: str | None = None,
                       extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None,
-                      sandbox: SandboxRecord | None = None) -> tuple[EvalRecord, Digest, list[Check]]:
+                      sandbox: SandboxRecord | None = None,
+                      frames: dict[str, Digest] | None = None) -> tuple[EvalRecord, Digest, list[Check]]:
     """`report_path` is a path, or the report's bytes as a replay read them. `archive` None records a
     claim not bound to an archive: graded external at best, archive checks 'not checked' (the schema
     says so)."""
@@ -114,6 +115,7 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
     if up.videos_tree:
         children.append(up.videos_tree.blake3)
     children += [d.blake3 for d in (logs or {}).values()]
+    children += [d.blake3 for d in (frames or {}).values()]
 
     checks = contest.check_report(profile, rep, archive_d.size if archive_d else None) + list(extra_checks)
     if runtime_d is not None:
@@ -144,6 +146,7 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
                       uncompressed_size_reported=rep.uncompressed_size),
         report=blob_model(report_d), inflated=tree_model(inflated) if inflated else None,
         logs={k: blob_model(v) for k, v in (logs or {}).items()},
-        timings=timings or {}, sandbox=sandbox, checks=[CheckResult(**c.as_dict()) for c in checks],
+        timings=timings or {}, sandbox=sandbox, frames={k: blob_model(v) for k, v in frames.items()} if frames else None,
+        checks=[CheckResult(**c.as_dict()) for c in checks],
         grade=g, axis=axis, allowed_use=use, label=label, created_at=now_rfc3339())
     return record, save_record(store, record, tuple(children)), checks

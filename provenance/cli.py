@@ -784,8 +784,9 @@ def lab_release(params_path, replays, submissions, store_dir, out, trust_path, k
     """Merge the replay stores, log every record, sign a release per submission with log proofs."""
     from pathlib import Path
     from .pipeline import release_all, submissions_param
+    from .sweep import sweep_param
     rows = release_all(submissions_param(Path(params_path)), Path(replays), Path(submissions), Path(store_dir), Path(out),
-                       Path(trust_path), Path(keys), Path(plot))
+                       Path(trust_path), Path(keys), Path(plot), sweep=sweep_param(Path(params_path)))
     emit(rows, as_json, "\n".join(f"released {r['name']}: {r['canonical_score']!r} ({r['grade']}), "
                                    f"statement {r['statement']}" for r in rows))
 
@@ -817,7 +818,8 @@ def ledger():
 def _run_row(r) -> dict:
     return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": r.grade,
             "canonical_score": r.score, "archive_bytes": r.archive_bytes,
-            "source": r.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags}
+            "source": r.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags,
+            "parent": r.parent, "axis": r.axis}
 
 
 @ledger.command("show")
@@ -866,12 +868,14 @@ def ledger_reject(ctx, record, reason, as_json):
 @click.option("--label")
 @click.option("--track")
 @click.option("--notes")
+@click.option("--parent", help="The run this one varies (digest or ref): it joins the parent's neighbourhood.")
+@click.option("--axis", help="What it changed against its parent, e.g. 'crf 36 -> 30'.")
 @json_option
 @click.pass_context
-def ledger_annotate(ctx, record, label, track, notes, as_json):
-    """Give a run a label, a track and notes (stored and logged)."""
+def ledger_annotate(ctx, record, label, track, notes, parent, axis, as_json):
+    """Give a run a label, a track, notes, a parent and an axis (stored and logged)."""
     from .ledger import annotate
-    sha = annotate(open_store(ctx), record, label, track, notes)
+    sha = annotate(open_store(ctx), record, label, track, notes, parent=parent, axis=axis)
     emit({"note_record": sha}, as_json, sha)
 
 

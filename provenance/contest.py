@@ -30,6 +30,14 @@ class Profile:
     evaluator: tuple[tuple[str, int, str], ...] = ()
     # ground truth and scorer artifacts: absent while a submission inflates (CONTEST.md, the rules)
     hidden_at_inflate: tuple[str, ...] = ("videos", "models")
+    # the environment whose exact, sandboxed replay is the top grade: "cuda" (on official_gpu) for the
+    # real contest; "cpu" (Linux x86_64) for a profile meant to be replayed on any lab machine
+    official_device: str = "cuda"
+    preview_frames: tuple[int, ...] = (0, 600, 1199)  # frames a replay keeps as PNG illustrations
+
+    @property
+    def official_environment(self) -> str:
+        return f"CUDA on a {self.official_gpu}" if self.official_device == "cuda" else "CPU on Linux x86_64"
 
     @staticmethod
     def score(posenet: float, segnet: float, rate: float) -> float:
@@ -289,7 +297,7 @@ def check_report(profile: Profile, r: Report, archive_size: int | None) -> list[
 
 GRADE_TABLE = {
     # grade: (axis, allowed_use)
-    "A++": ("cuda-official-gpu", "frontier"),
+    "A++": ("official-environment", "frontier"),
     "A": ("cuda", "score; needs confirmation on the official GPU to promote"),
     "contest-CPU": ("cpu", "authoritative for the CPU axis; cannot promote"),
     "B": ("diagnostic", "diagnostic only"),
@@ -320,11 +328,12 @@ def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str |
     if dev.startswith("cuda"):
         if not custody_complete or not sandboxed:  # an unsandboxed replay is capped below A
             return out("B")
-        return out("A++" if gpu_model and profile.official_gpu.lower() in gpu_model.lower() else "A")
+        official = profile.official_device == "cuda" and gpu_model and profile.official_gpu.lower() in gpu_model.lower()
+        return out("A++" if official else "A")
     if dev == "cpu":
         linux_x86 = plat.startswith("linux") and ("x86_64" in plat or "amd64" in plat)
         if custody_complete and linux_x86 and sandboxed:
-            return out("contest-CPU")
+            return out("A++" if profile.official_device == "cpu" else "contest-CPU")
         return out("B" if custody_complete else "invalid")
     return out("invalid")
 

@@ -153,9 +153,15 @@ def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, 
     on the official GPU; nothing promotes unless it beats the current frontier."""
     flags = []
     if candidate.grade == "A":
-        flags.append("needs Tesla T4 confirmation")
+        from .contest import get_profile
+        p = get_profile(candidate.profile)
+        flags.append(f"needs {p.official_gpu} confirmation" if p.official_device == "cuda"
+                     else f"needs confirmation on {p.official_environment}")
     elif candidate.grade != "A++":
         return False, f"grade {candidate.grade} cannot set the frontier (only A++, or A flagged)", flags
+    if current is not None and candidate.profile != current.profile:
+        return False, (f"profile {candidate.profile} is not the frontier's ({current.profile}): "
+                       "their scores do not compare"), flags
     if current is not None and not candidate.result.canonical_score < current.result.canonical_score:
         return False, (f"score {candidate.result.canonical_score!r} does not beat the frontier "
                        f"{current.result.canonical_score!r}"), flags
@@ -186,10 +192,14 @@ def verdict(store: Store, ref: str, action: str, reason: str) -> tuple[Run, str,
     return run, sha, flags
 
 
-def annotate(store: Store, ref: str, label: str | None, track: str | None, notes: str | None) -> str:
+def annotate(store: Store, ref: str, label: str | None, track: str | None, notes: str | None,
+             parent: str | None = None, axis: str | None = None) -> str:
     run = resolve_run(store, ref)
+    parent_sha = resolve_run(store, parent).sha256 if parent else None
+    if parent_sha == run.sha256:
+        raise ProvError(f"{ref}: a run cannot be its own parent")
     doc = {"schema": NOTE_SCHEMA, "record": run.sha256, "label": label, "track": track, "notes": notes,
-           "at": now_rfc3339()}
+           "parent": parent_sha, "axis": axis, "at": now_rfc3339()}
     return _store_logged(store, {k: v for k, v in doc.items() if v is not None}, "note", (run.blake3,))
 
 

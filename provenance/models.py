@@ -110,6 +110,8 @@ class EvalRecord(Strict):
     logs: dict[str, BlobDigest] = Field(default_factory=dict, description="phase output tails, by phase.stream")
     timings: dict[str, float] = Field(default_factory=dict)
     sandbox: Optional[SandboxRecord] = Field(default=None, description="each phase's view and the limits, for replays")
+    frames: Optional[dict[str, BlobDigest]] = Field(
+        default=None, description="PNG illustrations by <video>/<original|reconstruction>/<index>; never score authority")
     checks: list[CheckResult] = Field(default_factory=list)
     grade: Literal["A++", "A", "contest-CPU", "B", "external", "invalid"]
     axis: str

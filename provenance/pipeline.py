@@ -57,7 +57,7 @@ def _trust(keys: Path, trust: Path) -> None:
 
 
 def release_all(names: list[str], replays: Path, submissions: Path, store_dir: Path, out: Path,
-                trust: Path, keys: Path, plot: Path) -> list[dict]:
+                trust: Path, keys: Path, plot: Path, sweep: dict | None = None) -> list[dict]:
     from .release import create_release, export_checksums, statement_of
     _ensure_key(keys / "release")
     _ensure_key(keys / "log")
@@ -75,6 +75,9 @@ def release_all(names: list[str], replays: Path, submissions: Path, store_dir: P
         from .models import load_record
         rec = load_record((replays / name / "record.json").read_bytes(), name)
         store.log_object(rec.digest().blake3)
+    if sweep is not None:  # annotate parents and axes, then judge every run by the promotion rule
+        from .sweep import judge
+        judge(store, names, sweep, replays)
     for name in names:
         sub = submissions / name
         env, stmt = create_release(store, str(replays / name / "record.json"), sub / "archive.zip", sub / "runtime",
@@ -110,8 +113,8 @@ def verify_all(names: list[str], releases: Path, submissions: Path, trust: Path,
     return ok
 
 
-def submissions_param(params: Path) -> list[str]:
-    """The `submissions` list of params.yaml (read with ruamel.yaml, which DVC brings; JSON also works)."""
+def load_params(params: Path):
+    """params.yaml as read with ruamel.yaml (which DVC brings); JSON also works."""
     text = params.read_text()
     try:
         doc = json.loads(text)
@@ -121,6 +124,12 @@ def submissions_param(params: Path) -> list[str]:
         except ImportError:
             raise ProvError(f"{params}: YAML needs ruamel.yaml (installed with dvc), or write it as JSON") from None
         doc = YAML(typ="safe").load(text)
+    return doc
+
+
+def submissions_param(params: Path) -> list[str]:
+    """The `submissions` list of params.yaml."""
+    doc = load_params(params)
     names = doc.get("submissions") if isinstance(doc, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.isidentifier() for n in names):
         raise ProvError(f"{params}: 'submissions' must be a non-empty list of names")

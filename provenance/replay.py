@@ -24,6 +24,7 @@ from .contest import Check
 from .digest import Digest, hash_file, stream
 from .errors import ProvError, VerificationFailed
 from .files import remove_tree
+from .frames import keep_frames
 from .models import EvalRecord, Environment, PhaseView, SandboxRecord
 from .sandbox import Layout, Limits, PhaseResult, Sandbox, View, written_bytes
 
@@ -249,7 +250,8 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
             extra_checks=[raw_check] + ([] if sandboxed else [Check("sandboxed", False,
                                                                     "replayed with --no-sandbox: grade capped below A",
                                                                     "flag")]),
-            logs=log_blobs, sandbox=sandbox)
+            logs=log_blobs, sandbox=sandbox,
+            frames=keep_frames(store, profile, upstream, layout.runtime_copy / "inflated", names))
         return ReplayResult(record, digest, checks, phases)
     finally:
         if not keep_scratch:

@@ -10,3 +10,7 @@ echo "== prov verify evidence/releases/half/manifest.json (what a judge runs) ==
 prov verify evidence/releases/half/manifest.json --trust evidence/trust.json \
   --archive submissions/half/archive.zip --runtime submissions/half/runtime \
   --record evidence/releases/half/record.json
+echo
+echo "== the notebook: frontier, promotions and rejections, by the rule (open evidence/site/index.html) =="
+prov --store evidence/store frontier
+prov --store evidence/store ledger show

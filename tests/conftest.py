@@ -78,3 +78,15 @@ def mini(tmp_path_factory):
 
 def sample(mini, name):
     return mini / "submissions" / name / "archive.zip", mini / "submissions" / name / "runtime"
+
+
+@pytest.fixture(scope="session")
+def demo_lab(tmp_path_factory):
+    """The demo pipeline (`dvc repro` in a clone of the working tree), run once for test_dvc and
+    test_notebook: the sweep's replays are the slow part, so they are paid for once."""
+    from test_dvc import DVC, clone_worktree, sh  # skips (module-level) where dvc or torch is missing
+    base = tmp_path_factory.mktemp("dvc")
+    repo = clone_worktree(base / "repo")
+    sh(DVC, "remote", "add", "--local", "-f", "-d", "test", str(base / "remote"), cwd=repo)
+    r = sh(DVC, "repro", cwd=repo)
+    return {"base": base, "repo": repo, "first": r.stdout}

@@ -55,17 +55,13 @@ def tree_files(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    base = tmp_path_factory.mktemp("dvc")
-    repo = clone_worktree(base / "repo")
-    sh(DVC, "remote", "add", "--local", "-f", "-d", "test", str(base / "remote"), cwd=repo)
-    r = sh(DVC, "repro", cwd=repo)
-    return {"base": base, "repo": repo, "first": r.stdout}
+def lab(demo_lab):  # conftest runs the demo once; test_notebook reads the same clone
+    return demo_lab
 
 
 def test_full_repro(lab):
     repo = lab["repo"]
-    assert {"miniature", "replay@copy", "replay@half", "release", "verify"} <= ran(lab["first"])
+    assert {"miniature", "replay@copy", "replay@half", "release", "verify", "site"} <= ran(lab["first"])
     assert json.loads((repo / "evidence/verify.json").read_text())["ok"] is True
     show = sh(DVC, "metrics", "show", "--json", cwd=repo).stdout
     metrics = json.loads(show)

@@ -55,7 +55,7 @@ def test_replay_both_samples_sandboxed(tmp_path, mini):
         assert time.monotonic() - t0 < 30
         rec = out["record"]
         assert rec["source"] == "replay" and rec["profile"] == "comma-miniature-v1"
-        assert rec["grade"] == "contest-CPU" and rec["environment"]["sandboxed"] is True
+        assert rec["grade"] == "A++" and rec["environment"]["sandboxed"] is True  # the miniature's official environment
         assert rec["environment"]["sandbox_env"]["HOME"] == "/tmp" and "torch" in rec["environment"]
         assert all(c["ok"] for c in out["checks"]), out["checks"]
         assert set(rec["timings"]) == {"probe", "inflate", "evaluate"}
@@ -284,7 +284,7 @@ def test_escape_attempts_are_blocked(tmp_path, mini, host, attack):
     r, out = replay(tmp_path / "store", a, runtime, mini / "upstream", "--name", "evil",
                     env={"HOME": str(host["home"])})
     assert r.returncode == 0, f"attempt was not contained cleanly: {r.err}"
-    assert out["record"]["grade"] == "contest-CPU"
+    assert out["record"]["grade"] == "A++"
     assert host["seen"] == []
     assert prov_json("hash", mini / "upstream")["sha256"] == host["upstream_digest"]
     assert prov_json("hash", runtime)["sha256"] == orig_runtime

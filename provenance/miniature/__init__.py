@@ -23,4 +23,6 @@ PROFILE = register(Profile(
         ("models/segnet.safetensors", 2_428, "7be858cfe0a7a50ee7800c509188b28f9284ea8d95855d724c4871481cf95202"),
         ("videos/0.mkv", 8_984, "48bcdefc11c45b94394e9e06f31e35da60c166fa00898ca9be6f17d78b9bba4b"),
     ),
+    official_device="cpu",
+    preview_frames=(0, 25, 47),  # made to be replayed on any lab machine: an exact CPU replay is its top grade
 ))

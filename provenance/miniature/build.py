@@ -138,6 +138,33 @@ exec python -m "submissions.$(basename "$here").inflate" "$@"
 """
 
 
+# The sweep: variants of `half` along named axes (params.yaml names each one's parent and axis).
+# name -> (downscale factor, x265 crf, upsampling filter in inflate)
+SWEEP = {
+    "half_crf30": (2, 30, "nearest"),
+    "half_crf42": (2, 42, "nearest"),
+    "half_bilinear": (2, 36, "bilinear"),
+    "quarter_bilinear": (4, 36, "bilinear"),
+}
+INFLATE_SCALED = """#!/usr/bin/env bash
+# inflate.sh ARCHIVE_DIR INFLATED_DIR VIDEO_NAMES_FILE
+set -euo pipefail
+exec python "$(dirname "$0")/inflate.py" "$@" {scale} {filter}
+"""
+
+
+def build_sweep(work: Path, clip: np.ndarray) -> None:
+    for name, (scale, crf, filt) in SWEEP.items():
+        sub = work / "submissions" / name
+        (sub / "runtime").mkdir(parents=True)
+        write_exec(sub / "runtime/inflate.sh", INFLATE_SCALED.format(scale=scale, filter=filt))
+        shutil.copyfile(HERE / "samples/scaled_inflate.py", sub / "runtime/inflate.py")
+        tmp = work / f"{name}.mkv"
+        encode(np.ascontiguousarray(clip[:, ::scale, ::scale, :]), tmp, crf=crf)
+        write_zip(sub / "archive.zip", {"0.mkv": tmp.read_bytes()})
+        tmp.unlink()
+
+
 def build(dest: str | Path) -> Path:
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -173,6 +200,7 @@ def build(dest: str | Path) -> Path:
     encode(np.ascontiguousarray(clip[:, ::2, ::2, :]), work / "half.mkv", crf=36)
     write_zip(half / "archive.zip", {"0.mkv": (work / "half.mkv").read_bytes()})
     (work / "half.mkv").unlink()
+    build_sweep(work, clip)
     if dest.exists():
         dest.rmdir()
     os.rename(work, dest)

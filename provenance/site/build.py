@@ -13,10 +13,10 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import ledger
+from .. import canonical, contest, ledger
 from ..errors import ProvError, VerificationFailed
 from ..store import Store
-from . import plots, sanitize
+from . import pages, plots, sanitize
 
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
@@ -55,15 +55,44 @@ def _view(r: ledger.Run, href: str) -> dict:
             "score": res.canonical_score, "score_repr": repr(res.canonical_score), "bytes": r.archive_bytes,
             "source": r.record.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags, "href": href,
             "samples": res.samples, "segnet": f"{res.segnet:.3g}", "posenet": f"{res.posenet:.3g}",
+            "segnet_exact": res.printed.get("segnet", repr(res.segnet)),
+            "posenet_exact": res.printed.get("posenet", repr(res.posenet)),
             "rate": f"{res.rate:.6g}", "archive": r.record.archive.sha256 if r.record.archive else None,
             "runtime": r.record.runtime.tree.sha256 if r.record.runtime.tree else
-            r.record.runtime.legacy_v1_sha256}
+            r.record.runtime.legacy_v1_sha256, "page": pages.run_href(r.sha256), "name": pages.name_of(r),
+            "axis": r.axis, "profile": r.record.profile, "device": r.record.environment.device,
+            "platform": r.record.environment.platform, "gpu": r.record.environment.gpu_model}
+
+
+def _frames(store: Store, work: Path, r: ledger.Run, evidence: list) -> list[dict]:
+    """The run's PNG illustrations, published under their SHA-256 (same pixels, same file)."""
+    by_index: dict[str, dict] = {}
+    for key, d in sorted((r.record.frames or {}).items()):
+        video, kind, index = key.split("/")
+        rel = f"evidence/frames/{d.sha256}.png"
+        if not (work / rel).exists():
+            _write(work, rel, store.read_bytes(d.blake3 or store.resolve(d.sha256).blake3))
+            evidence.append({"kind": "frame", "path": rel, "sha256": _sha(work / rel),
+                             "note": f"{kind} {video} frame {int(index)}"})
+        by_index.setdefault(f"{video}/{index}", {"video": video, "index": int(index)})[kind] = rel
+    return list(by_index.values())
 
 
 def _turning_points(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
     promoted = [r for r in runs if r.verdict == "promote"]
     if promoted:
         return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score) for r in promoted], "Frontier over promotions"
+    return _best_so_far(runs)
+
+
+def _branches(runs: list[ledger.Run]) -> list[tuple[str, float, float]]:
+    """Rejected runs, placed after the turning point they were judged against (x = its order + 0.5)."""
+    order = {r.sha256: i for i, r in enumerate((r for r in runs if r.verdict == "promote"), 1)}
+    return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score, order[r.previous_frontier] + 0.5)
+            for r in runs if r.verdict == "reject" and r.previous_frontier in order]
+
+
+def _best_so_far(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
     pts, best = [], None
     for r in runs:
         if best is None or r.score < best:
@@ -139,6 +168,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             st = ledger.release_of(store, front.sha256)
             fview["release"] = st["predicate"]["name"] if st else None
             fview["release_href"] = release_links.get(fview["release"]) if st else None
+            fview["environment"] = contest.get_profile(front.record.profile).official_environment
         best = min(views, key=lambda v: v["score"]) if views else None
         pts, title = _turning_points(runs)
         name = fview["release"] if fview and fview.get("release") else next(iter(release_links), "NAME")
@@ -152,6 +182,16 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         ]
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
         generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        releases_by_record = _releases_by_record(store, release_links)
+        by_sha = {v["record"]: v for v in views}
+        for r, v in zip(runs, views):
+            frames = _frames(store, work, r, evidence)
+            rel = releases_by_record.get(r.sha256)
+            _write(work, v["page"], env.get_template("run.html.j2").render(
+                csp=CSP, root="../", r=v, rec=r.record, frames=frames, release=rel, custody=pages.CUSTODY,
+                parent=by_sha.get(r.parent), environment=contest.get_profile(r.record.profile).official_environment,
+                verify_commands=pages.verify_commands(rel["name"] if rel else None, r.sha256, r.record.profile),
+                generated=None).encode())  # no timestamp: an unchanged run's page keeps its bytes
         pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
         page_links = [{"href": f"ledger/{n}.html", "n": n, "first": i * PAGE + 1, "last": i * PAGE + len(pg)}
                       for n, pg in enumerate(pages, 1) for i in (n - 1,)]
@@ -163,11 +203,14 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         _write(work, "evidence.html", env.get_template("evidence.html.j2").render(
             csp=CSP, root="", evidence=evidence, generated=generated).encode())
         html = env.get_template("index.html.j2").render(
-            csp=CSP, frontier=fview, best=best, runs=views[-RECENT:][::-1],
+            csp=CSP, root="", frontier=fview, best=best, runs=views[-RECENT:][::-1],
             best_runs=sorted(views, key=lambda v: v["score"])[:BEST], pages=page_links, total=len(views),
             evidence=evidence[-EVIDENCE_ON_INDEX:], evidence_total=len(evidence), verify_commands=verify_commands,
             plot_score_bytes=plots.score_vs_bytes(runs, front.sha256 if front else None),
-            plot_trajectory=plots.trajectory(pts, title),
+            plot_trajectory=plots.trajectory(pts, title, _branches(runs)), custody=pages.CUSTODY,
+            comparisons=pages.comparisons(runs), neighbourhoods=pages.neighbourhoods(runs),
+            counts={"runs": len(runs), "promote": sum(r.verdict == "promote" for r in runs),
+                    "reject": sum(r.verdict == "reject" for r in runs)},
             generated=generated)
         _write(work, "index.html", html.encode())
         shutil.copyfile(HERE / "templates/style.css", work / "style.css")
@@ -198,6 +241,22 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _releases_by_record(store: Store, release_links: dict) -> dict[str, dict]:
+    """record sha256 -> its newest release, reading each release statement once (not once a run)."""
+    newest: dict[str, dict] = {}
+    for name, b3 in store.list_refs():
+        if name.startswith("releases/"):
+            p = canonical.loads(store.read_bytes(b3), name)["predicate"]
+            sha = p["record"]["sha256"]
+            if sha not in newest or p["version"] > newest[sha]["version"]:
+                newest[sha] = {"name": p["name"], "version": p["version"], "href": release_links.get(p["name"]),
+                               "issued_at": p["issued_at"]}
+    return newest
+
+
+VIEW_VERSION = 2  # bumped whenever _view's fields change: cached rows of another shape are remade
+
+
 class _ViewCache:
     """Each run's redacted table row, kept in the store's index (never published) under what it was
     made from: the run's annotations and verdict, and the hygiene rules. A rebuild reads and redacts
@@ -216,7 +275,7 @@ class _ViewCache:
             self.rows = {}
 
     def get(self, r: ledger.Run) -> dict:
-        key = hashlib.sha256(json.dumps([self.rules, r.label, r.track, r.notes, r.verdict, r.reason, r.flags,
+        key = hashlib.sha256(json.dumps([VIEW_VERSION, self.rules, r.label, r.track, r.notes, r.verdict, r.reason, r.flags,
                                          r.parent if hasattr(r, "parent") else None,
                                          r.axis if hasattr(r, "axis") else None]).encode()).hexdigest()
         hit = self.rows.get(r.sha256)

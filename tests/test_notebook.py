@@ -1,0 +1,195 @@
+"""The lab notebook a person would rather read: the demo pipeline's frontier, promotions and
+rejections; run pages and frames in the bundle; the page measured in real headless Chromium at a
+desktop and a phone width."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from conftest import prov_json, run_prov
+from provenance import contest
+from provenance.frames import png, read_frames_raw
+from provenance.errors import ProvError
+from provenance.miniature import PROFILE as MINI
+
+
+# -- the rule: the miniature's official environment is a Linux x86_64 CPU ----------------------
+
+def _grade(profile, **kw):
+    facts = dict(source="replay", device="cpu", gpu_model=None, samples=profile.samples, platform="linux-x86_64",
+                 custody_complete=True, canonical_env=True)
+    return contest.grade(profile, **{**facts, **kw})[0]
+
+
+def test_official_environment_decides_the_top_grade():
+    assert MINI.official_environment == "CPU on Linux x86_64"
+    assert _grade(MINI) == "A++"
+    assert _grade(MINI, sandboxed=False) == "B"
+    assert _grade(MINI, platform="darwin-arm64") == "invalid"
+    assert _grade(MINI, device="cuda", gpu_model="Tesla T4") == "A"  # not its official environment
+    assert _grade(MINI, samples=MINI.samples - 1) == "invalid"
+    # the official contest is unchanged: CPU is context, only a T4 sets the frontier
+    assert _grade(contest.OFFICIAL, samples=600) == "contest-CPU"
+    assert _grade(contest.OFFICIAL, samples=600, device="cuda", gpu_model="Tesla T4") == "A++"
+
+
+# -- frames: deterministic PNGs, read safely -----------------------------------------------------
+
+def _unpng(data: bytes) -> tuple[int, int, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, w, h = 8, b"", None, None
+    while pos < len(data):
+        (n,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + n]
+        assert zlib.crc32(kind + body) & 0xFFFFFFFF == struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0]
+        if kind == b"IHDR":
+            w, h = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    return w, h, b"".join(raw[y * (w * 3 + 1) + 1:(y + 1) * (w * 3 + 1)] for y in range(h))
+
+
+def test_png_round_trips():
+    rgb = bytes(range(256)) * 9  # 6 rows of 128 RGB pixels
+    w, h, back = _unpng(png(rgb, 128, 6))
+    assert (w, h, back) == (128, 6, rgb)
+    assert png(rgb, 128, 6) == png(rgb, 128, 6)
+
+
+def test_frames_are_read_without_following_links(tmp_path):
+    raw = tmp_path / "0.raw"
+    raw.write_bytes(os.urandom(MINI.frames * MINI.width * MINI.height * 3))
+    got = read_frames_raw(raw, MINI, (0, 47))
+    assert got[47] == raw.read_bytes()[47 * MINI.width * MINI.height * 3:]
+    os.symlink(raw, tmp_path / "1.raw")
+    with pytest.raises(ProvError, match="cannot open"):
+        read_frames_raw(tmp_path / "1.raw", MINI, (0,))
+    os.mkfifo(tmp_path / "2.raw")
+    with pytest.raises(ProvError, match="not a regular file"):
+        read_frames_raw(tmp_path / "2.raw", MINI, (0,))
+    (tmp_path / "3.raw").write_bytes(b"x" * 10)
+    with pytest.raises(ProvError, match="not 48 frames"):
+        read_frames_raw(tmp_path / "3.raw", MINI, (0,))
+
+
+# -- the demo pipeline ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo(demo_lab):
+    repo = demo_lab["repo"]
+    store = repo / "evidence/store"
+    return {"repo": repo, "store": store, "site": repo / "evidence/site",
+            "runs": prov_json("ledger", "show", store=store)}
+
+
+def test_demo_has_a_frontier_promotions_and_rejections(demo):
+    runs = demo["runs"]
+    verdicts = [r["verdict"] for r in runs]
+    assert len(runs) >= 6 and verdicts.count("promote") >= 2 and verdicts.count("reject") >= 1, runs
+    assert all(r["reason"] for r in runs), "every verdict says why"
+    front = prov_json("frontier", store=demo["store"])
+    assert front["frontier"]["grade"] == "A++" and front["release"]
+    promoted = [r for r in runs if r["verdict"] == "promote"]
+    assert front["frontier"]["canonical_score"] == min(r["canonical_score"] for r in promoted)
+    assert min(r["canonical_score"] for r in runs) == front["frontier"]["canonical_score"], \
+        "the rule promotes every A++ run that beats the frontier, so the best run is the frontier"
+
+
+def test_sweep_annotations_and_the_rule(demo):
+    runs = {r["label"]: r for r in demo["runs"]}
+    assert runs["half_crf30"]["parent"] == runs["half"]["record"] and runs["half_crf30"]["axis"] == "crf 36 -> 30"
+    assert "does not beat the frontier half" in runs["half_crf30"]["reason"]
+    # the rule, not the sweep, decides: a grade that may not set the frontier is refused by name
+    from provenance import ledger
+    from provenance.models import load_record
+    repo = demo["repo"]
+    rec = load_record((repo / "evidence/releases/quarter_bilinear/record.json").read_bytes())
+    prev = load_record((repo / "evidence/releases/copy/record.json").read_bytes())
+    assert ledger.promotion(rec, prev)[0] is True
+    ok, why, _ = ledger.promotion(rec.model_copy(update={"grade": "contest-CPU"}), prev)
+    assert not ok and "cannot set the frontier" in why
+    ok, why, _ = ledger.promotion(rec, prev.model_copy(update={"profile": "comma-official-v1"}))
+    assert not ok and "do not compare" in why
+
+
+def test_site_pages_frames_and_manifest(demo):
+    site = demo["site"]
+    assert run_prov("site", "check", site).returncode == 0, "hygiene and the file manifest hold"
+    listed = {f["path"]: f["sha256"] for f in json.loads((site / "public_bundle_manifest.json").read_text())["files"]}
+    index = (site / "index.html").read_text()
+    for r in demo["runs"]:
+        page = f"runs/{r['record'][:16]}.html"
+        assert page in listed and f'href="{page}"' in index
+        html = (site / page).read_text()
+        rec = json.loads((site / f"evidence/records/{r['record']}.json").read_text())
+        assert repr(rec["result"]["canonical_score"]) in html
+        assert all(c["name"] in html for c in rec["checks"])
+        assert all(v["sha256"] in html for v in rec["logs"].values()), "phase-log digests"
+        assert "never score authority" in html and "prov verify evidence/releases/" in html
+        assert len(rec["frames"]) == 2 * len(MINI.preview_frames)
+        for key, d in rec["frames"].items():
+            rel = f"evidence/frames/{d['sha256']}.png"
+            data = (site / rel).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == d["sha256"] == listed[rel]
+            assert f'src="../{rel}"' in html
+            w, h, _ = _unpng(data)
+            assert (w, h) == (MINI.width, MINI.height)
+    # the frontier card: the custody path, the exact score, the record it rests on
+    front = prov_json("frontier", store=demo["store"])["frontier"]
+    card = index[index.index('id="frontier"'):index.index('id="plots"')]
+    assert "archive.zip -&gt; inflate.sh -&gt; upstream/evaluate.py" in card
+    assert f'id="frontier-score">{front["canonical_score"]!r}<' in card and front["record"][:16] in card
+    # "why A beat B" for promotions over a frontier, a neighbourhood per parent, named plot points
+    assert index.count("<h3>Why ") == sum(r["verdict"] == "promote" for r in demo["runs"]) - 1
+    assert "Around <a" in index and "changed axis" in index
+    plot = index[index.index('id="plot-score-bytes"'):index.index('id="plot-trajectory"')]
+    assert all(f"<title>{r['label']}: score" in plot for r in demo["runs"])
+
+
+def test_dvc_views(demo):
+    dvc_yaml = (demo["repo"] / "dvc.yaml").read_text()
+    assert "template: scatter" in dvc_yaml and "x_label:" in dvc_yaml and "y_label:" in dvc_yaml
+    m = json.loads((demo["repo"] / "evidence/metrics/half.json").read_text())
+    rec = json.loads((demo["repo"] / "evidence/releases/half/record.json").read_text())
+    assert m["canonical_score"] == rec["result"]["canonical_score"], "metrics keep every digit"
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chromium not installed (.ci/setup installs it)")
+def test_screens_in_headless_chromium(demo, tmp_path):
+    from cdp import Browser
+    site = demo["site"]
+    run_page = site / f"runs/{demo['runs'][1]['record'][:16]}.html"
+    shots = Path(os.environ.get("PROV_SCREENSHOTS") or tmp_path)
+    browser = Browser(tmp_path / "profile")
+    try:
+        for width in (1280, 390):
+            for name, path in (("index", site / "index.html"), ("run", run_page)):
+                page = browser.open(path.as_uri(), width)
+                scroll, inner = page.eval("[document.documentElement.scrollWidth, window.innerWidth]")
+                assert inner == width
+                assert scroll <= width, f"{name} at {width}px: page is {scroll}px wide"
+                # every table that is wider than the screen scrolls inside its own box
+                loose = page.eval("Array.from(document.querySelectorAll('table')).filter(t => "
+                                  "t.getBoundingClientRect().right > innerWidth + 1 && "
+                                  "getComputedStyle(t.parentElement).overflowX !== 'auto').length")
+                assert loose == 0
+                # plot text readable: SVG glyphs drawn at 9 px or taller on screen
+                if name == "index":
+                    scale = page.eval("(() => { const s = document.querySelector('#plot-score-bytes svg');"
+                                      " return s.getBoundingClientRect().width / s.viewBox.baseVal.width; })()")
+                    assert 12 * scale >= 8.5, f"plot text about {12 * scale:.1f} px at {width}px"
+                else:
+                    assert page.eval("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+                shot = page.screenshot(shots / f"{name}-{width}.png")
+                assert shot.stat().st_size > 10_000
+    finally:
+        browser.close()
