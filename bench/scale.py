@@ -79,7 +79,7 @@ def small_tree(path: Path, n: int, tag: str) -> Path:
 
 def record_bytes(i: int, score: float, grade: str) -> bytes:
     return canonical.dumps({
-        "schema": "comma-lab/eval-record/v1", "profile": "miniature", "source": "replay",
+        "schema": "comma-lab/eval-record/v1", "profile": "comma-official-v1", "source": "replay",
         "archive": {"sha256": f"{i:064x}", "size": 100_000 + i},
         "result": {"samples": 600, "posenet": 0.01, "segnet": 0.02, "rate": 0.05 + i * 1e-6,
                    "canonical_score": score},

@@ -56,7 +56,7 @@ def test_release_bundle_stays_small_after_999_releases(tmp_path):
 
 
 def _record(i: int, score: float, grade: str = "A++") -> bytes:
-    doc = {"schema": "comma-lab/eval-record/v1", "profile": "miniature", "source": "replay",
+    doc = {"schema": "comma-lab/eval-record/v1", "profile": "comma-official-v1", "source": "replay",
            "archive": {"sha256": f"{i:064x}", "size": 1000 + i},
            "result": {"samples": 1, "posenet": 0.0, "segnet": 0.0, "rate": 0.5, "canonical_score": score},
            "grade": grade, "axis": "test", "allowed_use": "test", "created_at": "2026-01-01T00:00:00Z"}

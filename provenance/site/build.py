@@ -143,7 +143,6 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                     note = "redacted view: machine paths and secrets replaced"
                 record_evidence.append({"kind": "record", "path": rel, "sha256": _sha(p), "note": note})
             views.append(entry["view"])
-        cache.save()
         release_links = {}
         if releases:
             for d in sorted(Path(releases).iterdir()):
@@ -184,19 +183,27 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         releases_by_record = _releases_by_record(store, release_links)
         by_sha = {v["record"]: v for v in views}
-        for r, v in zip(runs, views):
-            frames = _frames(store, work, r, evidence)
+        for r, v, entry in zip(runs, views, entries):
             rel = releases_by_record.get(r.sha256)
-            _write(work, v["page"], env.get_template("run.html.j2").render(
+            page_key = hashlib.sha256(json.dumps([cache.keys[r.sha256], rel, by_sha.get(r.parent)],
+                                                 sort_keys=True).encode()).hexdigest()
+            if _carry_page(out, work, entry, page_key, published, evidence):
+                continue
+            before = len(evidence)
+            frames = _frames(store, work, r, evidence)
+            page = _write(work, v["page"], env.get_template("run.html.j2").render(
                 csp=CSP, root="../", r=v, rec=r.record, frames=frames, release=rel, custody=pages.CUSTODY,
                 parent=by_sha.get(r.parent), environment=contest.get_profile(r.record.profile).official_environment,
                 verify_commands=pages.verify_commands(rel["name"] if rel else None, r.sha256, r.record.profile),
                 generated=None).encode())  # no timestamp: an unchanged run's page keeps its bytes
-        pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
+            cache.put(r.sha256, {**entry, "page_key": page_key, "page_sha": _sha(page),
+                                 "frame_evidence": [e for e in evidence[before:] if e["kind"] == "frame"]})
+        cache.save()
+        ledger_pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
         page_links = [{"href": f"ledger/{n}.html", "n": n, "first": i * PAGE + 1, "last": i * PAGE + len(pg)}
-                      for n, pg in enumerate(pages, 1) for i in (n - 1,)]
+                      for n, pg in enumerate(ledger_pages, 1) for i in (n - 1,)]
         rec_ev = {e["path"]: e for e in record_evidence}
-        for n, pg in enumerate(pages, 1):
+        for n, pg in enumerate(ledger_pages, 1):
             _write(work, f"ledger/{n}.html", env.get_template("ledger.html.j2").render(
                 csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
                 generated=generated).encode())
@@ -260,11 +267,12 @@ VIEW_VERSION = 2  # bumped whenever _view's fields change: cached rows of anothe
 class _ViewCache:
     """Each run's redacted table row, kept in the store's index (never published) under what it was
     made from: the run's annotations and verdict, and the hygiene rules. A rebuild reads and redacts
-    only the runs whose row would change."""
+    only the runs whose row would change; with the row, what its run page was made from, so an
+    unchanged page (and its frames) is carried over from the last bundle."""
 
     def __init__(self, store: Store, rules: str, write: bool):
         import sqlite3
-        self.store, self.rules, self.new = store, rules, []
+        self.store, self.rules, self.dirty = store, rules, {}
         self.write = write and not getattr(store, "readonly", False)
         if self.write:
             store.db.execute("CREATE TABLE IF NOT EXISTS site_view(sha BLOB PRIMARY KEY, key TEXT NOT NULL, "
@@ -273,23 +281,42 @@ class _ViewCache:
             self.rows = {sha.hex(): (key, entry) for sha, key, entry in store.db.execute("SELECT * FROM site_view")}
         except sqlite3.OperationalError:  # never cached
             self.rows = {}
+        self.keys: dict[str, str] = {}
 
     def get(self, r: ledger.Run) -> dict:
-        key = hashlib.sha256(json.dumps([VIEW_VERSION, self.rules, r.label, r.track, r.notes, r.verdict, r.reason, r.flags,
-                                         r.parent if hasattr(r, "parent") else None,
-                                         r.axis if hasattr(r, "axis") else None]).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([VIEW_VERSION, self.rules, r.label, r.track, r.notes, r.verdict, r.reason,
+                                         r.flags, r.parent, r.axis]).encode()).hexdigest()
+        self.keys[r.sha256] = key
         hit = self.rows.get(r.sha256)
         if hit is not None and hit[0] == key:
             return json.loads(hit[1])
-        entry = {"created": r.record.created_at,
+        entry = {"created": r.record.created_at, "profile": r.record.profile,
                  "view": sanitize.redact(_view(r, f"evidence/records/{r.sha256}.json"))}  # annotations are published
-        self.new.append((bytes.fromhex(r.sha256), key, json.dumps(entry)))
+        self.dirty[r.sha256] = entry
         return entry
 
+    def put(self, sha: str, entry: dict) -> None:
+        self.dirty[sha] = entry
+
     def save(self) -> None:
-        if self.new and self.write:
+        if self.dirty and self.write:
             with self.store.transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO site_view VALUES(?,?,?)", self.new)
+                db.executemany("INSERT OR REPLACE INTO site_view VALUES(?,?,?)",
+                               [(bytes.fromhex(sha), self.keys[sha], json.dumps(e)) for sha, e in self.dirty.items()])
+
+
+def _carry_page(out: Path, work: Path, entry: dict, page_key: str, published: dict, evidence: list) -> bool:
+    """Link the last bundle's page for this run (and its frames) when it was made from the same inputs."""
+    page = entry["view"]["page"]
+    if entry.get("page_key") != page_key or published.get(page) != entry.get("page_sha"):
+        return False
+    for e in entry.get("frame_evidence", []):
+        if not (work / e["path"]).exists() and not _keep(out / e["path"], work / e["path"], e["sha256"]):
+            return False
+    if not _keep(out / page, work / page, entry["page_sha"]):
+        return False
+    evidence.extend(e for e in entry.get("frame_evidence", []) if e not in evidence)
+    return True
 
 
 def _previous(out: Path, rules: str) -> tuple[dict[str, str], dict[str, str], set[str]]:
@@ -320,6 +347,22 @@ def _keep(old: Path, new: Path, sha: str) -> bool:
     return True
 
 
+def _pixels_only(data: bytes) -> bool:
+    """A PNG of nothing but its header, pixel data and end (IHDR, IDAT, IEND): no text chunk to leak."""
+    import struct
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind not in (b"IHDR", b"IDAT", b"IEND"):
+            return False
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos == len(data)
+    return False
+
+
 def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
     """The hygiene scan, once per published file; a file the last bundle published with the same
     bytes (scanned then, under the same rules) is not scanned again, nor a line of the file
@@ -330,7 +373,10 @@ def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
             rel = p.relative_to(root).as_posix()
             if rel in skip:
                 continue
-            text = p.read_bytes().decode("utf-8", "replace")
+            data = p.read_bytes()
+            if rel.endswith(".png") and _pixels_only(data):
+                continue  # pixels carry no text: the scan would read compressed bytes as words
+            text = data.decode("utf-8", "replace")
             if rel == "public_bundle_manifest.json" and listed:
                 text = "\n".join("" if ln in listed else ln for ln in text.split("\n"))  # line numbers kept
             out += sanitize.scan_text(rel, text)
@@ -340,7 +386,7 @@ def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
 def check_site(root: str | Path) -> list[str]:
     """Re-scan a bundle and re-check its manifest: every problem as one line."""
     root = Path(root)
-    problems = [str(v) for v in sanitize.scan_dir(root)]
+    problems = [str(v) for v in _scan(root, set(), set())]  # the same scan the build ran
     man = root / "public_bundle_manifest.json"
     if not man.is_file():
         return problems + ["public_bundle_manifest.json: missing"]
