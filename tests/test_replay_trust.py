@@ -84,7 +84,7 @@ def test_inflate_cannot_see_ground_truth_or_weights_and_cannot_nest_namespaces(t
     r = replay(tmp_path, hostile(tmp_path, pristine, attack), up, mini=pristine)
     assert r.returncode == 0, r.err
     rec = r.record
-    assert rec["grade"] == "contest-CPU"
+    assert rec["grade"] == "A++"  # the miniature's official environment is CPU (issue 16)
     views = rec["sandbox"]["phases"]
     assert views["inflate"]["hidden"] == ["upstream/videos", "upstream/models"]
     assert "upstream/videos" not in views["inflate"]["sees"] and "upstream/videos" in views["evaluate"]["sees"]
@@ -338,4 +338,4 @@ def test_large_binary_outside_the_archive_is_flagged(tmp_path, pristine):
     assert c["ok"] is False and c["severity"] == "flag"
     assert f"weights.bin ({3 << 20:,} bytes)" in c["detail"] and "big_source.py" not in c["detail"]
     assert f"runtime tree holds {r.record['runtime']['tree']['size']:,} bytes" in c["detail"]
-    assert r.record["grade"] == "contest-CPU"  # a flag for the judge, not a verdict
+    assert r.record["grade"] == "A++"  # a flag for the judge, not a verdict (A++: the miniature's CPU environment)
