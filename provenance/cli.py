@@ -829,7 +829,7 @@ def _run_row(r) -> dict:
 def ledger_show(ctx, as_json, limit=None):
     """Every run with its grade, score and verdict."""
     from .ledger import runs
-    rows = [_run_row(r) for r in runs(open_store(ctx), limit)]
+    rows = [_run_row(r) for r in runs(open_store(ctx), limit, write=False)]  # a reader writes nothing
     emit(rows, as_json, lambda: "\n".join(
         f"{r['record'][:12]}  {r['grade']:11} {r['canonical_score']!r:>22} {r['archive_bytes']:>10,}  "
         f"{(r['verdict'] or '-'):8} {r['label'] or ''}" for r in rows) or "no runs yet")
@@ -886,7 +886,7 @@ def frontier(ctx, as_json):
     """The best promoted run and its release."""
     from .ledger import frontier as best, release_of
     store = open_store(ctx)
-    r = best(store)
+    r = best(store, write=False)  # a reader writes nothing: the rows are used when current
     if r is None:
         emit({"frontier": None}, as_json, "no frontier yet: promote an A++ run with prov ledger promote")
         return

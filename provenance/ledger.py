@@ -122,9 +122,9 @@ def runs(store: Store, limit: int | None = None, write: bool = True) -> list[Run
     return [_run(store, r) for r in reversed(ledgerindex.rows(store, order="id DESC", limit=limit))]
 
 
-def _run_by_b3(store: Store, b3: str) -> Run | None:
+def _run_by_b3(store: Store, b3: str, write: bool = True) -> Run | None:
     from . import ledgerindex
-    if not ledgerindex.sync(store):
+    if not ledgerindex.sync(store, write):
         return next((r for r in _runs_full(store) if r.blake3 == b3), None)
     oid = store.object_id(b3)
     found = ledgerindex.rows(store, "WHERE id=?", (oid,)) if oid is not None else []
@@ -141,11 +141,13 @@ def resolve_run(store: Store, ref: str) -> Run:
     return run
 
 
-def frontier(store: Store) -> Run | None:
+def frontier(store: Store, write: bool = True) -> Run | None:
+    """The frontier run. Without `write`, the ledger rows are used only if current (a reader of a
+    store that a pipeline tracks must not change it)."""
     b3 = store.get_ref(FRONTIER_REF)
     if b3 is None:
         return None
-    return _run_by_b3(store, b3)
+    return _run_by_b3(store, b3, write)
 
 
 def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, str, list[str]]:
