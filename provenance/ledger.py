@@ -173,6 +173,8 @@ def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, 
 def _store_logged(store: Store, doc: dict, kind: str, children: tuple[str, ...]) -> str:
     d = store.put_bytes(canonical.dumps(doc), kind, children)
     store.log_object(d.blake3)
+    from . import ledgerindex
+    ledgerindex.sync(store)  # a writer leaves the rows current, so readers (which never write) use them
     return d.sha256
 
 
