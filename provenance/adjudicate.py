@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import contest
+from .canonical import now_rfc3339  # noqa: F401  (its home is canonical; re-exported)
 from .contest import Check, Profile
 from .digest import Digest, hash_file
 from .errors import ProvError
 from .models import (BlobDigest, CheckResult, Environment, EvalRecord, Result, Runtime, SandboxRecord,
                      TreeDigest, Upstream)
 from .store import Store
-
-
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def tree_model(d: Digest) -> TreeDigest:

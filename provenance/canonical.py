@@ -78,3 +78,9 @@ def load_file(path, what: str | None = None, limit: int = 16 << 20) -> Any:
     if len(data) > limit:
         raise ProvError(f"{p}: larger than {limit} bytes")
     return loads(data, what or str(p))
+
+
+def now_rfc3339() -> str:
+    """Now, UTC, to the second: the time documents carry."""
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -287,7 +287,7 @@ def fsck(ctx, repair, ack_repair, as_json):
 
 @cli.command()
 @click.option("--grace", type=float, default=3600.0, show_default=True,
-              help="Keep unreachable objects touched within this many seconds (protects running adds).")
+              help="Also keep what objects added or re-added within this many seconds reach (an add not yet under a ref).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 @json_option
 @click.pass_context
@@ -454,11 +454,13 @@ def release():
 @click.option("--expires", help="RFC 3339 time after which the release is void.")
 @click.option("--log-key", "log_key", type=click.Path(dir_okay=False),
               help="Log key: checkpoint the evidence log and embed the statement's proofs.")
+@click.option("--since", "since_path", type=click.Path(dir_okay=False),
+              help="A checkpoint a verifier holds: also embed the log's consistency proof from it.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write manifest.json.")
 @json_option
 @click.pass_context
 def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase_file, expires, log_key, out,
-                   as_json):
+                   as_json, since_path=None):
     """Bind archive bytes, runtime tree and score in a signed manifest.
 
     Refuses (exit 1) when the record's digests do not match the files given.
@@ -470,15 +472,21 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
     """
     from .files import write_json
     from .release import create_release
-    for p in (archive, runtime, key_path):
-        if not os.path.exists(p):
+    for p in (archive, runtime, key_path, since_path):
+        if p and not os.path.exists(p):
             raise ProvError(f"{p}: no such file or directory")
+    since_note = None
+    if since_path:
+        if not log_key:
+            raise ProvError("--since needs --log-key (it is a proof about the evidence log)")
+        from .logbook import read_note
+        since_note = read_note(since_path)
     if expires:
         from .verify import parse_time
         parse_time(expires, "--expires")
     store = open_store(ctx, create=True)
     env, stmt = create_release(store, record_ref, archive, runtime, name, key_path, passphrase_file, expires,
-                               log_key)
+                               log_key, since_note=since_note)
     write_json(out, env)
     from .release import statement_of
     pred = statement_of(env)["predicate"]
@@ -829,20 +837,20 @@ def ledger():
 
 
 def _run_row(r) -> dict:
-    rec = r.record
-    return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": rec.grade,
-            "canonical_score": rec.result.canonical_score, "archive_bytes": r.archive_bytes,
-            "source": rec.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags,
+    return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": r.grade,
+            "canonical_score": r.score, "archive_bytes": r.archive_bytes,
+            "source": r.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags,
             "parent": r.parent, "axis": r.axis}
 
 
 @ledger.command("show")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the latest N runs (reads only those).")
 @json_option
 @click.pass_context
-def ledger_show(ctx, as_json):
+def ledger_show(ctx, as_json, limit=None):
     """Every run with its grade, score and verdict."""
     from .ledger import runs
-    rows = [_run_row(r) for r in runs(open_store(ctx))]
+    rows = [_run_row(r) for r in runs(open_store(ctx), limit, write=False)]  # a reader writes nothing
     emit(rows, as_json, lambda: "\n".join(
         f"{r['record'][:12]}  {r['grade']:11} {r['canonical_score']!r:>22} {r['archive_bytes']:>10,}  "
         f"{(r['verdict'] or '-'):8} {r['label'] or ''}" for r in rows) or "no runs yet")
@@ -852,7 +860,7 @@ def _verdict(ctx, record, reason, action, as_json):
     from .ledger import verdict
     run, sha, flags = verdict(open_store(ctx), record, action, reason)
     emit({"record": run.sha256, "verdict": action, "verdict_record": sha, "flags": flags}, as_json,
-         f"{action}d {run.sha256[:16]} ({run.record.grade}, {run.score!r})"
+         f"{action}d {run.sha256[:16]} ({run.grade}, {run.score!r})"
          + (f" [{'; '.join(flags)}]" if flags else ""))
 
 
@@ -899,13 +907,13 @@ def frontier(ctx, as_json):
     """The best promoted run and its release."""
     from .ledger import frontier as best, release_of
     store = open_store(ctx)
-    r = best(store)
+    r = best(store, write=False)  # a reader writes nothing: the rows are used when current
     if r is None:
         emit({"frontier": None}, as_json, "no frontier yet: promote an A++ run with prov ledger promote")
         return
     st = release_of(store, r.sha256)
     out = {"frontier": _run_row(r), "release": st["predicate"]["name"] if st else None}
-    emit(out, as_json, f"frontier {r.score!r} ({r.record.grade}) {r.record.archive.size:,} bytes, record "
+    emit(out, as_json, f"frontier {r.score!r} ({r.grade}) {r.archive_bytes:,} bytes, record "
          f"{r.sha256}" + (f", release {out['release']}" if st else ""))
 
 
@@ -920,9 +928,11 @@ def site():
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--releases", type=click.Path(file_okay=False, exists=True), help="Directory of release dirs to include.")
 @click.option("--trust", "trust_path", type=click.Path(dir_okay=False, exists=True), help="Trust policy to publish.")
+@click.option("--cache", is_flag=True, help="Keep ledger rows and redacted table rows in the store's index, so a "
+              "rebuild reads only what changed (without it, site build never writes the store).")
 @json_option
 @click.pass_context
-def site_build(ctx, out, releases, trust_path, as_json):
+def site_build(ctx, out, releases, trust_path, as_json, cache=False):
     """Generate the bundle; the hygiene scan is the last gate (exit 1 naming file, line and rule).
 
     \b
@@ -930,7 +940,7 @@ def site_build(ctx, out, releases, trust_path, as_json):
       prov --store evidence/store site build --out site/ --releases evidence/releases --trust evidence/trust.json
     """
     from .site.build import build_site
-    res = build_site(open_store(ctx), out, releases, trust_path)
+    res = build_site(open_store(ctx), out, releases, trust_path, cache=cache)
     emit(res, as_json, f"built {res['out']}: {res['files']} files, {res['runs']} runs")
 
 

@@ -5,57 +5,86 @@ The promotion rule lives in `promotion()` and nowhere else."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import canonical
-from .adjudicate import now_rfc3339
+from .canonical import now_rfc3339
 from .errors import ProvError, VerificationFailed
-from .models import EvalRecord, load_record
 from .store import Store
+
+if TYPE_CHECKING:
+    from .models import EvalRecord
 
 VERDICT_SCHEMA = "comma-lab/verdict/v1"
 NOTE_SCHEMA = "comma-lab/note/v1"
 FRONTIER_REF = "ledger/frontier"
 
 
-@dataclass
+def load_record(data: bytes, where: str):
+    from .models import load_record as load  # pydantic is imported only by what reads whole records
+    return load(data, where)
+
+
 class Run:
-    sha256: str
-    blake3: str
-    record: EvalRecord
-    label: str | None = None
-    track: str | None = None
-    notes: str | None = None
-    verdict: str | None = None  # "promote" | "reject" | None
-    reason: str | None = None
-    flags: list[str] = field(default_factory=list)
-    parent: str | None = None  # sha256 of the run this one varies (an annotation)
-    axis: str | None = None  # what it changed against its parent
-    previous_frontier: str | None = None  # the frontier a verdict was judged against
+    """A run: its record (read from the store on first use) and what the ledger says of it. Built
+    from a ledger row, its score, grade, source and archive size need no record at all."""
+
+    def __init__(self, sha256: str, blake3: str, record: "EvalRecord | None" = None, label: str | None = None,
+                 track: str | None = None, notes: str | None = None, verdict: str | None = None,
+                 reason: str | None = None, flags: list[str] | None = None, parent: str | None = None,
+                 axis: str | None = None, previous_frontier: str | None = None, *, store: Store | None = None,
+                 summary: dict | None = None):
+        self.sha256, self.blake3, self._record = sha256, blake3, record
+        self.label, self.track, self.notes = label, track, notes
+        self.verdict, self.reason, self.flags = verdict, reason, flags if flags is not None else []
+        self.parent = parent  # sha256 of the run this one varies (an annotation)
+        self.axis = axis  # what it changed against its parent
+        self.previous_frontier = previous_frontier  # the frontier a verdict was judged against
+        self._store, self._summary = store, summary
+
+    def __repr__(self) -> str:
+        return f"Run({self.sha256[:16]}, label={self.label!r}, verdict={self.verdict!r})"
+
+    @property
+    def record(self) -> "EvalRecord":
+        if self._record is None:
+            self._record = load_record(self._store.read_bytes(self.blake3), self.sha256)
+        return self._record
+
+    def _get(self, key: str, compute):
+        return self._summary[key] if self._summary is not None else compute(self.record)
 
     @property
     def score(self) -> float:
-        return self.record.result.canonical_score
+        return self._get("score", lambda rec: rec.result.canonical_score)
+
+    @property
+    def grade(self) -> str:
+        return self._get("grade", lambda rec: rec.grade)
+
+    @property
+    def source(self) -> str:
+        return self._get("source", lambda rec: rec.source)
 
     @property
     def archive_bytes(self) -> int | None:
         """The archive's real size, or what the report claims for a claim without its archive."""
-        rec = self.record
-        return rec.archive.size if rec.archive else rec.result.archive_size_reported
+        return self._get("archive_bytes", lambda rec: rec.archive.size if rec.archive
+                         else rec.result.archive_size_reported)
 
 
 def _records(store: Store):
-    for b3, sha in store.db.execute("SELECT o.blake3, o.sha256 FROM kinds k JOIN objects o ON o.blake3=k.blake3 "
-                                    "WHERE k.kind='record' ORDER BY k.added, o.blake3"):
+    for _id, b3, sha in store.of_kind("record"):
         yield b3, sha, load_record(store.read_bytes(b3), sha)
 
 
 def _docs(store: Store, kind: str):
-    for (b3,) in store.db.execute("SELECT blake3 FROM kinds WHERE kind=? ORDER BY added, blake3", (kind,)):
+    for _id, b3, _sha in store.of_kind(kind):
         yield canonical.loads(store.read_bytes(b3), b3)
 
 
-def runs(store: Store) -> list[Run]:
+def _runs_full(store: Store) -> list[Run]:
+    """Every run computed from every document (a store we may not write keeps no ledger rows)."""
     out = {sha: Run(sha, b3, rec, label=rec.label) for b3, sha, rec in _records(store)}
     for note in sorted(_docs(store, "note"), key=lambda d: d["at"]):  # later annotations win
         r = out.get(note["record"])
@@ -73,21 +102,52 @@ def runs(store: Store) -> list[Run]:
     return list(out.values())
 
 
+def _run(store: Store, row: dict) -> Run:
+    b3 = store.db.execute("SELECT b3 FROM obj WHERE id=?", (row["id"],)).fetchone()[0].hex()
+    return Run(row["sha"], b3, None, label=row["label"], track=row["track"], notes=row["notes"],
+               verdict=row["verdict"], reason=row["reason"], flags=row["flags"], parent=row["parent"],
+               axis=row["axis"], previous_frontier=row["previous_frontier"], store=store,
+               summary={k: row[k] for k in ("score", "grade", "source", "archive_bytes")})
+
+
+def runs(store: Store, limit: int | None = None, write: bool = True) -> list[Run]:
+    """Every run in the order stored; with `limit`, the latest `limit` of them (only those are read).
+    Without `write`, the ledger rows are used only if they are already up to date."""
+    from . import ledgerindex
+    if not ledgerindex.sync(store, write):
+        everything = _runs_full(store)
+        return everything[-limit:] if limit else everything
+    if limit is None:
+        return [_run(store, r) for r in ledgerindex.rows(store)]
+    return [_run(store, r) for r in reversed(ledgerindex.rows(store, order="id DESC", limit=limit))]
+
+
+def _run_by_b3(store: Store, b3: str, write: bool = True) -> Run | None:
+    from . import ledgerindex
+    if not ledgerindex.sync(store, write):
+        return next((r for r in _runs_full(store) if r.blake3 == b3), None)
+    oid = store.object_id(b3)
+    found = ledgerindex.rows(store, "WHERE id=?", (oid,)) if oid is not None else []
+    return _run(store, found[0]) if found else None
+
+
 def resolve_run(store: Store, ref: str) -> Run:
     info = store.resolve(ref)
     if "record" not in info.kinds:
         raise ProvError(f"{ref}: not an evaluation record (it is a {info.kind})")
-    for r in runs(store):
-        if r.blake3 == info.blake3:
-            return r
-    raise ProvError(f"{ref}: record not found")
+    run = _run_by_b3(store, info.blake3)
+    if run is None:
+        raise ProvError(f"{ref}: record not found")
+    return run
 
 
-def frontier(store: Store) -> Run | None:
+def frontier(store: Store, write: bool = True) -> Run | None:
+    """The frontier run. Without `write`, the ledger rows are used only if current (a reader of a
+    store that a pipeline tracks must not change it)."""
     b3 = store.get_ref(FRONTIER_REF)
     if b3 is None:
         return None
-    return next((r for r in runs(store) if r.blake3 == b3), None)
+    return _run_by_b3(store, b3, write)
 
 
 def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, str, list[str]]:
@@ -113,6 +173,8 @@ def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, 
 def _store_logged(store: Store, doc: dict, kind: str, children: tuple[str, ...]) -> str:
     d = store.put_bytes(canonical.dumps(doc), kind, children)
     store.log_object(d.blake3)
+    from . import ledgerindex
+    ledgerindex.sync(store)  # a writer leaves the rows current, so readers (which never write) use them
     return d.sha256
 
 

@@ -1,9 +1,10 @@
 """What releases carry from the evidence log, and how verify checks it offline.
 
 A manifest's extra top-level field `log` (ignored by DSSE verifiers) holds the signed
-checkpoint, the statement's leaf entry and inclusion proof, and consistency proofs from
-every earlier checkpoint of the log, so a judge holding any of them can check offline
-that history was only extended.
+checkpoint, the statement's leaf entry and inclusion proof, and one consistency proof: from
+the log's previous checkpoint (the previous release's), and from the checkpoint a judge named
+with `prov release create --since`. A bundle stays O(log n) however many releases came before;
+a judge holding an older checkpoint asks the lab for that proof (`prov log consistency OLD NEW`).
 """
 
 from __future__ import annotations
@@ -35,19 +36,28 @@ def checkpoint(store, key) -> str:
     return note
 
 
-def release_log_bundle(store, statement_b3: str, key) -> dict:
+def release_log_bundle(store, statement_b3: str, key, since_note: str | None = None) -> dict:
+    log = store.log
+    since = None
+    if since_note is not None:  # checked before anything is logged or signed
+        since = translog.parse_checkpoint(since_note)
+        if since.origin != log.origin():
+            raise ProvError(f"--since: a checkpoint of another log ({since.origin})")
+        if since.size > log.size() or log.root(since.size) != since.root:
+            raise ProvError(f"--since: size {since.size} is not a state of this log")
     index, _ = store.log_object(statement_b3, "statement")
+    row = log.db.execute("SELECT MAX(size) FROM log_checkpoints").fetchone()
+    previous = row[0] if row else None
     note = checkpoint(store, key)
     cp = translog.parse_checkpoint(note)
-    log = store.log
     info = store.info(statement_b3)
+    sizes = sorted({s for s in (previous, since.size if since else None) if s and 0 < s < cp.size})
     return {
         "checkpoint": note,
         "leaf": b64(translog.entry_bytes("statement", info.sha256, info.blake3)),
         "index": index,
         "inclusion": [b64(h) for h in log.inclusion_proof(index, cp.size)],
-        "consistency": {str(size): [b64(h) for h in log.consistency_proof(size, cp.size)]
-                        for size, _ in log.checkpoints() if 0 < size < cp.size},
+        "consistency": {str(size): [b64(h) for h in log.consistency_proof(size, cp.size)] for size in sizes},
     }
 
 
@@ -85,7 +95,10 @@ def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note
                 proofs = bundle.get("consistency", {})
                 raw = proofs.get(str(old.size)) if isinstance(proofs, dict) else None
                 if raw is None:
-                    raise translog.LogProofError(f"manifest has no consistency proof from size {old.size}")
+                    raise translog.LogProofError(
+                        f"manifest has no consistency proof from size {old.size} (it carries one from the "
+                        f"previous release's checkpoint); the lab proves any other with "
+                        f"prov log consistency OLD NEW")
                 proof = [unb64(h, "consistency proof") for h in _list(raw, "consistency proof")]
             translog.verify_consistency(old.size, cp.size, proof, old.root, cp.root)
             out.append(("log_consistency", True, f"log grew from {old.size} to {cp.size} without rewriting"))

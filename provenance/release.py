@@ -36,7 +36,8 @@ def statement_of(envelope: dict) -> dict:
 
 def create_release(store: Store, record_ref: str, archive: str | Path, runtime: str | Path, name: str,
                    key_path: str | Path, passphrase_file=None, expires: str | None = None,
-                   log_key_path: str | Path | None = None, log_passphrase_file=None) -> tuple[dict, Digest]:
+                   log_key_path: str | Path | None = None, log_passphrase_file=None,
+                   since_note: str | None = None) -> tuple[dict, Digest]:
     key = signing.load_private(key_path, passphrase_file)
     log_key = signing.load_private(log_key_path, log_passphrase_file) if log_key_path else None
     log_origin = store.log.origin() if log_key else None
@@ -82,7 +83,7 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     if log_key is not None:
         from .logbook import release_log_bundle
         store.log_object(record_d.blake3)
-        env["log"] = release_log_bundle(store, stmt_d.blake3, log_key)
+        env["log"] = release_log_bundle(store, stmt_d.blake3, log_key, since_note)
     else:
         store.log_object(stmt_d.blake3)
     return env, stmt_d

@@ -31,24 +31,33 @@ from .digest import CHUNK, Digest, digest_bytes, hash_file, stream
 from .errors import ProvError, VerificationFailed
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects(
-    blake3 TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-    kind TEXT NOT NULL, added REAL NOT NULL, touched REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS objects_sha256 ON objects(sha256);
-CREATE TABLE IF NOT EXISTS links(parent TEXT NOT NULL, child TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS obj(id INTEGER PRIMARY KEY AUTOINCREMENT, b3 BLOB NOT NULL, sha BLOB NOT NULL,
+    size INTEGER NOT NULL, added INTEGER NOT NULL, touched INTEGER);
+CREATE UNIQUE INDEX IF NOT EXISTS obj_b3 ON obj(b3);
+CREATE INDEX IF NOT EXISTS obj_sha ON obj(substr(sha, 1, 8));
+CREATE TABLE IF NOT EXISTS obj_kind(id INTEGER NOT NULL, kind TEXT NOT NULL, added INTEGER,
+    PRIMARY KEY(id, kind)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS obj_kind_doc ON obj_kind(kind, id) WHERE kind NOT IN ('blob', 'tree');
+CREATE TABLE IF NOT EXISTS link(parent INTEGER NOT NULL, child INTEGER NOT NULL,
     PRIMARY KEY(parent, child)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refs(name TEXT PRIMARY KEY, target TEXT NOT NULL,
     updated REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS kinds(blake3 TEXT NOT NULL, kind TEXT NOT NULL, added REAL NOT NULL,
-    PRIMARY KEY(blake3, kind)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS store_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS statcache(path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
-    size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT, blake3 TEXT,
+    size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha BLOB, b3 BLOB,
     recorded_ns INTEGER) WITHOUT ROWID;
 """
 # Index schema versions (PRAGMA user_version): 0 had one kind per object (objects.kind, whoever
-# stored the bytes first); 2 adds kinds(blake3, kind): the set of kinds an object was stored as.
-SCHEMA_VERSION = 2
+# stored the bytes first); 2 added kinds(blake3, kind): the set of kinds an object was stored as;
+# 3 keys objects by an integer id with binary digests (obj.b3 unique, obj.sha indexed by its first
+# 8 bytes), kinds and links by id, times in whole seconds (touched NULL: never touched since added).
+# Each row is written once: 3 turns v0/v2's 512 bytes an object into under 200, and random hex keys
+# in three B-trees into one append-ordered table and two small indexes.
+SCHEMA_VERSION = 3
+KIND_DOC = "kind NOT IN ('blob', 'tree')"  # spelled as in obj_kind_doc, so SQLite uses that partial index
+# gc counts an object touched within this long of its last use as touched now: a re-add of what is
+# already stored writes nothing unless its root was last touched longer ago than this
+TOUCH_SLACK = 60
 REF_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 HEX = re.compile(r"^[0-9a-f]+$")
 # Kernel file timestamps come from a coarse clock (one jiffy, up to 10 ms behind);
@@ -57,6 +66,8 @@ RACY_NS = 50_000_000
 DEFAULT_GRACE = 3600.0
 TMP_PREFIX = ".tmp-"  # staged, not yet an object: skipped by readers, reported by fsck, swept by gc
 SMALL = CHUNK  # below this, file bytes are read whole and durability is batched
+LEAN_CACHE = "PRAGMA cache_size=-8192"  # 8 MiB: a pass over the whole index gains nothing from more
+FEW = 8  # a batch of at most this many small objects fsyncs each rather than the filesystem
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -81,6 +92,34 @@ def _has_objects(objects: Path) -> bool:
         return any(any(True for _ in sub.iterdir()) for sub in objects.iterdir() if sub.is_dir())
     except OSError:
         return False
+
+
+def _unhex(text):
+    return bytes.fromhex(text) if isinstance(text, str) else text
+
+
+def _create_schema(db: sqlite3.Connection, temp: bool = False) -> None:
+    for stmt in SCHEMA.split(";"):
+        if stmt.strip():
+            if temp:  # the object tables in the connection's temp schema (a read-only old store)
+                if re.search(r"\b(refs|store_meta|statcache)\(", stmt):
+                    continue
+                stmt = re.sub(r"CREATE TABLE", "CREATE TEMP TABLE", stmt)
+                stmt = re.sub(r"(INDEX IF NOT EXISTS )(\w+)", r"\1temp.\2", stmt)
+            db.execute(stmt)
+
+
+def _migrate(db: sqlite3.Connection, tables: set[str]) -> None:
+    """Copy a v0/v2 index (hex text keys) into the v3 tables: ids in the order objects were added."""
+    db.execute("INSERT INTO obj(b3, sha, size, added, touched) SELECT unhex(blake3), unhex(sha256), size, "
+               "CAST(added AS INTEGER), NULLIF(MAX(CAST(touched AS INTEGER), CAST(added AS INTEGER)), "
+               "CAST(added AS INTEGER)) FROM objects ORDER BY added, blake3")
+    src = "kinds" if "kinds" in tables else "objects"
+    db.execute(f"INSERT OR IGNORE INTO obj_kind(id, kind, added) SELECT o.id, k.kind, CAST(k.added AS INTEGER) "
+               f"FROM {src} k JOIN obj o ON o.b3 = unhex(k.blake3)")
+    if "links" in tables:
+        db.execute("INSERT OR IGNORE INTO link(parent, child) SELECT p.id, c.id FROM links l "
+                   "JOIN obj p ON p.b3 = unhex(l.parent) JOIN obj c ON c.b3 = unhex(l.child)")
 
 
 def _syncfs(fd: int) -> None:
@@ -135,14 +174,27 @@ class ObjectInfo:
         return {"kind": self.kind, "sha256": self.sha256, "blake3": self.blake3, "size": self.size}
 
 
-_INFO = ("SELECT o.blake3, o.sha256, o.size, o.kind, (SELECT group_concat(kind, ' ') FROM "
-         "(SELECT kind FROM kinds k WHERE k.blake3=o.blake3 ORDER BY added, kind)) FROM objects o ")
+_INFO = ("SELECT o.b3, o.sha, o.size, (SELECT group_concat(kind, ' ') FROM "
+         "(SELECT kind FROM obj_kind k WHERE k.id=o.id ORDER BY added, kind)) FROM obj o ")
 
 
 def _object_info(row) -> ObjectInfo:
-    b3, sha, size, first, kinds = row
-    ks = tuple(kinds.split()) if kinds else (first,)
-    return ObjectInfo(b3, sha, size, next((k for k in ks if k != "blob"), "blob"), ks)
+    b3, sha, size, kinds = row
+    ks = tuple(kinds.split()) if kinds else ("blob",)
+    return ObjectInfo(b3.hex(), sha.hex(), size, next((k for k in ks if k != "blob"), "blob"), ks)
+
+
+def _key(hexdigest: str) -> bytes:
+    """A full hex digest as the index's binary key (a malformed one matches nothing)."""
+    try:
+        return bytes.fromhex(hexdigest)
+    except (ValueError, TypeError):
+        return b""
+
+
+def _prefix_range(text: str) -> tuple[bytes, bytes]:
+    """The binary keys a hex prefix covers, inclusive."""
+    return bytes.fromhex(text.ljust(64, "0")), bytes.fromhex(text.ljust(64, "f"))
 
 
 class Store:
@@ -183,8 +235,9 @@ class Store:
 
     def _open_schema(self, existed: bool) -> None:
         db = self.db
+        db.create_function("unhex", 1, _unhex, deterministic=True)
         tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if existed and "objects" not in tables and _has_objects(self.objects):
+        if existed and not tables & {"objects", "obj"} and _has_objects(self.objects):
             raise IndexDamaged(f"{self.root / 'index.sqlite'}: has no object table, yet objects/ holds objects; "
                                "prov fsck --repair rebuilds the index from the objects")
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -192,19 +245,30 @@ class Store:
             raise ProvError(f"{self.root}: index schema v{version} is newer than this prov (v{SCHEMA_VERSION}); "
                             "upgrade prov")
         if self.readonly:
-            if "kinds" not in tables:  # an old store we may not migrate: read its one kind per object
-                db.execute("CREATE TEMP VIEW kinds AS SELECT blake3, kind, added FROM objects")
+            if "obj" not in tables:  # an old store we may not migrate: migrate a copy of its index in memory
+                db.execute("PRAGMA temp_store=MEMORY")
+                _create_schema(db, temp=True)
+                if "objects" in tables:
+                    _migrate(db, tables)
             if "store_meta" not in tables:
                 db.execute("CREATE TEMP TABLE store_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             return
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB: index inserts by hash land at random pages
-        db.executescript(SCHEMA)
-        if version < SCHEMA_VERSION:
-            with self.transaction():  # migrate: every object's one kind becomes its first kind
-                db.execute("INSERT OR IGNORE INTO kinds(blake3, kind, added) SELECT blake3, kind, added FROM objects")
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version == SCHEMA_VERSION and "obj" in tables:
+            return
+        with self.transaction():
+            if "objects" in tables:  # v0 (main before kinds) or v2 (kinds table): move to integer ids
+                db.execute("DROP TABLE IF EXISTS statcache")  # a cache; it refills on the next add
+            _create_schema(db)
+            if "objects" in tables:
+                _migrate(db, tables)
+                for t in ("objects", "links", "kinds"):
+                    db.execute(f"DROP TABLE IF EXISTS {t}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if "objects" in tables:
+            db.execute("VACUUM")  # the old tables' pages back to the filesystem
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -260,8 +324,24 @@ class Store:
     # -- reading ------------------------------------------------------------------------
 
     def info(self, b3: str) -> ObjectInfo | None:
-        row = self.db.execute(_INFO + "WHERE o.blake3=?", (b3,)).fetchone()
+        row = self.db.execute(_INFO + "WHERE o.b3=?", (_key(b3),)).fetchone()
         return _object_info(row) if row else None
+
+    def by_sha256(self, sha: str) -> ObjectInfo | None:
+        key = _key(sha)
+        row = self.db.execute(_INFO + "WHERE substr(o.sha, 1, 8)=? AND o.sha=?", (key[:8], key)).fetchone()
+        return _object_info(row) if row else None
+
+    def object_id(self, b3: str) -> int | None:
+        row = self.db.execute("SELECT id FROM obj WHERE b3=?", (_key(b3),)).fetchone()
+        return row[0] if row else None
+
+    def of_kind(self, kind: str, after_id: int = 0) -> Iterator[tuple[int, str, str]]:
+        """(id, blake3, sha256) of the objects stored as `kind` (not blob or tree), in the order added."""
+        for i, b3, sha in self.db.execute(
+                f"SELECT o.id, o.b3, o.sha FROM obj_kind k JOIN obj o ON o.id=k.id WHERE k.kind=? AND k.id>? "
+                f"AND k.{KIND_DOC} ORDER BY k.id", (kind, after_id)):
+            yield i, b3.hex(), sha.hex()
 
     def resolve(self, ref: str) -> ObjectInfo:
         """A digest (sha256 or blake3, any unique hex prefix of 4+) or a ref name -> object."""
@@ -277,8 +357,12 @@ class Store:
                 raise ProvError(f"{ref}: not a digest (4 to 64 hex digits) or a known ref")
             return self.info(target) or self._missing(ref)
         hits: dict[str, ObjectInfo] = {}
+        lo, hi = _prefix_range(text)
         for algo in algos:
-            for row in self.db.execute(_INFO + f"WHERE o.{algo} >= ? AND o.{algo} < ? LIMIT 3", (text, text + "g")):
+            where = ("o.b3 BETWEEN ? AND ?" if algo == "blake3" else
+                     "substr(o.sha, 1, 8) BETWEEN ? AND ? AND o.sha BETWEEN ? AND ?")
+            args = (lo, hi) if algo == "blake3" else (lo[:8], hi[:8], lo, hi)
+            for row in self.db.execute(_INFO + f"WHERE {where} LIMIT 3", args):
                 hits[row[0]] = _object_info(row)
         if not hits:
             raise ProvError(f"{ref}: no such object in {self.root}")
@@ -344,8 +428,26 @@ class Store:
         with self.transaction() as db:
             if self.info(b3) is None:
                 self._missing(b3)
-            db.executemany("INSERT OR IGNORE INTO kinds(blake3, kind, added) VALUES(?,?,?)",
-                           [(b3, k, time.time()) for k in kinds])
+            oid = self.object_id(b3)
+            db.executemany("INSERT OR IGNORE INTO obj_kind(id, kind, added) VALUES(?,?,?)",
+                           [(oid, k, int(time.time())) for k in kinds])
+
+    def insert_rows(self, rows, kinds=(), links=()) -> None:
+        """Index rows for objects already in objects/ (fsck --repair): rows (b3, sha256, size, kind,
+        added, touched), kinds (b3, kind, added), links (parent b3, child b3), all hex; one transaction."""
+        with self.transaction() as db:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='obj'").fetchone()
+            first = (row[0] if row else 0) + 1
+            order = sorted(rows, key=lambda r: r[0])
+            db.executemany("INSERT OR IGNORE INTO obj(id, b3, sha, size, added) VALUES(?,?,?,?,?)",
+                           [(first + i, bytes.fromhex(b3), bytes.fromhex(sha), size, int(added))
+                            for i, (b3, sha, size, _k, added, _t) in enumerate(order)])
+            ids = {b3.hex(): i for b3, i in db.execute("SELECT b3, id FROM obj")}
+            db.executemany("INSERT OR IGNORE INTO obj_kind(id, kind, added) VALUES(?,?,?)",
+                           sorted((ids[b3], k, int(a)) for b3, k, a in
+                                  [*((r[0], r[3], r[4]) for r in order), *kinds] if b3 in ids))
+            db.executemany("INSERT OR IGNORE INTO link(parent, child) VALUES(?,?)",
+                           sorted((ids[p], ids[c]) for p, c in links if p in ids and c in ids))
 
     def put_bytes(self, data: bytes, kind: str, children: tuple[str, ...] = ()) -> Digest:
         with self.batch() as b:
@@ -376,9 +478,13 @@ class Store:
     def merge_from(self, other: "Store") -> int:
         """Copy every object (with its index row and links) that `other` has and we lack.
         Bytes are re-hashed on the way in: a corrupt source object is refused, not spread."""
-        rows = list(other.db.execute("SELECT blake3, sha256, size, kind FROM objects"))
-        other_kinds = list(other.db.execute("SELECT blake3, kind FROM kinds"))
-        links = list(other.db.execute("SELECT parent, child FROM links"))
+        rows = [(b3.hex(), sha.hex(), size, kind) for b3, sha, size, kind in other.db.execute(
+            "SELECT b3, sha, size, (SELECT kind FROM obj_kind k WHERE k.id=o.id ORDER BY kind='blob', added, kind "
+            "LIMIT 1) FROM obj o")]
+        other_kinds = [(b3.hex(), kind) for b3, kind in other.db.execute(
+            "SELECT o.b3, k.kind FROM obj_kind k JOIN obj o ON o.id=k.id")]
+        links = [(p.hex(), c.hex()) for p, c in other.db.execute(
+            "SELECT p.b3, c.b3 FROM link l JOIN obj p ON p.id=l.parent JOIN obj c ON c.id=l.child")]
         children: dict[str, list[str]] = {}
         for parent, child in links:
             children.setdefault(parent, []).append(child)
@@ -472,70 +578,127 @@ class Store:
                 treemod.check_link(link, depth, str(target))
                 os.symlink(link, target)
             else:
-                self.copy_out(child, target)
+                self.copy_out(child, target)  # re-hashed as copied; a corrupt object leaves no file
                 os.chmod(target, 0o755 if kind == "exec" else 0o644)
 
     # -- integrity ----------------------------------------------------------------------
 
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
-        """Re-hash every object; cross-check index, tree children and refs."""
+        """Re-hash every object; cross-check index, tree children and refs.
+
+        Streams: one fan-out directory at a time, in directory order, against that directory's
+        slice of the index, so memory stays bounded by the largest directory, not the store."""
+        self.db.execute(LEAN_CACHE)
         errors: list[str] = []
         notes: list[str] = []
-        index = {r[0]: ObjectInfo(*r) for r in self.db.execute("SELECT blake3, sha256, size, kind FROM objects")}
-        on_disk: set[str] = set()
-        temps = [f for f in self.tmp.iterdir()] if self.tmp.exists() else []
-        for sub in sorted(self.objects.iterdir()) if self.objects.exists() else ():
-            for f in sorted(sub.iterdir()):
-                name = f.name
-                if name.startswith(TMP_PREFIX):
-                    temps.append(f)
-                    continue
-                if f.parent.name != name[:2] or len(name) != 64 or not HEX.match(name):
-                    errors.append(f"objects/{sub.name}/{name}: stray file in the object directory")
-                    continue
-                on_disk.add(name)
-                d = hash_file(f, progress)
-                if d.blake3 != name:
-                    errors.append(f"object {name}: content does not match its BLAKE3 address (corrupt)")
-                    continue
-                info = index.get(name)
-                if info is None:
-                    notes.append(f"object {name}: complete but not indexed (interrupted add; gc collects it)")
-                elif info.kind != "tree" and (d.sha256 != info.sha256 or d.size != info.size):
-                    errors.append(f"object {name}: index sha256/size disagree with its content")
-        for b3, info in index.items():
-            if b3 not in on_disk:
-                errors.append(f"object {b3}: indexed but missing from objects/")
-            elif info.kind == "tree":
-                errors.extend(self._fsck_tree(info, index))
+        temps = sum(1 for _ in os.scandir(self.tmp)) if self.tmp.is_dir() else 0
+        count = 0
+        subs = set()
+        if self.objects.is_dir():
+            with os.scandir(self.objects) as it:
+                for e in it:
+                    if len(e.name) == 2 and HEX.match(e.name) and e.is_dir(follow_symlinks=False):
+                        subs.add(e.name)
+                    else:
+                        errors.append(f"objects/{e.name}: stray file in the object directory")
+        import hashlib
+        from blake3 import blake3
+        buf = bytearray(SMALL)
+        view = memoryview(buf)
+        for p in range(256):
+            prefix = f"{p:02x}"
+            index = {b3: row for b3, *row in self._slice(p)}
+            if prefix not in subs:
+                errors.extend(f"object {b3.hex()}: indexed but missing from objects/" for b3 in index)
+                continue
+            dfd = os.open(os.path.join(self.objects_str, prefix), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                with os.scandir(dfd) as it:  # directory order; names relative to dfd: no path walks
+                    for e in it:
+                        name = e.name
+                        if name.startswith(TMP_PREFIX):
+                            temps += 1
+                            continue
+                        key = _key(name) if len(name) == 64 and name[:2] == prefix else b""
+                        if len(key) != 32 or not HEX.match(name):
+                            errors.append(f"objects/{prefix}/{name}: stray file in the object directory")
+                            continue
+                        count += 1
+                        fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
+                        try:
+                            n = os.readv(fd, [buf])  # one read for a small object
+                        finally:
+                            os.close(fd)
+                        if n < len(buf):
+                            data = view[:n]
+                            b3_ok = blake3(data).digest() == key
+                            if progress:
+                                progress(n)
+                        else:
+                            d = hash_file(os.path.join(self.objects_str, prefix, name), progress)
+                            data, b3_ok, n = None, d.blake3 == name, d.size
+                        if not b3_ok:
+                            errors.append(f"object {name}: content does not match its BLAKE3 address (corrupt)")
+                            index.pop(key, None)
+                            continue
+                        row = index.pop(key, None)
+                        if row is None:
+                            notes.append(f"object {name}: complete but not indexed (interrupted add; gc collects it)")
+                        elif row[3]:
+                            errors.extend(self._fsck_tree(name, row[1].hex(), row[2],
+                                                          bytes(data) if data is not None else None))
+                        elif n != row[2] or (hashlib.sha256(data).digest() if data is not None
+                                             else bytes.fromhex(d.sha256)) != row[1]:
+                            errors.append(f"object {name}: index sha256/size disagree with its content")
+            finally:
+                os.close(dfd)
+            errors.extend(f"object {b3.hex()}: indexed but missing from objects/" for b3 in index)
         for name, target in self.list_refs():
-            if target not in index or target not in on_disk:
+            if self.info(target) is None or not os.path.exists(self.path_of(target)):
                 errors.append(f"ref {name}: dangling (points at missing object {target})")
         if temps:
-            notes.append(f"{len(temps)} leftover temp file(s) from interrupted writes (gc removes them)")
-        return {"ok": not errors, "objects": len(on_disk), "errors": errors, "notes": notes}
+            notes.append(f"{temps} leftover temp file(s) from interrupted writes (gc removes them)")
+        return {"ok": not errors, "objects": count, "errors": errors, "notes": notes}
 
-    def _fsck_tree(self, info: ObjectInfo, index: dict[str, ObjectInfo]) -> list[str]:
+    def _slice(self, p: int):
+        """Index rows (b3, id, sha, size, is_tree) whose BLAKE3 starts with byte p, in key order."""
+        q = ("SELECT o.b3, o.id, o.sha, o.size, EXISTS(SELECT 1 FROM obj_kind k WHERE k.id=o.id AND k.kind='tree') "
+             "FROM obj o WHERE o.b3 >= ?")
+        if p == 255:
+            return self.db.execute(q, (b"\xff",))
+        return self.db.execute(q + " AND o.b3 < ?", (bytes([p]), bytes([p + 1])))
+
+    def _fsck_tree(self, b3: str, sha: str, size: int, data: bytes | None) -> list[str]:
         try:
-            rows = treemod.parse(self.read_bytes(info.blake3), info.blake3)
-        except treemod.TreeError as e:
-            return [f"tree {info.blake3}: {e}"]
+            rows = treemod.parse(data if data is not None else self.read_bytes(b3), b3)
+        except (treemod.TreeError, VerificationFailed) as e:
+            return [f"tree {b3}: {e}"]
         entries = []
-        for kind, name, size, child in rows:
-            ci = index.get(child)
-            if ci is None:
-                return [f"tree {info.blake3}: child {name} ({child}) missing"]
-            entries.append(treemod.Entry(kind, name, size, ci.sha256, child))
+        linked = {c: sha for c, sha in self.db.execute(  # one query: the children the index links it to
+            "SELECT c.b3, c.sha FROM link l JOIN obj c ON c.id=l.child WHERE l.parent=(SELECT id FROM obj WHERE b3=?)",
+            (_key(b3),))}
+        for kind, name, csize, child in rows:
+            key = _key(child)
+            csha = linked.get(key)
+            if csha is None:
+                row = self.db.execute("SELECT sha FROM obj WHERE b3=?", (key,)).fetchone()
+                if row is None:
+                    return [f"tree {b3}: child {name} ({child}) missing"]
+                csha = row[0]
+            entries.append(treemod.Entry(kind, name, csize, csha.hex(), child))
         d, _ = treemod.tree_digest(entries)
-        if d.sha256 != info.sha256 or d.size != info.size:
-            return [f"tree {info.blake3}: SHA-256 view does not match the index"]
+        if d.sha256 != sha or d.size != size:
+            return [f"tree {b3}: SHA-256 view does not match the index"]
         return []
 
     def gc(self, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> dict:
-        """Drop objects unreachable from refs and untouched for `grace` seconds.
+        """Drop objects that neither a ref nor an object added or touched in the last `grace`
+        seconds reaches.
 
-        The grace period is what makes gc safe beside a running add: an add touches
-        every object it relies on when it commits, and stages new ones as fresh files.
+        A running add is safe by the write lock (gc waits for it); the grace keeps what an add
+        stored until a ref is set on it. An add touches only the roots of what it stored (a
+        tree's top, and that only when its last touch is over TOUCH_SLACK old): whatever a
+        recent root reaches is kept with it, so a re-add of a stored tree writes nothing.
         """
         import fcntl
         if self.db.execute("SELECT 1 FROM store_meta WHERE key='refs_lost'").fetchone():
@@ -550,43 +713,73 @@ class Store:
             os.close(lock)
 
     def _gc(self, grace: float, dry_run: bool) -> dict:
+        """Live: what refs or a recently touched object reach. Computed in SQLite (temp tables spill
+        to disk), the object directories walked one at a time: memory stays bounded."""
+        self.db.execute(LEAN_CACHE)
         cutoff = time.time() - grace
         removed: list[str] = []
+        stale_temps: list[str] = []
         with self.transaction() as db:
-            live = {t for _, t in db.execute("SELECT name, target FROM refs")}
-            frontier = list(live)
-            while frontier:
-                nxt = []
-                for i in range(0, len(frontier), 500):
-                    part = frontier[i:i + 500]
-                    q = f"SELECT child FROM links WHERE parent IN ({','.join('?' * len(part))})"
-                    nxt.extend(c for (c,) in db.execute(q, part) if c not in live)
-                live.update(nxt)
-                frontier = nxt
-            dead = [b3 for b3, touched in db.execute("SELECT blake3, touched FROM objects")
-                    if b3 not in live and touched < cutoff]
-            indexed = {b3 for (b3,) in db.execute("SELECT blake3 FROM objects")}
-            stale_temps = [f for f in self.tmp.iterdir() if f.stat().st_mtime < cutoff]
-            for sub in self.objects.iterdir():
-                for f in sub.iterdir():
-                    if f.name.startswith(TMP_PREFIX):
-                        if f.stat().st_mtime < cutoff:
-                            stale_temps.append(f)
-                    elif f.name not in indexed and f.stat().st_mtime < cutoff:
-                        dead.append(f.name)
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS gc_live(id INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM temp.gc_live")
+            db.execute("INSERT OR IGNORE INTO temp.gc_live SELECT o.id FROM refs r JOIN obj o ON o.b3=unhex(r.target)")
+            db.execute("INSERT OR IGNORE INTO temp.gc_live SELECT id FROM obj WHERE COALESCE(touched, added) >= ?",
+                       (cutoff,))
+            db.execute("INSERT OR IGNORE INTO temp.gc_live WITH RECURSIVE r(id) AS (SELECT id FROM temp.gc_live "
+                       "UNION SELECT l.child FROM link l JOIN r ON l.parent=r.id) SELECT id FROM r")
+            dead = db.execute("SELECT id, b3 FROM obj WHERE id NOT IN (SELECT id FROM temp.gc_live)")
+            for oid, b3 in dead.fetchall() if not dry_run else dead:
+                removed.append(b3.hex())
+                if dry_run:
+                    continue
+                try:
+                    os.unlink(self.path_of(b3.hex()))
+                except FileNotFoundError:
+                    pass
+                db.execute("DELETE FROM obj WHERE id=?", (oid,))
+                db.execute("DELETE FROM obj_kind WHERE id=?", (oid,))
+                db.execute("DELETE FROM link WHERE parent=?", (oid,))
+            if removed and not dry_run:  # a stat-cache row must never vouch for a collected object
+                db.execute("DELETE FROM statcache WHERE b3 NOT IN (SELECT b3 FROM obj)")
+            if self.tmp.is_dir():
+                stale_temps = [e.path for e in os.scandir(self.tmp) if e.stat().st_mtime < cutoff]
+            with os.scandir(self.objects) as subs:
+                for sub in subs:
+                    if not (len(sub.name) == 2 and HEX.match(sub.name) and sub.is_dir(follow_symlinks=False)):
+                        continue
+                    indexed = {b3.hex() for b3, *_ in self._slice(int(sub.name, 16))}
+                    with os.scandir(sub.path) as it:
+                        for f in it:
+                            if f.name.startswith(TMP_PREFIX):
+                                if f.stat().st_mtime < cutoff:
+                                    stale_temps.append(f.path)
+                            elif f.name not in indexed and f.stat().st_mtime < cutoff \
+                                    and len(f.name) == 64 and HEX.match(f.name):
+                                removed.append(f.name)
+                                if not dry_run:
+                                    os.unlink(f.path)
             if not dry_run:
-                for b3 in dead:
+                for f in stale_temps:
                     try:
-                        os.unlink(self.path_of(b3))
+                        os.unlink(f)
                     except FileNotFoundError:
                         pass
-                    db.execute("DELETE FROM objects WHERE blake3=?", (b3,))
-                    db.execute("DELETE FROM kinds WHERE blake3=?", (b3,))
-                    db.execute("DELETE FROM links WHERE parent=?", (b3,))
-                for f in stale_temps:
-                    f.unlink(missing_ok=True)
-            removed = dead
         return {"removed": len(removed), "objects": sorted(removed), "dry_run": dry_run}
+
+
+def _hash_object(path: str, buf: bytearray, progress=None) -> tuple[Digest, bytes | None]:
+    """Digest of a stored object; a small one is read with one read into `buf` (and returned)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        n = os.readv(fd, [buf])
+        if n < len(buf):
+            data = bytes(memoryview(buf)[:n])
+            if progress:
+                progress(n)
+            return digest_bytes(data), data
+    finally:
+        os.close(fd)
+    return hash_file(path, progress), None
 
 
 class VerifiedReader:
@@ -700,8 +893,10 @@ class Batch:
     def __init__(self, store: Store):
         self.s = store
         self.new: dict[str, tuple[str, Digest, str, tuple[str, ...]]] = {}  # b3 -> (tmp, digest, kind, children)
-        self.present: set[str] = set()
-        self.cached: dict[str, tuple[bytes, os.stat_result]] = {}  # b3 -> source, trusted from the stat cache
+        self.present: dict[str, int] = {}  # b3 -> id of objects the index already has
+        # b3 -> source, trusted from the stat cache (gc drops the cache rows of what it collects, and
+        # cannot run while this batch holds the write lock)
+        self.cached: dict[str, tuple[bytes, os.stat_result]] = {}
         self.deferred_sync = False
         self.statcache: dict[bytes, tuple] = {}
         self.preloaded = False  # True once every cache row under the tree is in `statcache`
@@ -752,8 +947,9 @@ class Batch:
     def _known(self, b3: str) -> bool:
         if b3 in self.new or b3 in self.present or b3 in self.cached:
             return True
-        if self.s.db.execute("SELECT 1 FROM objects WHERE blake3=?", (b3,)).fetchone():
-            self.present.add(b3)
+        row = self.s.db.execute("SELECT id FROM obj WHERE b3=?", (bytes.fromhex(b3),)).fetchone()
+        if row:
+            self.present[b3] = row[0]
             return True
         return False
 
@@ -783,20 +979,23 @@ class Batch:
                                      (prefix, prefix + b"\xff")):
             self.statcache[row[0]] = row[1:]
 
+    def _stat_hit(self, apath: bytes):
+        row = self.s.db.execute("SELECT * FROM statcache WHERE path=?", (apath,)).fetchone()
+        return row[1:] if row else None
+
     def put_file(self, path: bytes, st: os.stat_result, progress=None, use_cache: bool = True) -> Digest:
         apath = path if path.startswith(b"/") else os.path.abspath(path)
         hit = self.statcache.get(apath) if use_cache else None
         if hit is None and use_cache and not self.preloaded:
-            row = self.s.db.execute("SELECT * FROM statcache WHERE path=?", (apath,)).fetchone()
-            hit = row[1:] if row else None
+            hit = self._stat_hit(apath)
         if hit is not None:
             dev, ino, size, mtime_ns, ctime_ns, sha, b3, recorded_ns = hit
+            sha, b3 = sha.hex(), b3.hex()
             if (dev, ino, size, mtime_ns, ctime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                                         st.st_ctime_ns) \
                     and max(mtime_ns, ctime_ns) < recorded_ns - RACY_NS:
                 if not (b3 in self.new or b3 in self.present):
-                    self.cached[b3] = (apath, st)  # existence checked in bulk at commit
-                self.extra.append((b3, "blob", ()))
+                    self.cached[b3] = (apath, st)
                 if progress:
                     progress(size)
                 return Digest(sha, b3, size)
@@ -824,7 +1023,7 @@ class Batch:
             os.close(fd)
         if (now.st_mtime_ns, now.st_size) == (st.st_mtime_ns, st.st_size):
             self.stat_rows.append((apath, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                   st.st_ctime_ns, d.sha256, d.blake3, started))
+                                   st.st_ctime_ns, bytes.fromhex(d.sha256), bytes.fromhex(d.blake3), started))
         return d
 
     def _put_large(self, src_fd: int, progress) -> Digest:
@@ -862,11 +1061,20 @@ class Batch:
     def _commit(self) -> None:
         s = self.s
         if self.new and self.deferred_sync:
-            fd = os.open(s.tmp, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                _syncfs(fd)
-            finally:
-                os.close(fd)
+            staged = [tmp for tmp, *_ in self.new.values() if tmp is not None]
+            if len(staged) <= FEW:  # a record, a note: syncing the whole filesystem costs more
+                for tmp in staged:
+                    fd = os.open(tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            else:
+                fd = os.open(s.tmp, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _syncfs(fd)
+                finally:
+                    os.close(fd)
             self.deferred_sync = False
         dirs: set[str] = set()
         for b3, (tmp, *rest) in self.new.items():
@@ -880,39 +1088,102 @@ class Batch:
         if self.new_subdirs:
             dirs.add(s.objects_str)
             self.new_subdirs = False
-        for d in dirs:
-            _fsync_dir(d)
-        now = time.time()
+        if len(dirs) > FEW:  # renames across many fan-out directories: one journal commit for them all
+            fd = os.open(s.objects, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+        else:
+            for d in dirs:
+                _fsync_dir(d)
+        if not (self.new or self.extra or self.stat_rows):
+            roots = self._roots()
+            if not roots:
+                self._clear()
+                return
+        now = int(time.time())
         with s.transaction() as db:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS seen(b3 TEXT PRIMARY KEY) WITHOUT ROWID")
-            db.execute("DELETE FROM temp.seen")
-            db.executemany("INSERT OR IGNORE INTO temp.seen VALUES(?)",
-                           ((b3,) for b3 in (*self.present, *self.cached) if b3 not in self.new))
-            db.execute("UPDATE objects SET touched=? WHERE blake3 IN (SELECT b3 FROM temp.seen)", (now,))
-            gone = [b3 for (b3,) in db.execute(
-                "SELECT b3 FROM temp.seen WHERE b3 NOT IN (SELECT blake3 FROM objects)")]
-            if gone:  # collected since we looked (gc), or a stale stat cache: stage them afresh
-                raise _Restage(gone)
-            db.executemany(
-                "INSERT INTO objects(blake3, sha256, size, kind, added, touched) VALUES(?,?,?,?,?,?) "
-                "ON CONFLICT(blake3) DO UPDATE SET touched=excluded.touched",
-                [(b3, d.sha256, d.size, kind, now, now) for b3, (_, d, kind, _c) in self.new.items()])
-            db.executemany("INSERT OR IGNORE INTO links(parent, child) VALUES(?,?)",
-                           [(b3, c) for b3, (*_x, children) in self.new.items() for c in children]
-                           + [(b3, c) for b3, _k, children in self.extra for c in children])
-            db.executemany("INSERT OR IGNORE INTO kinds(blake3, kind, added) VALUES(?,?,?)",
-                           [(b3, kind, now) for b3, (_, _d, kind, _c) in self.new.items()]
-                           + [(b3, kind, now) for b3, kind, _c in self.extra])
-            db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?,?,?,?,?,?,?)", self.stat_rows)
+            ids = self._insert_new(db, now)
+            lookup = self._id_lookup(db, ids)
+            kinds = [(ids[b3], kind, now) for b3, (_, _d, kind, _c) in self.new.items()]
+            links = [(ids[b3], c) for b3, (*_x, children) in self.new.items() for c in children]
+            for b3, kind, children in self.extra:
+                oid = lookup(b3)
+                if oid is None:
+                    raise _Restage([b3])
+                # a kind this object did not have: record it, and the links its bytes make as that kind
+                if db.execute("INSERT OR IGNORE INTO obj_kind(id, kind, added) VALUES(?,?,?)",
+                              (oid, kind, now)).rowcount:
+                    links.extend((oid, c) for c in children)
+            db.executemany("INSERT OR IGNORE INTO obj_kind(id, kind, added) VALUES(?,?,?)", kinds)
+            rows = []
+            for parent, child in links:
+                cid = lookup(child)
+                if cid is None:  # a stat-cache hit whose object is gone (a store of an older prov's gc)
+                    raise _Restage([child])
+                rows.append((parent, cid))
+            rows.sort()
+            db.executemany("INSERT OR IGNORE INTO link(parent, child) VALUES(?,?)", rows)
+            # a root of this batch that gc's grace would count as old is touched; nothing else is
+            # written for what was already stored (gc keeps whatever a recent root reaches)
+            for b3 in self._roots():
+                if b3 not in self.new:
+                    oid = lookup(b3)
+                    if oid is None:
+                        raise _Restage([b3])
+                    db.execute("UPDATE obj SET touched=? WHERE id=? AND COALESCE(touched, added) < ?",
+                               (now, oid, now - TOUCH_SLACK))
+            if self.stat_rows:
+                self.stat_rows.sort()
+                db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?,?,?,?,?,?,?)", self.stat_rows)
+        self._clear()
+
+    def _clear(self) -> None:
         self.new.clear()
         self.present.clear()
         self.cached.clear()
         self.stat_rows.clear()
         self.extra.clear()
 
+    def _roots(self) -> list[str]:
+        """What this batch stored or relied on that nothing else in it names as a child."""
+        named = {c for *_x, children in self.new.values() for c in children}
+        named.update(c for _b, _k, children in self.extra for c in children)
+        return [b3 for b3 in (*self.new, *self.present, *self.cached) if b3 not in named]
+
+    def _insert_new(self, db: sqlite3.Connection, now: int) -> dict[str, int]:
+        """Index rows for the new objects, in key order (neighbouring keys share pages): b3 -> id."""
+        if not self.new:
+            return {}
+        order = sorted(self.new)
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='obj'").fetchone()
+        first = (row[0] if row else 0) + 1
+        ids = {b3: first + i for i, b3 in enumerate(order)}
+        n = db.executemany("INSERT OR IGNORE INTO obj(id, b3, sha, size, added) VALUES(?,?,?,?,?)",
+                           [(ids[b3], bytes.fromhex(b3), bytes.fromhex(self.new[b3][1].sha256),
+                             self.new[b3][1].size, now) for b3 in order]).rowcount
+        if n != len(order):  # another writer indexed some of the same objects first: use its ids
+            for b3 in order:
+                row = db.execute("SELECT id FROM obj WHERE b3=?", (bytes.fromhex(b3),)).fetchone()
+                if row is None:  # neither inserted nor there: the index contradicts itself
+                    raise IndexDamaged(f"{self.s.root}/index.sqlite: object {b3} could not be indexed; "
+                                       "prov fsck --repair rebuilds the index from the objects")
+                ids[b3] = row[0]
+        return ids
+
+    def _id_lookup(self, db: sqlite3.Connection, ids: dict[str, int]):
+        def lookup(b3: str) -> int | None:
+            oid = ids.get(b3) or self.present.get(b3)
+            if oid is None:
+                row = db.execute("SELECT id FROM obj WHERE b3=?", (bytes.fromhex(b3),)).fetchone()
+                oid = ids[b3] = row[0] if row else None
+            return oid
+        return lookup
+
     def _restage(self, gone: list[str]) -> None:
         for b3 in gone:
-            self.present.discard(b3)
+            self.present.pop(b3, None)
             src = self.cached.pop(b3, None)
             if src is None:
                 raise ProvError(f"object {b3} was garbage-collected during this add; run it again")

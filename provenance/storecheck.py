@@ -60,6 +60,8 @@ def index_problems(store: Store) -> list[str]:
     from .store import SCHEMA_VERSION
     db = store.db
     try:
+        from .store import LEAN_CACHE
+        db.execute(LEAN_CACHE)  # integrity_check reads every page once: a big cache only costs memory
         rows = [r[0] for r in db.execute("PRAGMA integrity_check(20)")]
         if rows != ["ok"]:
             return [f"index.sqlite: integrity check failed: {rows[0]}"
@@ -68,10 +70,10 @@ def index_problems(store: Store) -> list[str]:
         problems = []
         if version != SCHEMA_VERSION and not store.readonly:
             problems.append(f"index.sqlite: schema version {version}, expected {SCHEMA_VERSION}")
-        n = db.execute("SELECT count(*) FROM objects WHERE blake3 NOT IN (SELECT blake3 FROM kinds)").fetchone()[0]
+        n = db.execute("SELECT count(*) FROM obj WHERE id NOT IN (SELECT id FROM obj_kind)").fetchone()[0]
         if n:
             problems.append(f"index.sqlite: {n} object(s) with no kind")
-        n = db.execute("SELECT count(*) FROM kinds WHERE blake3 NOT IN (SELECT blake3 FROM objects)").fetchone()[0]
+        n = db.execute("SELECT count(*) FROM obj_kind WHERE id NOT IN (SELECT id FROM obj)").fetchone()[0]
         if n:
             problems.append(f"index.sqlite: {n} kind row(s) naming no object")
         return problems
@@ -119,7 +121,7 @@ def _salvage(index: Path) -> dict:
     except sqlite3.DatabaseError:
         return {k: None for k in ("refs", "kinds", "log")}
     queries = {"refs": "SELECT name, target, updated FROM refs",
-               "kinds": "SELECT blake3, kind, added FROM kinds",
+               "kinds": "SELECT lower(hex(o.b3)), k.kind, k.added FROM obj_kind k JOIN obj o ON o.id=k.id",
                "log": None}
     for key, q in queries.items():
         try:
@@ -130,11 +132,12 @@ def _salvage(index: Path) -> dict:
                 out[key] = list(db.execute(q))
         except sqlite3.DatabaseError:
             out[key] = None
-    if out["kinds"] is None:  # a pre-v2 index: one kind per object
-        try:
-            out["kinds"] = list(db.execute("SELECT blake3, kind, added FROM objects"))
-        except sqlite3.DatabaseError:
-            pass
+    for q in ("SELECT blake3, kind, added FROM kinds", "SELECT blake3, kind, added FROM objects"):
+        if out["kinds"] is None:  # a pre-v3 index: v2's kinds table, or v0's one kind per object
+            try:
+                out["kinds"] = list(db.execute(q))
+            except sqlite3.DatabaseError:
+                pass
     db.close()
     return out
 
@@ -246,10 +249,7 @@ def repair(root: Path, progress=None) -> dict:
     else:
         lost.append("kinds: the damaged index could not be read; each object has the kind its bytes show "
                     "(trees, records, statements, verdicts, notes) and is otherwise a blob")
-    with store.transaction() as db:
-        db.executemany("INSERT INTO objects(blake3, sha256, size, kind, added, touched) VALUES(?,?,?,?,?,?)", rows)
-        db.executemany("INSERT OR IGNORE INTO kinds(blake3, kind, added) VALUES(?,?,?)", sorted(kinds))
-        db.executemany("INSERT OR IGNORE INTO links(parent, child) VALUES(?,?)", sorted(links))
+    store.insert_rows(rows, kinds, links)
     refs_kept, refs_lost = 0, []
     if old.get("refs") is None:
         lost.append("refs: the damaged index could not be read; no ref was recovered")

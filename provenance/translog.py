@@ -305,34 +305,55 @@ class Log:
         self.db.execute("INSERT OR REPLACE INTO log_checkpoints(size, note) VALUES(?,?)", (size, note))
 
     def recompute(self) -> list[str]:
-        """Rebuild every node from the leaves and compare with what is stored and signed."""
-        problems = []
-        level_hashes: list[bytes] = []
+        """Rebuild every node from the leaves and compare with what is stored and signed.
+
+        Level by level, in bounded memory: each level's hashes go to a scratch file (32 bytes a
+        node) and are compared, in key order, with the stored nodes of that level."""
+        import tempfile
+        self.db.execute("PRAGMA cache_size=-8192")  # one pass over every node: a big cache only costs memory
+        problems: list[str] = []
         expected_idx = 0
-        for idx, entry in self.leaves():
-            if idx != expected_idx:
-                problems.append(f"leaf {expected_idx} missing")
-                break
-            expected_idx += 1
-            level_hashes.append(leaf_hash(entry))
-        mask = (1 << NODE_SHIFT) - 1
-        stored = {(k >> NODE_SHIFT, k & mask): h for k, h in self.db.execute("SELECT id, hash FROM log_nodes")}
-        level, cur = 0, level_hashes
         count = 0
-        while cur:
-            for i, h in enumerate(cur):
-                count += 1
-                if stored.get((level, i)) != h:
-                    problems.append(f"node ({level}, {i}) does not match its leaves")
-            cur = [node_hash(cur[i], cur[i + 1]) for i in range(0, len(cur) - 1, 2)]
-            level += 1
-        if count != len(stored):
-            problems.append(f"{len(stored) - count} stored node(s) not derived from any leaves")
+        with tempfile.TemporaryFile() as cur, tempfile.TemporaryFile() as nxt:
+            for idx, entry in self.leaves():
+                if idx != expected_idx:
+                    problems.append(f"leaf {expected_idx} missing")
+                    break
+                expected_idx += 1
+                cur.write(leaf_hash(entry))
+            n_leaves = expected_idx
+            n, level = n_leaves, 0
+            while n and not problems:
+                cur.seek(0)
+                stored = self.db.execute("SELECT id, hash FROM log_nodes WHERE id >= ? AND id < ? ORDER BY id",
+                                         (level << NODE_SHIFT, (level + 1) << NODE_SHIFT))
+                nxt.seek(0)
+                nxt.truncate()
+                left = None
+                for i in range(n):
+                    h = cur.read(32)
+                    row = stored.fetchone()
+                    count += 1
+                    if row is None or row != (level << NODE_SHIFT | i, h):
+                        problems.append(f"node ({level}, {i}) does not match its leaves")
+                        break
+                    if i & 1:
+                        nxt.write(node_hash(left, h))
+                    left = h
+                else:
+                    if stored.fetchone() is not None:
+                        problems.append(f"stored node(s) at level {level} not derived from any leaves")
+                cur, nxt = nxt, cur
+                n, level = n // 2, level + 1
+            if not problems:
+                total = self.db.execute("SELECT count(*) FROM log_nodes").fetchone()[0]
+                if total != count:
+                    problems.append(f"{total - count} stored node(s) not derived from any leaves")
         if problems:  # roots from unverified nodes would prove nothing
             return problems
         for size, note in self.checkpoints():  # every node now matches the leaves: O(log n) per root
             cp = parse_checkpoint(note)
-            if size > len(level_hashes) or cp.size != size or cp.root != self.root(size):
+            if size > n_leaves or cp.size != size or cp.root != self.root(size):
                 problems.append(f"checkpoint at size {size} does not match the leaves")
         return problems
 

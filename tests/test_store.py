@@ -39,7 +39,7 @@ def store_state(store: Path) -> tuple:
     rows = []
     if (store / "index.sqlite").exists():
         s = Store(store)
-        rows = sorted(s.db.execute("SELECT blake3, sha256 FROM objects"))
+        rows = sorted((b.hex(), h.hex()) for b, h in s.db.execute("SELECT b3, sha FROM obj"))
         s.close()
     return objs, rows
 

@@ -13,7 +13,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import contest, ledger
+from .. import canonical, contest, ledger
 from ..errors import ProvError, VerificationFailed
 from ..store import Store
 from . import pages, plots, sanitize
@@ -28,6 +28,10 @@ HEADERS = f"""/*
   X-Frame-Options: DENY
   Permissions-Policy: interest-cohort=()
 """
+
+
+# the index page stays bounded however long the ledger grows; everything else is paged
+RECENT, BEST, PAGE, EVIDENCE_ON_INDEX = 50, 20, 500, 30
 
 
 class HygieneError(VerificationFailed):
@@ -98,7 +102,9 @@ def _best_so_far(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
 
 
 def build_site(store: Store, out: str | Path, releases: str | Path | None = None,
-               trust: str | Path | None = None) -> dict:
+               trust: str | Path | None = None, cache: bool = False) -> dict:
+    """With `cache`, the ledger's rows and each run's redacted table row are kept in the store's
+    index; without it the store is only read (a pipeline stage must not change its input)."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "public_bundle_manifest.json").exists():
@@ -106,24 +112,37 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
     work = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    rules = hashlib.sha256(sanitize.RULES_FILE.read_bytes()).hexdigest()
+    previous, published, listed = _previous(out, rules)  # what the last bundle published (and scanned), same rules
     try:
-        runs = ledger.runs(store)
-        runs.sort(key=lambda r: r.record.created_at)
-        front = ledger.frontier(store)
+        runs = ledger.runs(store, write=cache)  # records are read only where a run's row changed
+        cache = _ViewCache(store, rules, write=cache)
+        entries = [cache.get(r) for r in runs]
+        order = sorted(range(len(runs)), key=lambda i: entries[i]["created"])
+        runs = [runs[i] for i in order]
+        entries = [entries[i] for i in order]
+        front_b3 = store.get_ref(ledger.FRONTIER_REF)
+        front = next((r for r in runs if r.blake3 == front_b3), None)
         evidence = []
+        record_evidence = []
         views = []
-        for r in runs:
-            obj = r.record.to_json_obj()
-            clean = sanitize.redact(obj)
+        for r, entry in zip(runs, entries):
             rel = f"evidence/records/{r.sha256}.json"
-            if clean == obj:
-                p = _write(work, rel, store.read_bytes(r.blake3))  # byte-exact: its sha256 is its name
-                note = "exact canonical bytes"
+            kept = previous.get(rel)
+            if kept is not None and _keep(out / rel, work / rel, kept):
+                record_evidence.append({"kind": "record", "path": rel, "sha256": kept, "note": (
+                    "exact canonical bytes" if kept == r.sha256 else "redacted view: machine paths and secrets replaced")})
             else:
-                p = _write(work, rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
-                note = "redacted view: machine paths and secrets replaced"
-            evidence.append({"kind": "record", "path": rel, "sha256": _sha(p), "note": note})
-            views.append(sanitize.redact(_view(r, rel)))  # annotations are published too
+                obj = r.record.to_json_obj()
+                clean = sanitize.redact(obj)
+                if clean == obj:
+                    p = _write(work, rel, store.read_bytes(r.blake3))  # byte-exact: its sha256 is its name
+                    note = "exact canonical bytes"
+                else:
+                    p = _write(work, rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
+                    note = "redacted view: machine paths and secrets replaced"
+                record_evidence.append({"kind": "record", "path": rel, "sha256": _sha(p), "note": note})
+            views.append(entry["view"])
         release_links = {}
         if releases:
             for d in sorted(Path(releases).iterdir()):
@@ -180,24 +199,38 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         ] + [f"# log checkpoints: Go note verifier key {k}" for k in note_keys]
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
         generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        releases_by_record = {}
-        for r, v in zip(runs, views):
-            st = ledger.release_of(store, r.sha256)
-            if st:
-                p = st["predicate"]
-                releases_by_record[r.sha256] = {"name": p["name"], "version": p["version"],
-                                                "href": release_links.get(p["name"]), "issued_at": p["issued_at"]}
-        for r, v in zip(runs, views):
-            frames = _frames(store, work, r, evidence)
+        releases_by_record = _releases_by_record(store, release_links)
+        by_sha = {v["record"]: v for v in views}
+        for r, v, entry in zip(runs, views, entries):
             rel = releases_by_record.get(r.sha256)
-            _write(work, v["page"], env.get_template("run.html.j2").render(
+            page_key = hashlib.sha256(json.dumps([cache.keys[r.sha256], rel, by_sha.get(r.parent)],
+                                                 sort_keys=True).encode()).hexdigest()
+            if _carry_page(out, work, entry, page_key, published, evidence):
+                continue
+            before = len(evidence)
+            frames = _frames(store, work, r, evidence)
+            page = _write(work, v["page"], env.get_template("run.html.j2").render(
                 csp=CSP, root="../", r=v, rec=r.record, frames=frames, release=rel, custody=pages.CUSTODY,
-                parent=next((x for x in views if x["record"] == r.parent), None),
-                environment=contest.get_profile(r.record.profile).official_environment,
+                parent=by_sha.get(r.parent), environment=contest.get_profile(r.record.profile).official_environment,
                 verify_commands=pages.verify_commands(rel["name"] if rel else None, r.sha256, r.record.profile),
+                generated=None).encode())  # no timestamp: an unchanged run's page keeps its bytes
+            cache.put(r.sha256, {**entry, "page_key": page_key, "page_sha": _sha(page),
+                                 "frame_evidence": [e for e in evidence[before:] if e["kind"] == "frame"]})
+        cache.save()
+        ledger_pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
+        page_links = [{"href": f"ledger/{n}.html", "n": n, "first": i * PAGE + 1, "last": i * PAGE + len(pg)}
+                      for n, pg in enumerate(ledger_pages, 1) for i in (n - 1,)]
+        rec_ev = {e["path"]: e for e in record_evidence}
+        for n, pg in enumerate(ledger_pages, 1):
+            _write(work, f"ledger/{n}.html", env.get_template("ledger.html.j2").render(
+                csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
                 generated=generated).encode())
+        _write(work, "evidence.html", env.get_template("evidence.html.j2").render(
+            csp=CSP, root="", evidence=evidence, generated=generated).encode())
         html = env.get_template("index.html.j2").render(
-            csp=CSP, root="", frontier=fview, best=best, runs=views, evidence=evidence, verify_commands=verify_commands,
+            csp=CSP, root="", frontier=fview, best=best, runs=views[-RECENT:][::-1],
+            best_runs=sorted(views, key=lambda v: v["score"])[:BEST], pages=page_links, total=len(views),
+            evidence=evidence[-EVIDENCE_ON_INDEX:], evidence_total=len(evidence), verify_commands=verify_commands,
             plot_score_bytes=plots.score_vs_bytes(runs, front.sha256 if front else None),
             plot_trajectory=plots.trajectory(pts, title, _branches(runs)), custody=pages.CUSTODY,
             comparisons=pages.comparisons(runs), neighbourhoods=pages.neighbourhoods(runs),
@@ -207,11 +240,16 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         _write(work, "index.html", html.encode())
         shutil.copyfile(HERE / "templates/style.css", work / "style.css")
         _write(work, "_headers", HEADERS.encode())
-        files = [{"path": p.relative_to(work).as_posix(), "sha256": _sha(p), "size": p.stat().st_size}
-                 for p in sorted(work.rglob("*")) if p.is_file()]
+        known = {e["path"]: e["sha256"] for e in record_evidence}
+        files = []
+        for rel in _listing(work):
+            p = work / rel
+            files.append({"path": rel, "sha256": known.get(rel) or _sha(p), "size": p.stat().st_size})
+        # one file a line: the manifest of 10k runs stays quick to scan and to diff
         _write(work, "public_bundle_manifest.json",
-               (json.dumps({"schema": "comma-lab/public-bundle/v1", "files": files}, indent=2) + "\n").encode())
-        violations = sanitize.scan_dir(work)
+               ('{"schema": "comma-lab/public-bundle/v1", "hygiene_rules_sha256": "%s", "files": [\n' % rules
+                + ",\n".join(json.dumps(f, sort_keys=True) for f in files) + "\n]}\n").encode())
+        violations = _scan(work, {f["path"] for f in files if published.get(f["path"]) == f["sha256"]}, listed)
         if violations:
             raise HygieneError(f"refusing to publish: {violations[0]}"
                                + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""))
@@ -227,10 +265,153 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _releases_by_record(store: Store, release_links: dict) -> dict[str, dict]:
+    """record sha256 -> its newest release, reading each release statement once (not once a run)."""
+    newest: dict[str, dict] = {}
+    for name, b3 in store.list_refs():
+        if name.startswith("releases/"):
+            p = canonical.loads(store.read_bytes(b3), name)["predicate"]
+            sha = p["record"]["sha256"]
+            if sha not in newest or p["version"] > newest[sha]["version"]:
+                newest[sha] = {"name": p["name"], "version": p["version"], "href": release_links.get(p["name"]),
+                               "issued_at": p["issued_at"]}
+    return newest
+
+
+VIEW_VERSION = 2  # bumped whenever _view's fields change: cached rows of another shape are remade
+
+
+class _ViewCache:
+    """Each run's redacted table row, kept in the store's index (never published) under what it was
+    made from: the run's annotations and verdict, and the hygiene rules. A rebuild reads and redacts
+    only the runs whose row would change; with the row, what its run page was made from, so an
+    unchanged page (and its frames) is carried over from the last bundle."""
+
+    def __init__(self, store: Store, rules: str, write: bool):
+        import sqlite3
+        self.store, self.rules, self.dirty = store, rules, {}
+        self.write = write and not getattr(store, "readonly", False)
+        if self.write:
+            store.db.execute("CREATE TABLE IF NOT EXISTS site_view(sha BLOB PRIMARY KEY, key TEXT NOT NULL, "
+                             "entry TEXT NOT NULL) WITHOUT ROWID")
+        try:
+            self.rows = {sha.hex(): (key, entry) for sha, key, entry in store.db.execute("SELECT * FROM site_view")}
+        except sqlite3.OperationalError:  # never cached
+            self.rows = {}
+        self.keys: dict[str, str] = {}
+
+    def get(self, r: ledger.Run) -> dict:
+        key = hashlib.sha256(json.dumps([VIEW_VERSION, self.rules, r.label, r.track, r.notes, r.verdict, r.reason,
+                                         r.flags, r.parent, r.axis]).encode()).hexdigest()
+        self.keys[r.sha256] = key
+        hit = self.rows.get(r.sha256)
+        if hit is not None and hit[0] == key:
+            return json.loads(hit[1])
+        entry = {"created": r.record.created_at, "profile": r.record.profile,
+                 "view": sanitize.redact(_view(r, f"evidence/records/{r.sha256}.json"))}  # annotations are published
+        self.dirty[r.sha256] = entry
+        return entry
+
+    def put(self, sha: str, entry: dict) -> None:
+        self.dirty[sha] = entry
+
+    def save(self) -> None:
+        if self.dirty and self.write:
+            with self.store.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO site_view VALUES(?,?,?)",
+                               [(bytes.fromhex(sha), self.keys[sha], json.dumps(e)) for sha, e in self.dirty.items()])
+
+
+def _carry_page(out: Path, work: Path, entry: dict, page_key: str, published: dict, evidence: list) -> bool:
+    """Link the last bundle's page for this run (and its frames) when it was made from the same inputs."""
+    page = entry["view"]["page"]
+    if entry.get("page_key") != page_key or published.get(page) != entry.get("page_sha"):
+        return False
+    for e in entry.get("frame_evidence", []):
+        if not (work / e["path"]).exists() and not _keep(out / e["path"], work / e["path"], e["sha256"]):
+            return False
+    if not _keep(out / page, work / page, entry["page_sha"]):
+        return False
+    evidence.extend(e for e in entry.get("frame_evidence", []) if e not in evidence)
+    return True
+
+
+def _previous(out: Path, rules: str) -> tuple[dict[str, str], dict[str, str], set[str]]:
+    """The record files and all files (path -> sha256) of the bundle at `out`, if it was built under
+    the same hygiene rules: a file published then, with the same bytes now, was scanned then."""
+    try:
+        from .. import canonical
+        doc = canonical.load_file(out / "public_bundle_manifest.json", "public_bundle_manifest.json")
+        listed = set((out / "public_bundle_manifest.json").read_text(encoding="utf-8").splitlines())
+    except (ProvError, OSError, UnicodeDecodeError):
+        return {}, {}, set()
+    if not isinstance(doc, dict) or doc.get("hygiene_rules_sha256") != rules or not isinstance(doc.get("files"), list):
+        return {}, {}, set()
+    files = {e["path"]: e["sha256"] for e in doc["files"]
+             if isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)}
+    return {p: sha for p, sha in files.items() if p.startswith("evidence/records/")}, files, listed
+
+
+def _keep(old: Path, new: Path, sha: str) -> bool:
+    """Carry a published file over (a hard link) when its bytes are still the ones the last bundle listed."""
+    try:
+        if hashlib.sha256(old.read_bytes()).hexdigest() != sha:
+            return False
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.link(old, new)
+    except OSError:
+        return False
+    return True
+
+
+def _listing(root: Path) -> list[str]:
+    """Every file under root as a relative POSIX path, sorted (os.walk: 20k files, no pathlib per entry)."""
+    out = []
+    base = len(str(root)) + 1
+    for dirpath, _dirs, names in os.walk(root):
+        out.extend(os.path.join(dirpath, n)[base:] for n in names)
+    return sorted(out)
+
+
+def _pixels_only(data: bytes) -> bool:
+    """A PNG of nothing but its header, pixel data and end (IHDR, IDAT, IEND): no text chunk to leak."""
+    import struct
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind not in (b"IHDR", b"IDAT", b"IEND"):
+            return False
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos == len(data)
+    return False
+
+
+def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
+    """The hygiene scan, once per published file; a file the last bundle published with the same
+    bytes (scanned then, under the same rules) is not scanned again, nor a line of the file
+    manifest that the last manifest held (one file a line: only the new files' lines are read)."""
+    out = []
+    for rel in _listing(root):
+        p = root / rel
+        if rel in skip or not p.is_file():
+            continue
+        data = p.read_bytes()
+        if rel.endswith(".png") and _pixels_only(data):
+            continue  # pixels carry no text: the scan would read compressed bytes as words
+        text = data.decode("utf-8", "replace")
+        if rel == "public_bundle_manifest.json" and listed:
+            text = "\n".join("" if ln in listed else ln for ln in text.split("\n"))  # line numbers kept
+        out += sanitize.scan_text(rel, text)
+    return out
+
+
 def check_site(root: str | Path) -> list[str]:
     """Re-scan a bundle and re-check its manifest: every problem as one line."""
     root = Path(root)
-    problems = [str(v) for v in sanitize.scan_dir(root)]
+    problems = [str(v) for v in _scan(root, set(), set())]  # the same scan the build ran
     man = root / "public_bundle_manifest.json"
     if not man.is_file():
         return problems + ["public_bundle_manifest.json: missing"]

@@ -44,6 +44,22 @@ def _mpl():
     return plt
 
 
+DENSE = 300  # above this many runs of one kind, a plot shows their density rather than each marker
+
+
+def _density(ax, xs: list[float], ys: list[float], color: str, label: str) -> None:
+    """A 2-D histogram on log-spaced byte bins, rasterized (an inline PNG, kilobytes however many runs)."""
+    import math
+    from matplotlib.colors import LinearSegmentedColormap, LogNorm
+    lo, hi = math.log10(min(xs)), math.log10(max(xs))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    xbins = [10 ** (lo + (hi - lo) * i / 60) for i in range(61)]
+    cmap = LinearSegmentedColormap.from_list("runs", ["#ffffff", color])
+    ax.hist2d(xs, ys, bins=[xbins, 40], cmin=1, cmap=cmap, norm=LogNorm(), rasterized=True, zorder=2)
+    ax.scatter([], [], c=color, marker="s", s=45, label=label)
+
+
 def _titled(svg: str, titles: dict[str, str]) -> str:
     """Name every point: a <title> inside the group matplotlib wrote for its gid."""
     from xml.sax.saxutils import escape
@@ -61,7 +77,7 @@ def _bytes_label(x: float, _pos=None) -> str:
 
 
 def _name(r) -> str:
-    from .sanitize import redact_text
+    from .sanitize import redact_text  # a label is published: redacted like every annotation
     return redact_text(r.label or r.sha256[:12])
 
 
@@ -70,15 +86,18 @@ def score_vs_bytes(runs, frontier_sha: str | None) -> str:
     fig, ax = plt.subplots(figsize=(5.2, 4))
     titles = {}
     for verdict, (color, marker, size, label) in STYLE.items():
-        pts = [r for r in runs if r.verdict == verdict]
+        pts = [r for r in runs if r.verdict == verdict and r.archive_bytes]
+        if len(pts) > DENSE:  # thousands of markers would hide each other: draw where they are dense
+            _density(ax, [r.archive_bytes for r in pts], [r.score for r in pts], color, f"{label} (density)")
+            continue
         for i, r in enumerate(pts):
             gid = f"sb-{r.sha256[:16]}"
             ax.scatter([r.archive_bytes], [r.score], c=color, marker=marker, s=size,
                        label=label if i == 0 else None, edgecolors="black", linewidths=0.4, zorder=3, gid=gid)
-            titles[gid] = (f"{_name(r)}: score {r.score!r}, {r.archive_bytes:,} bytes, {r.record.grade}"
+            titles[gid] = (f"{_name(r)}: score {r.score!r}, {r.archive_bytes:,} bytes, {r.grade}"
                            + (f", {verdict}d" if verdict else ""))
     f = next((r for r in runs if r.sha256 == frontier_sha), None)
-    if f is not None:
+    if f is not None and f.archive_bytes:
         ax.scatter([f.archive_bytes], [f.score], s=420, facecolors="none", edgecolors="#1f77b4",
                    linewidths=2, label="frontier", zorder=4, gid="sb-frontier")
         titles["sb-frontier"] = f"frontier {_name(f)}: {f.score!r}"

@@ -1,0 +1,66 @@
+"""Issue 15: the site pages (a bounded index page, ledger pages), and a rebuild after one new run
+reads one record and re-scans only what changed."""
+
+import json
+import re
+
+import pytest
+
+from conftest import run_prov
+from test_scale_log_ledger import _record
+from provenance import ledger
+from provenance.store import Store
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("jinja2")
+
+
+def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
+    from provenance.site import build, plots, sanitize
+    monkeypatch.setattr(build, "PAGE", 10)
+    monkeypatch.setattr(build, "RECENT", 5)
+    monkeypatch.setattr(build, "BEST", 3)
+    monkeypatch.setattr(plots, "DENSE", 8)  # past this many runs, the plot draws a density
+    s = Store(tmp_path / "store", create=True)
+    shas = [s.put_bytes(_record(i, 3.0 - i / 100), "record").sha256 for i in range(27)]
+    ledger.annotate(s, shas[4], "four", None, "first notes")
+    ledger.verdict(s, shas[20], "promote", "best so far")
+    out = tmp_path / "public"
+    build.build_site(s, out, cache=True)
+    index = (out / "index.html").read_text()
+    linked = set(re.findall(r"evidence/records/([0-9a-f]{64})\.json", index))
+    assert linked == set(shas[-5:]) | set(shas[-3:]) | {shas[20]}  # recent, best, frontier: not all 27
+    pages = sorted((out / "ledger").glob("*.html"))
+    assert [p.name for p in pages] == ["1.html", "2.html", "3.html"]
+    on_pages = [re.findall(r'href="\.\./evidence/records/([0-9a-f]{64})\.json"', p.read_text()) for p in pages]
+    assert [len(x) for x in on_pages] == [10, 10, 7] and sum(on_pages, []) == shas
+    assert 'href="ledger/3.html"' in index and "first notes" in (out / "ledger/1.html").read_text()
+    assert "<image" in index  # the density, rasterized into the SVG
+    assert run_prov("site", "check", out).returncode == 0
+    # one new run: its record (and the frontier's) the only ones read, only the files that changed scanned
+    shas.append(s.put_bytes(_record(99, 0.5), "record").sha256)
+    reads, scanned = [], []
+    real_load, real_scan = ledger.load_record, sanitize.scan_text
+    monkeypatch.setattr(ledger, "load_record", lambda data, where: reads.append(where) or real_load(data, where))
+    monkeypatch.setattr(sanitize, "scan_text", lambda name, text: scanned.append(name) or real_scan(name, text))
+    pages_before = {p.name: p.read_bytes() for p in pages}
+    build.build_site(s, out, cache=True)
+    assert shas[-1] in reads and set(reads) <= {shas[-1], shas[20]}  # the new run's, and the frontier card's
+    assert f"evidence/records/{shas[-1]}.json" in scanned and "ledger/1.html" not in scanned
+    assert not any(n.startswith("evidence/records/") and shas[-1] not in n for n in scanned)
+    assert (out / "ledger/1.html").read_bytes() == pages_before["1.html"]
+    assert shas[-1] in (out / "ledger/3.html").read_text()
+    man = json.loads((out / "public_bundle_manifest.json").read_text())
+    assert len([f for f in man["files"] if f["path"].startswith("evidence/records/")]) == 28
+    assert run_prov("site", "check", out).returncode == 0
+    # without --cache the store is only read: a pipeline stage must not change its input
+    idx = tmp_path / "store" / "index.sqlite"
+    s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = (idx.read_bytes(), s.db.total_changes)
+    s.put_bytes(_record(100, 0.4), "record")
+    s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = (idx.read_bytes(), s.db.total_changes)
+    build.build_site(s, out)
+    assert (idx.read_bytes(), s.db.total_changes) == before
+    assert len(list((out / "evidence/records").iterdir())) == 29
+    s.close()
