@@ -175,7 +175,7 @@ def closure(store: Store, roots: list[str]) -> list[list]:
             continue
         seen.add(b3)
         info = store.info(b3) or store._missing(b3)
-        kids = [c for (c,) in store.db.execute("SELECT child FROM links WHERE parent=? ORDER BY child", (b3,))]
+        kids = store.children(b3)
         out.append([b3, info.kind, kids])
         todo.extend(reversed(kids))
     return out

@@ -475,6 +475,12 @@ class Store:
                     allow_unsafe_links)
             raise ProvError(f"{os.fsdecode(p)}: not a regular file or directory")
 
+    def children(self, b3: str) -> list[str]:
+        """The objects an object links to (a tree's entries, a record's evidence), sorted."""
+        return sorted(c.hex() for (c,) in self.db.execute(
+            "SELECT c.b3 FROM link l JOIN obj p ON p.id=l.parent JOIN obj c ON c.id=l.child WHERE p.b3=?",
+            (bytes.fromhex(b3),)))
+
     def merge_from(self, other: "Store") -> int:
         """Copy every object (with its index row and links) that `other` has and we lack.
         Bytes are re-hashed on the way in: a corrupt source object is refused, not spread."""
