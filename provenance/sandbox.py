@@ -271,13 +271,19 @@ class _Watchdog(threading.Thread):
         if mem > self.lim.memory:
             return (f"memory cap: the phase's processes and /tmp held {_size(mem)} ({mem:,} bytes), "
                     f"cap {self.lim.memory:,} bytes; killed")
-        if self.write_cap is not None and self.dirs:
-            n, entries = written_bytes(self.dirs, self.lim.max_entries)
-            self.written = max(self.written, n)
-            if n > self.write_cap:
-                return f"write cap: the phase wrote {n:,} bytes, cap {self.write_cap:,} bytes; killed"
-            if entries > self.lim.max_entries:
-                return f"entry cap: the phase made more than {self.lim.max_entries:,} files and directories; killed"
+        why = self.writes()
+        return why and f"{why}; killed"
+
+    def writes(self) -> str | None:
+        """The write and entry caps, over what the phase's writable directories hold now."""
+        if self.write_cap is None or not self.dirs:
+            return None
+        n, entries = written_bytes(self.dirs, self.lim.max_entries)
+        self.written = max(self.written, n)
+        if n > self.write_cap:
+            return f"write cap: the phase wrote {n:,} bytes, cap {self.write_cap:,} bytes"
+        if entries > self.lim.max_entries:
+            return f"entry cap: the phase made more than {self.lim.max_entries:,} files and directories"
         return None
 
 
@@ -422,13 +428,8 @@ class Sandbox:
                     dog.peak_tmp = max(dog.peak_tmp, used)
         wall = time.monotonic() - start
         reason = dog.reason or reason
-        if reason is None and dog.write_cap is not None:  # a last look: what it left behind counts too
-            n, entries = written_bytes(dog.dirs, self.limits.max_entries)
-            dog.written = max(dog.written, n)
-            if n > dog.write_cap:
-                reason = f"write cap: the phase wrote {n:,} bytes, cap {dog.write_cap:,} bytes"
-            elif entries > self.limits.max_entries:
-                reason = f"entry cap: the phase made more than {self.limits.max_entries:,} files and directories"
+        if reason is None:  # a last look: what it left behind counts too
+            reason = dog.writes()
         if reason is None and rc != 0:
             reason = _explain(rc, file_size)
             if dog.peak_tmp >= self.limits.tmp_size - MiB:
