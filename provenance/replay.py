@@ -228,11 +228,16 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
         # Independent work overlaps: the probe runs beside inflate, and the frame illustrations are
         # made on the host while the evaluator runs (inflate's processes are gone by then).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            probe_job = pool.submit(run, "probe", [sys.executable, "-s", "-c", PROBE, device])
-            inflate = run("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated",
-                                      f"{up}/{NAMES_FILE}"])
-            probe = require(probe_job.result())
-            require(inflate)
+            probe_argv = [sys.executable, "-s", "-c", PROBE, device]
+            probe_job = pool.submit(run, "probe", probe_argv)
+            inflate = require(run("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated",
+                                              f"{up}/{NAMES_FILE}"]))
+            probe = probe_job.result()
+            if not probe.ok:
+                # Both phases run as one host user, so an inflate that exhausts its process or memory
+                # limits can starve the probe beside it: the probe gets its verdict alone.
+                probe = run("probe", probe_argv)
+            require(probe)
             raw_check = check_outputs(inflated_dir, names, want, limits.max_entries)
             frames_job = pool.submit(frame_pngs, profile, upstream, inflated_dir, names)
             evaluate = require(run("evaluate", [

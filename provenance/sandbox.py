@@ -8,8 +8,10 @@ never sees what the profile hides (ground truth, scorer weights: absent, not mer
 unreadable); evaluate sees everything of the upstream, the submission read-only, and writes
 only its own output directory. All namespaces are unshared, so there is no network; a seccomp
 filter refuses new user namespaces, so nothing inside regains capabilities. When the caller
-is root, the user namespace is kept and the command drops to nobody with no capabilities, so
-that process-count limits bind (the kernel exempts uid 0 from RLIMIT_NPROC).
+is root, the user namespace is kept and the command drops to an unprivileged uid of its own with
+no capabilities, so that process-count limits bind (the kernel exempts uid 0 from RLIMIT_NPROC)
+and count this sandbox alone: RLIMIT_NPROC counts a uid's processes host-wide, so a fork bomb
+under a shared uid (nobody) would starve every other sandbox on the machine.
 
 Limits bind the whole phase: a watchdog sums the resident memory of every process of the
 phase plus its /tmp, and the bytes under its writable directories, and kills the PID
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,7 +36,8 @@ from pathlib import Path
 
 from .errors import MissingEnvironment
 
-NOBODY = 65534
+# uids no account uses (above systemd's container ranges, below the 32-bit overflow uid)
+UID_BASE, UID_SPAN = 0x7000_0000, 1 << 24
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "passwd", "group", "nsswitch.conf",
              "localtime", "os-release", "debian_version", "mime.types")
 LOG_TAIL = 1 << 20
@@ -296,10 +300,12 @@ class Sandbox:
         self.seccomp = seccomp_program() if enabled else None
         if enabled:
             self.bwrap = bwrap_path()
+        # one uid for the submission's phases (they share its files), another for our own probe
+        self.uid, self.probe_uid = (UID_BASE + secrets.randbelow(UID_SPAN) for _ in range(2))
         if self.as_root and enabled:  # the sandboxed user must be able to write its outputs
             for d in (layout.runtime_copy / "archive", layout.runtime_copy / "inflated", layout.out):
                 if d.is_dir():
-                    os.chown(d, NOBODY, NOBODY)
+                    os.chown(d, self.uid, self.uid)
 
     # -- the command line -------------------------------------------------------------------
     @property
@@ -363,7 +369,8 @@ class Sandbox:
             a += ["--setenv", k, v]
         a += ["--chdir", up, "--"]
         if self.as_root:
-            a += ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            uid = self.probe_uid if view.name == "probe" else self.uid
+            a += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                   "--inh-caps=-all", "--bounding-set=-all", "--"]
         return a
 

@@ -13,6 +13,9 @@ import pytest
 from conftest import REPO, prov_json, run_prov
 
 pytest.importorskip("torch")
+# one worker runs the demo lab once (pytest -n: the group stays together)
+pytestmark = pytest.mark.xdist_group("demo_lab")
+
 DVC = Path(sys.executable).parent / "dvc"
 if not DVC.exists():
     pytest.skip("dvc is not installed in the environment", allow_module_level=True)

@@ -20,6 +20,9 @@ from provenance.errors import ProvError
 from provenance.miniature import PROFILE as MINI
 
 
+# one worker runs the demo lab once (pytest -n: the group stays together)
+pytestmark = pytest.mark.xdist_group("demo_lab")
+
 # -- the rule: the miniature's official environment is a Linux x86_64 CPU ----------------------
 
 def _grade(profile, **kw):
