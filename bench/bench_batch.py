@@ -42,13 +42,13 @@ def main() -> None:
     one = statistics.median(r["wall"] for r in local)
 
     # Ray's own cost: start an embedded Ray and run one empty task; move one task's inputs and outputs
-    code = ("import time,ray;from provenance.batch import _loopback_only;_loopback_only(None);t=time.perf_counter();"
+    code = ("import time,ray;from provenance.lab.batch import _loopback_only;_loopback_only(None);t=time.perf_counter();"
             "ray.init(include_dashboard=False,object_store_memory=128<<20,log_to_driver=False);"
             "ray.get(ray.remote(lambda:1).remote());print(time.perf_counter()-t);ray.shutdown()")
     startup = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                    check=True).stdout.split()[-1])
-    from provenance import batch as B
-    from provenance.store import Store
+    from provenance.lab import batch as B
+    from provenance.store.objects import Store
     lab = Store(work / "store-local")
     b = B.Batch(lab, B.collect(subs, ["s1"]), mini / "upstream")
     meet = {"kind": "dir", "path": str(fresh(work / "meet"))}

@@ -58,7 +58,7 @@ def main() -> None:
     }
     # the same code entered through click, as every `prov verify` was before the fast entry
     tools_["prov verify via click"] = [sys.executable, "-c", f"import sys; sys.argv = {['prov'] + prov_cmd[1:]!r}; "
-                                       "from provenance.cli import main; main()"]
+                                       "from provenance.cli.app import main; main()"]
     for cmd in tools_.values():  # warm-up: write the bytecode caches
         subprocess.run(cmd, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL)
     res = compare(tools_, a.rounds)

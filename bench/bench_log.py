@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from provenance import translog  # noqa: E402
-from provenance.store import Store  # noqa: E402
+from provenance.log import translog  # noqa: E402
+from provenance.store.objects import Store  # noqa: E402
 
 OUT = Path(os.environ.get("BENCH_OUT", Path(__file__).parent / "out")) / "log"
 
@@ -30,7 +30,7 @@ def main() -> None:
     a = ap.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     store = Store(OUT / "store", create=True)
-    log = store.log
+    log = translog.open_log(store)
     entries = [translog.entry_bytes("record", hashlib.sha256(b"%d" % i).hexdigest(),
                                     hashlib.sha256(b"b%d" % i).hexdigest()) for i in range(a.leaves)]
 

@@ -24,8 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import OUT, PROV, fresh, run  # noqa: E402
 
-from provenance import canonical, ledger, logbook, translog  # noqa: E402
-from provenance.store import Store  # noqa: E402
+from provenance.core import canonical
+from provenance.lab import ledger
+from provenance.log import logbook
+from provenance.log import translog  # noqa: E402
+from provenance.store.objects import Store  # noqa: E402
 
 WORK = OUT / "scale"
 PAD = os.urandom(96)  # ~136-byte objects, as in the measurements
@@ -62,7 +65,7 @@ def build_store(root: Path, n: int, chunk: int = 50_000) -> float:
 def build_log(root: Path, n: int, chunk: int = 100_000) -> None:
     s = Store(root)
     for start in range(0, n, chunk):
-        s.log.append_many([translog.entry_bytes("blob", f"{i:064x}", f"{i:064x}")
+        translog.open_log(s).append_many([translog.entry_bytes("blob", f"{i:064x}", f"{i:064x}")
                            for i in range(start, min(n, start + chunk))])
     s.close()
 
@@ -210,7 +213,7 @@ def main() -> None:
     s = Store(lroot, create=True)
     key = Ed25519PrivateKey.generate()
     for i in range(999):
-        s.log.append(translog.entry_bytes("statement", f"{i:064x}", f"{i:064x}"))
+        translog.open_log(s).append(translog.entry_bytes("statement", f"{i:064x}", f"{i:064x}"))
         logbook.checkpoint(s, key)
     b3 = s.put_bytes(canonical.dumps({"_type": "https://in-toto.io/Statement/v1", "n": 1000}), "statement").blake3
     res["bundle_bytes"] = len(json.dumps(logbook.release_log_bundle(s, b3, key)))

@@ -28,7 +28,7 @@ def run_prov(*args, store=None, check=None, input=None, env=None, **kw):
 def inproc(*args, store=None, check=0):
     """Set-up steps in this process (CliRunner): the same commands without a Python start-up each."""
     from click.testing import CliRunner
-    from provenance.cli import cli
+    from provenance.cli.app import cli
     env = {"PROV_STORE": str(store)} if store else {}
     r = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
     assert check is None or r.exit_code == check, (args, r.exit_code, r.output)
@@ -82,7 +82,7 @@ def mini(tmp_path_factory):
     """The miniature contest, built once per session (needs torch and PyAV)."""
     pytest.importorskip("torch")
     pytest.importorskip("av")
-    from provenance.miniature.build import build
+    from provenance.lab.miniature.build import build
     return build(tmp_path_factory.mktemp("mini") / "contest")
 
 

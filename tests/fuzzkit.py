@@ -12,7 +12,7 @@ import traceback
 from click.testing import CliRunner
 from hypothesis import HealthCheck, settings, strategies as st
 
-from provenance.cli import cli
+from provenance.cli.app import cli
 
 EXAMPLES = int(os.environ.get("PROV_FUZZ_EXAMPLES", "2000"))  # cases per kind
 BATCH = 10  # cases per hypothesis example: the engine's own bookkeeping would otherwise cost more than prov
@@ -195,8 +195,8 @@ def assert_clean(res, args, allowed=(0, 1, 2, 3)) -> None:
 def library_outcome(fn, *args) -> int:
     """Run a library call as the command line would (cli.Cli.invoke): our errors and OS errors are one
     line with their exit code; anything faults.py calls an internal error fails the harness."""
-    from provenance.errors import ProvError
-    from provenance.faults import one_line, os_error_code
+    from provenance.core.errors import ProvError
+    from provenance.core.faults import one_line, os_error_code
     try:
         fn(*args)
         return 0

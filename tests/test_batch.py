@@ -77,8 +77,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def record_without_run_fields(store: Path, digest: str) -> bytes:
-    from provenance import canonical
-    from provenance.store import Store
+    from provenance.core import canonical
+    from provenance.store.objects import Store
     s = Store(store)
     try:
         doc = json.loads(s.read_bytes(s.resolve(digest).blake3))
@@ -276,8 +276,8 @@ def test_local_engine_without_ray_records_failures(mini, sequential_half, tmp_pa
 
 def test_worker_without_the_checkout_exports_it_from_the_store(mini, tmp_path):
     """A worker that lacks the head's upstream path gets the pinned tree by digest instead."""
-    from provenance import batch as B
-    from provenance.store import Store
+    from provenance.lab import batch as B
+    from provenance.store.objects import Store
     subs = tmp_path / "subs"
     shutil.copytree(mini / "submissions" / "copy", subs / "early", symlinks=True)
     (subs / "early" / "runtime" / "archive").mkdir()  # refused after the inputs arrive, before any phase
@@ -322,7 +322,7 @@ def test_ctrl_c_stops_the_batch_and_leaves_the_store_consistent(mini, tmp_path):
 
 
 def test_cli_and_verify_path_import_no_ray():
-    code = ("import sys, provenance.cli, provenance.verify, provenance.cli_batch;"
+    code = ("import sys, provenance.cli.app, provenance.release.verify, provenance.cli.batch;"
             "print(sorted(m for m in ('ray', 'dvc', 'torch') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"

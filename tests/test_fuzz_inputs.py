@@ -22,7 +22,7 @@ from hypothesis import given, strategies as st
 
 from conftest import RUNTIME_SPEC, make_tree
 from fuzzkit import FUZZ, assert_clean, byte_mutant, cases, each, invoke, json_mutant, library_outcome, mutant
-from provenance import signing
+from provenance.core import signing
 from test_records import report, v1_record
 
 
@@ -240,7 +240,7 @@ def _zip_bytes(entries) -> bytes:
 def test_fuzz_zip_intake(world):
     """Mutated archives through safe intake: refused with IntakeError (exit 2) or extracted, nothing else.
     LEAD: intake.py is yours (issue 11); re-run this after merging."""
-    from provenance import intake
+    from provenance.replay import intake
     base = _zip_bytes([("a.raw", b"x" * 100), ("sub/b.bin", os.urandom(64)), ("c.txt", b"hello\n")])
     case = Case(world, "archive.zip")
     out = world["fast"] / "cases" / "unzipped"

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import prov_json, run_prov
-from provenance.site import sanitize
+from provenance.core import sanitize
 from test_records import report, v1_record
 
 # name -> (text as it would be published, a fragment that must not survive)
@@ -81,10 +81,10 @@ def test_build_error_does_not_echo_the_secret():
 def test_planted_leak_site(tmp_path):
     """Every form planted in records and annotations: the bundle publishes none of them; one more in a
     signed release file (which cannot be redacted) fails the build, leaving nothing behind."""
-    from provenance import ledger
-    from provenance.adjudicate import adjudicate_report
-    from provenance.site.build import build_site
-    from provenance.store import Store
+    from provenance.lab import ledger
+    from provenance.records.adjudicate import adjudicate_report
+    from provenance.lab.site.build import build_site
+    from provenance.store.objects import Store
     pytest.importorskip("matplotlib")
     pytest.importorskip("jinja2")
     store_dir = tmp_path / "store"
@@ -148,7 +148,7 @@ def test_png_pixels_are_not_scanned_but_png_text_is(tmp_path):
     """Frame images are pixels: noise that happens to read '~/' is no leak; a text chunk is text."""
     import struct
     import zlib
-    from provenance.site import sanitize
+    from provenance.core import sanitize
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

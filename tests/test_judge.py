@@ -14,7 +14,7 @@ import pytest
 import rfc8785
 
 from conftest import REPO, RUNTIME_SPEC, inproc, make_tree, prov_json, run_prov
-from provenance import signing, sshsig
+from provenance.core import signing, sshsig
 from test_records import report
 
 STOCK_PY = shutil.which("python3", path="/usr/bin:/bin") or sys.executable  # not our venv: any Python 3
@@ -214,7 +214,7 @@ def test_runtime_subject_names_its_algorithm_and_old_releases_verify(rel, tmp_pa
     out = prov_json("verify", tmp_path / "old.json", "--trust", rel["trust"], "--archive", rel["archive"],
                     "--runtime", rel["rt"])
     assert out["ok"] and "ssh_signatures" not in {c["name"] for c in out["checks"]}
-    from provenance.models import Statement
+    from provenance.records.models import Statement
     Statement.model_validate(st)
     for name in ("eval-record.v1.json", "release-statement.v1.json", "trust-policy.v1.json"):
         doc = json.loads((REPO / "schemas" / name).read_text())
@@ -260,7 +260,7 @@ def test_note_verifier_key_is_published_and_checks_real_checkpoints(tmp_path):
 
 
 def test_tree_digest_py_matches_prov_and_refuses_what_prov_refuses(runtime, tmp_path):
-    script = REPO / "provenance/tree_digest.py"
+    script = REPO / "provenance/core/tree_digest.py"
     r = subprocess.run([STOCK_PY, script, runtime], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == prov_json("hash", runtime)["sha256"]
     esc = make_tree(tmp_path / "esc", {"up": ("link", "../../etc/passwd")})
@@ -321,8 +321,8 @@ def test_shell_completion_as_documented():
 def test_fast_verify_entry_agrees_with_click(rel):
     """`prov verify` skips click for the clean command line: same options, same output, same exit codes."""
     import click
-    from provenance.cli import cli
-    from provenance.verify_cmd import FLAG_OPTIONS, VALUE_OPTIONS
+    from provenance.cli.app import cli
+    from provenance.cli.verify_cmd import FLAG_OPTIONS, VALUE_OPTIONS
     cmd = cli.commands["verify"]
     opts = {o: p.name for p in cmd.params if isinstance(p, click.Option) for o in p.opts if o not in ("-h", "--help")}
     assert opts == {**VALUE_OPTIONS, **FLAG_OPTIONS}
@@ -337,11 +337,11 @@ def test_fast_verify_entry_agrees_with_click(rel):
     ]
     for args in cases:
         fast = run_prov(*args)
-        slow = subprocess.run([sys.executable, "-m", "provenance.cli", *map(str, args)], capture_output=True, text=True)
+        slow = subprocess.run([sys.executable, "-m", "provenance.cli.app", *map(str, args)], capture_output=True, text=True)
         assert (fast.returncode, fast.out) == (slow.returncode, slow.stdout), args
         assert fast.err.replace("Usage: prov ", "Usage: cli ").splitlines()[-1:] == \
-            slow.stderr.replace("Usage: python -m provenance.cli ", "Usage: cli ").splitlines()[-1:], args
-    code = ("import sys; from provenance.verify_cmd import main; "
+            slow.stderr.replace("Usage: python -m provenance.cli.app ", "Usage: cli ").splitlines()[-1:], args
+    code = ("import sys; from provenance.cli.verify_cmd import main; "
             f"sys.argv = ['prov', 'verify', {str(m)!r}, '--trust', {str(t)!r}, '--no-files'];\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0\n"
             "print(sorted(x for x in ('click', 'pydantic', 'torch') if x in sys.modules))")

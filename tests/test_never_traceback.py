@@ -13,9 +13,9 @@ import pytest
 import rfc8785
 
 from fuzzkit import assert_clean, invoke, library_outcome
-from provenance import canonical, signing
-from provenance.errors import ProvError
-from provenance.store import Store
+from provenance.core import canonical, signing
+from provenance.core.errors import ProvError
+from provenance.store.objects import Store
 from test_fuzz_inputs import world  # noqa: F401  (the module fixture: keys, trust, release, legacy record)
 
 
@@ -165,14 +165,14 @@ def _zip_with_raw_name(name: bytes, utf8_flag: bool) -> bytes:
 
 
 def test_zip_name_invalid_utf8_under_the_utf8_flag(tmp_path):
-    from provenance import intake
+    from provenance.replay import intake
     p = tmp_path / "a.zip"
     p.write_bytes(_zip_with_raw_name(b"b\xff\xfe" + b"x" * 8 + b".txt", True))
     assert library_outcome(intake.extract, p, tmp_path / "out") == 2
 
 
 def test_zip_entry_path_2100_levels_deep(tmp_path):
-    from provenance import intake
+    from provenance.replay import intake
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("d/" * 2100 + "f.raw", b"x")
@@ -200,14 +200,14 @@ def test_sqlite_disk_full_at_commit_is_exit_3_and_leaves_the_store_consistent(tm
         add_many()
     assert library_outcome(add_many) == 3
     s.close()
-    from provenance import storecheck
-    rep = storecheck.fsck(tmp_path / "store")
+    from provenance.store import check
+    rep = check.fsck(tmp_path / "store")
     assert rep["ok"], rep["errors"]
 
 
 def test_os_disk_full_maps_to_exit_3():
     """ENOSPC from the filesystem (a real write to /dev/full) is the environment: exit 3."""
-    from provenance.faults import os_error_code
+    from provenance.core.faults import os_error_code
 
     def write_full():
         with open("/dev/full", "wb", buffering=0) as f:

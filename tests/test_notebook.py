@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import prov_json, run_prov
-from provenance import contest
-from provenance.frames import png, read_frames_raw
-from provenance.errors import ProvError
-from provenance.miniature import PROFILE as MINI
+from provenance.contest import rules
+from provenance.replay.frames import png, read_frames_raw
+from provenance.core.errors import ProvError
+from provenance.contest.miniature import PROFILE as MINI
 
 
 # one worker runs the demo lab once (pytest -n: the group stays together)
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.xdist_group("demo_lab")
 def _grade(profile, **kw):
     facts = dict(source="replay", device="cpu", gpu_model=None, samples=profile.samples, platform="linux-x86_64",
                  custody_complete=True, canonical_env=True)
-    return contest.grade(profile, **{**facts, **kw})[0]
+    return rules.grade(profile, **{**facts, **kw})[0]
 
 
 def test_official_environment_decides_the_top_grade():
@@ -39,8 +39,8 @@ def test_official_environment_decides_the_top_grade():
     assert _grade(MINI, device="cuda", gpu_model="Tesla T4") == "A"  # not its official environment
     assert _grade(MINI, samples=MINI.samples - 1) == "invalid"
     # the official contest is unchanged: CPU is context, only a T4 sets the frontier
-    assert _grade(contest.OFFICIAL, samples=600) == "contest-CPU"
-    assert _grade(contest.OFFICIAL, samples=600, device="cuda", gpu_model="Tesla T4") == "A++"
+    assert _grade(rules.OFFICIAL, samples=600) == "contest-CPU"
+    assert _grade(rules.OFFICIAL, samples=600, device="cuda", gpu_model="Tesla T4") == "A++"
 
 
 # -- frames: deterministic PNGs, read safely -----------------------------------------------------
@@ -112,8 +112,8 @@ def test_sweep_annotations_and_the_rule(demo):
     assert runs["half_crf30"]["parent"] == runs["half"]["record"] and runs["half_crf30"]["axis"] == "crf 36 -> 30"
     assert "does not beat the frontier half" in runs["half_crf30"]["reason"]
     # the rule, not the sweep, decides: a grade that may not set the frontier is refused by name
-    from provenance import ledger
-    from provenance.models import load_record
+    from provenance.lab import ledger
+    from provenance.records.models import load_record
     repo = demo["repo"]
     rec = load_record((repo / "evidence/releases/quarter_bilinear/record.json").read_bytes())
     prev = load_record((repo / "evidence/releases/copy/record.json").read_bytes())

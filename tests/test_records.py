@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import prov_json, run_prov
-from provenance import contest, legacy
-from provenance.contest import OFFICIAL, ReportError, parse_report
-from provenance.models import EvalRecord, json_schemas, load_record
-from provenance.store import Store
+from provenance.contest import rules
+from provenance.records import legacy
+from provenance.contest.rules import OFFICIAL, ReportError, parse_report
+from provenance.records.models import EvalRecord, json_schemas, load_record
+from provenance.store.objects import Store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,8 +57,8 @@ def write(tmp_path, data: bytes, name="report.txt") -> Path:
 
 def test_canonical_score_of_contest_example():
     r = parse_report(report())
-    assert contest.canonical_score(OFFICIAL, r) == 4.391861338735286
-    assert repr(contest.canonical_score(OFFICIAL, r)) == "4.391861338735286"
+    assert rules.canonical_score(OFFICIAL, r) == 4.391861338735286
+    assert repr(rules.canonical_score(OFFICIAL, r)) == "4.391861338735286"
 
 
 def test_adjudicate_clean_report(tmp_path, store, archive):
@@ -151,11 +152,11 @@ eight = st.integers(min_value=0, max_value=10**9).map(lambda n: f"{n / 1e8:.8f}"
 def test_canonical_score_is_the_formula(pose, seg, rate):
     r = parse_report(report(pose=pose, seg=seg, rate=rate))
     expect = 100 * float(seg) + math.sqrt(float(pose) * 10) + 25 * float(rate)
-    assert contest.canonical_score(OFFICIAL, r) == expect
+    assert rules.canonical_score(OFFICIAL, r) == expect
 
 
 def test_grade_table():
-    g = lambda **kw: contest.grade(OFFICIAL, **{**dict(source="replay", device="cuda", gpu_model="Tesla T4",
+    g = lambda **kw: rules.grade(OFFICIAL, **{**dict(source="replay", device="cuda", gpu_model="Tesla T4",
                                                      samples=600, platform="linux-x86_64", custody_complete=True,
                                                      canonical_env=True), **kw})[0]
     assert g() == "A++"
@@ -175,7 +176,7 @@ def test_grade_table():
 def test_schemas_do_not_drift():
     for name, schema in json_schemas().items():
         on_disk = json.loads((REPO / "schemas" / name).read_text())
-        assert on_disk == schema, f"schemas/{name} is stale: run python -m provenance.models"
+        assert on_disk == schema, f"schemas/{name} is stale: run python -m provenance.records.models"
 
 
 def test_record_round_trip_through_store(tmp_path, store, archive):

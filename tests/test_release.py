@@ -10,7 +10,7 @@ import pytest
 import rfc8785
 
 from conftest import RUNTIME_SPEC, make_tree, prov_json, run_prov
-from provenance import signing
+from provenance.core import signing
 from test_records import report
 
 REPORT_OK = report()
@@ -322,7 +322,7 @@ def test_bad_trust_exit_2(lab):
 
 
 def test_verify_imports_nothing_heavy(lab):
-    code = ("import sys; from click.testing import CliRunner; from provenance.cli import cli; "
+    code = ("import sys; from click.testing import CliRunner; from provenance.cli.app import cli; "
             f"r = CliRunner().invoke(cli, ['verify', {str(lab['manifest'])!r}, '--trust', {str(lab['trust'])!r}, "
             f"'--archive', {str(lab['archive'])!r}, '--runtime', {str(lab['rt'])!r}]); "
             "assert r.exit_code == 0, r.output; "
@@ -334,8 +334,8 @@ def test_verify_imports_nothing_heavy(lab):
 
 def test_verifier_schema_agrees_with_models(lab):
     """The fast verifier checks the generated schema; the pydantic model must agree on both sides."""
-    from provenance import jsonschema_lite
-    from provenance.models import Statement
+    from provenance.records import jsonschema_lite
+    from provenance.records.models import Statement
     st = statement(load(lab["manifest"]))
     Statement.model_validate(st)
     assert jsonschema_lite.validate(st, "release-statement.v1.json") == []

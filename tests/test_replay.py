@@ -17,9 +17,9 @@ from conftest import prov_json, run_prov, sample
 pytest.importorskip("torch")
 pytest.importorskip("av")
 
-from provenance import intake  # noqa: E402
-from provenance.miniature import PROFILE  # noqa: E402
-from provenance.miniature.build import build  # noqa: E402
+from provenance.replay import intake  # noqa: E402
+from provenance.contest.miniature import PROFILE  # noqa: E402
+from provenance.lab.miniature.build import build  # noqa: E402
 
 
 def replay(store, archive, runtime, upstream, *extra, check=None, env=None):

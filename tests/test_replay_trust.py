@@ -18,10 +18,11 @@ from conftest import prov_json, run_prov, sample
 pytest.importorskip("torch")
 pytest.importorskip("av")
 
-from provenance import contest, intake  # noqa: E402
-from provenance.miniature import PROFILE  # noqa: E402
-from provenance.sandbox import Layout, Limits, Sandbox  # noqa: E402
-from provenance.replay import phase_views  # noqa: E402
+from provenance.contest import rules
+from provenance.replay import intake  # noqa: E402
+from provenance.contest.miniature import PROFILE  # noqa: E402
+from provenance.replay.sandbox import Layout, Limits, Sandbox  # noqa: E402
+from provenance.replay.run import phase_views  # noqa: E402
 
 MARK = "ESCAPED"
 
@@ -154,33 +155,33 @@ def test_edited_evaluator_caps_the_grade(tmp_path, pristine):
 
 
 def test_pins_match_the_generated_miniature_and_name_lfs_pointers(tmp_path, mini):
-    assert contest.check_evaluator(PROFILE, mini / "upstream").ok
+    assert rules.check_evaluator(PROFILE, mini / "upstream").ok
     up = tmp_path / "up"
     shutil.copytree(mini / "upstream", up)
     sha = dict((p, s) for p, _, s in PROFILE.evaluator)["models/segnet.safetensors"]
     (up / "models/segnet.safetensors").write_text(
         f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize 2428\n")
     (up / "videos/0.mkv").unlink()
-    c = contest.check_evaluator(PROFILE, up)
+    c = rules.check_evaluator(PROFILE, up)
     assert not c.ok
     assert "models/segnet.safetensors: a git-LFS pointer, not the file (run `git lfs pull`)" in c.detail
     assert "videos/0.mkv: missing" in c.detail
     # the official pin: a checkout of pointers is named as such, file by file
     off = tmp_path / "official"
     (off / "models").mkdir(parents=True)
-    for rel, size, sha in contest.OFFICIAL.evaluator:
+    for rel, size, sha in rules.OFFICIAL.evaluator:
         if rel.startswith("models/"):
             (off / rel).write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n")
-    c = contest.check_evaluator(contest.OFFICIAL, off)
+    c = rules.check_evaluator(rules.OFFICIAL, off)
     assert c.detail.count("git lfs pull") == 2 and "evaluate.py: missing" in c.detail
 
 
 def test_grade_table_caps_unpinned_evaluators():
     kw = dict(source="replay", samples=600, platform="linux-x86_64", custody_complete=True, canonical_env=True)
-    assert contest.grade(contest.OFFICIAL, device="cuda", gpu_model="Tesla T4", evaluator_pinned=True, **kw)[0] == "A++"
-    assert contest.grade(contest.OFFICIAL, device="cuda", gpu_model="Tesla T4", evaluator_pinned=False, **kw)[0] == "B"
-    assert contest.grade(contest.OFFICIAL, device="cpu", gpu_model=None, evaluator_pinned=False, **kw)[0] == "B"
-    assert contest.grade(contest.OFFICIAL, device="cpu", gpu_model=None, evaluator_pinned=False,
+    assert rules.grade(rules.OFFICIAL, device="cuda", gpu_model="Tesla T4", evaluator_pinned=True, **kw)[0] == "A++"
+    assert rules.grade(rules.OFFICIAL, device="cuda", gpu_model="Tesla T4", evaluator_pinned=False, **kw)[0] == "B"
+    assert rules.grade(rules.OFFICIAL, device="cpu", gpu_model=None, evaluator_pinned=False, **kw)[0] == "B"
+    assert rules.grade(rules.OFFICIAL, device="cpu", gpu_model=None, evaluator_pinned=False,
                          **{**kw, "samples": 5})[0] == "invalid"
 
 

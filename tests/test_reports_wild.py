@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 
 from conftest import prov_json, run_prov
-from provenance import contest
-from provenance.contest import OFFICIAL, check_report, parse_report, score_rounding_bound
+from provenance.contest import rules
+from provenance.contest.rules import OFFICIAL, check_report, parse_report, score_rounding_bound
 
 CONFIG = """=== Evaluation config ===
   batch_size: 16
@@ -81,7 +81,7 @@ def test_contest_example_in_each_integer_form():
 """).encode()
         r = parse_report(text)
         assert r.archive_size == 2_244_900 and r.uncompressed_size == 37_545_489
-        assert repr(contest.canonical_score(OFFICIAL, r)) == "4.391861338735286"
+        assert repr(rules.canonical_score(OFFICIAL, r)) == "4.391861338735286"
 
 
 def test_sqrt_line_parses_like_the_root_sign():
@@ -95,7 +95,7 @@ def test_eight_decimal_score_was_flagged_before_and_is_exact_now():
     pose, seg, size = 0.380426144999, 0.009466234999, 2_244_900
     data = evaluator_report(pose, seg, size, decimals=8)
     r = parse_report(data)
-    canon = contest.canonical_score(OFFICIAL, r)
+    canon = rules.canonical_score(OFFICIAL, r)
     assert f"{canon:.8f}" != r.printed_score  # an exact string compare would flag it
     assert checks_of(data, size)["printed_score_agrees"].ok
 
@@ -113,7 +113,7 @@ def test_two_decimal_score_on_a_rounding_boundary_is_not_flagged():
         pose = (float(target) - 100 * seg - 25 * size / OFFICIAL.uncompressed_size) ** 2 / 10
         data = evaluator_report(pose, seg, size)
         r = parse_report(data)
-        if f"{contest.canonical_score(OFFICIAL, r):.2f}" != r.printed_score:
+        if f"{rules.canonical_score(OFFICIAL, r):.2f}" != r.printed_score:
             found += 1
             assert checks_of(data, size)["printed_score_agrees"].ok, r.printed
     assert found > 0, "no boundary case constructed"
@@ -253,7 +253,7 @@ def test_claim_without_archive_cannot_be_released(tmp_path, store):
 
 
 def test_schema_says_a_claim_has_no_archive_explicitly():
-    from provenance.models import SCHEMA_DIR
+    from provenance.records.models import SCHEMA_DIR
     s = json.loads((SCHEMA_DIR / "eval-record.v1.json").read_text())
     assert "archive" not in s["required"]
     assert "not bound to an archive" in s["properties"]["archive"]["description"]
@@ -264,7 +264,7 @@ def test_schema_says_a_claim_has_no_archive_explicitly():
 
 def test_model_refuses_an_archiveless_record_with_a_score_grade(tmp_path, store):
     from pydantic import ValidationError
-    from provenance.models import EvalRecord
+    from provenance.records.models import EvalRecord
     p = tmp_path / "report.txt"
     p.write_bytes(evaluator_report(0.38, 0.0094, 2_244_900))
     rec = prov_json("adjudicate", p, store=store)["record"]
@@ -274,7 +274,7 @@ def test_model_refuses_an_archiveless_record_with_a_score_grade(tmp_path, store)
 
 
 def test_claim_without_archive_can_be_the_expectation_of_a_replay(tmp_path, store):
-    from provenance.replay import expected_from
+    from provenance.replay.run import expected_from
     p = tmp_path / "report.txt"
     p.write_bytes(evaluator_report(0.38042614, 0.00946623, 2_244_900))
     rec = prov_json("adjudicate", p, store=store)["record"]

@@ -9,8 +9,8 @@ import time
 from blake3 import blake3
 
 from conftest import prov_json, run_prov
-from provenance import tree as treemod
-from provenance.store import RACY_NS, SCHEMA_VERSION, Store
+from provenance.core import tree as treemod
+from provenance.store.objects import RACY_NS, SCHEMA_VERSION, Store
 
 # the index schema of main before issue 13 (user_version 0), verbatim
 V0 = """

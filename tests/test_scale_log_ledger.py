@@ -5,9 +5,13 @@ import json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from conftest import prov_json, run_prov
-from provenance import canonical, ledger, ledgerindex, logbook, translog
-from provenance.models import EvalRecord
-from provenance.store import Store
+from provenance.core import canonical
+from provenance.lab import ledger
+from provenance.lab import ledgerindex
+from provenance.log import logbook
+from provenance.log import translog
+from provenance.records.models import EvalRecord
+from provenance.store.objects import Store
 
 
 def _statement(store, i: int) -> str:
@@ -19,7 +23,7 @@ def test_release_bundle_stays_small_after_999_releases(tmp_path):
     s = Store(tmp_path / "store", create=True)
     key = Ed25519PrivateKey.generate()
     trusted = {"log": key.public_key()}
-    log = s.log
+    log = translog.open_log(s)
     notes = []
     for i in range(999):  # 999 earlier releases: a statement logged and a checkpoint signed for each
         log.append(translog.entry_bytes("statement", f"{i:064x}", f"{i:064x}"))

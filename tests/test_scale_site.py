@@ -8,15 +8,16 @@ import pytest
 
 from conftest import run_prov
 from test_scale_log_ledger import _record
-from provenance import ledger
-from provenance.store import Store
+from provenance.lab import ledger
+from provenance.store.objects import Store
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("jinja2")
 
 
 def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
-    from provenance.site import build, plots, sanitize
+    from provenance.core import sanitize
+    from provenance.lab.site import build, plots
     monkeypatch.setattr(build, "PAGE", 10)
     monkeypatch.setattr(build, "RECENT", 5)
     monkeypatch.setattr(build, "BEST", 3)

@@ -33,7 +33,7 @@ def legacy(tmp_path, store, name, score_shift=0.0, gpu="Tesla T4"):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A store with two miniature replays and an imported v1 record full of machine paths."""
-    from provenance.miniature.build import build
+    from provenance.lab.miniature.build import build
     tmp = tmp_path_factory.mktemp("site")
     mini = build(tmp / "mini")
     store = tmp / "store"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PROV, REPO, RUNTIME_SPEC, make_tree, prov_json, run_prov
-from provenance import tree as treemod
-from provenance.store import Store
+from provenance.core import tree as treemod
+from provenance.store.objects import Store
 
 
 def snapshot(path: Path) -> list:
@@ -242,7 +242,7 @@ def test_gc_keeps_reachable_drops_unreachable(tmp_path, store, runtime):
 
 class ReadCounter:
     def __init__(self, monkeypatch, root: Path):
-        import provenance.store as sm
+        import provenance.store.objects as sm
         self.paths = []
         real = sm.os.open
         prefix = os.fsencode(root)
@@ -258,7 +258,7 @@ def test_stat_cache_skips_unchanged_and_catches_racy_and_changed(tmp_path, monke
     s = Store(tmp_path / "store", create=True)
     # files hashed moments after being written are racy: they must be re-read, and then cached.
     # Hash them "the instant they were written" whatever the load, so the first add is racy.
-    import provenance.store as sm
+    import provenance.store.objects as sm
     written = max(p.lstat().st_ctime_ns for p in runtime.rglob("*"))
     monkeypatch.setattr(sm.time, "time_ns", lambda: written)
     first = s.add(runtime)
@@ -344,7 +344,7 @@ def test_four_concurrent_adders_overlapping_trees(tmp_path, store):
 def test_cli_hash_imports_nothing_heavy(tmp_path):
     f = tmp_path / "small"
     f.write_bytes(b"abc")
-    code = ("import sys; from click.testing import CliRunner; from provenance.cli import cli; "
+    code = ("import sys; from click.testing import CliRunner; from provenance.cli.app import cli; "
             f"r = CliRunner().invoke(cli, ['hash', {str(f)!r}, '--json']); assert r.exit_code == 0, r.output; "
             "bad = [m for m in ('torch', 'av', 'dvc', 'numpy') if m in sys.modules]; "
             "assert not bad, bad; print('clean')")
@@ -379,7 +379,7 @@ def test_stat_cache_hit_whose_object_was_collected_is_restaged(tmp_path, runtime
 def test_every_command_takes_json_and_help():
     """DESIGN: every command that reports takes --json; every command explains itself."""
     import click
-    from provenance.cli import cli
+    from provenance.cli.app import cli
     missing, undocumented = [], []
 
     def walk(cmd, path):

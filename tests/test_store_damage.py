@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_tree, prov_json, run_prov
-from provenance import canonical
-from provenance.cli import cli
-from provenance.store import SCHEMA_VERSION, Store
+from provenance.core import canonical
+from provenance.cli.app import cli
+from provenance.log.translog import log_object
+from provenance.store.objects import SCHEMA_VERSION, Store
 
 RECORD_DOC = {"schema": "comma-lab/note/v1", "record": "0" * 64, "label": "x", "at": "2026-01-01T00:00:00Z"}
 
@@ -184,7 +185,7 @@ def test_cat_of_a_large_corrupt_object_exits_1(tmp_path, store):
 
 GC_LOOP = """
 import os, sys
-from provenance.store import Store
+from provenance.store.objects import Store
 root, stop = sys.argv[1], sys.argv[2]
 n = 0
 while not os.path.exists(stop):
@@ -263,7 +264,7 @@ def _record_bytes(tmp_path) -> bytes:
 
 
 def test_same_bytes_as_blob_then_record_are_both(tmp_path, store):
-    from provenance.ledger import runs
+    from provenance.lab.ledger import runs
     data = _record_bytes(tmp_path)
     f = tmp_path / "record.json"
     f.write_bytes(data)
@@ -275,7 +276,7 @@ def test_same_bytes_as_blob_then_record_are_both(tmp_path, store):
     info = s.info(d.blake3)
     assert info.kinds == ("blob", "record") and info.kind == "record"
     assert [r.blake3 for r in runs(s)] == [d.blake3]
-    s.log_object(d.blake3)
+    log_object(s, d.blake3)
     s.close()
     shown = prov_json("ledger", "show", store=store)
     assert [r["record"] for r in shown] == [blob["sha256"]]

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from conftest import prov_json, run_prov
-from provenance import translog as t
-from provenance.store import Store
+from provenance.log import translog as t
+from provenance.store.objects import Store
 from test_release import lab  # noqa: F401  (the release fixture, reused)
 
 # Published RFC 6962 reference vectors (certificate-transparency / transparency-dev merkle testonly).
@@ -165,14 +165,16 @@ def test_proofs_are_logarithmic_at_scale():
 APPENDER = r"""
 import os, sys
 sys.path.insert(0, {repo!r})
-from provenance.store import Store
-from provenance import signing, logbook
+from provenance.store.objects import Store
+from provenance.core import signing
+from provenance.log import logbook
+from provenance.log.translog import open_log
 s = Store({store!r}, create=True)
 key = signing.load_private({key!r})
 i = int(sys.argv[1])
 print("ready", flush=True)  # the store exists: from here on a kill may land anywhere
 while True:
-    s.log.append_many([b"entry %d %s" % (i, os.urandom(8).hex().encode())])
+    open_log(s).append_many([b"entry %d %s" % (i, os.urandom(8).hex().encode())])
     i += 1
     print(i, flush=True)
     if i % 7 == 0:
@@ -198,7 +200,7 @@ def test_sigkill_during_appends_no_torn_leaf_no_overreaching_checkpoint(tmp_path
         if lines:
             reported = max(reported, int(lines[-1]))
         s = Store(store)
-        log = s.log
+        log = t.open_log(s)
         assert log.size() >= reported, "a reported append was lost"
         assert log.recompute() == [], "torn leaf or node, or a checkpoint beyond the durable leaves"
         for size, note in log.checkpoints():
@@ -248,7 +250,7 @@ def test_release_embeds_log_proofs_and_since(logged_lab):
     out = vjson(lab, m2, "--since", cp1, check=0)
     assert any(c["name"] == "log_consistency" and c["ok"] for c in out["checks"])
     # a forged old checkpoint (different root, signed by the log key) is caught
-    from provenance import signing
+    from provenance.core import signing
     cp = t.parse_checkpoint(cp1.read_text())
     forged = t.sign_checkpoint(cp.origin, cp.size, flip(cp.root), signing.load_private(lab["key"]("b")))
     (d / "forged.note").write_text(forged)

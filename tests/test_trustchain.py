@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from conftest import RUNTIME_SPEC, inproc, make_tree, prov_json, run_prov
-from provenance import signing
+from provenance.core import signing
 from test_records import report
 
 FAR = "2099-01-01T00:00:00Z"

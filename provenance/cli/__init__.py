@@ -1,0 +1,1 @@
+"""The `prov` command line: thin commands over library calls."""

@@ -1,0 +1,85 @@
+"""CLI pieces for trust rotation and argument habits, kept apart from cli.py so it stays a thin list."""
+
+from __future__ import annotations
+
+import click
+
+from provenance.cli.common import _passphrase, emit, json_option
+
+
+def hoist_store(args: list[str]) -> list[str]:
+    """Move `--store DIR` / `--store=DIR` given after the subcommand to the front, where the group reads it."""
+    front, rest, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        if a == "--store" and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 2
+            continue
+        (front if a.startswith("--store=") else rest).append(a)
+        i += 1
+    return front + rest
+
+
+@click.command("rotate")
+@click.option("--from", "current", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The trust policy now in force (version N).")
+@click.option("--key", "signing_keys", multiple=True, required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Private root key signing version N+1 (repeat: a threshold of N's and of N+1's root keys).")
+@_passphrase
+@click.option("--release-key", "release_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="New release role keys (default: carried over). A key no role names is revoked.")
+@click.option("--threshold", type=int, help="New release threshold.")
+@click.option("--log-key", "log_keys", multiple=True, type=click.Path(dir_okay=False), help="New log role keys.")
+@click.option("--root-key", "root_keys", multiple=True, type=click.Path(dir_okay=False), help="New root role keys.")
+@click.option("--root-threshold", type=int, help="New root threshold.")
+@click.option("--expires", required=True, help="RFC 3339 time after which version N+1 is void.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write N+1 (e.g. chain/2.trust.json).")
+@json_option
+def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold, log_keys, root_keys,
+                 root_threshold, expires, out, as_json):
+    """Make version N+1 of a trust policy, signed by N's root keys (TUF root rotation).
+
+    \b
+    Example (revoke key a, keep b and c at 2 of 2):
+      prov trust rotate --from trust.json --key a/key.pem --key b/key.pem \\
+          --release-key b/key.pub.pem --release-key c/key.pub.pem --threshold 2 \\
+          --root-key b/key.pub.pem --expires 2028-01-01T00:00:00Z --out chain/2.trust.json
+      prov verify manifest.json --trust trust.json --trust-chain chain/ --archive archive.zip --runtime runtime/
+    """
+    from provenance.core.files import write_json
+    from provenance.release.trustchain import rotate
+    doc = rotate(current, list(signing_keys), expires, list(release_keys) or None, threshold, list(log_keys) or None,
+                 list(root_keys) or None, root_threshold, passphrase_file)
+    write_json(out, doc)
+    emit({"out": out, "version": doc["version"], "signatures": len(doc["signatures"]),
+          "roles": {r: spec for r, spec in doc["roles"].items()}}, as_json,
+         f"wrote {out}: trust policy v{doc['version']}, {len(doc['signatures'])} root signature(s)")
+
+
+@click.command("allowed-signers")
+@click.argument("trust_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), help="Write here (default: print).")
+@json_option
+def trust_allowed_signers(trust_file, out, as_json):
+    """OpenSSH allowed_signers for the policy's release keys (namespace comma-lab-release).
+
+    \b
+    Example:
+      prov trust allowed-signers trust.json --out allowed_signers
+      ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n comma-lab-release -s statement.json.sig < statement.json
+    """
+    from provenance.release.create import allowed_signers
+    from provenance.release.verify import read_trust_doc
+    text = allowed_signers(read_trust_doc(trust_file))
+    if out:
+        from provenance.core.files import write_atomic
+        write_atomic(out, text.encode())
+    identities = [line.split(" ", 1)[0] for line in text.splitlines()]
+    emit({"out": out, "identities": identities}, as_json, (f"wrote {out}" if out else text.rstrip("\n")))
+
+
+__all__ = ["hoist_store", "trust_rotate", "trust_allowed_signers"]

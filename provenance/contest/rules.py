@@ -1,0 +1,374 @@
+"""The contest's rules: profiles, the score formula, the report parser, and the grade table.
+
+Facts from CONTEST.md. Every record names the profile it was judged under, so the same
+code adjudicates the official contest and the project's miniature contest.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from provenance.core.errors import ProvError
+
+MAX_REPORT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    uncompressed_size: int  # canonical denominator of the rate
+    samples: int
+    official_gpu: str  # the GPU whose CUDA replays may set the frontier
+    frames: int
+    width: int
+    height: int
+    # the evaluator's identity: (path in the checkout, bytes, sha256) of every file that decides a score
+    evaluator: tuple[tuple[str, int, str], ...] = ()
+    # ground truth and scorer artifacts: absent while a submission inflates (CONTEST.md, the rules)
+    hidden_at_inflate: tuple[str, ...] = ("videos", "models")
+    # the environment whose exact, sandboxed replay is the top grade: "cuda" (on official_gpu) for the
+    # real contest; "cpu" (Linux x86_64) for a profile meant to be replayed on any lab machine
+    official_device: str = "cuda"
+    preview_frames: tuple[int, ...] = (0, 600, 1199)  # frames a replay keeps as PNG illustrations
+
+    @property
+    def official_environment(self) -> str:
+        return f"CUDA on a {self.official_gpu}" if self.official_device == "cuda" else "CPU on Linux x86_64"
+
+    @staticmethod
+    def score(posenet: float, segnet: float, rate: float) -> float:
+        # exactly evaluate.py's expression and order, in IEEE doubles
+        return 100 * segnet + math.sqrt(posenet * 10) + 25 * rate
+
+
+OFFICIAL = Profile("comma-official-v1", 37_545_489, 600, "Tesla T4", 1200, 1164, 874, evaluator=(
+    # upstream commit 11ad728f563d8970929e8947a1cf6124ee6303e4 (CONTEST.md)
+    ("evaluate.py", 6_005, "7da71a84ce24286bc6b583470f9bbd25c998971da301320d0d4e9d6fd40baa4b"),
+    ("frame_utils.py", 9_345, "d689aca7d263997cb2fb980d6098d503f955e56e8642cd0a04cc437f0ffdab90"),
+    ("modules.py", 8_322, "065961ba97023e393e27818760b0dc8efaa8dd53c5d4cc70a2db8ee1b3cf49aa"),
+    ("public_test_video_names.txt", 6, "7ff99d08c8351dd8167ec09213b758da5bbb705dedabe361ba881217374029a8"),
+    ("models/posenet.safetensors", 55_835_560, "0f3a0874c5c387f990d7b88bd1d7e1f6de35d98b45f2a289989db2c77b9b6576"),
+    ("models/segnet.safetensors", 38_502_892, "68956e328d4c5d875389a1a444870e6bac1c052c9986123827af95c07c6991b6"),
+    ("videos/0.mkv", 37_545_489, "2611f5f3e186f3529777749f97bd4cce3a208d6b3559e137bd45d256980d2fa9"),
+))
+ARTIFACT_BYTES = 1 << 20  # a runtime file this large that is not source text is flagged (custody)
+
+
+# -- report.txt -----------------------------------------------------------------------------
+
+class ReportError(ProvError):
+    """A report.txt that does not follow the official format."""
+
+
+RESULTS_HEAD = re.compile(r"^=== Evaluation results over (\d+) samples ===$")
+RESULT_LINES = {  # key -> (regex of the line, how to read the value)
+    "posenet": (re.compile(r"^Average PoseNet Distortion: (\S+)$"), "decimal"),
+    "segnet": (re.compile(r"^Average SegNet Distortion: (\S+)$"), "decimal"),
+    "archive_size": (re.compile(r"^Submission file size: ([\d,]+) bytes$"), "int"),
+    "uncompressed_size": (re.compile(r"^Original uncompressed size: ([\d,]+) bytes$"), "int"),
+    "rate": (re.compile(r"^Compression Rate: (\S+)$"), "decimal"),
+    # current evaluators print √(...), some older ones sqrt(...)
+    "score": (re.compile(r"^Final score: 100\*segnet_dist \+ (?:√|sqrt)\(10\*posenet_dist\) \+ 25\*rate = (\S+)$"),
+              "decimal"),
+}
+EXPECTED = {  # what each result line must look like, for the one-line refusal (CONTEST.md, every era)
+    "posenet": "Average PoseNet Distortion: <decimal>",
+    "segnet": "Average SegNet Distortion: <decimal>",
+    "archive_size": "Submission file size: <integer, digit grouping optional> bytes",
+    "uncompressed_size": "Original uncompressed size: <integer, digit grouping optional> bytes",
+    "rate": "Compression Rate: <decimal>",
+    "score": "Final score: 100*segnet_dist + √(10*posenet_dist) + 25*rate = <decimal>  (or sqrt(...))",
+}
+LABELS = {"posenet": "Average PoseNet Distortion", "segnet": "Average SegNet Distortion",
+          "archive_size": "Submission file size", "uncompressed_size": "Original uncompressed size",
+          "rate": "Compression Rate", "score": "Final score"}
+DECIMAL = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+GROUPED_INT = re.compile(r"^\d{1,3}(,\d{3})*$|^\d+$")
+
+
+@dataclass(frozen=True)
+class Report:
+    samples: int
+    posenet: float
+    segnet: float
+    rate: float
+    archive_size: int
+    uncompressed_size: int
+    printed_score: str  # as printed: 2 decimals (current evaluators) or 8 (older ones)
+    printed: dict  # every result value exactly as printed
+    config: dict  # the config block, tolerated as free key: value lines
+
+
+def _decimal(text: str, label: str, where: str) -> float:
+    if not DECIMAL.match(text):
+        raise ReportError(f"{where}: {label}: not a finite decimal number ({text!r})")
+    try:
+        value = float(Decimal(text))
+    except InvalidOperation:
+        raise ReportError(f"{where}: {label}: not a number ({text!r})") from None
+    if not math.isfinite(value):
+        raise ReportError(f"{where}: {label}: not finite ({text!r})")
+    return value
+
+
+def parse_report(data: bytes, where: str = "report.txt") -> Report:
+    """Strict about the results block, tolerant of the config block; ReportError on anything else."""
+    if len(data) > MAX_REPORT_BYTES:
+        raise ReportError(f"{where}: larger than {MAX_REPORT_BYTES} bytes; not a report")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ReportError(f"{where}: not UTF-8 (byte {e.start})") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    heads = [i for i, ln in enumerate(lines) if ln.startswith("=== Evaluation results")]
+    if not heads:
+        raise ReportError(f"{where}: no '=== Evaluation results over N samples ===' line")
+    if len(heads) > 1:
+        raise ReportError(f"{where}: results block appears {len(heads)} times")
+    m = RESULTS_HEAD.match(lines[heads[0]])
+    if not m:
+        raise ReportError(f"{where}: line {heads[0] + 1}: malformed results header {lines[heads[0]][:120]!r}: "
+                          "expected '=== Evaluation results over N samples ==='")
+    samples = int(m.group(1))
+    config: dict[str, str] = {}
+    for ln in lines[:heads[0]]:
+        if ":" in ln and not ln.startswith("==="):
+            k, v = ln.split(":", 1)
+            config[k.strip()] = v.strip()
+    found: dict[str, str] = {}
+    for n, ln in enumerate(lines[heads[0] + 1:], heads[0] + 2):
+        if not ln:
+            continue
+        for key, (rx, _) in RESULT_LINES.items():
+            if ln.startswith(LABELS[key]):
+                mm = rx.match(ln)
+                if not mm:
+                    raise ReportError(f"{where}: line {n}: malformed line {ln[:120]!r}: expected {EXPECTED[key]!r}")
+                if key in found:
+                    raise ReportError(f"{where}: line {n}: '{LABELS[key]}' appears twice")
+                found[key] = mm.group(1)
+                break
+        else:
+            raise ReportError(f"{where}: line {n}: unexpected line in the results block: {ln[:120]!r}; "
+                              f"expected one of: {', '.join(LABELS.values())}")
+    missing = [LABELS[k] for k in RESULT_LINES if k not in found]
+    if missing:
+        raise ReportError(f"{where}: missing result line(s): {', '.join(missing)}")
+    vals: dict[str, float | int] = {}
+    for key, (_, kind) in RESULT_LINES.items():
+        if kind == "int":
+            if not GROUPED_INT.match(found[key]):
+                raise ReportError(f"{where}: {LABELS[key]}: badly grouped integer {found[key]!r}")
+            vals[key] = int(found[key].replace(",", ""))
+        else:
+            vals[key] = _decimal(found[key], LABELS[key], where)
+    for key in ("posenet", "segnet", "rate"):
+        if vals[key] < 0:
+            raise ReportError(f"{where}: {LABELS[key]} is negative ({found[key]})")
+    if vals["uncompressed_size"] == 0:
+        raise ReportError(f"{where}: Original uncompressed size is zero")
+    return Report(samples, vals["posenet"], vals["segnet"], vals["rate"], vals["archive_size"],
+                  vals["uncompressed_size"], found["score"], dict(found), config)
+
+
+def read_report(path: str | Path) -> tuple[bytes, Report]:
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_REPORT_BYTES:
+            raise ReportError(f"{p}: larger than {MAX_REPORT_BYTES} bytes; not a report")
+        data = p.read_bytes()
+    except OSError as e:
+        raise ProvError(f"{p}: {e.strerror}") from None
+    return data, parse_report(data, str(p))
+
+
+# -- adjudication checks ----------------------------------------------------------------------
+
+NOT_CHECKED = "not-checked"  # severity of a check that could not run (e.g. no archive given); ok is False
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    severity: str = "error"  # "error": contradicts the evidence; "flag": a softer finding; NOT_CHECKED
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "severity": self.severity}
+
+
+def canonical_score(profile: Profile, r: Report) -> float:
+    """From the printed 8-decimal components, in the evaluator's order (CONTEST.md)."""
+    return profile.score(r.posenet, r.segnet, r.rate)
+
+
+# Denominators seen in the wild, each a non-canonical environment with a known cause (CONTEST.md).
+KNOWN_DENOMINATORS = {
+    "comma-official-v1": {37_533_786: "the video before the upstream's remux commit: an older checkout"},
+}
+
+
+def _half_unit(printed: str) -> Decimal:
+    """Half a unit in the last printed place: how far the printed value may be from what was rounded."""
+    exp = Decimal(printed).as_tuple().exponent
+    return Decimal(5).scaleb(exp - 1)
+
+
+def score_rounding_bound(r: Report) -> Decimal:
+    """How far an honest printed score may sit from the canonical one (docs/FORMATS.md).
+
+    The evaluator sums *unrounded* components and rounds the sum once; the canonical score sums the
+    printed (rounded) ones. Each printed component is within half a unit of its true value, so the
+    sums differ by at most 100*h_seg + 25*h_rate + the largest change of sqrt(10*p) over p +- h_pose
+    (sqrt is steep near 0, so that is evaluated, not linearised), plus the printed score's own half
+    unit, plus a few ulps for the two IEEE evaluations."""
+    from decimal import localcontext
+    with localcontext() as ctx:
+        ctx.prec = 40
+        p, hp = Decimal(r.printed["posenet"]), _half_unit(r.printed["posenet"])
+        lo, hi = max(p - hp, Decimal(0)), p + hp
+        root = (10 * p).sqrt()
+        pose = max((10 * hi).sqrt() - root, root - (10 * lo).sqrt())
+        ulps = 8 * Decimal(math.ulp(abs(Profile.score(r.posenet, r.segnet, r.rate)) or 1.0))
+        return (100 * _half_unit(r.printed["segnet"]) + 25 * _half_unit(r.printed["rate"]) + pose
+                + _half_unit(r.printed_score) + ulps)
+
+
+def check_report(profile: Profile, r: Report, archive_size: int | None) -> list[Check]:
+    """`archive_size` None: a claim without its archive; the archive check is recorded as not checked."""
+    score = canonical_score(profile, r)
+    checks = []
+    if archive_size is not None:
+        checks.append(Check("archive_size_matches", r.archive_size == archive_size,
+                            f"report says {r.archive_size:,} bytes, archive.zip has {archive_size:,}"))
+    else:
+        checks.append(Check("archive_size_matches", False, f"not checked: no archive given (the report claims "
+                                                           f"{r.archive_size:,} bytes)", NOT_CHECKED))
+    denom_ok = r.uncompressed_size == profile.uncompressed_size
+    if denom_ok:
+        detail = f"{r.uncompressed_size:,} bytes (canonical)"
+    else:
+        size = archive_size if archive_size is not None else r.archive_size
+        canon_rate = size / profile.uncompressed_size
+        moved = r.rate - canon_rate
+        extra = r.uncompressed_size - profile.uncompressed_size
+        cause = KNOWN_DENOMINATORS.get(profile.name, {}).get(r.uncompressed_size) or (
+            f"{extra:+,} bytes: a stray file under videos/ (the evaluator sums every file there)" if extra > 0
+            else f"{extra:+,} bytes: a different or truncated video")
+        detail = (f"{r.uncompressed_size:,} bytes, canonical is {profile.uncompressed_size:,}: "
+                  f"non-canonical environment ({cause}); rate moved by {moved:+.8f}, score by {25 * moved:+.8f}")
+    checks.append(Check("uncompressed_size_canonical", denom_ok, detail, "flag"))
+    checks.append(Check("samples", r.samples == profile.samples,
+                        f"{r.samples} samples, profile expects {profile.samples}", "flag"))
+    bound = score_rounding_bound(r)
+    diff = abs(Decimal(r.printed_score) - Decimal(score))
+    checks.append(Check("printed_score_agrees", diff <= bound,
+                        f"printed {r.printed_score}, canonical {score!r}: they differ by {float(diff):.3g}, "
+                        f"{'within' if diff <= bound else 'beyond'} the rounding bound {float(bound):.3g} "
+                        "of the printed values", "flag"))
+    size = r.archive_size
+    expect_rate = f"{size / r.uncompressed_size:.8f}"
+    checks.append(Check("printed_rate_agrees", expect_rate == r.printed["rate"],
+                        f"printed {r.printed['rate']}, {size:,}/{r.uncompressed_size:,} = {expect_rate}", "flag"))
+    return checks
+
+
+# -- grades: one table, one function ------------------------------------------------------------
+
+GRADE_TABLE = {
+    # grade: (axis, allowed_use)
+    "A++": ("official-environment", "frontier"),
+    "A": ("cuda", "score; needs confirmation on the official GPU to promote"),
+    "contest-CPU": ("cpu", "authoritative for the CPU axis; cannot promote"),
+    "B": ("diagnostic", "diagnostic only"),
+    "external": ("claimed", "context: a quoted score, not replayed here"),
+    "invalid": ("none", "none"),
+}
+
+
+def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str | None,
+          samples: int, platform: str | None, custody_complete: bool, canonical_env: bool,
+          sandboxed: bool = True, contradicted: bool = False,
+          evaluator_pinned: bool | None = None) -> tuple[str, str, str]:
+    """(grade, axis, allowed_use) from the facts. The only place grades are decided.
+    An evaluator that differs from the profile's pin produces a report, never a score-bearing grade."""
+    def out(g: str) -> tuple[str, str, str]:
+        if evaluator_pinned is False and g in ("A++", "A", "contest-CPU"):
+            g = "B"
+        return (g, *GRADE_TABLE[g])
+
+    if contradicted or samples != profile.samples or not canonical_env:
+        return out("invalid")
+    if source == "imported-report":
+        return out("external")
+    dev = (device or "").lower()
+    plat = (platform or "").lower()
+    if dev == "mps" or plat.startswith(("darwin", "macos")):
+        return out("invalid")
+    if dev.startswith("cuda"):
+        if not custody_complete or not sandboxed:  # an unsandboxed replay is capped below A
+            return out("B")
+        official = profile.official_device == "cuda" and gpu_model and profile.official_gpu.lower() in gpu_model.lower()
+        return out("A++" if official else "A")
+    if dev == "cpu":
+        linux_x86 = plat.startswith("linux") and ("x86_64" in plat or "amd64" in plat)
+        if custody_complete and linux_x86 and sandboxed:
+            return out("A++" if profile.official_device == "cpu" else "contest-CPU")
+        return out("B" if custody_complete else "invalid")
+    return out("invalid")
+
+
+# -- the evaluator's identity and the runtime's custody ----------------------------------------
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def check_evaluator(profile: Profile, root: str | Path) -> Check:
+    """`evaluator_pinned`: every file the profile pins, with expected and seen digests where they differ."""
+    from provenance.core.digest import hash_file
+    if not profile.evaluator:
+        return Check("evaluator_pinned", False, f"profile {profile.name} pins no evaluator", "flag")
+    root, bad = Path(root), []
+    for rel, size, sha in profile.evaluator:
+        p = root / rel
+        if not p.is_file():
+            bad.append(f"{rel}: missing (expected sha256 {sha})")
+            continue
+        if p.stat().st_size < 1024:
+            head = p.read_bytes()
+            if head.startswith(LFS_POINTER):
+                bad.append(f"{rel}: a git-LFS pointer, not the file (run `git lfs pull`)")
+                continue
+        seen = hash_file(p).sha256
+        if seen != sha:
+            bad.append(f"{rel}: expected sha256 {sha}, seen {seen}")
+    detail = "; ".join(bad) if bad else f"{len(profile.evaluator)} files match the evaluator {profile.name} pins"
+    return Check("evaluator_pinned", not bad, detail, "flag")
+
+
+def check_runtime_artifacts(total: int, files: int, large_binaries: list[tuple[str, int]]) -> Check:
+    """`runtime_artifacts`: the contest counts networks and other large artifacts toward the archive,
+    so a large file in the runtime tree that is not source text is flagged for a judge to see."""
+    head = f"runtime tree holds {total:,} bytes in {files} file(s)"
+    if not large_binaries:
+        return Check("runtime_artifacts", True, f"{head}; no non-text file over {ARTIFACT_BYTES:,} bytes", "flag")
+    listed = ", ".join(f"{n} ({s:,} bytes)" for n, s in large_binaries[:10])
+    more = f" and {len(large_binaries) - 10} more" if len(large_binaries) > 10 else ""
+    return Check("runtime_artifacts", False,
+                 f"{head}; non-text files over {ARTIFACT_BYTES:,} bytes: {listed}{more} "
+                 "(large artifacts must ship inside the archive)", "flag")
+
+
+def is_text(head: bytes) -> bool:
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3  # a character cut at the end of the sample
+    return True

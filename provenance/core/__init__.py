@@ -1,0 +1,1 @@
+"""The ground floor: errors, hashing, canonical JSON, files, trees, signing, progress."""

@@ -1,0 +1,1 @@
+"""Generates the miniature contest (upstream checkout, videos, weights, samples)."""

@@ -1,0 +1,437 @@
+"""`prov site build`: the public bundle, generated from the store, sanitized as the last gate.
+
+Everything is written into a temporary directory; the bundle appears at OUT only when the
+hygiene scan finds nothing. Records are published as-is when they hold no machine path
+(so a judge can check their digest) and as a redacted view otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from provenance.core import canonical
+from provenance import contest
+from provenance.lab import ledger
+from provenance.core.errors import ProvError, VerificationFailed
+from provenance.store.objects import Store
+from provenance.core import sanitize
+from provenance.lab.site import pages, plots
+from provenance.log.translog import open_log
+
+HERE = Path(__file__).parent
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+HEADERS = f"""/*
+  Content-Security-Policy: {CSP}
+  X-Content-Type-Options: nosniff
+  Referrer-Policy: no-referrer
+  X-Frame-Options: DENY
+  Permissions-Policy: interest-cohort=()
+"""
+
+
+# the index page stays bounded however long the ledger grows; everything else is paged
+RECENT, BEST, PAGE, EVIDENCE_ON_INDEX = 50, 20, 500, 30
+
+
+class HygieneError(VerificationFailed):
+    """The bundle would publish something the hygiene rules forbid (exit 1)."""
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _write(root: Path, rel: str, data: bytes) -> Path:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def _view(r: ledger.Run, href: str) -> dict:
+    res = r.record.result
+    return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": r.record.grade,
+            "score": res.canonical_score, "score_repr": repr(res.canonical_score), "bytes": r.archive_bytes,
+            "source": r.record.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags, "href": href,
+            "samples": res.samples, "segnet": f"{res.segnet:.3g}", "posenet": f"{res.posenet:.3g}",
+            "segnet_exact": res.printed.get("segnet", repr(res.segnet)),
+            "posenet_exact": res.printed.get("posenet", repr(res.posenet)),
+            "rate": f"{res.rate:.6g}", "archive": r.record.archive.sha256 if r.record.archive else None,
+            "runtime": r.record.runtime.tree.sha256 if r.record.runtime.tree else
+            r.record.runtime.legacy_v1_sha256, "page": pages.run_href(r.sha256), "name": pages.name_of(r),
+            "axis": r.axis, "profile": r.record.profile, "device": r.record.environment.device,
+            "platform": r.record.environment.platform, "gpu": r.record.environment.gpu_model}
+
+
+def _frames(store: Store, work: Path, r: ledger.Run, evidence: list) -> list[dict]:
+    """The run's PNG illustrations, published under their SHA-256 (same pixels, same file)."""
+    by_index: dict[str, dict] = {}
+    for key, d in sorted((r.record.frames or {}).items()):
+        video, kind, index = key.split("/")
+        rel = f"evidence/frames/{d.sha256}.png"
+        if not (work / rel).exists():
+            _write(work, rel, store.read_bytes(d.blake3 or store.resolve(d.sha256).blake3))
+            evidence.append({"kind": "frame", "path": rel, "sha256": _sha(work / rel),
+                             "note": f"{kind} {video} frame {int(index)}"})
+        by_index.setdefault(f"{video}/{index}", {"video": video, "index": int(index)})[kind] = rel
+    return list(by_index.values())
+
+
+def _turning_points(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
+    promoted = [r for r in runs if r.verdict == "promote"]
+    if promoted:
+        return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score) for r in promoted], "Frontier over promotions"
+    return _best_so_far(runs)
+
+
+def _branches(runs: list[ledger.Run]) -> list[tuple[str, float, float]]:
+    """Rejected runs, placed after the turning point they were judged against (x = its order + 0.5)."""
+    order = {r.sha256: i for i, r in enumerate((r for r in runs if r.verdict == "promote"), 1)}
+    return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score, order[r.previous_frontier] + 0.5)
+            for r in runs if r.verdict == "reject" and r.previous_frontier in order]
+
+
+def _best_so_far(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
+    pts, best = [], None
+    for r in runs:
+        if best is None or r.score < best:
+            best = r.score
+            pts.append((sanitize.redact_text(r.label or r.sha256[:8]), r.score))  # drawn as glyphs: unscannable
+    return pts, "Best score so far, all grades (no promotion yet)"
+
+
+def build_site(store: Store, out: str | Path, releases: str | Path | None = None,
+               trust: str | Path | None = None, cache: bool = False) -> dict:
+    """With `cache`, the ledger's rows and each run's redacted table row are kept in the store's
+    index; without it the store is only read (a pipeline stage must not change its input)."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "public_bundle_manifest.json").exists():
+        raise ProvError(f"{out}: exists and is not a site bundle; refusing to replace it")
+    work = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rules = hashlib.sha256(sanitize.RULES_FILE.read_bytes()).hexdigest()
+    previous, published, listed = _previous(out, rules)  # what the last bundle published (and scanned), same rules
+    try:
+        runs = ledger.runs(store, write=cache)  # records are read only where a run's row changed
+        cache = _ViewCache(store, rules, write=cache)
+        entries = [cache.get(r) for r in runs]
+        order = sorted(range(len(runs)), key=lambda i: entries[i]["created"])
+        runs = [runs[i] for i in order]
+        entries = [entries[i] for i in order]
+        front_b3 = store.get_ref(ledger.FRONTIER_REF)
+        front = next((r for r in runs if r.blake3 == front_b3), None)
+        evidence = []
+        record_evidence = []
+        views = []
+        for r, entry in zip(runs, entries):
+            rel = f"evidence/records/{r.sha256}.json"
+            kept = previous.get(rel)
+            if kept is not None and _keep(out / rel, work / rel, kept):
+                record_evidence.append({"kind": "record", "path": rel, "sha256": kept, "note": (
+                    "exact canonical bytes" if kept == r.sha256 else "redacted view: machine paths and secrets replaced")})
+            else:
+                obj = r.record.to_json_obj()
+                clean = sanitize.redact(obj)
+                if clean == obj:
+                    p = _write(work, rel, store.read_bytes(r.blake3))  # byte-exact: its sha256 is its name
+                    note = "exact canonical bytes"
+                else:
+                    p = _write(work, rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
+                    note = "redacted view: machine paths and secrets replaced"
+                record_evidence.append({"kind": "record", "path": rel, "sha256": _sha(p), "note": note})
+            views.append(entry["view"])
+        release_links = {}
+        if releases:
+            for d in sorted(Path(releases).iterdir()):
+                if (d / "manifest.json").is_file():
+                    judge = sorted(p.name for p in d.glob("statement.json*")) + ["tree_digest.py"]
+                    for f in ("manifest.json", "SHA256SUMS", "B3SUMS", *judge):
+                        if (d / f).is_file():
+                            rel = f"evidence/releases/{d.name}/{f}"
+                            p = _write(work, rel, (d / f).read_bytes())
+                            evidence.append({"kind": "release" if f == "manifest.json" else "checksums",
+                                             "path": rel, "sha256": _sha(p), "note": d.name})
+                    release_links[d.name] = f"evidence/releases/{d.name}/manifest.json"
+        for size, note in open_log(store).checkpoints():
+            rel = f"evidence/checkpoints/{size}.note"
+            p = _write(work, rel, note.encode())
+            evidence.append({"kind": "log checkpoint", "path": rel, "sha256": _sha(p), "note": f"size {size}"})
+        identity, note_keys = "IDENTITY", []
+        if trust:
+            from provenance.core import sshsig
+            from provenance.release.create import allowed_signers
+            p = _write(work, "evidence/trust.json", Path(trust).read_bytes())
+            evidence.append({"kind": "trust policy", "path": "evidence/trust.json", "sha256": _sha(p)})
+            tdoc = json.loads(Path(trust).read_text())
+            p = _write(work, "evidence/allowed_signers", allowed_signers(tdoc).encode())
+            evidence.append({"kind": "trust policy", "path": "evidence/allowed_signers", "sha256": _sha(p),
+                             "note": "OpenSSH allowed_signers of the release keys"})
+            first = tdoc["keys"][tdoc["roles"]["release"]["keys"][0]]["keyid"]
+            identity = sshsig.identity(first)
+            note_keys = [k["note_verifier"] for k in tdoc["keys"].values() if k.get("note_verifier")]
+        fview = None
+        if front:
+            fview = next(v for v in views if v["record"] == front.sha256)
+            st = ledger.release_of(store, front.sha256)
+            fview["release"] = st["predicate"]["name"] if st else None
+            fview["release_href"] = release_links.get(fview["release"]) if st else None
+            fview["environment"] = contest.get_profile(front.record.profile).official_environment
+        best = min(views, key=lambda v: v["score"]) if views else None
+        pts, title = _turning_points(runs)
+        name = fview["release"] if fview and fview.get("release") else next(iter(release_links), "NAME")
+        verify_commands = [
+            "# 1. Stock tools only (OpenSSH, coreutils or b3sum, any Python 3), no trust in our code.",
+            f"#    Into one folder: archive.zip, runtime/, evidence/allowed_signers and evidence/releases/{name}/*",
+            f"ssh-keygen -Y verify -f allowed_signers -I {identity} -n comma-lab-release "
+            f"-s statement.json.{identity}.sig < statement.json   # one .sig per signing key",
+            "sha256sum -c SHA256SUMS         # archive.zip and every runtime/ file",
+            "b3sum -c B3SUMS",
+            "python3 tree_digest.py --check statement.json   # archive, runtime/ tree (symlinks, exec bits, "
+            "empty dirs) and score vs the signed statement",
+            "",
+            "# 2. With prov (pip install ./comma-lab from a clone, or pip install comma_lab-*.whl):",
+            f"prov verify evidence/releases/{name}/manifest.json --trust evidence/trust.json "
+            "--archive archive.zip --runtime runtime/",
+            "sha256sum evidence/records/*.json   # each exact record's name is its sha256",
+        ] + [f"# log checkpoints: Go note verifier key {k}" for k in note_keys]
+        env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
+        generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        releases_by_record = _releases_by_record(store, release_links)
+        by_sha = {v["record"]: v for v in views}
+        for r, v, entry in zip(runs, views, entries):
+            rel = releases_by_record.get(r.sha256)
+            page_key = hashlib.sha256(json.dumps([cache.keys[r.sha256], rel, by_sha.get(r.parent)],
+                                                 sort_keys=True).encode()).hexdigest()
+            if _carry_page(out, work, entry, page_key, published, evidence):
+                continue
+            before = len(evidence)
+            frames = _frames(store, work, r, evidence)
+            page = _write(work, v["page"], env.get_template("run.html.j2").render(
+                csp=CSP, root="../", r=v, rec=r.record, frames=frames, release=rel, custody=pages.CUSTODY,
+                parent=by_sha.get(r.parent), environment=contest.get_profile(r.record.profile).official_environment,
+                verify_commands=pages.verify_commands(rel["name"] if rel else None, r.sha256, r.record.profile),
+                generated=None).encode())  # no timestamp: an unchanged run's page keeps its bytes
+            cache.put(r.sha256, {**entry, "page_key": page_key, "page_sha": _sha(page),
+                                 "frame_evidence": [e for e in evidence[before:] if e["kind"] == "frame"]})
+        cache.save()
+        ledger_pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
+        page_links = [{"href": f"ledger/{n}.html", "n": n, "first": i * PAGE + 1, "last": i * PAGE + len(pg)}
+                      for n, pg in enumerate(ledger_pages, 1) for i in (n - 1,)]
+        rec_ev = {e["path"]: e for e in record_evidence}
+        for n, pg in enumerate(ledger_pages, 1):
+            _write(work, f"ledger/{n}.html", env.get_template("ledger.html.j2").render(
+                csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
+                generated=generated).encode())
+        _write(work, "evidence.html", env.get_template("evidence.html.j2").render(
+            csp=CSP, root="", evidence=evidence, generated=generated).encode())
+        html = env.get_template("index.html.j2").render(
+            csp=CSP, root="", frontier=fview, best=best, runs=views[-RECENT:][::-1],
+            best_runs=sorted(views, key=lambda v: v["score"])[:BEST], pages=page_links, total=len(views),
+            evidence=evidence[-EVIDENCE_ON_INDEX:], evidence_total=len(evidence), verify_commands=verify_commands,
+            plot_score_bytes=plots.score_vs_bytes(runs, front.sha256 if front else None),
+            plot_trajectory=plots.trajectory(pts, title, _branches(runs)), custody=pages.CUSTODY,
+            comparisons=pages.comparisons(runs), neighbourhoods=pages.neighbourhoods(runs),
+            counts={"runs": len(runs), "promote": sum(r.verdict == "promote" for r in runs),
+                    "reject": sum(r.verdict == "reject" for r in runs)},
+            generated=generated)
+        _write(work, "index.html", html.encode())
+        shutil.copyfile(HERE / "templates/style.css", work / "style.css")
+        _write(work, "_headers", HEADERS.encode())
+        known = {e["path"]: e["sha256"] for e in record_evidence}
+        files = []
+        for rel in _listing(work):
+            p = work / rel
+            files.append({"path": rel, "sha256": known.get(rel) or _sha(p), "size": p.stat().st_size})
+        # one file a line: the manifest of 10k runs stays quick to scan and to diff
+        _write(work, "public_bundle_manifest.json",
+               ('{"schema": "comma-lab/public-bundle/v1", "hygiene_rules_sha256": "%s", "files": [\n' % rules
+                + ",\n".join(json.dumps(f, sort_keys=True) for f in files) + "\n]}\n").encode())
+        violations = _scan(work, {f["path"] for f in files if published.get(f["path"]) == f["sha256"]}, listed)
+        if violations:
+            raise HygieneError(f"refusing to publish: {violations[0]}"
+                               + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(work, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(work, out)
+        return {"out": str(out), "files": len(files) + 1, "runs": len(runs), "frontier": fview["score"] if fview else None}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _releases_by_record(store: Store, release_links: dict) -> dict[str, dict]:
+    """record sha256 -> its newest release, reading each release statement once (not once a run)."""
+    newest: dict[str, dict] = {}
+    for name, b3 in store.list_refs():
+        if name.startswith("releases/"):
+            p = canonical.loads(store.read_bytes(b3), name)["predicate"]
+            sha = p["record"]["sha256"]
+            if sha not in newest or p["version"] > newest[sha]["version"]:
+                newest[sha] = {"name": p["name"], "version": p["version"], "href": release_links.get(p["name"]),
+                               "issued_at": p["issued_at"]}
+    return newest
+
+
+VIEW_VERSION = 2  # bumped whenever _view's fields change: cached rows of another shape are remade
+
+
+class _ViewCache:
+    """Each run's redacted table row, kept in the store's index (never published) under what it was
+    made from: the run's annotations and verdict, and the hygiene rules. A rebuild reads and redacts
+    only the runs whose row would change; with the row, what its run page was made from, so an
+    unchanged page (and its frames) is carried over from the last bundle."""
+
+    def __init__(self, store: Store, rules: str, write: bool):
+        import sqlite3
+        self.store, self.rules, self.dirty = store, rules, {}
+        self.write = write and not getattr(store, "readonly", False)
+        if self.write:
+            store.db.execute("CREATE TABLE IF NOT EXISTS site_view(sha BLOB PRIMARY KEY, key TEXT NOT NULL, "
+                             "entry TEXT NOT NULL) WITHOUT ROWID")
+        try:
+            self.rows = {sha.hex(): (key, entry) for sha, key, entry in store.db.execute("SELECT * FROM site_view")}
+        except sqlite3.OperationalError:  # never cached
+            self.rows = {}
+        self.keys: dict[str, str] = {}
+
+    def get(self, r: ledger.Run) -> dict:
+        key = hashlib.sha256(json.dumps([VIEW_VERSION, self.rules, r.label, r.track, r.notes, r.verdict, r.reason,
+                                         r.flags, r.parent, r.axis]).encode()).hexdigest()
+        self.keys[r.sha256] = key
+        hit = self.rows.get(r.sha256)
+        if hit is not None and hit[0] == key:
+            return json.loads(hit[1])
+        entry = {"created": r.record.created_at, "profile": r.record.profile,
+                 "view": sanitize.redact(_view(r, f"evidence/records/{r.sha256}.json"))}  # annotations are published
+        self.dirty[r.sha256] = entry
+        return entry
+
+    def put(self, sha: str, entry: dict) -> None:
+        self.dirty[sha] = entry
+
+    def save(self) -> None:
+        if self.dirty and self.write:
+            with self.store.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO site_view VALUES(?,?,?)",
+                               [(bytes.fromhex(sha), self.keys[sha], json.dumps(e)) for sha, e in self.dirty.items()])
+
+
+def _carry_page(out: Path, work: Path, entry: dict, page_key: str, published: dict, evidence: list) -> bool:
+    """Link the last bundle's page for this run (and its frames) when it was made from the same inputs."""
+    page = entry["view"]["page"]
+    if entry.get("page_key") != page_key or published.get(page) != entry.get("page_sha"):
+        return False
+    for e in entry.get("frame_evidence", []):
+        if not (work / e["path"]).exists() and not _keep(out / e["path"], work / e["path"], e["sha256"]):
+            return False
+    if not _keep(out / page, work / page, entry["page_sha"]):
+        return False
+    evidence.extend(e for e in entry.get("frame_evidence", []) if e not in evidence)
+    return True
+
+
+def _previous(out: Path, rules: str) -> tuple[dict[str, str], dict[str, str], set[str]]:
+    """The record files and all files (path -> sha256) of the bundle at `out`, if it was built under
+    the same hygiene rules: a file published then, with the same bytes now, was scanned then."""
+    try:
+        from provenance.core import canonical
+        doc = canonical.load_file(out / "public_bundle_manifest.json", "public_bundle_manifest.json")
+        listed = set((out / "public_bundle_manifest.json").read_text(encoding="utf-8").splitlines())
+    except (ProvError, OSError, UnicodeDecodeError):
+        return {}, {}, set()
+    if not isinstance(doc, dict) or doc.get("hygiene_rules_sha256") != rules or not isinstance(doc.get("files"), list):
+        return {}, {}, set()
+    files = {e["path"]: e["sha256"] for e in doc["files"]
+             if isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)}
+    return {p: sha for p, sha in files.items() if p.startswith("evidence/records/")}, files, listed
+
+
+def _keep(old: Path, new: Path, sha: str) -> bool:
+    """Carry a published file over (a hard link) when its bytes are still the ones the last bundle listed."""
+    try:
+        if hashlib.sha256(old.read_bytes()).hexdigest() != sha:
+            return False
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.link(old, new)
+    except OSError:
+        return False
+    return True
+
+
+def _listing(root: Path) -> list[str]:
+    """Every file under root as a relative POSIX path, sorted (os.walk: 20k files, no pathlib per entry)."""
+    out = []
+    base = len(str(root)) + 1
+    for dirpath, _dirs, names in os.walk(root):
+        out.extend(os.path.join(dirpath, n)[base:] for n in names)
+    return sorted(out)
+
+
+def _pixels_only(data: bytes) -> bool:
+    """A PNG of nothing but its header, pixel data and end (IHDR, IDAT, IEND): no text chunk to leak."""
+    import struct
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind not in (b"IHDR", b"IDAT", b"IEND"):
+            return False
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos == len(data)
+    return False
+
+
+def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
+    """The hygiene scan, once per published file; a file the last bundle published with the same
+    bytes (scanned then, under the same rules) is not scanned again, nor a line of the file
+    manifest that the last manifest held (one file a line: only the new files' lines are read)."""
+    out = []
+    for rel in _listing(root):
+        p = root / rel
+        if rel in skip or not p.is_file():
+            continue
+        data = p.read_bytes()
+        if rel.endswith(".png") and _pixels_only(data):
+            continue  # pixels carry no text: the scan would read compressed bytes as words
+        text = data.decode("utf-8", "replace")
+        if rel == "public_bundle_manifest.json" and listed:
+            text = "\n".join("" if ln in listed else ln for ln in text.split("\n"))  # line numbers kept
+        out += sanitize.scan_text(rel, text)
+    return out
+
+
+def check_site(root: str | Path) -> list[str]:
+    """Re-scan a bundle and re-check its manifest: every problem as one line."""
+    root = Path(root)
+    problems = [str(v) for v in _scan(root, set(), set())]  # the same scan the build ran
+    man = root / "public_bundle_manifest.json"
+    if not man.is_file():
+        return problems + ["public_bundle_manifest.json: missing"]
+    from provenance.core import canonical
+    doc = canonical.load_file(man, "public_bundle_manifest.json")
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str) for f in files):
+        return problems + ["public_bundle_manifest.json: not a bundle manifest (files: [{path, sha256}])"]
+    listed = {f["path"]: f["sha256"] for f in files}
+    actual = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {"public_bundle_manifest.json"}
+    for path in sorted(actual | set(listed)):
+        if path not in listed:
+            problems.append(f"{path}: not listed in public_bundle_manifest.json")
+        elif path not in actual:
+            problems.append(f"{path}: listed but missing")
+        elif _sha(root / path) != listed[path]:
+            problems.append(f"{path}: sha256 differs from public_bundle_manifest.json")
+    return problems

@@ -1,0 +1,121 @@
+"""What releases carry from the evidence log, and how verify checks it offline.
+
+A manifest's extra top-level field `log` (ignored by DSSE verifiers) holds the signed
+checkpoint, the statement's leaf entry and inclusion proof, and one consistency proof: from
+the log's previous checkpoint (the previous release's), and from the checkpoint a judge named
+with `prov release create --since`. A bundle stays O(log n) however many releases came before;
+a judge holding an older checkpoint asks the lab for that proof (`prov log consistency OLD NEW`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from provenance.log import translog
+from provenance.core.errors import ProvError
+
+
+def b64(h: bytes) -> str:
+    return base64.b64encode(h).decode()
+
+
+def unb64(s, what: str) -> bytes:
+    try:
+        return base64.b64decode(s, validate=True)
+    except (ValueError, TypeError):
+        raise translog.LogProofError(f"{what}: not base64") from None
+
+
+def checkpoint(store, key) -> str:
+    """Sign a checkpoint of the log as it is now (only committed, hence durable, leaves)."""
+    log = translog.open_log(store)
+    size = log.size()
+    note = translog.sign_checkpoint(log.origin(), size, log.root(size), key, name=translog.NOTE_KEY_NAME)
+    log.record_checkpoint(size, note)
+    return note
+
+
+def release_log_bundle(store, statement_b3: str, key, since_note: str | None = None) -> dict:
+    log = translog.open_log(store)
+    since = None
+    if since_note is not None:  # checked before anything is logged or signed
+        since = translog.parse_checkpoint(since_note)
+        if since.origin != log.origin():
+            raise ProvError(f"--since: a checkpoint of another log ({since.origin})")
+        if since.size > log.size() or log.root(since.size) != since.root:
+            raise ProvError(f"--since: size {since.size} is not a state of this log")
+    index, _ = translog.log_object(store, statement_b3, "statement")
+    row = log.db.execute("SELECT MAX(size) FROM log_checkpoints").fetchone()
+    previous = row[0] if row else None
+    note = checkpoint(store, key)
+    cp = translog.parse_checkpoint(note)
+    info = store.info(statement_b3)
+    sizes = sorted({s for s in (previous, since.size if since else None) if s and 0 < s < cp.size})
+    return {
+        "checkpoint": note,
+        "leaf": b64(translog.entry_bytes("statement", info.sha256, info.blake3)),
+        "index": index,
+        "inclusion": [b64(h) for h in log.inclusion_proof(index, cp.size)],
+        "consistency": {str(size): [b64(h) for h in log.consistency_proof(size, cp.size)] for size in sizes},
+    }
+
+
+def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note: str | None) -> list[tuple]:
+    """Checks (name, ok, detail) for a manifest's log bundle; raise nothing on failure."""
+    from blake3 import blake3
+    out = []
+    if not isinstance(bundle, dict) or not isinstance(bundle.get("checkpoint"), str):
+        return [("log_checkpoint", False, "manifest carries no log checkpoint")]
+    if not trusted_log_keys:
+        return [("log_checkpoint", False, "the trust policy names no log key")]
+    try:
+        cp, good = translog.verify_checkpoint(bundle["checkpoint"], trusted_log_keys)
+        out.append(("log_checkpoint", True, f"{cp.origin} size {cp.size} signed by {len(good)} trusted log key(s)"))
+    except translog.LogProofError as e:
+        return [("log_checkpoint", False, str(e))]
+    try:
+        leaf = unb64(bundle.get("leaf"), "log leaf")
+        want = translog.entry_bytes("statement", hashlib.sha256(payload).hexdigest(), blake3(payload).hexdigest())
+        if leaf != want:
+            raise translog.LogProofError("logged entry is not this manifest's statement")
+        proof = [unb64(h, "inclusion proof") for h in _list(bundle.get("inclusion", []), "inclusion proof")]
+        translog.verify_inclusion(translog.leaf_hash(leaf), bundle.get("index"), cp.size, proof, cp.root)
+        out.append(("log_inclusion", True, f"statement is leaf {bundle['index']} of {cp.size}"))
+    except translog.LogProofError as e:
+        out.append(("log_inclusion", False, str(e)))
+    if since_note is not None:
+        try:
+            old, _ = translog.verify_checkpoint(since_note, trusted_log_keys)
+            if old.origin != cp.origin:
+                raise translog.LogProofError(f"old checkpoint is of another log ({old.origin})")
+            if old.size == cp.size or old.size == 0:
+                proof = []
+            else:
+                proofs = bundle.get("consistency", {})
+                raw = proofs.get(str(old.size)) if isinstance(proofs, dict) else None
+                if raw is None:
+                    raise translog.LogProofError(
+                        f"manifest has no consistency proof from size {old.size} (it carries one from the "
+                        f"previous release's checkpoint); the lab proves any other with "
+                        f"prov log consistency OLD NEW")
+                proof = [unb64(h, "consistency proof") for h in _list(raw, "consistency proof")]
+            translog.verify_consistency(old.size, cp.size, proof, old.root, cp.root)
+            out.append(("log_consistency", True, f"log grew from {old.size} to {cp.size} without rewriting"))
+        except translog.LogProofError as e:
+            out.append(("log_consistency", False, str(e)))
+    return out
+
+
+def _list(v, what: str) -> list:
+    if not isinstance(v, list):  # the bundle sits outside the signed payload: any type may come
+        raise translog.LogProofError(f"{what}: not a list")
+    return v
+
+
+def read_note(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProvError(f"{path}: cannot read checkpoint ({e})") from None

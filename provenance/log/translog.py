@@ -1,0 +1,524 @@
+"""An append-only Merkle log (RFC 6962 / RFC 9162) inside the store, with C2SP signed checkpoints.
+
+Storage: every complete subtree hash is a row (level, index) in SQLite; level 0 holds the
+leaf hashes. Appending leaf n adds it and the parents it completes, in one transaction, so
+a leaf is either wholly there or absent and any root or proof is O(log n) lookups.
+
+Verification (`verify_inclusion`, `verify_consistency`) is pure: it imports nothing from the
+store and follows RFC 9162 sections 2.1.3.2 and 2.1.4.2 step by step.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import sqlite3
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from provenance.core.errors import ProvError, VerificationFailed
+
+HASH_LEN = 32
+
+
+class LogProofError(VerificationFailed):
+    """Any failure of a log proof or checkpoint, including malformed input. The one exception
+    `verify_inclusion` and `verify_consistency` raise."""
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def _largest_pow2_below(n: int) -> int:
+    """k with k < n <= 2k (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def _check_hashes(what: str, *hashes) -> None:
+    for h in hashes:
+        if not isinstance(h, (bytes, bytearray)) or len(h) != HASH_LEN:
+            raise LogProofError(f"{what}: hash of wrong type or length")
+
+
+# -- pure verification (RFC 9162) ---------------------------------------------------------------
+
+def verify_inclusion(leaf_hash: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> None:
+    """RFC 9162 2.1.3.2. Returns None when `leaf_hash` is leaf `index` of the tree of `size` with `root`."""
+    _check_hashes("inclusion", leaf_hash, root, *proof)
+    if not isinstance(index, int) or not isinstance(size, int) or index < 0 or size < 0:
+        raise LogProofError("inclusion: index and size must be non-negative integers")
+    # 1. leaf_index must be below tree_size
+    if index >= size:
+        raise LogProofError(f"inclusion: index {index} not below size {size}")
+    # 2. fn = leaf_index, sn = tree_size - 1;  3. r = leaf_hash
+    fn, sn, r = index, size - 1, bytes(leaf_hash)
+    # 4. for each p in inclusion_path
+    for p in proof:
+        # a. if sn is 0, stop and fail
+        if sn == 0:
+            raise LogProofError("inclusion: proof too long")
+        # b. if LSB(fn) is set, or fn equals sn
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            # if LSB(fn) is not set, right-shift fn and sn equally until LSB(fn) is set or fn is 0
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        # c. right-shift both fn and sn one time
+        fn >>= 1
+        sn >>= 1
+    # 5. sn must be 0 and r must equal the root
+    if sn != 0:
+        raise LogProofError("inclusion: proof too short")
+    if r != root:
+        raise LogProofError("inclusion: computed root does not match")
+
+
+def verify_consistency(size1: int, size2: int, proof: list[bytes], root1: bytes, root2: bytes) -> None:
+    """RFC 9162 2.1.4.2. Returns None when the tree of size2/root2 extends the tree of size1/root1."""
+    _check_hashes("consistency", root1, root2, *proof)
+    if not isinstance(size1, int) or not isinstance(size2, int) or size1 < 0 or size2 < 0:
+        raise LogProofError("consistency: sizes must be non-negative integers")
+    if size2 < size1:
+        raise LogProofError(f"consistency: size2 {size2} below size1 {size1}")
+    if size1 == size2:  # nothing to prove beyond equality
+        if proof:
+            raise LogProofError("consistency: proof must be empty for equal sizes")
+        if root1 != root2:
+            raise LogProofError("consistency: equal sizes with different roots")
+        return
+    if size1 == 0:  # the empty tree is a prefix of every tree
+        if proof:
+            raise LogProofError("consistency: proof must be empty from size 0")
+        return
+    # 1. an empty consistency_path fails;  2. if first is an exact power of 2, prepend first_hash
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:
+        path.insert(0, bytes(root1))
+    if not path:
+        raise LogProofError("consistency: empty proof")
+    # 3. fn = first - 1, sn = second - 1
+    fn, sn = size1 - 1, size2 - 1
+    # 4. if LSB(fn) is set, right-shift fn and sn equally until LSB(fn) is not set
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    # 5. fr = sr = first element of the path
+    fr = sr = path[0]
+    # 6. for each subsequent c
+    for c in path[1:]:
+        # a. if sn is 0, stop and fail
+        if sn == 0:
+            raise LogProofError("consistency: proof too long")
+        # b. if LSB(fn) is set, or fn equals sn
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            # if LSB(fn) is not set, right-shift fn and sn equally until either LSB(fn) is set or fn is 0
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        # c. right-shift both fn and sn one time
+        fn >>= 1
+        sn >>= 1
+    # 7. fr == first_hash, sr == second_hash and sn == 0
+    if sn != 0:
+        raise LogProofError("consistency: proof too short")
+    if fr != root1:
+        raise LogProofError("consistency: old root does not match")
+    if sr != root2:
+        raise LogProofError("consistency: new root does not match")
+
+
+# -- reference definitions (RFC 6962 2.1), over an in-memory list of leaf hashes ------------------
+
+def mth(leaves: list[bytes]) -> bytes:
+    n = len(leaves)
+    if n == 0:
+        return EMPTY_ROOT
+    if n == 1:
+        return leaves[0]
+    k = _largest_pow2_below(n)
+    return node_hash(mth(leaves[:k]), mth(leaves[k:]))
+
+
+# -- the persistent log -------------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS log_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_nodes(id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS log_leaves(idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS log_leaf_hash ON log_nodes(hash) WHERE id < 1099511627776;
+CREATE TABLE IF NOT EXISTS log_checkpoints(size INTEGER PRIMARY KEY, note TEXT NOT NULL);
+"""
+
+
+NODE_SHIFT = 40  # node (level, idx) is row level << 40 | idx: an integer key is SQLite's fastest path
+
+
+def entry_bytes(kind: str, sha256: str, blake3: str) -> bytes:
+    """The logged leaf data: canonical JSON naming what is logged."""
+    from provenance.core import canonical
+    return canonical.dumps({"kind": kind, "sha256": sha256, "blake3": blake3})
+
+
+class Log:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+        db.executescript(SCHEMA)
+
+    # reading
+    def size(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_leaves").fetchone()[0]
+
+    def origin(self) -> str:
+        row = self.db.execute("SELECT value FROM log_meta WHERE key='origin'").fetchone()
+        if row:
+            return row[0]
+        origin = f"comma-lab.dev/provenance/log/{os.urandom(8).hex()}"
+        self.db.execute("INSERT OR IGNORE INTO log_meta VALUES('origin', ?)", (origin,))
+        return self.db.execute("SELECT value FROM log_meta WHERE key='origin'").fetchone()[0]
+
+    def _node(self, level: int, idx: int) -> bytes:
+        row = self.db.execute("SELECT hash FROM log_nodes WHERE id=?", (level << NODE_SHIFT | idx,)).fetchone()
+        if row is None:
+            raise ProvError(f"log: node ({level}, {idx}) missing")
+        return row[0]
+
+    def _mth(self, start: int, end: int) -> bytes:
+        """Root of leaves [start, end); aligned power-of-two ranges are single lookups."""
+        n = end - start
+        if n == 0:
+            return EMPTY_ROOT
+        if n & (n - 1) == 0 and start % n == 0:
+            return self._node(n.bit_length() - 1, start // n)
+        k = _largest_pow2_below(n)
+        return node_hash(self._mth(start, start + k), self._mth(start + k, end))
+
+    def root(self, size: int | None = None) -> bytes:
+        size = self.size() if size is None else size
+        return self._mth(0, size)
+
+    def index_of(self, leaf: bytes) -> int | None:
+        row = self.db.execute("SELECT id FROM log_nodes WHERE id < 1099511627776 AND hash=? ORDER BY id LIMIT 1",
+                              (leaf,)).fetchone()
+        return row[0] if row else None
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        if not 0 <= index < size <= self.size():
+            raise ProvError(f"log: no leaf {index} in a tree of size {size} (log size {self.size()})")
+        proof: list[bytes] = []
+        start, end, m = 0, size, index
+        while end - start > 1:  # RFC 6962 PATH(m, D[start:end]), iteratively; collected leaf-first
+            k = _largest_pow2_below(end - start)
+            if m < k:
+                proof.append(self._mth(start + k, end))
+                end = start + k
+            else:
+                proof.append(self._mth(start, start + k))
+                start, m = start + k, m - k
+        return proof[::-1]
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        if not 0 <= size1 <= size2 <= self.size():
+            raise ProvError(f"log: cannot prove {size1} -> {size2} (log size {self.size()})")
+        if size1 == 0 or size1 == size2:
+            return []
+        proof: list[bytes] = []
+        start, end, m, b = 0, size2, size1, True
+        while True:  # RFC 6962 SUBPROOF(m, D[start:end], b)
+            if m == end - start:
+                if not b:
+                    proof.append(self._mth(start, end))
+                break
+            k = _largest_pow2_below(end - start)
+            if m <= k:
+                proof.append(self._mth(start + k, end))
+                end = start + k
+            else:
+                proof.append(self._mth(start, start + k))
+                start, m, b = start + k, m - k, False
+        return proof[::-1]
+
+    # writing
+    def append_many(self, entries: list[bytes]) -> list[int]:
+        """Append leaves in one transaction; returns their indices."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n = self.size()
+            self.origin()
+            nodes, leaves, cache = [], [], {}
+            for i, data in enumerate(entries):
+                idx = n + i
+                h = leaf_hash(data)
+                leaves.append((idx, data))
+                level, j = 0, idx
+                nodes.append((j, h))
+                cache[(0, j)] = h
+                while j & 1:  # this node completes its parent
+                    left = cache.get((level, j - 1)) or self._node(level, j - 1)
+                    h = node_hash(left, h)
+                    level, j = level + 1, j >> 1
+                    nodes.append((level << NODE_SHIFT | j, h))
+                    cache[(level, j)] = h
+                if len(cache) > 4096:  # keep the right frontier: left children whose sibling is incomplete
+                    cache = {k: v for k, v in cache.items() if k[1] & 1 == 0 and (k[1] + 2) << k[0] > idx + 1}
+            db.executemany("INSERT INTO log_leaves(idx, entry) VALUES(?,?)", leaves)
+            db.executemany("INSERT INTO log_nodes(id, hash) VALUES(?,?)", nodes)
+        except BaseException:
+            if db.in_transaction:  # SQLite rolls back itself on SQLITE_FULL and friends
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return list(range(n, n + len(entries)))
+
+    def append(self, entry: bytes) -> tuple[int, bool]:
+        """Append unless this exact entry is already logged; (index, newly appended)."""
+        existing = self.index_of(leaf_hash(entry))
+        if existing is not None:
+            return existing, False
+        return self.append_many([entry])[0], True
+
+    def leaves(self, upto: int | None = None):
+        q = "SELECT idx, entry FROM log_leaves" + (" WHERE idx < ?" if upto is not None else "") + " ORDER BY idx"
+        return self.db.execute(q, (upto,) if upto is not None else ())
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        return list(self.db.execute("SELECT size, note FROM log_checkpoints ORDER BY size"))
+
+    def record_checkpoint(self, size: int, note: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO log_checkpoints(size, note) VALUES(?,?)", (size, note))
+
+    def recompute(self) -> list[str]:
+        """Rebuild every node from the leaves and compare with what is stored and signed.
+
+        Level by level, in bounded memory: each level's hashes go to a scratch file (32 bytes a
+        node) and are compared, in key order, with the stored nodes of that level."""
+        import tempfile
+        self.db.execute("PRAGMA cache_size=-8192")  # one pass over every node: a big cache only costs memory
+        problems: list[str] = []
+        expected_idx = 0
+        count = 0
+        with tempfile.TemporaryFile() as cur, tempfile.TemporaryFile() as nxt:
+            for idx, entry in self.leaves():
+                if idx != expected_idx:
+                    problems.append(f"leaf {expected_idx} missing")
+                    break
+                expected_idx += 1
+                cur.write(leaf_hash(entry))
+            n_leaves = expected_idx
+            n, level = n_leaves, 0
+            while n and not problems:
+                cur.seek(0)
+                stored = self.db.execute("SELECT id, hash FROM log_nodes WHERE id >= ? AND id < ? ORDER BY id",
+                                         (level << NODE_SHIFT, (level + 1) << NODE_SHIFT))
+                nxt.seek(0)
+                nxt.truncate()
+                left = None
+                for i in range(n):
+                    h = cur.read(32)
+                    row = stored.fetchone()
+                    count += 1
+                    if row is None or row != (level << NODE_SHIFT | i, h):
+                        problems.append(f"node ({level}, {i}) does not match its leaves")
+                        break
+                    if i & 1:
+                        nxt.write(node_hash(left, h))
+                    left = h
+                else:
+                    if stored.fetchone() is not None:
+                        problems.append(f"stored node(s) at level {level} not derived from any leaves")
+                cur, nxt = nxt, cur
+                n, level = n // 2, level + 1
+            if not problems:
+                total = self.db.execute("SELECT count(*) FROM log_nodes").fetchone()[0]
+                if total != count:
+                    problems.append(f"{total - count} stored node(s) not derived from any leaves")
+        if problems:  # roots from unverified nodes would prove nothing
+            return problems
+        for size, note in self.checkpoints():  # every node now matches the leaves: O(log n) per root
+            cp = parse_checkpoint(note)
+            if size > n_leaves or cp.size != size or cp.root != self.root(size):
+                problems.append(f"checkpoint at size {size} does not match the leaves")
+        return problems
+
+
+# -- checkpoints (C2SP tlog-checkpoint, signed-note) --------------------------------------------
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root: bytes
+    body: str  # the signed text: origin, size, root, each ending in a newline
+    signatures: list[tuple[str, bytes, bytes]]  # (key name, 4-byte key hash, signature)
+
+
+def note_key_hash(name: str, raw_pub: bytes) -> bytes:
+    """signed-note key ID for Ed25519: SHA-256(name || "\\n" || 0x01 || key)[:4]."""
+    return hashlib.sha256(name.encode() + b"\n\x01" + raw_pub).digest()[:4]
+
+
+NOTE_KEY_NAME = "comma-lab.dev/provenance/log"  # stable, so a trust policy can publish the verifier key
+
+
+def note_verifier(name: str, raw_pub: bytes) -> str:
+    """The signed-note verifier key `name+hash+base64(0x01 || key)` (C2SP signed-note; Go's note.NewVerifier)."""
+    data = base64.b64encode(b"\x01" + raw_pub).decode()
+    return f"{name}+{note_key_hash(name, raw_pub).hex()}+{data}"
+
+
+def sign_checkpoint(origin: str, size: int, root: bytes, key, name: str | None = None) -> str:
+    from provenance.core import signing
+    body = f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
+    name = name or origin
+    kh = note_key_hash(name, signing.raw_public(key.public_key()))
+    sig = key.sign(body.encode())
+    return body + "\n" + f"\u2014 {name} {base64.b64encode(kh + sig).decode()}\n"
+
+
+def parse_checkpoint(text: str) -> Checkpoint:
+    if "\n\n" not in text or not text.endswith("\n"):
+        raise LogProofError("checkpoint: not a signed note (no blank line / trailing newline)")
+    body, sigs = text.split("\n\n", 1)
+    body += "\n"
+    lines = body.split("\n")[:-1]
+    if len(lines) < 3:
+        raise LogProofError("checkpoint: needs origin, size and root lines")
+    origin, size_s, root_s = lines[0], lines[1], lines[2]
+    if not origin or not (size_s.isascii() and size_s.isdigit()) or len(size_s) > 19 \
+            or (len(size_s) > 1 and size_s[0] == "0"):  # "١٢" and "²" are digits to str.isdigit
+        raise LogProofError("checkpoint: bad origin or size line")
+    try:
+        root = base64.b64decode(root_s, validate=True)
+    except ValueError:
+        raise LogProofError("checkpoint: root is not base64") from None
+    if len(root) != HASH_LEN:
+        raise LogProofError("checkpoint: root is not a SHA-256 hash")
+    signatures = []
+    for line in sigs.split("\n")[:-1]:
+        if not line.startswith("\u2014 "):
+            raise LogProofError("checkpoint: malformed signature line")
+        parts = line[2:].split(" ")
+        if len(parts) != 2:
+            raise LogProofError("checkpoint: malformed signature line")
+        try:
+            raw = base64.b64decode(parts[1], validate=True)
+        except ValueError:
+            raise LogProofError("checkpoint: signature is not base64") from None
+        if len(raw) < 5:
+            raise LogProofError("checkpoint: signature too short")
+        signatures.append((parts[0], raw[:4], raw[4:]))
+    if not signatures:
+        raise LogProofError("checkpoint: unsigned")
+    return Checkpoint(origin, int(size_s), root, body, signatures)
+
+
+def verify_checkpoint(text: str, trusted: dict) -> tuple[Checkpoint, set[str]]:
+    """Parse and check signatures against trusted log keys {keyid: public key}; raise unless one verifies."""
+    from cryptography.exceptions import InvalidSignature
+    from provenance.core import signing
+    cp = parse_checkpoint(text)
+    good = set()
+    for name, kh, sig in cp.signatures:
+        for kid, pub in trusted.items():
+            if note_key_hash(name, signing.raw_public(pub)) != kh:
+                continue
+            try:
+                pub.verify(sig, cp.body.encode())
+                good.add(kid)
+            except InvalidSignature:
+                pass
+    if not good:
+        raise LogProofError("checkpoint: no valid signature by a trusted log key")
+    return cp, good
+
+
+# -- the log of a store ------------------------------------------------------------------------
+# The log's tables live in the store's index (one file, one transaction log), but the store knows
+# nothing of them: logging an object is its caller's step (records, releases, the ledger).
+LOG_TABLES = ("log_meta", "log_leaves", "log_nodes", "log_checkpoints")
+_OPEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def open_log(store) -> Log:
+    """The evidence log kept in this store's index."""
+    log = _OPEN.get(store)
+    if log is None or log.db is not store.db:
+        log = _OPEN[store] = Log(store.db)
+    return log
+
+
+def log_object(store, b3: str, kind: str | None = None) -> tuple[int, bool]:
+    """Append a stored object to the store's evidence log (idempotent): (leaf index, newly appended)."""
+    info = store.info(b3)
+    if info is None:
+        raise ProvError(f"{b3}: object missing from {store.root}")
+    if kind is not None and kind not in info.kinds:
+        raise ProvError(f"{b3}: not stored as a {kind} (it is {', '.join(info.kinds)})")
+    return open_log(store).append(entry_bytes(kind or info.kind, info.sha256, info.blake3))
+
+
+def _salvage(index: Path) -> dict | None:
+    """The log's rows that still read from a damaged index; None when they do not."""
+    if not index.exists() or index.stat().st_size == 0:
+        return None
+    try:
+        db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+        try:
+            return {t: list(db.execute(f"SELECT * FROM {t}")) for t in LOG_TABLES}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
+def repair_store(root, progress=None) -> dict:
+    """`prov fsck --repair`: the store rebuilds its index from the objects; the log's rows that still
+    read are carried over and kept only if the tree they make checks out."""
+    from provenance.store import check
+    from provenance.store.objects import Store
+    old = _salvage(Path(root) / "index.sqlite")
+    report = check.repair(root, progress)
+    log_size = 0
+    if old is None:
+        report["lost"].append("log: the damaged index could not be read; the evidence log was not recovered "
+                              "(signed checkpoints and releases still prove what it held)")
+    elif old["log_leaves"]:
+        store = Store(root)
+        try:
+            log = open_log(store)
+            with store.transaction() as db:
+                for t, rows in old.items():
+                    if rows:
+                        db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows[0]))})", rows)
+            problems = log.recompute()
+            if problems:
+                with store.transaction() as db:
+                    for t in LOG_TABLES:
+                        db.execute(f"DELETE FROM {t}")
+                report["lost"].append(f"log: what still read does not check out ({problems[0]}); not recovered")
+            else:
+                log_size = log.size()
+        finally:
+            store.close()
+    keys = list(report)
+    at = keys.index("refs_recovered") + 1 if "refs_recovered" in keys else len(keys)
+    return {**{k: report[k] for k in keys[:at]}, "log_size": log_size, **{k: report[k] for k in keys[at:]}}

@@ -1,0 +1,1 @@
+"""Evaluation records: models and their JSON Schemas, adjudication, legacy import."""

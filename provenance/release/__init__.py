@@ -1,0 +1,1 @@
+"""Releases: create (sign a statement), verify (authenticate, then appraise), the trust chain."""

@@ -1,0 +1,1 @@
+"""Replay: intake (safe unzip), the sandbox (phase views, limits), the run and compare."""

@@ -1,0 +1,316 @@
+"""Replay: recompute the score from the exact stored bytes, in a sandbox.
+
+intake -> inflate -> check every .raw -> evaluate -> parse -> adjudicate -> EvalRecord.
+What runs is exactly what was hashed: the archive is copied into scratch as it is hashed and
+unzipped from that copy (the store sees it only once intake accepts it), and the runtime tree
+leaves the store re-hashed. The host reads nothing the submission made through a link, walks
+what it made without recursion, and removes scratch on every way out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from provenance import contest
+from provenance.contest import rules
+from provenance.replay import intake
+from provenance.records.adjudicate import adjudicate_report
+from provenance.contest.rules import Check
+from provenance.core.digest import Digest, hash_file, stream
+from provenance.core.errors import ProvError, VerificationFailed
+from provenance.core.files import remove_tree
+from provenance.replay.frames import frame_pngs, keep_frames
+from provenance.records.models import EvalRecord, Environment, PhaseView, SandboxRecord
+from provenance.replay.sandbox import Layout, Limits, PhaseResult, Sandbox, View, written_bytes
+
+NAMES_FILE = "public_test_video_names.txt"
+PROFILE_MARKER = "comma_lab_profile"  # the miniature names its profile; a real checkout has none
+MAX_OUTPUT_DEPTH = 64  # levels under inflated/ the host will walk
+
+# Versions from package metadata and nvidia-smi: importing torch here would cost seconds.
+PROBE = r"""
+import json, platform, re, shutil, subprocess, sys
+from importlib import metadata, util
+out = {"python": platform.python_version(), "platform": platform.system().lower() + "-" + platform.machine()}
+try:
+    out["torch"] = metadata.version("torch")
+    spec = util.find_spec("torch")
+    with open(spec.submodule_search_locations[0] + "/version.py") as f:
+        m = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", f.read(), re.M)
+    out["cuda"] = m.group(1) if m else None
+except Exception as e:
+    out["torch_error"] = type(e).__name__
+if sys.argv[1] == "cuda" and shutil.which("nvidia-smi"):
+    r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                       capture_output=True, text=True)
+    if r.returncode == 0 and r.stdout.strip():
+        name, driver = [x.strip() for x in r.stdout.splitlines()[0].split(",")[:2]]
+        out.update(gpu_model=name, driver=driver)
+print(json.dumps(out))
+"""
+
+
+class ReplayFailed(VerificationFailed):
+    """The submission did not produce a score: a phase failed, timed out or left no output."""
+
+
+@dataclass
+class ReplayResult:
+    record: EvalRecord
+    digest: Digest
+    checks: list[Check]
+    phases: list[PhaseResult] = field(default_factory=list)
+
+
+def detect_profile(upstream: Path) -> rules.Profile:
+    marker = upstream / PROFILE_MARKER
+    return contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
+
+
+def default_name(runtime: Path) -> str:
+    p = runtime.resolve()
+    return p.parent.name if p.name == "runtime" else p.name
+
+
+def _scratch_layout(scratch: Path, upstream: Path, name: str, sandboxed: bool) -> Layout:
+    if sandboxed:
+        return Layout(upstream=upstream, name=name, runtime_copy=scratch / "sub", out=scratch / "out")
+    view = scratch / "upstream"  # no mount namespace: build the same layout from symlinks
+    (view / "submissions").mkdir(parents=True)
+    for e in os.listdir(upstream):
+        if e != "submissions":
+            os.symlink(upstream / e, view / e)
+    if (upstream / "submissions").is_dir():
+        for f in (upstream / "submissions").iterdir():
+            if f.is_file():
+                os.symlink(f, view / "submissions" / f.name)
+    return Layout(upstream=view, name=name, runtime_copy=view / "submissions" / name, out=scratch / "out")
+
+
+def _stage(src: str | Path, dest: Path) -> Digest:
+    """Copy a file into scratch, hashing the bytes as they are written."""
+    try:
+        with open(src, "rb") as f:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            try:
+                return stream(f, lambda mv: os.write(fd, mv))
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise ProvError(f"{src}: {e.strerror}") from None
+
+
+def phase_views(profile: rules.Profile, limits: Limits, inflate_writes: int) -> dict[str, View]:
+    """The one place that says what each phase sees and writes (DESIGN.md, the replay's trust model)."""
+    hidden = profile.hidden_at_inflate
+    return {"probe": View("probe", hide=hidden, write_cap=0),
+            "inflate": View("inflate", hide=hidden, writable=("archive", "inflated"), write_cap=inflate_writes),
+            "evaluate": View("evaluate", out=True, write_cap=limits.evaluate_writes)}
+
+
+def check_outputs(inflated: Path, names: list[str], want: int, max_entries: int) -> Check:
+    """Every .raw a regular file of the right size (lstat: a planted link is refused, never followed),
+    and the rest of inflated/ shallow and small enough to walk."""
+    for n in names:
+        raw = inflated / (os.path.splitext(n)[0] + ".raw")
+        try:
+            st = os.lstat(raw)
+        except FileNotFoundError:
+            raise ReplayFailed(f"inflate: produced no inflated/{raw.name}") from None
+        if not stat.S_ISREG(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise ReplayFailed(f"inflate: inflated/{raw.name} is {what}; outputs must be regular files")
+        if st.st_size != want:
+            raise ReplayFailed(f"inflate: inflated/{raw.name} has {st.st_size:,} bytes, expected {want:,}")
+    todo, entries = [(os.fsencode(inflated), 0)], 0
+    while todo:
+        d, depth = todo.pop()
+        if depth > MAX_OUTPUT_DEPTH:
+            raise ReplayFailed(f"inflate: inflated/ nests deeper than {MAX_OUTPUT_DEPTH} levels")
+        with os.scandir(d) as it:
+            for e in it:
+                entries += 1
+                if entries > max_entries:
+                    raise ReplayFailed(f"inflate: inflated/ holds more than {max_entries:,} entries")
+                if e.is_dir(follow_symlinks=False):
+                    todo.append((e.path, depth + 1))
+                elif not (e.is_file(follow_symlinks=False) or e.is_symlink()):
+                    raise ReplayFailed(f"inflate: inflated/ holds a special file "
+                                       f"({os.fsdecode(e.path)[len(str(inflated)) + 1:]})")
+    return Check("inflated_outputs", True, f"{len(names)} .raw file(s) of {want:,} bytes")
+
+
+def read_report(out: Path) -> bytes:
+    """report.txt from a directory only the evaluator could write, never through a link."""
+    try:
+        fd = os.open(out / "report.txt", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ReplayFailed("evaluate: wrote no report.txt") from None
+    except OSError as e:
+        raise ReplayFailed(f"evaluate: report.txt cannot be read safely ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > rules.MAX_REPORT_BYTES:
+            raise ReplayFailed("evaluate: report.txt is not a regular file of a report's size")
+        return f.read(rules.MAX_REPORT_BYTES + 1)
+
+
+def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path, name: str | None = None,
+           device: str = "cpu", sandboxed: bool = True, limits: Limits = Limits(),
+           progress: Callable[[str], None] | None = None, scratch_base: str | None = None,
+           keep_scratch: bool = False, intake_limits: intake.Limits = intake.Limits()) -> ReplayResult:
+    lock = threading.Lock()  # two phases may report at once
+
+    def say(msg: str) -> None:
+        if progress:
+            with lock:
+                progress(msg)
+    upstream, runtime = Path(upstream).resolve(), Path(runtime)
+    if not (upstream / "evaluate.py").is_file():
+        raise ProvError(f"{upstream}: not an upstream checkout (no evaluate.py)")
+    names_file = upstream / NAMES_FILE
+    if not names_file.is_file():
+        raise ProvError(f"{upstream}: no {NAMES_FILE}")
+    if device not in ("cpu", "cuda"):
+        raise ProvError(f"--device {device}: must be cpu or cuda")
+    name = name or default_name(runtime)
+    if not name.isidentifier():
+        raise ProvError(f"--name {name!r}: must be a Python identifier (it becomes submissions.<name>)")
+    for reserved in ("archive", "inflated", "archive.zip"):
+        if os.path.lexists(runtime / reserved):
+            raise ProvError(f"{runtime}: runtime tree ships {reserved!r}, which the evaluator writes")
+    profile = detect_profile(upstream)
+    names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+    want = profile.frames * profile.height * profile.width * 3
+
+    scratch = Path(tempfile.mkdtemp(prefix="prov-replay-", dir=scratch_base))
+    try:
+        say("intake: copying archive.zip into scratch and unzipping it safely")
+        staged = scratch / "archive.zip"
+        _stage(archive, staged)
+        intake.extract(staged, scratch / "unzipped", intake_limits, label=str(archive))
+        say(f"hashing archive and runtime into {store.root}")
+        runtime_d = store.add_as(runtime, "tree", "runtime")
+        archive_d = store.add_as(staged, "file", "archive")
+        layout = _scratch_layout(scratch, upstream, name, sandboxed)
+        store.export(runtime_d.blake3, layout.runtime_copy)  # re-hashed on the way out
+        os.rename(scratch / "unzipped", layout.runtime_copy / "archive")
+        store.copy_out(archive_d.blake3, layout.runtime_copy / "archive.zip")
+        (layout.runtime_copy / "inflated").mkdir()
+        layout.out.mkdir()
+        logs_dir = scratch / "logs"
+        logs_dir.mkdir()
+        unzipped, _ = written_bytes([layout.runtime_copy / "archive"], limits.max_entries)
+        views = phase_views(profile, limits, unzipped + want * len(names) + limits.write_margin)
+        box = Sandbox(layout, device, limits, sandboxed)
+        sub, up = str(layout.submission), str(layout.upstream)
+        inflated_dir = layout.runtime_copy / "inflated"
+
+        def run(label: str, argv: list[str]) -> PhaseResult:
+            say(f"{label}: running{' in the sandbox' if sandboxed else ' WITHOUT a sandbox'}")
+            r = box.run(label, argv, logs_dir, views[label])
+            say(f"{label}: {'done' if r.ok else 'FAILED'} in {r.wall:.1f} s")
+            return r
+
+        def require(r: PhaseResult) -> PhaseResult:
+            if not r.ok:
+                last = (r.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:300]
+                raise ReplayFailed(f"{r.name}: {r.reason}" + (f": {last}" if last else ""))
+            return r
+
+        # Independent work overlaps: the probe runs beside inflate, and the frame illustrations are
+        # made on the host while the evaluator runs (inflate's processes are gone by then).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            probe_argv = [sys.executable, "-s", "-c", PROBE, device]
+            probe_job = pool.submit(run, "probe", probe_argv)
+            inflate = require(run("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated",
+                                              f"{up}/{NAMES_FILE}"]))
+            probe = probe_job.result()
+            if not probe.ok:
+                # Both phases run as one host user, so an inflate that exhausts its process or memory
+                # limits can starve the probe beside it: the probe gets its verdict alone.
+                probe = run("probe", probe_argv)
+            require(probe)
+            raw_check = check_outputs(inflated_dir, names, want, limits.max_entries)
+            frames_job = pool.submit(frame_pngs, profile, upstream, inflated_dir, names)
+            evaluate = require(run("evaluate", [
+                sys.executable, "-s", "evaluate.py", "--submission-dir", sub, "--uncompressed-dir", f"{up}/videos",
+                "--report", f"{box.out_inside}/report.txt", "--video-names-file", f"{up}/{NAMES_FILE}",
+                "--device", device]))
+            pngs = frames_job.result()
+        phases = [probe, inflate, evaluate]
+        try:
+            env_seen = json.loads(probe.stdout.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise ReplayFailed("probe: printed no environment") from None
+        report = read_report(layout.out)
+        from provenance.core import tree as treemod
+        inflated = treemod.walk(inflated_dir, lambda p, s: hash_file(p), allow_unsafe_links=True)
+        log_blobs = {}
+        with store.batch() as b:
+            for r in phases:
+                log_blobs[f"{r.name}.stdout"] = b.put_bytes(r.stdout, "blob")
+                log_blobs[f"{r.name}.stderr"] = b.put_bytes(r.stderr, "blob")
+        env = Environment(device=device, gpu_model=env_seen.get("gpu_model"), driver=env_seen.get("driver"),
+                          cuda=env_seen.get("cuda"), torch=env_seen.get("torch"), python=env_seen.get("python"),
+                          platform=env_seen.get("platform"), sandboxed=sandboxed,
+                          # the allow-list as used, with this machine's Python location left out
+                          sandbox_env={k: v.replace(box.python_bin, "${PYTHON_BIN}") for k, v in box.env.items()})
+        sandbox = SandboxRecord(
+            phases={k: PhaseView(**v.describe(upstream)) for k, v in views.items()} if sandboxed else {},
+            limits={k: v for k, v in limits.as_dict().items() if v is not None},
+            no_new_user_namespaces=box.seccomp is not None)
+        say("adjudicating")
+        record, digest, checks = adjudicate_report(
+            store, report, archive_d, runtime_d, upstream, profile, source="replay", environment=env,
+            timings={r.name: round(r.wall, 3) for r in phases}, inflated=inflated, label=name,
+            extra_checks=[raw_check] + ([] if sandboxed else [Check("sandboxed", False,
+                                                                    "replayed with --no-sandbox: grade capped below A",
+                                                                    "flag")]),
+            logs=log_blobs, sandbox=sandbox,
+            frames=keep_frames(store, profile, upstream, inflated_dir, names, pngs))
+        return ReplayResult(record, digest, checks, phases)
+    finally:
+        if not keep_scratch:
+            remove_tree(scratch)
+
+
+# -- comparison -----------------------------------------------------------------------------
+
+FIELDS = ("canonical_score", "posenet", "segnet", "rate", "samples", "archive_sha256", "runtime_sha256")
+
+
+def expected_from(path: str | Path) -> dict:
+    """The claim to compare with: a release manifest (its statement) or an EvalRecord."""
+    from provenance.core import canonical, signing
+    doc = canonical.load_file(path)
+    if isinstance(doc, dict) and "payload" in doc:
+        st = canonical.loads(signing.b64d(doc["payload"], f"{path}: payload"), f"{path}: payload")
+        p, subj = st["predicate"], {s["name"]: s["digest"] for s in st["subject"]}
+        return {"canonical_score": p["score"]["canonical"], "posenet": p["score"]["posenet"],
+                "segnet": p["score"]["segnet"], "rate": p["score"]["rate"], "samples": p["score"]["samples"],
+                "archive_sha256": subj["archive.zip"]["sha256"], "runtime_sha256": subj["runtime/"].get("prov-tree-v1-sha256", subj["runtime/"].get("sha256"))}
+    if isinstance(doc, dict) and doc.get("schema") == "comma-lab/eval-record/v1":
+        r = doc["result"]
+        return {"canonical_score": r["canonical_score"], "posenet": r["posenet"], "segnet": r["segnet"],
+                "rate": r["rate"], "samples": r["samples"], "archive_sha256": (doc.get("archive") or {}).get("sha256"),
+                "runtime_sha256": (doc.get("runtime", {}).get("tree") or {}).get("sha256")}
+    raise ProvError(f"{path}: neither a release manifest nor an EvalRecord")
+
+
+def compare(record: EvalRecord, expected: dict) -> list[dict]:
+    got = {"canonical_score": record.result.canonical_score, "posenet": record.result.posenet,
+           "segnet": record.result.segnet, "rate": record.result.rate, "samples": record.result.samples,
+           "archive_sha256": record.archive.sha256,
+           "runtime_sha256": record.runtime.tree.sha256 if record.runtime.tree else None}
+    return [{"field": f, "expected": expected.get(f), "replayed": got[f], "same": expected.get(f) == got[f]}
+            for f in FIELDS]

@@ -1,0 +1,494 @@
+"""The bubblewrap sandbox that inflate.sh and the evaluator run in.
+
+Each phase sees a root built from scratch: /usr and the loader's files read-only, the Python
+installation read-only, the upstream checkout read-only at its own path, the runtime copy
+read-only at <upstream>/submissions/<name>/, a size-capped /tmp, and nothing else: no home, no
+store, no keys. What else a phase sees is its `View`: inflate writes archive/ and inflated/ and
+never sees what the profile hides (ground truth, scorer weights: absent, not merely
+unreadable); evaluate sees everything of the upstream, the submission read-only, and writes
+only its own output directory. All namespaces are unshared, so there is no network; a seccomp
+filter refuses new user namespaces, so nothing inside regains capabilities. When the caller
+is root, the user namespace is kept and the command drops to an unprivileged uid of its own with
+no capabilities, so that process-count limits bind (the kernel exempts uid 0 from RLIMIT_NPROC)
+and count this sandbox alone: RLIMIT_NPROC counts a uid's processes host-wide, so a fork bomb
+under a shared uid (nobody) would starve every other sandbox on the machine.
+
+Limits bind the whole phase: a watchdog sums the resident memory of every process of the
+phase plus its /tmp, and the bytes under its writable directories, and kills the PID
+namespace when either crosses its cap (this machine class has cgroup v1 only, so the
+watchdog is the mechanism everywhere).
+"""
+
+
+from __future__ import annotations
+
+import os
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from provenance.core.errors import MissingEnvironment
+
+# uids no account uses (above systemd's container ranges, below the 32-bit overflow uid)
+UID_BASE, UID_SPAN = 0x7000_0000, 1 << 24
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "passwd", "group", "nsswitch.conf",
+             "localtime", "os-release", "debian_version", "mime.types")
+LOG_TAIL = 1 << 20
+
+
+MiB, GiB = 1 << 20, 1 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-phase limits. Defaults follow the official runners (CONTEST.md): 30 minutes, and the
+    16 GB of RAM of the CPU runner for everything a phase holds at once."""
+    timeout: float = 1800.0  # wall clock per phase: the official limit
+    address_space: int | None = 16 * GiB  # per process; None for CUDA, whose drivers reserve vast address space
+    file_size: int = 16 * GiB  # per file; a phase's write cap lowers it
+    processes: int = 1024  # threads count too (torch starts one per core)
+    cpu_seconds: int | None = None  # default: the wall-clock timeout
+    memory: int = 16 * GiB  # every process of the phase together, plus its /tmp
+    tmp_size: int = 2 * GiB  # the phase's private /tmp (a tmpfs, so it is memory)
+    write_margin: int = 64 * MiB  # inflate may write the expected .raw bytes plus this
+    evaluate_writes: int = 64 * MiB  # evaluate writes its report and nothing else of size
+    max_entries: int = 100_000  # files and directories a phase may leave in what it writes
+    poll: float = 0.05  # how often the watchdog looks
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("timeout", "address_space", "file_size", "processes",
+                                              "memory", "tmp_size", "write_margin", "evaluate_writes")}
+
+
+@dataclass(frozen=True)
+class View:
+    """What one phase sees besides the system: the upstream less `hide`, the runtime copy read-only,
+    `writable` subdirectories of the runtime copy, and (`out`) its own output directory."""
+    name: str
+    hide: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
+    out: bool = False
+    write_cap: int | None = None  # bytes the phase may leave in what it writes
+
+    def describe(self, upstream: Path) -> dict:
+        entries = sorted(e for e in os.listdir(upstream) if e != "submissions")
+        return {"sees": [f"upstream/{e}" for e in entries if e not in self.hide]
+                + ["submission/ (read-only)", "/usr, /etc (loader files), python (read-only)", "/tmp (private tmpfs)"],
+                "writes": [f"submission/{d}/" for d in self.writable] + (["output/"] if self.out else []),
+                "hidden": [f"upstream/{e}" for e in self.hide],
+                "write_cap": self.write_cap}
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    argv: list[str]
+    returncode: int | None
+    wall: float
+    reason: str | None  # why it did not succeed, in words
+    stdout: bytes = b""
+    stderr: bytes = b""
+    peak_memory: int = 0
+    written: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.reason is None
+
+
+@dataclass
+class Layout:
+    """Where things are, outside and inside. Without a sandbox, `upstream` is a scratch view of
+    the checkout (a symlink per entry) with the runtime copy really at submissions/<name>."""
+    upstream: Path  # the real checkout (read-only inside, at the same path)
+    name: str
+    runtime_copy: Path  # scratch copy of the runtime tree; holds archive/ and inflated/
+    out: Path  # scratch dir for the report (writable inside at /prov-out, by the evaluate phase only)
+    inside_out: str = "/prov-out"
+
+    @property
+    def submission(self) -> Path:
+        return self.upstream / "submissions" / self.name
+
+
+def bwrap_path() -> str:
+    path = shutil.which("bwrap")
+    if not path:
+        raise MissingEnvironment("bubblewrap is not installed: apt-get install bubblewrap "
+                                 "(or pass --no-sandbox; the record will say so and the grade is capped)")
+    return path
+
+
+def env_allowlist(device: str, python_bin: str) -> dict[str, str]:
+    env = {"PATH": f"{python_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if device == "cuda" and os.environ.get("CUDA_VISIBLE_DEVICES"):
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return env
+
+
+def _python_roots() -> list[str]:
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)))}
+    return sorted(r for r in roots if not r.startswith("/usr/"))
+
+
+# -- no new user namespaces inside: a classic-BPF seccomp filter for bwrap --seccomp ---------------
+
+_ARCH = {  # AUDIT_ARCH and syscall numbers of unshare, clone, clone3, setns
+    "x86_64": (0xC000003E, 272, 56, 435, 308),
+    "aarch64": (0xC00000B7, 97, 220, 435, 268),
+}
+CLONE_NEWUSER = 0x10000000
+
+
+def seccomp_program() -> bytes | None:
+    """unshare/clone with CLONE_NEWUSER and setns fail with EPERM; clone3 with ENOSYS (its flags sit
+    in memory a filter cannot read, and libc then falls back to clone); foreign ABIs fail."""
+    import platform
+    import struct
+    spec = _ARCH.get(platform.machine())
+    if spec is None:
+        return None
+    audit, unshare, clone, clone3, setns = spec
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    prog = [
+        (ld, 0, 0, 4),             # 0: arch
+        (jeq, 1, 0, audit),        # 1: native ABI -> 3
+        (ret, 0, 0, eperm),        # 2
+        (ld, 0, 0, 0),             # 3: syscall number
+        (jge, 0, 1, 0x40000000),   # 4: x32 ABI -> 5, else 6
+        (ret, 0, 0, eperm),        # 5
+        (jeq, 0, 1, clone3),       # 6
+        (ret, 0, 0, enosys),       # 7
+        (jeq, 0, 1, setns),        # 8
+        (ret, 0, 0, eperm),        # 9
+        (jeq, 1, 0, unshare),      # 10: -> 12
+        (jeq, 0, 3, clone),        # 11: neither -> 15
+        (ld, 0, 0, 16),            # 12: low word of the first argument (the flags)
+        (jset, 0, 1, CLONE_NEWUSER),  # 13
+        (ret, 0, 0, eperm),        # 14
+        (ret, 0, 0, allow),        # 15
+    ]
+    return b"".join(struct.pack("<HBBI", *i) for i in prog)
+
+
+# -- the watchdog: whole-phase memory and write caps ---------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _descendants(root: int) -> list[int]:
+    seen, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo += _children(pid)
+    return seen
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _tmp_used(pids: list[int]) -> int:
+    """Bytes in the sandbox's /tmp, seen through a sandboxed process's root."""
+    for pid in pids[1:]:
+        try:
+            v = os.statvfs(f"/proc/{pid}/root/tmp")
+        except OSError:
+            continue
+        return (v.f_blocks - v.f_bfree) * v.f_frsize
+    return 0
+
+
+def written_bytes(dirs: list[Path], max_entries: int) -> tuple[int, int]:
+    """(bytes, entries) under `dirs`: apparent sizes, links not followed, iteratively."""
+    total = entries = 0
+    todo = [os.fsencode(d) for d in dirs]
+    while todo and entries <= max_entries:
+        try:
+            it = os.scandir(todo.pop())
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                entries += 1
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(e.path)
+                    else:
+                        total += e.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+    return total, entries
+
+
+def _size(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+class _Watchdog(threading.Thread):
+    def __init__(self, root: int, limits: Limits, dirs: list[Path], write_cap: int | None, kill, sandboxed: bool):
+        super().__init__(daemon=True)
+        self.root, self.lim, self.dirs, self.write_cap, self.kill = root, limits, dirs, write_cap, kill
+        self.sandboxed = sandboxed
+        self.stop = threading.Event()
+        self.reason: str | None = None
+        self.peak_memory = self.peak_tmp = self.written = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(self.lim.poll):
+            self.reason = self.look()
+            if self.reason:
+                self.kill()
+                return
+
+    def look(self) -> str | None:
+        pids = _descendants(self.root)
+        tmp = _tmp_used(pids) if self.sandboxed else 0
+        mem = sum(_rss(p) for p in pids) + tmp
+        self.peak_memory, self.peak_tmp = max(self.peak_memory, mem), max(self.peak_tmp, tmp)
+        if mem > self.lim.memory:
+            return (f"memory cap: the phase's processes and /tmp held {_size(mem)} ({mem:,} bytes), "
+                    f"cap {self.lim.memory:,} bytes; killed")
+        why = self.writes()
+        return why and f"{why}; killed"
+
+    def writes(self) -> str | None:
+        """The write and entry caps, over what the phase's writable directories hold now."""
+        if self.write_cap is None or not self.dirs:
+            return None
+        n, entries = written_bytes(self.dirs, self.lim.max_entries)
+        self.written = max(self.written, n)
+        if n > self.write_cap:
+            return f"write cap: the phase wrote {n:,} bytes, cap {self.write_cap:,} bytes"
+        if entries > self.lim.max_entries:
+            return f"entry cap: the phase made more than {self.lim.max_entries:,} files and directories"
+        return None
+
+
+class Sandbox:
+    def __init__(self, layout: Layout, device: str = "cpu", limits: Limits = Limits(), enabled: bool = True):
+        self.l, self.device, self.limits, self.enabled = layout, device, limits, enabled
+        self.as_root = os.geteuid() == 0
+        self.python_bin = os.path.dirname(sys.executable)  # the venv's bin (not resolved: keeps site-packages)
+        self.env = env_allowlist(device, self.python_bin)
+        self.seccomp = seccomp_program() if enabled else None
+        if enabled:
+            self.bwrap = bwrap_path()
+        # one uid for the submission's phases (they share its files), another for our own probe
+        self.uid, self.probe_uid = (UID_BASE + secrets.randbelow(UID_SPAN) for _ in range(2))
+        if self.as_root and enabled:  # the sandboxed user must be able to write its outputs
+            for d in (layout.runtime_copy / "archive", layout.runtime_copy / "inflated", layout.out):
+                if d.is_dir():
+                    os.chown(d, self.uid, self.uid)
+
+    # -- the command line -------------------------------------------------------------------
+    @property
+    def out_inside(self) -> str:
+        """The writable output directory as the sandboxed command sees it."""
+        return self.l.inside_out if self.enabled else str(self.l.out)
+
+    def bwrap_args(self, view: View, seccomp_fd: int | None = None) -> list[str]:
+        l = self.l
+        a = [self.bwrap, "--die-with-parent", "--new-session"]
+        if self.as_root:
+            a += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        else:
+            a += ["--unshare-all"]
+        if seccomp_fd is not None:
+            a += ["--seccomp", str(seccomp_fd)]
+        a += ["--ro-bind", "/usr", "/usr"]
+        for d in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
+            if os.path.islink(d):
+                a += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                a += ["--ro-bind", d, d]
+        for f in ETC_FILES:
+            if os.path.exists(f"/etc/{f}"):
+                a += ["--ro-bind", f"/etc/{f}", f"/etc/{f}"]
+        a += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(self.limits.tmp_size),
+              "--tmpfs", "/tmp"]
+        binds: list[tuple[str, str, str]] = [("--ro-bind", r, r) for r in _python_roots()]
+        up = str(l.upstream)
+        for entry in sorted(os.listdir(up)):
+            if entry != "submissions" and entry not in view.hide:
+                binds.append(("--ro-bind", f"{up}/{entry}", f"{up}/{entry}"))
+        subs = l.upstream / "submissions"
+        if subs.is_dir():  # shared files (e.g. __init__.py) stay; other submissions stay out of sight
+            for f in sorted(subs.iterdir()):
+                if f.is_file() and not f.is_symlink():
+                    binds.append(("--ro-bind", str(f), str(f)))
+        sub = str(l.submission)
+        binds.append(("--ro-bind", str(l.runtime_copy), sub))
+        binds += [("--bind", str(l.runtime_copy / d), f"{sub}/{d}") for d in view.writable]
+        if view.out:
+            binds.append(("--bind", str(l.out), l.inside_out))
+        # bwrap makes missing mount points 0700, which the unprivileged user cannot cross
+        made = {"/", "/usr", "/dev", "/proc", "/tmp", "/etc"}
+        for _, _, dst in binds:
+            parts = Path(dst).parts
+            for k in range(2, len(parts)):
+                anc = str(Path(*parts[:k]))
+                if anc not in made:
+                    made.add(anc)
+                    a += ["--perms", "0755", "--dir", anc]
+        for flag, src, dst in binds:
+            a += [flag, src, dst]
+        if self.device == "cuda":
+            for dev in sorted(Path("/dev").glob("nvidia*")):
+                a += ["--dev-bind", str(dev), str(dev)]
+            if os.path.isdir("/sys"):
+                a += ["--ro-bind", "/sys", "/sys"]
+        a += ["--clearenv"]
+        for k, v in self.env.items():
+            a += ["--setenv", k, v]
+        a += ["--chdir", up, "--"]
+        if self.as_root:
+            uid = self.probe_uid if view.name == "probe" else self.uid
+            a += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                  "--inh-caps=-all", "--bounding-set=-all", "--"]
+        return a
+
+    def _limits(self, file_size: int) -> None:  # runs in the child before exec: inherited by everything below
+        lim = self.limits
+        os.setpgrp()
+        if lim.address_space:
+            resource.setrlimit(resource.RLIMIT_AS, (lim.address_space, lim.address_space))
+        cpu = int(lim.cpu_seconds or lim.timeout) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+        resource.setrlimit(resource.RLIMIT_NPROC, (lim.processes, lim.processes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    def writable_dirs(self, view: View) -> list[Path]:
+        return [self.l.runtime_copy / d for d in view.writable] + ([self.l.out] if view.out else [])
+
+    # -- running a phase --------------------------------------------------------------------
+    def run(self, name: str, argv: list[str], logs: Path, view: View | None = None) -> PhaseResult:
+        view = view or View(name)
+        fds: tuple[int, ...] = ()
+        cmd, tmp_r = argv, None
+        if self.enabled:
+            seccomp_fd = None
+            if self.seccomp:
+                seccomp_fd, w = os.pipe()
+                os.write(w, self.seccomp)  # a few hundred bytes: fits the pipe buffer
+                os.close(w)
+            # /tmp dies with the mount namespace: the phase's last act is to say how full it was
+            tmp_r, tmp_w = os.pipe()
+            fds = tuple(fd for fd in (seccomp_fd, tmp_w) if fd is not None)
+            cmd = self.bwrap_args(view, seccomp_fd) + ["bash", "-c", TMP_REPORT.format(fd=tmp_w), name] + argv
+        file_size = min(self.limits.file_size, view.write_cap or self.limits.file_size)
+        out_path, err_path = logs / f"{name}.stdout", logs / f"{name}.stderr"
+        start = time.monotonic()
+        reason, dog = None, None
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                     env=self.env, cwd=str(self.l.upstream), pass_fds=fds,
+                                     preexec_fn=lambda: self._limits(file_size))
+                dog = _Watchdog(p.pid, self.limits, self.writable_dirs(view), view.write_cap,
+                                lambda: self._kill(p), self.enabled)
+                dog.start()
+                for fd in fds:  # the child has its copies; ours would keep the pipe open
+                    os.close(fd)
+                fds = ()
+                try:
+                    rc = p.wait(timeout=self.limits.timeout)
+                except subprocess.TimeoutExpired:
+                    reason = f"timed out after {self.limits.timeout:g} s (wall-clock limit); killed"
+                    self._kill(p)
+                    rc = p.wait()
+                dog.stop.set()
+                dog.join()
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if tmp_r is not None:
+                used = _read_tmp_report(tmp_r)
+                if dog is not None:
+                    dog.peak_tmp = max(dog.peak_tmp, used)
+        wall = time.monotonic() - start
+        reason = dog.reason or reason
+        if reason is None:  # a last look: what it left behind counts too
+            reason = dog.writes()
+        if reason is None and rc != 0:
+            reason = _explain(rc, file_size)
+            if dog.peak_tmp >= self.limits.tmp_size - MiB:
+                reason += f"; /tmp reached its cap of {self.limits.tmp_size:,} bytes"
+        return PhaseResult(name, argv, rc, wall, reason, _tail(out_path), _tail(err_path),
+                           dog.peak_memory, dog.written)
+
+    def _kill(self, p: subprocess.Popen) -> None:
+        # bwrap dies -> its pid-1 child gets SIGKILL (--die-with-parent) -> the pid namespace and
+        # every process in it go too. Without a sandbox, the process group is all we can reach.
+        for target in (lambda: os.killpg(p.pid, signal.SIGKILL), lambda: p.kill()):
+            try:
+                target()
+            except ProcessLookupError:
+                pass
+
+
+TMP_REPORT = '"$@"; rc=$?; stat -f -c "%b %f %S" /tmp >&{fd} 2>/dev/null; exit $rc'
+
+
+def _read_tmp_report(fd: int) -> int:
+    """Bytes used in /tmp as the phase's wrapper last saw them (0 if it said nothing sensible)."""
+    try:
+        os.set_blocking(fd, False)
+        data = os.read(fd, 4096)
+    except OSError:
+        data = b""
+    finally:
+        os.close(fd)
+    try:
+        blocks, free, size = (int(x) for x in data.split(b"\n")[-2].split())
+        return max(0, (blocks - free) * size)
+    except (ValueError, IndexError):
+        return 0
+
+
+def _explain(rc: int, file_size: int) -> str:
+    if rc < 0:
+        sig = signal.Signals(-rc).name
+        why = {"SIGXCPU": "CPU-time limit", "SIGXFSZ": f"file-size cap of {file_size:,} bytes", "SIGKILL": "killed",
+               "SIGSEGV": "crashed"}.get(sig, "signal")
+        return f"terminated by {sig} ({why})"
+    if rc == 128 + signal.SIGXCPU:
+        return "exceeded the CPU-time limit"
+    if rc == 128 + signal.SIGXFSZ:
+        return f"exceeded the file-size cap of {file_size:,} bytes"
+    return f"exited with status {rc}"
+
+
+def _tail(path: Path) -> bytes:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size > LOG_TAIL:
+            f.seek(size - LOG_TAIL)
+        return f.read()

@@ -1,0 +1,1 @@
+"""The content-addressed store: objects, index, refs, fsck, gc. Knows nothing of logs or records."""
