@@ -2,51 +2,18 @@
 
 import filecmp
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, prov_json, run_prov
+from conftest import DVC, prov_json, run_prov, sh
 
 pytest.importorskip("torch")
 # one worker runs the demo lab once (pytest -n: the group stays together)
 pytestmark = pytest.mark.xdist_group("demo_lab")
 
-DVC = Path(sys.executable).parent / "dvc"
 if not DVC.exists():
     pytest.skip("dvc is not installed in the environment", allow_module_level=True)
-ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-ENV.pop("PROV_STORE", None)
-
-
-def sh(*cmd, cwd, check=True):
-    r = subprocess.run([str(c) for c in cmd], cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def clone_worktree(dest: Path) -> Path:
-    """The working tree as git would commit it (tracked and untracked, minus ignored), as a new repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for f in filter(None, files):
-        src = REPO / f
-        if not os.path.lexists(src):
-            continue
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dest / f)
-        else:
-            shutil.copy2(src, dest / f)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
-        sh(*cmd, cwd=dest)
-    return dest
 
 
 def ran(out: str) -> set:

@@ -12,70 +12,15 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
-import pytest
 import rfc8785
 from hypothesis import given, strategies as st
 
-from conftest import RUNTIME_SPEC, make_tree
 from fuzzkit import FUZZ, assert_clean, byte_mutant, cases, each, invoke, json_mutant, library_outcome, mutant
 from provenance.core import signing
-from test_records import report, v1_record
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Keys, a trust policy naming a log key, a record, a checkpoint, a release with log proofs,
-    a legacy v1 record, a verifier state file and a tiny public bundle: each verified clean."""
-    tmp = tmp_path_factory.mktemp("fuzz")
-    fast = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else tmp / "fast"
-    store = fast / "store"
-    (fast / "cases").mkdir(parents=True)
-
-    def ok(*args):
-        res = invoke(["--store", store, *args])
-        assert res.exit_code == 0, (args, res.output)
-        return res
-
-    for k in ("a", "log"):
-        ok("key", "generate", "--out", tmp / k)
-    rt = make_tree(tmp / "runtime", RUNTIME_SPEC)
-    archive = tmp / "archive.zip"
-    archive.write_bytes(os.urandom(2_244_900))
-    (tmp / "report.txt").write_bytes(report())
-    rec = json.loads(ok("adjudicate", tmp / "report.txt", "--archive", archive, "--runtime", rt, "--json").stdout)
-    trust = tmp / "trust.json"
-    ok("trust", "init", "--release-key", tmp / "a/key.pub.pem", "--log-key", tmp / "log/key.pub.pem",
-       "--expires", "2099-01-01T00:00:00Z", "--out", trust)
-    ok("log", "checkpoint", "--key", tmp / "log/key.pem", "--out", tmp / "cp1.note")
-    manifest = tmp / "manifest.json"
-    ok("release", "create", "--record", rec["digest"]["sha256"], "--archive", archive, "--runtime", rt,
-       "--name", "demo", "--key", tmp / "a/key.pem", "--log-key", tmp / "log/key.pem", "--out", manifest)
-    state = tmp / "state.json"
-    ok("verify", "--no-files", manifest, "--trust", trust, "--since", tmp / "cp1.note", "--state", state)
-    legacy_arch = tmp / "legacy.zip"
-    legacy_arch.write_bytes(os.urandom(178_981))
-    legacy_doc = v1_record(rt, legacy_arch)
-    (tmp / "legacy.json").write_text(json.dumps(legacy_doc))
-    ok("import-legacy", tmp / "legacy.json")
-    site = tmp / "site"
-    (site / "evidence").mkdir(parents=True)  # small: every case re-runs the hygiene scan over it
-    (site / "index.html").write_text("<!doctype html><title>lab</title><p>score 4.39</p>\n")
-    (site / "evidence" / "SHA256SUMS").write_text(f"{'ab' * 32}  archive.zip\n")
-    import hashlib
-    files = [{"path": p, "sha256": hashlib.sha256((site / p).read_bytes()).hexdigest()}
-             for p in ("index.html", "evidence/SHA256SUMS")]
-    site_manifest = {"files": files}
-    (site / "public_bundle_manifest.json").write_text(json.dumps(site_manifest))
-    ok("site", "check", site)
-    env = json.loads(manifest.read_bytes())
-    yield dict(tmp=tmp, fast=fast, store=store, rt=rt, archive=archive, trust=trust, manifest=manifest, env=env,
-               statement=json.loads(base64.b64decode(env["payload"])), state=state, cp1=tmp / "cp1.note",
-               legacy=legacy_doc, site=site, site_manifest=site_manifest, key=signing.load_private(tmp / "a/key.pem"))
-    shutil.rmtree(fast, ignore_errors=True)
+from conftest import report
 
 
 class Case:

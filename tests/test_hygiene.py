@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from conftest import prov_json, run_prov
+from conftest import run_prov
 from provenance.core import sanitize
-from test_records import report, v1_record
+from conftest import report, v1_record
 
 # name -> (text as it would be published, a fragment that must not survive)
 LEAKS = {

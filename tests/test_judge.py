@@ -15,7 +15,7 @@ import rfc8785
 
 from conftest import REPO, RUNTIME_SPEC, inproc, make_tree, prov_json, run_prov
 from provenance.core import signing, sshsig
-from test_records import report
+from conftest import report
 
 STOCK_PY = shutil.which("python3", path="/usr/bin:/bin") or sys.executable  # not our venv: any Python 3
 

@@ -16,7 +16,6 @@ from fuzzkit import assert_clean, invoke, library_outcome
 from provenance.core import canonical, signing
 from provenance.core.errors import ProvError
 from provenance.store.objects import Store
-from test_fuzz_inputs import world  # noqa: F401  (the module fixture: keys, trust, release, legacy record)
 
 
 def run(world, *args, code):

@@ -5,7 +5,6 @@ desktop and a phone width."""
 import hashlib
 import json
 import os
-import re
 import shutil
 import struct
 import zlib

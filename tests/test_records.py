@@ -7,39 +7,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import prov_json, run_prov
+from conftest import REPORT, prov_json, report, run_prov, v1_record
 from provenance.contest import rules
-from provenance.records import legacy
 from provenance.contest.rules import OFFICIAL, ReportError, parse_report
 from provenance.records.models import EvalRecord, json_schemas, load_record
 from provenance.store.objects import Store
 
 REPO = Path(__file__).resolve().parent.parent
-
-REPORT = """=== Evaluation config ===
-  batch_size: 16
-  device: cuda
-  num_threads: 2
-  prefetch_queue_depth: 4
-  report: submissions/x/report.txt
-  seed: 1234
-  submission_dir: submissions/x
-  uncompressed_dir: videos
-  video_names_file: public_test_video_names.txt
-=== Evaluation results over {samples} samples ===
-  Average PoseNet Distortion: {pose}
-  Average SegNet Distortion: {seg}
-  Submission file size: {size} bytes
-  Original uncompressed size: {unc} bytes
-  Compression Rate: {rate}
-  Final score: 100*segnet_dist + √(10*posenet_dist) + 25*rate = {score}
-"""
-GOOD = dict(samples=600, pose="0.38042614", seg="0.00946623", size="2,244,900", unc="37,545,489",
-            rate="0.05979147", score="4.39")
-
-
-def report(**over) -> bytes:
-    return REPORT.format(**{**GOOD, **over}).encode()
 
 
 @pytest.fixture
@@ -189,39 +163,6 @@ def test_record_round_trip_through_store(tmp_path, store, archive):
 
 
 # -- comma-lab v1 -----------------------------------------------------------------------------
-
-def v1_record(runtime: Path, archive: Path) -> dict:
-    rows = []
-    for p in sorted(runtime.rglob("*")):
-        if p.is_file() and not p.is_symlink():
-            data = p.read_bytes()
-            rows.append({"relative_path": p.relative_to(runtime).as_posix(), "bytes": len(data),
-                         "sha256": hashlib.sha256(data).hexdigest()})
-    tac = {"runtime_root_name": "submissions/apogee", "files": [], "root": "/teamspace/studios/this_studio/x"}
-    up = {"relative_path": "evaluate.py", "bytes": 1234, "sha256": "ab" * 32}
-    manifest = {"schema": legacy.V1_MANIFEST, "runtime_root": "/teamspace/studios/this_studio/runtime",
-                "runtime_file_count": len(rows), "files": rows, "repo_local_tac_import_manifest": tac,
-                "upstream_evaluate_py": up}
-    manifest["runtime_tree_sha256"] = hashlib.sha256(json.dumps(
-        {"files": rows, "repo_local_tac_import_manifest": tac, "upstream_evaluate_py": up,
-         "runtime_root_name": "submissions/apogee"}, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    data = archive.read_bytes()
-    pose, seg = 0.00017231, 0.00067591
-    rate = len(data) / 37_545_489
-    return {"archive_size_bytes": len(data), "avg_posenet_dist": pose, "avg_segnet_dist": seg,
-            "rate_unscaled": rate, "n_samples": 600,
-            "canonical_score": 100 * seg + math.sqrt(pose * 10) + 25 * rate,
-            "canonical_score_source": "recomputed", "final_score": round(100 * seg + math.sqrt(pose * 10) + 25 * rate, 2),
-            "score_seg_contribution": 100 * seg, "score_pose_contribution": math.sqrt(pose * 10),
-            "score_rate_contribution": 25 * rate,
-            "report_path": "/teamspace/studios/this_studio/work/report.txt", "work_dir": "/home/alice/work",
-            "provenance": {"archive_sha256": hashlib.sha256(data).hexdigest(), "archive_size_bytes": len(data),
-                           "device": "cuda", "gpu_model": "Tesla T4", "gpu_t4_match": True,
-                           "torch_version": "2.5.1", "cuda_version": "12.4", "upstream_commit": "deadbeef",
-                           "started_at_utc": "2026-05-04T12:13:00Z",
-                           "sys_argv": ["/home/alice/venv/bin/python", "eval.py"],
-                           "env_vars": {"HOME": "/root", "HF_TOKEN": "hf_secret"},
-                           "inflate_runtime_manifest": manifest}}
 
 
 @pytest.fixture

@@ -9,33 +9,8 @@ from pathlib import Path
 import pytest
 import rfc8785
 
-from conftest import RUNTIME_SPEC, make_tree, prov_json, run_prov
+from conftest import prov_json, run_prov
 from provenance.core import signing
-from test_records import report
-
-REPORT_OK = report()
-
-
-@pytest.fixture
-def lab(tmp_path):
-    """Three keys, a 1-of-1 trust policy on key a, a record and a signed release."""
-    store = tmp_path / "store"
-    for k in "abc":
-        run_prov("key", "generate", "--out", tmp_path / k, check=0)
-    rt = make_tree(tmp_path / "runtime", RUNTIME_SPEC)
-    archive = tmp_path / "archive.zip"
-    archive.write_bytes(os.urandom(2_244_900))
-    rep = tmp_path / "report.txt"
-    rep.write_bytes(REPORT_OK)
-    rec = prov_json("adjudicate", rep, "--archive", archive, "--runtime", rt, store=store)
-    trust = tmp_path / "trust.json"
-    run_prov("trust", "init", "--release-key", tmp_path / "a/key.pub.pem", "--expires", "2099-01-01T00:00:00Z",
-             "--out", trust, check=0)
-    manifest = tmp_path / "manifest.json"
-    run_prov("release", "create", "--record", rec["digest"]["sha256"], "--archive", archive, "--runtime", rt,
-             "--name", "demo", "--key", tmp_path / "a/key.pem", "--out", manifest, store=store, check=0)
-    return dict(dir=tmp_path, store=store, rt=rt, archive=archive, trust=trust, manifest=manifest,
-                record=rec, key=lambda k: tmp_path / k / "key.pem", pub=lambda k: tmp_path / k / "key.pub.pem")
 
 
 def verify(lab, *extra, manifest=None, trust=None, check=None):

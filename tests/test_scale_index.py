@@ -8,7 +8,7 @@ import time
 
 from blake3 import blake3
 
-from conftest import prov_json, run_prov
+from conftest import prov_json
 from provenance.core import tree as treemod
 from provenance.store.objects import RACY_NS, SCHEMA_VERSION, Store
 

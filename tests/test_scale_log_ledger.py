@@ -4,13 +4,11 @@ import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import prov_json, run_prov
+from conftest import prov_json, record_bytes, run_prov
 from provenance.core import canonical
 from provenance.lab import ledger
-from provenance.lab import ledgerindex
 from provenance.log import logbook
 from provenance.log import translog
-from provenance.records.models import EvalRecord
 from provenance.store.objects import Store
 
 
@@ -34,11 +32,11 @@ def test_release_bundle_stays_small_after_999_releases(tmp_path):
     assert size <= 4096, size
     assert list(bundle["consistency"]) == ["999"]  # from the previous release's checkpoint only
     payload = s.read_bytes(b3)
-    checks = dict((n, ok) for n, ok, _ in logbook.check_release_log(bundle, payload, trusted, notes[-1]))
+    checks = {c.name: c.ok for c in logbook.check_release_log(bundle, payload, trusted, notes[-1])}
     assert checks == {"log_checkpoint": True, "log_inclusion": True, "log_consistency": True}
     # an older checkpoint the bundle does not carry: refused, and told where to get the proof
     old = logbook.check_release_log(bundle, payload, trusted, notes[10])
-    bad = [d for n, ok, d in old if not ok]
+    bad = [c.detail for c in old if not c.ok]
     assert len(bad) == 1 and "prov log consistency" in bad[0]
     # ...which the lab answers on demand, and which verifies
     cp, old_cp = translog.parse_checkpoint(bundle["checkpoint"]), translog.parse_checkpoint(notes[10])
@@ -50,21 +48,13 @@ def test_release_bundle_stays_small_after_999_releases(tmp_path):
     assert sorted(bundle["consistency"], key=int) == ["11", str(cp.size)]
     assert len(json.dumps(bundle)) <= 4096
     checks = logbook.check_release_log(bundle, s.read_bytes(b3), trusted, notes[10])
-    assert all(ok for _n, ok, _d in checks), checks
+    assert all(c.ok for c in checks), checks
     # an old-style bundle (a proof from every checkpoint) still verifies
     legacy = dict(bundle, consistency={str(k): [logbook.b64(h) for h in log.consistency_proof(k, log.size())]
                                        for k in (5, 11, 500)})
     checks = logbook.check_release_log(legacy, s.read_bytes(b3), trusted, notes[499])
-    assert all(ok for _n, ok, _d in checks), checks
+    assert all(c.ok for c in checks), checks
     s.close()
-
-
-def _record(i: int, score: float, grade: str = "A++") -> bytes:
-    doc = {"schema": "comma-lab/eval-record/v1", "profile": "comma-official-v1", "source": "replay",
-           "archive": {"sha256": f"{i:064x}", "size": 1000 + i},
-           "result": {"samples": 1, "posenet": 0.0, "segnet": 0.0, "rate": 0.5, "canonical_score": score},
-           "grade": grade, "axis": "test", "allowed_use": "test", "created_at": "2026-01-01T00:00:00Z"}
-    return EvalRecord.model_validate(doc).canonical_bytes()
 
 
 def _view(runs):
@@ -75,14 +65,14 @@ def _view(runs):
 def test_ledger_rows_incremental_equal_rebuilt_and_full(tmp_path):
     root = tmp_path / "store"
     s = Store(root, create=True)
-    shas = [s.put_bytes(_record(i, 3.0 - i / 10), "record").sha256 for i in range(12)]
+    shas = [s.put_bytes(record_bytes(i, 3.0 - i / 10), "record").sha256 for i in range(12)]
     assert _view(ledger.runs(s)) == _view(ledger._runs_full(s))
     ledger.annotate(s, shas[3], "three", "codec", None)
     ledger.annotate(s, shas[3], None, None, "later notes")
     ledger.verdict(s, shas[0], "promote", "first")
     ledger.verdict(s, shas[5], "promote", "better")
     ledger.verdict(s, shas[2], "reject", "worse")
-    more = [s.put_bytes(_record(i, 5.0), "record").sha256 for i in range(12, 15)]
+    more = [s.put_bytes(record_bytes(i, 5.0), "record").sha256 for i in range(12, 15)]
     ledger.annotate(s, more[1], "late", None, None)
     incremental = _view(ledger.runs(s))
     assert incremental == _view(ledger._runs_full(s))
@@ -107,7 +97,7 @@ def test_ledger_rows_incremental_equal_rebuilt_and_full(tmp_path):
 def test_ledger_rows_follow_gc_and_notes_before_records(tmp_path):
     """A note stored before its record (as a merge may order them) still applies; gc'd runs leave."""
     src = Store(tmp_path / "a", create=True)
-    sha = src.put_bytes(_record(1, 2.0), "record").sha256
+    sha = src.put_bytes(record_bytes(1, 2.0), "record").sha256
     ledger.annotate(src, sha, "merged", None, None)
     dst = Store(tmp_path / "b", create=True)
     note_only = Store(tmp_path / "c", create=True)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import run_prov
-from test_scale_log_ledger import _record
+from conftest import record_bytes
 from provenance.lab import ledger
 from provenance.store.objects import Store
 
@@ -23,7 +23,7 @@ def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "BEST", 3)
     monkeypatch.setattr(plots, "DENSE", 8)  # past this many runs, the plot draws a density
     s = Store(tmp_path / "store", create=True)
-    shas = [s.put_bytes(_record(i, 3.0 - i / 100), "record").sha256 for i in range(27)]
+    shas = [s.put_bytes(record_bytes(i, 3.0 - i / 100), "record").sha256 for i in range(27)]
     ledger.annotate(s, shas[4], "four", None, "first notes")
     ledger.verdict(s, shas[20], "promote", "best so far")
     out = tmp_path / "public"
@@ -39,7 +39,7 @@ def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
     assert "<image" in index  # the density, rasterized into the SVG
     assert run_prov("site", "check", out).returncode == 0
     # one new run: its record (and the frontier's) the only ones read, only the files that changed scanned
-    shas.append(s.put_bytes(_record(99, 0.5), "record").sha256)
+    shas.append(s.put_bytes(record_bytes(99, 0.5), "record").sha256)
     reads, scanned = [], []
     real_load, real_scan = ledger.load_record, sanitize.scan_text
     monkeypatch.setattr(ledger, "load_record", lambda data, where: reads.append(where) or real_load(data, where))
@@ -58,7 +58,7 @@ def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
     idx = tmp_path / "store" / "index.sqlite"
     s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before = (idx.read_bytes(), s.db.total_changes)
-    s.put_bytes(_record(100, 0.4), "record")
+    s.put_bytes(record_bytes(100, 0.4), "record")
     s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before = (idx.read_bytes(), s.db.total_changes)
     build.build_site(s, out)

@@ -11,7 +11,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import make_tree, prov_json, run_prov, RUNTIME_SPEC
-from test_records import v1_record
+from conftest import v1_record
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("jinja2")

@@ -7,7 +7,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -252,7 +251,7 @@ def test_export_refuses_a_stored_chain_that_escapes(tmp_path, store):
 # -- kinds ----------------------------------------------------------------------------------------
 
 def _record_bytes(tmp_path) -> bytes:
-    from test_records import report
+    from conftest import report
     (tmp_path / "report.txt").write_bytes(report())
     (tmp_path / "archive.zip").write_bytes(os.urandom(2_244_900))
     other = tmp_path / "other-store"

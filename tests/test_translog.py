@@ -11,7 +11,6 @@ import pytest
 from conftest import prov_json, run_prov
 from provenance.log import translog as t
 from provenance.store.objects import Store
-from test_release import lab  # noqa: F401  (the release fixture, reused)
 
 # Published RFC 6962 reference vectors (certificate-transparency / transparency-dev merkle testonly).
 LEAVES = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43",

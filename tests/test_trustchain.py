@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from conftest import RUNTIME_SPEC, inproc, make_tree, prov_json, run_prov
+from conftest import RUNTIME_SPEC, inproc, make_tree, run_prov
 from provenance.core import signing
-from test_records import report
+from conftest import report
 
 FAR = "2099-01-01T00:00:00Z"
 

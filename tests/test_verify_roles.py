@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import RUNTIME_SPEC, make_tree, prov_json, run_prov
-from test_records import report
+from conftest import report
 
 
 @pytest.fixture(scope="module")

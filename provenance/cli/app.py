@@ -302,7 +302,7 @@ def gc(ctx, grace, dry_run, as_json):
 
 def _record_out(record, digest, checks, as_json: bool) -> None:
     out = {"record": record.to_json_obj(), "digest": {"sha256": digest.sha256, "blake3": digest.blake3},
-           "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
+           "checks": [c.brief() for c in checks]}
 
     def human() -> str:
         r = record.result
@@ -430,7 +430,7 @@ def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, r
                       --log-key log/key.pub.pem --expires 2027-12-31T00:00:00Z --out trust.json
     """
     from provenance.core.files import write_json
-    from provenance.release.create import trust_policy
+    from provenance.release.trust import trust_policy
     policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version, list(root_keys),
                           root_threshold)
     write_json(out, policy.model_dump(mode="json", by_alias=True, exclude_none=True))
@@ -492,7 +492,7 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
     env, stmt = create_release(store, record_ref, archive, runtime, name, key_path, passphrase_file, expires,
                                log_key, since_note=since_note)
     write_json(out, env)
-    from provenance.release.create import statement_of
+    from provenance.records.envelope import statement_of
     pred = statement_of(env)["predicate"]
     emit({"manifest": out, "statement": {"sha256": stmt.sha256, "blake3": stmt.blake3},
           "name": name, "version": pred["version"]}, as_json,
@@ -509,7 +509,7 @@ def release_sign(manifest, key_path, passphrase_file, as_json):
     """Add a co-signature to an existing manifest (in place, atomically)."""
     from provenance.core.files import write_json
     from provenance.release.create import cosign
-    from provenance.release.verify import read_envelope
+    from provenance.records.envelope import read_envelope
     env, _ = read_envelope(manifest)
     out = cosign(env, key_path, passphrase_file)
     write_json(manifest, out)
@@ -534,7 +534,7 @@ def export_checksums(manifest, runtime, archive, out_dir, as_json):
       cd judge/ && sha256sum -c SHA256SUMS && b3sum -c B3SUMS && python3 tree_digest.py --check statement.json
     """
     from provenance.release.create import write_judge_files as run
-    from provenance.release.verify import read_envelope
+    from provenance.records.envelope import read_envelope
     env, _ = read_envelope(manifest)
     files = [str(f) for f in run(env, runtime, out_dir, archive)]
     emit({"written": files}, as_json, "\n".join(f"wrote {f}" for f in files))
@@ -657,7 +657,7 @@ def log_consistency(ctx, old, new, trust_path, as_json):
     from provenance.log.translog import open_log, parse_checkpoint, verify_checkpoint, verify_consistency
     notes = [read_note(old), read_note(new)]
     if trust_path:
-        from provenance.release.verify import load_trust
+        from provenance.release.trust import load_trust
         t = load_trust(trust_path, None)
         cps = [verify_checkpoint(n, {k: t.keys[k][1] for k in t.log})[0] for n in notes]
     else:
@@ -740,7 +740,7 @@ def replay(ctx, archive, runtime, upstream, name, device, compare_path, no_sandb
     verdict = None if diff is None else ("REPRODUCED" if all(d["same"] for d in diff) else "MISMATCH")
     if as_json:
         out = {"record": res.record.to_json_obj(), "digest": {"sha256": res.digest.sha256, "blake3": res.digest.blake3},
-               "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in res.checks]}
+               "checks": [c.brief() for c in res.checks]}
         if diff is not None:
             out["compare"] = {"verdict": verdict, "fields": diff}
         emit(out, True)

@@ -51,7 +51,7 @@ def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold
       prov verify manifest.json --trust trust.json --trust-chain chain/ --archive archive.zip --runtime runtime/
     """
     from provenance.core.files import write_json
-    from provenance.release.trustchain import rotate
+    from provenance.release.trust import rotate
     doc = rotate(current, list(signing_keys), expires, list(release_keys) or None, threshold, list(log_keys) or None,
                  list(root_keys) or None, root_threshold, passphrase_file)
     write_json(out, doc)
@@ -72,8 +72,8 @@ def trust_allowed_signers(trust_file, out, as_json):
       prov trust allowed-signers trust.json --out allowed_signers
       ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n comma-lab-release -s statement.json.sig < statement.json
     """
-    from provenance.release.create import allowed_signers
-    from provenance.release.verify import read_trust_doc
+    from provenance.release.trust import allowed_signers
+    from provenance.release.trust import read_trust_doc
     text = allowed_signers(read_trust_doc(trust_file))
     if out:
         from provenance.core.files import write_atomic

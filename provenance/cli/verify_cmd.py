@@ -27,7 +27,8 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
         key_signs_log=False) -> int:
     """Verify, print the checklist (or JSON); the exit code. Raises ProvError on bad input."""
     from provenance.core.clock import parse_time
-    from provenance.release.verify import load_trust, verify_manifest
+    from provenance.release.verify import verify_manifest
+    from provenance.release.trust import load_trust
     if no_files and (archive or runtime):
         raise ProvError("--no-files contradicts --archive/--runtime: drop one")
     if not no_files and not (archive and runtime):
@@ -42,7 +43,7 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
         raise ProvError("--trust-chain walks from a pinned --trust trust.json")
     trust_ = load_trust(trust_path, key_path, log_key_path, chain_dir, key_signs_log)
     if state and trust_.chain:
-        from provenance.release.trustchain import check_trust_state
+        from provenance.release.trust import check_trust_state
         check_trust_state(state, trust_)
     at = parse_time(at_time, "--at") if at_time else None
     since = None
@@ -51,11 +52,11 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
         since = read_note(since_path)
     out = verify_manifest(manifest, trust_, archive, runtime, record, at, state, since)
     if as_json:
-        print(json.dumps({"ok": out.ok, "checks": out.checks, "files_checked": out.files_checked,
+        print(json.dumps({"ok": out.ok, "checks": [c.brief() for c in out.checks], "files_checked": out.files_checked,
                           "not_checked": out.not_checked, "trust_version": trust_.version,
                           "trust_chain": trust_.chain}, indent=2, sort_keys=True))
         return 0 if out.ok else 1
-    lines = [f"{'✓' if c['ok'] else '✗'} {c['name']}: {c['detail']}" for c in out.checks]
+    lines = [f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}" for c in out.checks]
     lines += [f"- {n}: not checked (--no-files)" for n in out.not_checked]
     if out.ok and out.statement:
         p = out.statement["predicate"]

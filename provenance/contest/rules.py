@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from provenance.core.checks import NOT_CHECKED, Check
 from provenance.core.errors import ProvError
 
 MAX_REPORT_BYTES = 1 << 20
@@ -187,20 +188,6 @@ def read_report(path: str | Path) -> tuple[bytes, Report]:
 
 
 # -- adjudication checks ----------------------------------------------------------------------
-
-NOT_CHECKED = "not-checked"  # severity of a check that could not run (e.g. no archive given); ok is False
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    severity: str = "error"  # "error": contradicts the evidence; "flag": a softer finding; NOT_CHECKED
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, "severity": self.severity}
-
 
 def canonical_score(profile: Profile, r: Report) -> float:
     """From the printed 8-decimal components, in the evaluator's order (CONTEST.md)."""

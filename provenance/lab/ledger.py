@@ -12,6 +12,7 @@ from provenance.core.clock import now_rfc3339
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.store.objects import Store
 from provenance.log.translog import log_object
+from provenance.records.envelope import statement_bytes
 
 if TYPE_CHECKING:
     from provenance.records.models import EvalRecord
@@ -214,7 +215,7 @@ def release_of(store: Store, record_sha256: str) -> dict | None:
     for name, b3 in store.list_refs():
         if not name.startswith("releases/"):
             continue
-        st = canonical.loads(store.read_bytes(b3), name)
+        st = statement_bytes(store.read_bytes(b3), name)
         if st["predicate"]["record"]["sha256"] == record_sha256:
             if best is None or st["predicate"]["version"] > best["predicate"]["version"]:
                 best = st

@@ -46,11 +46,11 @@ def _ensure_key(path: Path) -> Path:
 def _trust(keys: Path, trust: Path) -> None:
     """Keep the committed policy when it already names our keys; otherwise (a fresh clone makes
     its own lab keys) write a policy for them."""
-    from provenance.release.create import trust_policy
+    from provenance.release.trust import read_trust_doc, trust_policy
     from provenance.core.signing import keyid, load_public
     release_pub, log_pub = keys / "release/key.pub.pem", keys / "log/key.pub.pem"
     if trust.exists():
-        doc = json.loads(trust.read_text())
+        doc = read_trust_doc(trust)
         have = {k["keyid"] for k in doc.get("keys", {}).values()}
         if {keyid(load_public(release_pub)), keyid(load_public(log_pub))} <= have:
             return
@@ -61,7 +61,8 @@ def _trust(keys: Path, trust: Path) -> None:
 
 def release_all(names: list[str], replays: Path, submissions: Path, store_dir: Path, out: Path,
                 trust: Path, keys: Path, plot: Path, sweep: dict | None = None) -> list[dict]:
-    from provenance.release.create import create_release, statement_of, write_judge_files
+    from provenance.records.envelope import statement_of
+    from provenance.release.create import create_release, write_judge_files
     _ensure_key(keys / "release")
     _ensure_key(keys / "log")
     _trust(keys, trust)
@@ -103,14 +104,15 @@ def release_all(names: list[str], replays: Path, submissions: Path, store_dir: P
 
 
 def verify_all(names: list[str], releases: Path, submissions: Path, trust: Path, out: Path) -> bool:
-    from provenance.release.verify import load_trust, verify_manifest
+    from provenance.release.verify import verify_manifest
+    from provenance.release.trust import load_trust
     t = load_trust(str(trust), None)
     results, ok = {}, True
     for name in names:
         sub, rel = submissions / name, releases / name
         o = verify_manifest(rel / "manifest.json", t, str(sub / "archive.zip"), str(sub / "runtime"),
                             str(rel / "record.json"))
-        results[name] = {"ok": o.ok, "checks": o.checks}
+        results[name] = {"ok": o.ok, "checks": [c.brief() for c in o.checks]}
         ok &= o.ok
     write_json(out, {"ok": ok, "releases": results})
     return ok

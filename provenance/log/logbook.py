@@ -13,6 +13,7 @@ import base64
 import hashlib
 
 from provenance.log import translog
+from provenance.core.checks import Check
 from provenance.core.errors import ProvError
 
 
@@ -61,19 +62,24 @@ def release_log_bundle(store, statement_b3: str, key, since_note: str | None = N
     }
 
 
-def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note: str | None) -> list[tuple]:
-    """Checks (name, ok, detail) for a manifest's log bundle; raise nothing on failure."""
+def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note: str | None,
+                      threshold: int = 1) -> list[Check]:
+    """The checks of a manifest's log bundle; raise nothing on failure. The checkpoint needs
+    `threshold` distinct trusted log keys (the trust policy's log role)."""
     from blake3 import blake3
     out = []
     if not isinstance(bundle, dict) or not isinstance(bundle.get("checkpoint"), str):
-        return [("log_checkpoint", False, "manifest carries no log checkpoint")]
+        return [Check("log_checkpoint", False, "manifest carries no log checkpoint")]
     if not trusted_log_keys:
-        return [("log_checkpoint", False, "the trust policy names no log key")]
+        return [Check("log_checkpoint", False, "the trust policy names no log key")]
     try:
         cp, good = translog.verify_checkpoint(bundle["checkpoint"], trusted_log_keys)
-        out.append(("log_checkpoint", True, f"{cp.origin} size {cp.size} signed by {len(good)} trusted log key(s)"))
+        if len(good) < threshold:
+            return [Check("log_checkpoint", False, f"{cp.origin} size {cp.size} signed by {len(good)} of {threshold} "
+                                                   "required distinct log key(s)")]
+        out.append(Check("log_checkpoint", True, f"{cp.origin} size {cp.size} signed by {len(good)} trusted log key(s)"))
     except translog.LogProofError as e:
-        return [("log_checkpoint", False, str(e))]
+        return [Check("log_checkpoint", False, str(e))]
     try:
         leaf = unb64(bundle.get("leaf"), "log leaf")
         want = translog.entry_bytes("statement", hashlib.sha256(payload).hexdigest(), blake3(payload).hexdigest())
@@ -81,9 +87,9 @@ def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note
             raise translog.LogProofError("logged entry is not this manifest's statement")
         proof = [unb64(h, "inclusion proof") for h in _list(bundle.get("inclusion", []), "inclusion proof")]
         translog.verify_inclusion(translog.leaf_hash(leaf), bundle.get("index"), cp.size, proof, cp.root)
-        out.append(("log_inclusion", True, f"statement is leaf {bundle['index']} of {cp.size}"))
+        out.append(Check("log_inclusion", True, f"statement is leaf {bundle['index']} of {cp.size}"))
     except translog.LogProofError as e:
-        out.append(("log_inclusion", False, str(e)))
+        out.append(Check("log_inclusion", False, str(e)))
     if since_note is not None:
         try:
             old, _ = translog.verify_checkpoint(since_note, trusted_log_keys)
@@ -101,9 +107,9 @@ def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note
                         f"prov log consistency OLD NEW")
                 proof = [unb64(h, "consistency proof") for h in _list(raw, "consistency proof")]
             translog.verify_consistency(old.size, cp.size, proof, old.root, cp.root)
-            out.append(("log_consistency", True, f"log grew from {old.size} to {cp.size} without rewriting"))
+            out.append(Check("log_consistency", True, f"log grew from {old.size} to {cp.size} without rewriting"))
         except translog.LogProofError as e:
-            out.append(("log_consistency", False, str(e)))
+            out.append(Check("log_consistency", False, str(e)))
     return out
 
 

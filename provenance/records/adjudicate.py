@@ -8,7 +8,8 @@ from pathlib import Path
 
 from provenance.contest import rules
 from provenance.core.clock import now_rfc3339
-from provenance.contest.rules import Check, Profile
+from provenance.contest.rules import Profile
+from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file
 from provenance.core.errors import ProvError
 from provenance.records.models import (BlobDigest, CheckResult, Environment, EvalRecord, Result, Runtime, SandboxRecord,

@@ -18,7 +18,7 @@ from provenance.core import canonical
 from provenance.contest import rules
 from provenance.core.clock import now_rfc3339
 from provenance.records.adjudicate import blob_model, save_record, tree_model
-from provenance.contest.rules import Check
+from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file
 from provenance.core.errors import ProvError
 from provenance.records.models import BlobDigest, CheckResult, Environment, EvalRecord, Result, Runtime, Upstream

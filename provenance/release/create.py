@@ -10,10 +10,10 @@ from provenance.core.clock import now_rfc3339
 from provenance.core.digest import Digest
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.core.files import write_atomic
-from provenance.records.models import (DigestSet, TreeDigestSet, EvalRecord, ReleasePredicate, Score, Statement, Subject, TrustedKey,
-                     TrustPolicy, Role, load_record)
+from provenance.records.models import (DigestSet, TreeDigestSet, EvalRecord, ReleasePredicate, Score, Statement, Subject, load_record)
 from provenance.store.objects import Store
 from provenance.log.translog import log_object, open_log
+from provenance.records.envelope import envelope_shape, payload_of, statement_bytes, statement_of, subject_digests
 
 TREE_ANNOTATION = {"digestAlgorithm": "prov-tree-v1"}
 
@@ -28,10 +28,6 @@ def resolve_record(store: Store, ref: str) -> tuple[EvalRecord, Digest]:
         raise ProvError(f"{ref}: not an evaluation record (it is a {info.kind})")
     data = store.read_bytes(info.blake3)
     return load_record(data, ref), Digest(info.sha256, info.blake3, info.size)
-
-
-def statement_of(envelope: dict) -> dict:
-    return canonical.loads(signing.b64d(envelope["payload"], "payload"), "payload")
 
 
 def create_release(store: Store, record_ref: str, archive: str | Path, runtime: str | Path, name: str,
@@ -59,7 +55,7 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     prev_b3 = store.get_ref(ref)
     version, previous = 1, None
     if prev_b3:
-        prev = canonical.loads(store.read_bytes(prev_b3), ref)
+        prev = statement_bytes(store.read_bytes(prev_b3), ref)
         version = prev["predicate"]["version"] + 1
         previous = store.info(prev_b3).sha256
     res = record.result
@@ -91,10 +87,8 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
 
 def cosign(manifest: dict, key_path: str | Path, passphrase_file=None) -> dict:
     key = signing.load_private(key_path, passphrase_file)
-    payload = signing.b64d(manifest.get("payload", ""), "payload")
-    ptype = manifest.get("payloadType")
-    if not isinstance(ptype, str) or not isinstance(manifest.get("signatures"), list):
-        raise ProvError("manifest: not a DSSE envelope (payloadType, signatures)")
+    payload = payload_of(envelope_shape(manifest, "manifest"))
+    ptype = manifest["payloadType"]
     kid = signing.keyid(key.public_key())
     if signing.verified_keys(ptype, payload, manifest["signatures"], {kid: key.public_key()}):
         raise ProvError(f"manifest: already signed by key {kid[:16]}")
@@ -117,7 +111,6 @@ def export_checksums(manifest: dict, runtime: str | Path, out_dir: str | Path,
     checksum files: tree_digest.py covers them."""
     from provenance.core import tree as treemod
     from provenance.core.digest import hash_file
-    from provenance.release.verify import subject_digests
     subjects = subject_digests(statement_of(manifest))
     if "archive.zip" not in subjects or "runtime/" not in subjects:
         raise ProvError("manifest: statement lacks the archive.zip and runtime/ subjects")
@@ -147,7 +140,7 @@ def write_judge_files(manifest: dict, runtime: str | Path, out_dir: str | Path,
     from provenance.core import sshsig
     out = Path(out_dir)
     files = export_checksums(manifest, runtime, out, archive)
-    payload = signing.b64d(manifest["payload"], "payload")
+    payload = payload_of(manifest)
     write_atomic(out / "statement.json", payload)
     files.append(out / "statement.json")
     for stale in out.glob("statement.json*.sig"):  # a signer of an earlier export must not linger
@@ -162,45 +155,3 @@ def write_judge_files(manifest: dict, runtime: str | Path, out_dir: str | Path,
     return files
 
 
-def allowed_signers(trust_doc: dict) -> str:
-    """OpenSSH allowed_signers for the release role of a trust policy (namespace comma-lab-release)."""
-    from provenance.core import sshsig
-    lines = []
-    for name in trust_doc["roles"]["release"]["keys"]:
-        k = trust_doc["keys"][name]
-        pub = signing.load_public_pem(k["public_key"], f"trust policy key {name}")
-        lines.append(sshsig.allowed_signers_line(k["keyid"], signing.raw_public(pub)))
-    return "\n".join(lines) + "\n"
-
-
-def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], expires: str,
-                 version: int = 1, root_keys: list[str] | None = None, root_threshold: int = 1) -> TrustPolicy:
-    from provenance.log.translog import NOTE_KEY_NAME, note_verifier
-    keys: dict[str, TrustedKey] = {}
-    names: dict[str, list[str]] = {"release": [], "log": [], "root": []}
-    for role, paths in (("release", release_keys), ("log", log_keys), ("root", root_keys or [])):
-        for p in paths:
-            pub = signing.load_public(p)
-            kid = signing.keyid(pub)
-            name = next((n for n, k in keys.items() if k.keyid == kid), None)
-            if name is None:
-                name = f"{Path(p).stem.replace('.pub', '')}-{kid[:8]}"
-                keys[name] = TrustedKey(keyid=kid, public_key=signing.public_pem(pub))
-            if role == "log":  # publish what Go's note package needs to check our checkpoints
-                keys[name] = keys[name].model_copy(update={
-                    "note_verifier": note_verifier(NOTE_KEY_NAME, signing.raw_public(pub))})
-            names[role].append(name)
-    if not names["release"]:
-        raise ProvError("a trust policy needs at least one release key")
-    if not 1 <= threshold <= len(set(names["release"])):
-        raise ProvError(f"threshold {threshold} must be between 1 and {len(set(names['release']))}")
-    from provenance.core.clock import parse_time
-    parse_time(expires, "--expires")
-    roles = {"release": Role(keys=sorted(set(names["release"])), threshold=threshold)}
-    if names["log"]:
-        roles["log"] = Role(keys=sorted(set(names["log"])), threshold=1)
-    if names["root"]:
-        if not 1 <= root_threshold <= len(set(names["root"])):
-            raise ProvError(f"root threshold {root_threshold} must be between 1 and {len(set(names['root']))}")
-        roles["root"] = Role(keys=sorted(set(names["root"])), threshold=root_threshold)
-    return TrustPolicy(version=version, expires=expires, keys=keys, roles=roles, issued_at=now_rfc3339())

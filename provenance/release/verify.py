@@ -15,16 +15,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from provenance.records import jsonschema_lite
+from provenance.records.envelope import payload_of, read_envelope, subject_digests
 from provenance.core import signing
 from provenance.core.canonical import loads_tracking
 from provenance.core.files import write_json
+from provenance.core.checks import Check
 from provenance.core.clock import format_time, parse_time
 from provenance.core.errors import ProvError
+from provenance.release.trust import Trust
 
 
 @dataclass
 class Outcome:
-    checks: list[dict] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     statement: dict | None = None
     not_checked: list[str] = field(default_factory=list)  # file checks the caller did not ask for
 
@@ -33,155 +36,48 @@ class Outcome:
         return not self.not_checked
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append({"name": name, "ok": bool(ok), "detail": detail})
+        self.checks.append(Check(name, bool(ok), detail))
         return ok
 
     @property
     def ok(self) -> bool:
-        return bool(self.checks) and all(c["ok"] for c in self.checks)
-
-
-@dataclass
-class Trust:
-    keys: dict[str, tuple[str, object]]  # keyid -> (name, public key)
-    release: set[str]
-    threshold: int
-    log: set[str]
-    expires: datetime | None
-    source: str
-    log_required: bool = False
-    no_log_key: str = "the trust policy names no log key"  # why `log` is empty, for the failing check
-    version: int = 1
-    chain: list[int] = field(default_factory=list)  # versions walked from the pinned one (--trust-chain)
-
-
-def subject_digests(stmt: dict) -> dict[str, tuple[str | None, str | None]]:
-    """{subject name: (sha256, blake3)}; a tree's digest is read under its own algorithm's keys
-    (`prov-tree-v1-sha256`) or, for releases made before those keys, under plain `sha256`."""
-    out = {}
-    for s in stmt.get("subject", []):
-        d = s.get("digest", {})
-        out[s.get("name")] = (d.get("prov-tree-v1-sha256", d.get("sha256")),
-                              d.get("prov-tree-v1-blake3", d.get("blake3")))
-    return out
-
-
-def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str | None = None,
-               chain_dir: str | None = None, key_signs_log: bool = False) -> Trust:
-    if key_path:  # one release key (threshold 1); the log role only by --log-key or --key-signs-log
-        if log_key_path and key_signs_log:
-            raise ProvError("give --log-key or --key-signs-log, not both")
-        pub = signing.load_public(key_path)
-        kid = signing.keyid(pub)
-        keys = {kid: (Path(key_path).name, pub)}
-        # roles stay apart: a release key is never taken for the log's unless the judge says so
-        log = {kid} if key_signs_log else set()
-        if log_key_path:
-            lpub = signing.load_public(log_key_path)
-            log = {signing.keyid(lpub)}
-            keys[signing.keyid(lpub)] = (Path(log_key_path).name, lpub)
-        return Trust(keys, {kid}, 1, log, None, str(key_path), log_required=bool(log_key_path or key_signs_log),
-                     no_log_key="--key pins the release key only: give --log-key LOG.pub, or --key-signs-log "
-                                "if the release key also signs the log")
-    if not trust_path:
-        raise ProvError("give --trust trust.json or --key pub.pem: whom do you trust?")
-    doc = read_trust_doc(trust_path)
-    chain = []
-    if chain_dir is not None:
-        from provenance.release.trustchain import walk_chain
-        doc, chain = walk_chain(doc, chain_dir, trust_path)
-        trust_path = f"{chain_dir} (v{doc['version']})"
-    t = trust_from_doc(doc, str(trust_path))
-    t.chain = chain
-    return t
-
-
-def read_trust_doc(trust_path: str | Path) -> dict:
-    try:
-        data = Path(trust_path).read_bytes()
-    except OSError as e:
-        raise ProvError(f"{trust_path}: {e.strerror}") from None
-    doc, dupes = loads_tracking(data, str(trust_path))
-    errs = (["duplicate keys " + ", ".join(dupes)] if dupes else []) + jsonschema_lite.validate(doc, "trust-policy.v1.json")
-    if errs:
-        raise ProvError(f"{trust_path}: not a valid trust policy ({errs[0]})")
-    return doc
-
-
-def role_keys(doc: dict, r: str, where: str) -> tuple[dict[str, object], int]:
-    """{keyid: public key} and threshold of a role; `root` defaults to the release role."""
-    spec = doc["roles"].get(r) or (doc["roles"].get("release") if r == "root" else None)
-    if spec is None:
-        return {}, 0
-    out = {}
-    for n in spec["keys"]:
-        k = doc["keys"].get(n)
-        if k is None:
-            raise ProvError(f"{where}: role {r} names unknown key {n!r}")
-        pub = signing.load_public_pem(k["public_key"], f"{where}: key {n}")
-        if signing.keyid(pub) != k["keyid"]:
-            raise ProvError(f"{where}: key {n}: keyid does not match its public key")
-        out[k["keyid"]] = pub
-    if spec["threshold"] > len(out):
-        raise ProvError(f"{where}: role {r} threshold {spec['threshold']} exceeds its {len(out)} key(s)")
-    return out, spec["threshold"]
-
-
-def trust_from_doc(doc: dict, trust_path: str) -> Trust:
-    keys = {}
-    by_name = {}
-    for name, k in doc["keys"].items():
-        pub = signing.load_public_pem(k["public_key"], f"{trust_path}: key {name}")
-        if signing.keyid(pub) != k["keyid"]:
-            raise ProvError(f"{trust_path}: key {name}: keyid does not match its public key")
-        if k.get("note_verifier") is not None:
-            from provenance.log.translog import note_verifier
-            nv = k["note_verifier"]
-            if note_verifier(nv.split("+", 1)[0], signing.raw_public(pub)) != nv:
-                raise ProvError(f"{trust_path}: key {name}: note_verifier does not match its public key")
-        keys[k["keyid"]] = (name, pub)
-        by_name[name] = k["keyid"]
-
-    def role(r: str) -> tuple[set[str], int]:
-        spec = doc["roles"].get(r)
-        if spec is None:
-            return set(), 0
-        missing = [n for n in spec["keys"] if n not in by_name]
-        if missing:
-            raise ProvError(f"{trust_path}: role {r} names unknown key(s) {missing}")
-        ids = {by_name[n] for n in spec["keys"]}
-        if spec["threshold"] > len(ids):
-            raise ProvError(f"{trust_path}: role {r} threshold {spec['threshold']} exceeds its {len(ids)} key(s)")
-        return ids, spec["threshold"]
-    release, threshold = role("release")
-    if not release:
-        raise ProvError(f"{trust_path}: no release role")
-    log, _ = role("log")
-    role("root")  # a malformed root role makes the policy unreadable, used or not
-    return Trust(keys, release, threshold, log, parse_time(doc["expires"], f"{trust_path}: expires"),
-                 str(trust_path), log_required=bool(log), version=doc["version"])
-
-
-def read_envelope(path: str | Path) -> tuple[dict, list[str]]:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ProvError(f"{path}: {e.strerror}") from None
-    env, dupes = loads_tracking(data, str(path))
-    if not isinstance(env, dict) or not isinstance(env.get("payload"), str) \
-            or not isinstance(env.get("payloadType"), str) or not isinstance(env.get("signatures"), list):
-        raise ProvError(f"{path}: not a DSSE envelope (needs payload, payloadType, signatures)")
-    return env, dupes
+        return bool(self.checks) and all(c.ok for c in self.checks)
 
 
 def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = None, runtime: str | None = None,
                     record: str | None = None, at: datetime | None = None, state: str | None = None,
                     since: str | None = None) -> Outcome:
+    """The judge's checklist: authenticate the envelope against the release keys, then appraise
+    what it says against the trust policy and the files."""
     out = Outcome()
     env, env_dupes = read_envelope(manifest)
-    payload = signing.b64d(env["payload"], f"{manifest}: payload")
-    ptype = env["payloadType"]
+    verified = authenticate(env, trust, out, env_dupes, judge_dir=Path(manifest).parent, where=str(manifest))
+    if verified is not None:
+        appraise(verified, trust, out, archive=archive, runtime=runtime, record=record, at=at, state=state,
+                 since=since)
+    return out
 
+
+@dataclass
+class Verified:
+    """What authentication established: these payload bytes, signed by these trusted release keys,
+    parse strictly into a statement of the release schema."""
+    envelope: dict
+    payload: bytes
+    statement: dict
+    signers: set[str]
+
+
+def authenticate(env: dict, trust: Trust, out: Outcome, env_dupes: list[str] = (), judge_dir: Path | None = None,
+                 where: str = "manifest") -> Verified | None:
+    """Mechanism (sigstore's Verifier): signatures over the PAE by the release role's keys, its
+    threshold of distinct keys, the payload type, strict canonical JSON, the statement schema, and
+    the OpenSSH signatures and judge's files agreeing with DSSE. Nothing in the payload is read
+    before a trusted key has signed exactly those bytes. None when the payload cannot be trusted
+    to say anything; otherwise the statement, with every check in `out`."""
+    env_dupes = list(env_dupes)
+    payload = payload_of(env, f"{where}: payload")
+    ptype = env["payloadType"]
     # 1. signatures over the PAE, by keys we trust, before anything in the payload is read
     release_keys = {k: trust.keys[k][1] for k in trust.release}
     good = signing.verified_keys(ptype, payload, env["signatures"], release_keys)
@@ -190,10 +86,10 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
                    f"{len(good)} trusted key(s) signed the payload ({names})" if good
                    else f"no valid signature by a trusted key among {len(env['signatures'])} signature(s)"
                    + (f" (trust policy v{trust.version})" if trust.chain else "")):
-        return out
+        return None
     # 2. payload type
     if not out.add("payload_type", ptype == signing.IN_TOTO, f"{ptype}"):
-        return out
+        return None
     # 3. strict parsing
     stmt, dupes = loads_tracking(payload, "payload")
     from provenance.core.canonical import dumps
@@ -202,21 +98,31 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
                    "payload is RFC 8785 canonical JSON, no duplicate keys" if canonical_ok and not env_dupes
                    else f"duplicate key(s) {sorted(set(dupes + env_dupes))}" if dupes or env_dupes
                    else "payload is not RFC 8785 canonical JSON"):
-        return out
-    # 4. threshold of distinct trusted keys
+        return None
+    # 4. threshold of distinct trusted keys (a shortfall fails the outcome; the rest is still shown)
     out.add("threshold", len(good) >= trust.threshold,
             f"{len(good)} of {trust.threshold} required distinct release key(s)")
     # 5. statement schema
     errs = jsonschema_lite.validate(stmt, "release-statement.v1.json")
     if not out.add("statement_schema", not errs, "in-toto Statement v1, comma-lab release predicate"
                    if not errs else errs[0]):
-        return out
+        return None
     out.statement = stmt
     if "ssh" in env:  # the same keys' OpenSSH signatures over the same bytes must tell the same story
-        out.add(*_check_ssh(env["ssh"], payload, release_keys, good, trust))
-    judge = Path(manifest).parent / "statement.json"
-    if judge.is_file():
-        out.add(*_check_judge_files(judge, payload, release_keys, good))
+        out.checks.append(_check_ssh(env["ssh"], payload, release_keys, good, trust))
+    judge = judge_dir / "statement.json" if judge_dir is not None else None
+    if judge is not None and judge.is_file():
+        out.checks.append(_check_judge_files(judge, payload, release_keys, good))
+    return Verified(env, payload, stmt, good)
+
+
+def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None, runtime: str | None = None,
+             record: str | None = None, at: datetime | None = None, state: str | None = None,
+             since: str | None = None) -> None:
+    """Policy (sigstore's Policy): what an authenticated statement says, held against the files the
+    judge has, the contest's score formula, the record, time, the evidence log and what this
+    verifier saw before."""
+    env, payload, stmt = v.envelope, v.payload, v.statement
     pred = stmt["predicate"]
     subjects = subject_digests(stmt)
     # 6. the bytes the judge holds
@@ -260,7 +166,7 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
         out.add("score_recomputes", False, str(e))
     # 8. the record behind it
     if record is not None:
-        out.add(*_check_record(record, pred))
+        out.checks.append(_check_record(record, pred))
     # 9. time
     now = at or datetime.now(timezone.utc)
     problems = []
@@ -277,16 +183,14 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
         if not trust.log:
             out.add("log_checkpoint", False, trust.no_log_key)
         else:
-            for name, ok, detail in check_release_log(env.get("log"), payload,
-                                                      {k: trust.keys[k][1] for k in trust.log}, since):
-                out.add(name, ok, detail)
+            out.checks += check_release_log(env.get("log"), payload, {k: trust.keys[k][1] for k in trust.log},
+                                            since, trust.log_threshold)
     # 11. rollback
     digest = hashlib.sha256(payload).hexdigest()
     if state is not None:
-        out.add(*_check_state(state, pred, digest))
+        out.checks.append(_check_state(state, pred, digest))
     if out.ok and state is not None:
         _remember(state, pred, digest)
-    return out
 
 
 def _ssh_signers(sigs: list[str], payload: bytes, release_keys: dict) -> tuple[set[str], int]:
@@ -302,30 +206,30 @@ def _ssh_signers(sigs: list[str], payload: bytes, release_keys: dict) -> tuple[s
     return good, bad
 
 
-def _check_ssh(ssh, payload: bytes, release_keys: dict, dsse_good: set[str], trust: Trust) -> tuple[str, bool, str]:
+def _check_ssh(ssh, payload: bytes, release_keys: dict, dsse_good: set[str], trust: Trust) -> Check:
     sigs = [s.get("sshsig") if isinstance(s, dict) else None for s in ssh] if isinstance(ssh, list) else [None]
     good, bad = _ssh_signers(sigs, payload, release_keys)
     if good == dsse_good and not bad:
-        return "ssh_signatures", True, f"{len(good)} SSHSIG(s) (namespace comma-lab-release) by the same key(s) as DSSE"
+        return Check("ssh_signatures", True, f"{len(good)} SSHSIG(s) (namespace comma-lab-release) by the same key(s) as DSSE")
     name = lambda ks: ", ".join(sorted(trust.keys[k][0] for k in ks)) or "none"  # noqa: E731
-    return "ssh_signatures", False, (f"DSSE and SSH signatures disagree: DSSE only {name(dsse_good - good)}; "
-                                     f"SSH only {name(good - dsse_good)}; {bad} invalid or untrusted SSHSIG(s)")
+    return Check("ssh_signatures", False, (f"DSSE and SSH signatures disagree: DSSE only {name(dsse_good - good)}; "
+                                           f"SSH only {name(good - dsse_good)}; {bad} invalid or untrusted SSHSIG(s)"))
 
 
-def _check_judge_files(statement: Path, payload: bytes, release_keys: dict, dsse_good: set[str]):
+def _check_judge_files(statement: Path, payload: bytes, release_keys: dict, dsse_good: set[str]) -> Check:
     """The files a judge checks with stock tools, when they lie beside the manifest."""
     if statement.read_bytes() != payload:
-        return "judge_files", False, f"{statement} is not the signed statement bytes"
+        return Check("judge_files", False, f"{statement} is not the signed statement bytes")
     sig_files = sorted(statement.parent.glob("statement.json*.sig"))
     good, bad = _ssh_signers([p.read_text(errors="replace") for p in sig_files], payload, release_keys)
     ok = not bad and good == dsse_good
-    return "judge_files", ok, (f"statement.json is the signed payload; {len(sig_files)} .sig file(s) verify "
-                               "by the DSSE signers" if ok else
-                               f"statement.json is the signed payload but {bad} .sig file(s) do not verify "
-                               "or their signers differ from DSSE's")
+    return Check("judge_files", ok, (f"statement.json is the signed payload; {len(sig_files)} .sig file(s) verify "
+                                     "by the DSSE signers" if ok else
+                                     f"statement.json is the signed payload but {bad} .sig file(s) do not verify "
+                                     "or their signers differ from DSSE's"))
 
 
-def _check_record(record: str, pred: dict) -> tuple[str, bool, str]:
+def _check_record(record: str, pred: dict) -> Check:
     from blake3 import blake3
     try:
         data = Path(record).read_bytes()
@@ -333,25 +237,25 @@ def _check_record(record: str, pred: dict) -> tuple[str, bool, str]:
         raise ProvError(f"{record}: {e.strerror}") from None
     sha, b3 = hashlib.sha256(data).hexdigest(), blake3(data).hexdigest()
     if (sha, b3) != (pred["record"]["sha256"], pred["record"]["blake3"]):
-        return "record_digest", False, f"record file sha256 {sha[:16]}.. is not the released {pred['record']['sha256'][:16]}.."
+        return Check("record_digest", False, f"record file sha256 {sha[:16]}.. is not the released {pred['record']['sha256'][:16]}..")
     rec, _ = loads_tracking(data, record)
     r = rec.get("result", {}) if isinstance(rec, dict) else {}
     same = (r.get("canonical_score") == pred["score"]["canonical"] and r.get("samples") == pred["score"]["samples"]
             and rec.get("grade") == pred["grade"])
-    return "record_digest", same, ("record bytes match; score, samples and grade agree" if same
-                                   else "record bytes match but its result disagrees with the statement")
+    return Check("record_digest", same, ("record bytes match; score, samples and grade agree" if same
+                                         else "record bytes match but its result disagrees with the statement"))
 
 
-def _check_state(state: str, pred: dict, digest: str) -> tuple[str, bool, str]:
+def _check_state(state: str, pred: dict, digest: str) -> Check:
     seen = _read_state(state).get("releases", {}).get(pred["name"])
     if not seen:
-        return "rollback", True, f"first sight of {pred['name']} (v{pred['version']}); remembered in {state}"
+        return Check("rollback", True, f"first sight of {pred['name']} (v{pred['version']}); remembered in {state}")
     v = pred["version"]
     if v < seen["version"]:
-        return "rollback", False, f"version {v} is older than v{seen['version']} seen before: rollback"
+        return Check("rollback", False, f"version {v} is older than v{seen['version']} seen before: rollback")
     if v == seen["version"] and digest != seen["statement_sha256"]:
-        return "rollback", False, f"a different statement for v{v} was seen before: fork"
-    return "rollback", True, f"v{v} >= v{seen['version']} seen before"
+        return Check("rollback", False, f"a different statement for v{v} was seen before: fork")
+    return Check("rollback", True, f"v{v} >= v{seen['version']} seen before")
 
 
 def _read_state(state: str) -> dict:

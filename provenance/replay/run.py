@@ -24,7 +24,7 @@ from provenance import contest
 from provenance.contest import rules
 from provenance.replay import intake
 from provenance.records.adjudicate import adjudicate_report
-from provenance.contest.rules import Check
+from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file, stream
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.core.files import remove_tree
@@ -291,14 +291,15 @@ FIELDS = ("canonical_score", "posenet", "segnet", "rate", "samples", "archive_sh
 
 def expected_from(path: str | Path) -> dict:
     """The claim to compare with: a release manifest (its statement) or an EvalRecord."""
-    from provenance.core import canonical, signing
+    from provenance.core import canonical
+    from provenance.records.envelope import statement_of, subject_digests
     doc = canonical.load_file(path)
     if isinstance(doc, dict) and "payload" in doc:
-        st = canonical.loads(signing.b64d(doc["payload"], f"{path}: payload"), f"{path}: payload")
-        p, subj = st["predicate"], {s["name"]: s["digest"] for s in st["subject"]}
+        st = statement_of(doc, f"{path}: payload")
+        p, subj = st["predicate"], subject_digests(st)
         return {"canonical_score": p["score"]["canonical"], "posenet": p["score"]["posenet"],
                 "segnet": p["score"]["segnet"], "rate": p["score"]["rate"], "samples": p["score"]["samples"],
-                "archive_sha256": subj["archive.zip"]["sha256"], "runtime_sha256": subj["runtime/"].get("prov-tree-v1-sha256", subj["runtime/"].get("sha256"))}
+                "archive_sha256": subj["archive.zip"][0], "runtime_sha256": subj["runtime/"][0]}
     if isinstance(doc, dict) and doc.get("schema") == "comma-lab/eval-record/v1":
         r = doc["result"]
         return {"canonical_score": r["canonical_score"], "posenet": r["posenet"], "segnet": r["segnet"],

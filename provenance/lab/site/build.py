@@ -21,6 +21,7 @@ from provenance.store.objects import Store
 from provenance.core import sanitize
 from provenance.lab.site import pages, plots
 from provenance.log.translog import open_log
+from provenance.records.envelope import statement_bytes
 
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
@@ -166,10 +167,10 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         identity, note_keys = "IDENTITY", []
         if trust:
             from provenance.core import sshsig
-            from provenance.release.create import allowed_signers
+            from provenance.release.trust import allowed_signers, read_trust_doc
             p = _write(work, "evidence/trust.json", Path(trust).read_bytes())
             evidence.append({"kind": "trust policy", "path": "evidence/trust.json", "sha256": _sha(p)})
-            tdoc = json.loads(Path(trust).read_text())
+            tdoc = read_trust_doc(trust)
             p = _write(work, "evidence/allowed_signers", allowed_signers(tdoc).encode())
             evidence.append({"kind": "trust policy", "path": "evidence/allowed_signers", "sha256": _sha(p),
                              "note": "OpenSSH allowed_signers of the release keys"})
@@ -274,7 +275,7 @@ def _releases_by_record(store: Store, release_links: dict) -> dict[str, dict]:
     newest: dict[str, dict] = {}
     for name, b3 in store.list_refs():
         if name.startswith("releases/"):
-            p = canonical.loads(store.read_bytes(b3), name)["predicate"]
+            p = statement_bytes(store.read_bytes(b3), name)["predicate"]
             sha = p["record"]["sha256"]
             if sha not in newest or p["version"] > newest[sha]["version"]:
                 newest[sha] = {"name": p["name"], "version": p["version"], "href": release_links.get(p["name"]),
@@ -419,7 +420,6 @@ def check_site(root: str | Path) -> list[str]:
     man = root / "public_bundle_manifest.json"
     if not man.is_file():
         return problems + ["public_bundle_manifest.json: missing"]
-    from provenance.core import canonical
     doc = canonical.load_file(man, "public_bundle_manifest.json")
     files = doc.get("files") if isinstance(doc, dict) else None
     if not isinstance(files, list) or not all(

@@ -1,4 +1,10 @@
-"""Trust policy rotation, the TUF way (python-tuf's root rotation: `Metadata.verify_delegate`,
+"""The one trust model: a trust policy names keys and roles (release, log, root), each with a
+threshold. Here it is created (`trust_policy`), read and checked (`read_trust_doc`, `load_trust`),
+rotated and walked (`rotate`, `walk_chain`), and published for stock tools (`allowed_signers`).
+The policy's schema comes from its pydantic model (records.models.TrustPolicy); verify appraises
+releases against the `Trust` this module returns.
+
+Rotation, the TUF way (python-tuf's root rotation: `Metadata.verify_delegate`,
 `TrustedMetadataSet.update_root`).
 
 A judge pins version 1 of the trust policy. Version N+1 is trusted only when it carries
@@ -18,13 +24,161 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provenance.core import canonical, signing
+from provenance.core.canonical import loads_tracking
+from provenance.core.clock import format_time, now_rfc3339, parse_time
 from provenance.core.errors import ProvError, VerificationFailed
-from provenance.core.clock import format_time, parse_time
-from provenance.release.verify import read_trust_doc, role_keys
+from provenance.records import jsonschema_lite
+
+if TYPE_CHECKING:
+    from provenance.records.models import TrustPolicy
+
+
+
+@dataclass
+class Trust:
+    keys: dict[str, tuple[str, object]]  # keyid -> (name, public key)
+    release: set[str]
+    threshold: int
+    log: set[str]
+    expires: datetime | None
+    source: str
+    log_required: bool = False
+    no_log_key: str = "the trust policy names no log key"  # why `log` is empty, for the failing check
+    version: int = 1
+    chain: list[int] = field(default_factory=list)  # versions walked from the pinned one (--trust-chain)
+    log_threshold: int = 1  # distinct log keys a checkpoint needs
+
+def read_trust_doc(trust_path: str | Path) -> dict:
+    try:
+        data = Path(trust_path).read_bytes()
+    except OSError as e:
+        raise ProvError(f"{trust_path}: {e.strerror}") from None
+    doc, dupes = loads_tracking(data, str(trust_path))
+    errs = (["duplicate keys " + ", ".join(dupes)] if dupes else []) + jsonschema_lite.validate(doc, "trust-policy.v1.json")
+    if errs:
+        raise ProvError(f"{trust_path}: not a valid trust policy ({errs[0]})")
+    return doc
+
+def role_keys(doc: dict, r: str, where: str) -> tuple[dict[str, object], int]:
+    """{keyid: public key} and threshold of a role; `root` defaults to the release role."""
+    spec = doc["roles"].get(r) or (doc["roles"].get("release") if r == "root" else None)
+    if spec is None:
+        return {}, 0
+    out = {}
+    for n in spec["keys"]:
+        k = doc["keys"].get(n)
+        if k is None:
+            raise ProvError(f"{where}: role {r} names unknown key {n!r}")
+        pub = signing.load_public_pem(k["public_key"], f"{where}: key {n}")
+        if signing.keyid(pub) != k["keyid"]:
+            raise ProvError(f"{where}: key {n}: keyid does not match its public key")
+        out[k["keyid"]] = pub
+    if spec["threshold"] > len(out):
+        raise ProvError(f"{where}: role {r} threshold {spec['threshold']} exceeds its {len(out)} key(s)")
+    return out, spec["threshold"]
+
+def trust_from_doc(doc: dict, trust_path: str) -> Trust:
+    """A schema-valid policy document as the verifier uses it: every key checked against its keyid
+    (and its note verifier), every role with its threshold."""
+    keys = {}
+    for name, k in doc["keys"].items():
+        pub = signing.load_public_pem(k["public_key"], f"{trust_path}: key {name}")
+        if signing.keyid(pub) != k["keyid"]:
+            raise ProvError(f"{trust_path}: key {name}: keyid does not match its public key")
+        if k.get("note_verifier") is not None:
+            from provenance.log.translog import note_verifier
+            nv = k["note_verifier"]
+            if note_verifier(nv.split("+", 1)[0], signing.raw_public(pub)) != nv:
+                raise ProvError(f"{trust_path}: key {name}: note_verifier does not match its public key")
+        keys[k["keyid"]] = (name, pub)
+    if "release" not in doc["roles"]:
+        raise ProvError(f"{trust_path}: no release role")
+    release, threshold = role_keys(doc, "release", trust_path)
+    log, log_threshold = role_keys(doc, "log", trust_path)
+    role_keys(doc, "root", trust_path)  # a malformed root role makes the policy unreadable, used or not
+    return Trust(keys, set(release), threshold, set(log), parse_time(doc["expires"], f"{trust_path}: expires"),
+                 str(trust_path), log_required=bool(log), version=doc["version"], log_threshold=max(log_threshold, 1))
+
+
+def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str | None = None,
+               chain_dir: str | None = None, key_signs_log: bool = False) -> Trust:
+    if key_path:  # one release key (threshold 1); the log role only by --log-key or --key-signs-log
+        if log_key_path and key_signs_log:
+            raise ProvError("give --log-key or --key-signs-log, not both")
+        pub = signing.load_public(key_path)
+        kid = signing.keyid(pub)
+        keys = {kid: (Path(key_path).name, pub)}
+        # roles stay apart: a release key is never taken for the log's unless the judge says so
+        log = {kid} if key_signs_log else set()
+        if log_key_path:
+            lpub = signing.load_public(log_key_path)
+            log = {signing.keyid(lpub)}
+            keys[signing.keyid(lpub)] = (Path(log_key_path).name, lpub)
+        return Trust(keys, {kid}, 1, log, None, str(key_path), log_required=bool(log_key_path or key_signs_log),
+                     no_log_key="--key pins the release key only: give --log-key LOG.pub, or --key-signs-log "
+                                "if the release key also signs the log")
+    if not trust_path:
+        raise ProvError("give --trust trust.json or --key pub.pem: whom do you trust?")
+    doc = read_trust_doc(trust_path)
+    chain = []
+    if chain_dir is not None:
+        doc, chain = walk_chain(doc, chain_dir, trust_path)
+        trust_path = f"{chain_dir} (v{doc['version']})"
+    t = trust_from_doc(doc, str(trust_path))
+    t.chain = chain
+    return t
+
+
+def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], expires: str,
+                 version: int = 1, root_keys: list[str] | None = None, root_threshold: int = 1) -> TrustPolicy:
+    from provenance.log.translog import NOTE_KEY_NAME, note_verifier
+    from provenance.records.models import Role, TrustedKey, TrustPolicy  # pydantic: creating, not verifying
+    keys: dict[str, TrustedKey] = {}
+    names: dict[str, list[str]] = {"release": [], "log": [], "root": []}
+    for role, paths in (("release", release_keys), ("log", log_keys), ("root", root_keys or [])):
+        for p in paths:
+            pub = signing.load_public(p)
+            kid = signing.keyid(pub)
+            name = next((n for n, k in keys.items() if k.keyid == kid), None)
+            if name is None:
+                name = f"{Path(p).stem.replace('.pub', '')}-{kid[:8]}"
+                keys[name] = TrustedKey(keyid=kid, public_key=signing.public_pem(pub))
+            if role == "log":  # publish what Go's note package needs to check our checkpoints
+                keys[name] = keys[name].model_copy(update={
+                    "note_verifier": note_verifier(NOTE_KEY_NAME, signing.raw_public(pub))})
+            names[role].append(name)
+    if not names["release"]:
+        raise ProvError("a trust policy needs at least one release key")
+    if not 1 <= threshold <= len(set(names["release"])):
+        raise ProvError(f"threshold {threshold} must be between 1 and {len(set(names['release']))}")
+    parse_time(expires, "--expires")
+    roles = {"release": Role(keys=sorted(set(names["release"])), threshold=threshold)}
+    if names["log"]:
+        roles["log"] = Role(keys=sorted(set(names["log"])), threshold=1)
+    if names["root"]:
+        if not 1 <= root_threshold <= len(set(names["root"])):
+            raise ProvError(f"root threshold {root_threshold} must be between 1 and {len(set(names['root']))}")
+        roles["root"] = Role(keys=sorted(set(names["root"])), threshold=root_threshold)
+    return TrustPolicy(version=version, expires=expires, keys=keys, roles=roles, issued_at=now_rfc3339())
+
+def allowed_signers(trust_doc: dict) -> str:
+    """OpenSSH allowed_signers for the release role of a trust policy (namespace comma-lab-release)."""
+    from provenance.core import sshsig
+    lines = []
+    for name in trust_doc["roles"]["release"]["keys"]:
+        k = trust_doc["keys"][name]
+        pub = signing.load_public_pem(k["public_key"], f"trust policy key {name}")
+        lines.append(sshsig.allowed_signers_line(k["keyid"], signing.raw_public(pub)))
+    return "\n".join(lines) + "\n"
+
+
+# -- rotation ------------------------------------------------------------------------------------
 
 PAYLOAD_TYPE = "application/vnd.comma-lab.trust-policy+json"
 _NAMED = re.compile(r"^(\d+)\.trust\.json$")
