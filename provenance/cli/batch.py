@@ -66,25 +66,25 @@ def batch_replay(ctx, names, folder, params_path, upstream, device, engine, addr
     Exit 0 when all replayed, 1 when any failed (each failure is reported with its
     reason), 2 on bad input, 3 when Ray, bubblewrap or the cluster is missing, 130 on Ctrl-C.
     """
-    from provenance.lab import batch as B
+    from provenance.lab.batch import Batch, collect, dvc_remote, run
     from provenance.core.files import write_atomic, write_json
     if params_path:
         if names:
             raise ProvError("give NAMES or --params, not both")
         from provenance.lab.pipeline import submissions_param
         names = submissions_param(Path(params_path))
-    subs = B.collect(folder, list(names))
+    subs = collect(folder, list(names))
     if address:
         engine = engine or "ray"
         if engine != "ray":
             raise ProvError("--address joins a Ray cluster: it needs --engine ray")
-    meet = {"kind": "dvc", "conf": B.dvc_remote(repo, remote_name)} if (remote_name or address) else None
+    meet = {"kind": "dvc", "conf": dvc_remote(repo, remote_name)} if (remote_name or address) else None
     store = open_store(ctx, create=True)
     limits = {"timeout": timeout, "address_space": None if device == "cuda" else mem_limit}
-    b = B.Batch(store, subs, Path(upstream).resolve(), device, not no_sandbox, limits, meet, _progress(len(subs)))
+    b = Batch(store, subs, Path(upstream).resolve(), device, not no_sandbox, limits, meet, _progress(len(subs)))
     try:
-        chosen, outcomes = B.run(b, engine, address=address, cpus=cpus_per_task, retries=retries,
-                               **({"node_ip": node_ip} if node_ip else {}))
+        chosen, outcomes = run(b, engine, address=address, cpus=cpus_per_task, retries=retries,
+                             **({"node_ip": node_ip} if node_ip else {}))
     except KeyboardInterrupt:
         click.echo("prov: interrupted: in-flight replays stopped; the store holds only complete results", err=True)
         sys.exit(130)

@@ -118,5 +118,5 @@ def main() -> None:
                 code = 2
             sys.stdout.flush()
             sys.exit(code)
-    from provenance.cli.app import main as click_main
-    click_main()
+    from provenance.cli import app  # the whole CLI, for every other command
+    app.main()

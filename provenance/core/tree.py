@@ -230,3 +230,29 @@ def iter_files(root: bytes, prefix: str = "") -> Iterator[tuple[str, bytes]]:
             yield from iter_files(full, rel + "/")
         elif stat.S_ISREG(st.st_mode):
             yield rel, full
+
+
+def hash_path(path: str | os.PathLike, progress=None, allow_unsafe_links: bool = False) -> tuple[str, Digest]:
+    """("file", digest) of a regular file or ("tree", digest) of a directory (prov-tree-v1); stores
+    nothing. A path that is neither, or a file that cannot be read, is the caller's bad input."""
+    import stat
+    from provenance.core.digest import hash_file
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise ProvError(f"{path}: {e.strerror}") from None
+    if progress is not None and stat.S_ISREG(st.st_mode):
+        progress.total = st.st_size
+    if stat.S_ISREG(st.st_mode):
+        try:
+            return "file", hash_file(path, progress)
+        except OSError as e:
+            raise ProvError(f"{path}: cannot read file ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        def file_digest(p, s):
+            try:
+                return hash_file(p, progress)
+            except OSError as e:
+                raise TreeError(f"{os.fsdecode(p)}: cannot read file ({e.strerror})") from None
+        return "tree", walk(path, file_digest, allow_unsafe_links=allow_unsafe_links)
+    raise ProvError(f"{path}: not a regular file or directory")

@@ -125,3 +125,39 @@ def read_note(path: str) -> str:
             return f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ProvError(f"{path}: cannot read checkpoint ({e})") from None
+
+
+def prove_inclusion(store, ref: str, size: int | None = None) -> dict:
+    """An inclusion proof of a stored, logged object (checked before it is returned)."""
+    log = translog.open_log(store)
+    info = store.resolve(ref)
+    index = leaf = None
+    for kind in (info.kind, *info.kinds):  # logged as whichever kind it was stored as
+        leaf = translog.leaf_hash(translog.entry_bytes(kind, info.sha256, info.blake3))
+        index = log.index_of(leaf)
+        if index is not None:
+            break
+    if index is None:
+        raise ProvError(f"{ref}: not in the log (prov log append it first)")
+    size = log.size() if size is None else size
+    if not index < size <= log.size():
+        raise ProvError(f"--size {size}: must be above the leaf's index {index} and at most {log.size()}")
+    proof, root = log.inclusion_proof(index, size), log.root(size)
+    translog.verify_inclusion(leaf, index, size, proof, root)
+    return {"index": index, "size": size, "leaf_hash": leaf.hex(), "root": root.hex(), "proof": [h.hex() for h in proof]}
+
+
+def prove_consistency(store, old_note: str, new_note: str, trusted: dict | None = None, where: str = "new") -> dict:
+    """A consistency proof, from this store's log, that checkpoint NEW extends checkpoint OLD
+    (both signed by a trusted log key when `trusted` is given); checked before it is returned."""
+    notes = (old_note, new_note)
+    a, b = ([translog.verify_checkpoint(n, trusted)[0] for n in notes] if trusted is not None
+            else [translog.parse_checkpoint(n) for n in notes])
+    if a.origin != b.origin:
+        raise ProvError(f"checkpoints are of different logs ({a.origin}, {b.origin})")
+    log = translog.open_log(store)
+    if b.size > log.size():
+        raise ProvError(f"{where}: size {b.size} is beyond this store's log ({log.size()})")
+    proof = log.consistency_proof(a.size, b.size)
+    translog.verify_consistency(a.size, b.size, proof, a.root, b.root)
+    return {"ok": True, "size1": a.size, "size2": b.size, "proof": [h.hex() for h in proof]}

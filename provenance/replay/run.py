@@ -315,3 +315,9 @@ def compare(record: EvalRecord, expected: dict) -> list[dict]:
            "runtime_sha256": record.runtime.tree.sha256 if record.runtime.tree else None}
     return [{"field": f, "expected": expected.get(f), "replayed": got[f], "same": expected.get(f) == got[f]}
             for f in FIELDS]
+
+
+def verdict(record: EvalRecord, expected: dict) -> tuple[str, list[dict]]:
+    """("REPRODUCED" or "MISMATCH", the fields compared) of a replayed record against a claim."""
+    diff = compare(record, expected)
+    return ("REPRODUCED" if all(d["same"] for d in diff) else "MISMATCH"), diff

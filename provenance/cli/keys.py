@@ -1,27 +1,64 @@
-"""CLI pieces for trust rotation and argument habits, kept apart from cli.py so it stays a thin list."""
+"""Keys and trust policies: key generate, trust init / rotate / allowed-signers."""
 
 from __future__ import annotations
+
 
 import click
 
 from provenance.cli.common import _passphrase, emit, json_option
 
 
-def hoist_store(args: list[str]) -> list[str]:
-    """Move `--store DIR` / `--store=DIR` given after the subcommand to the front, where the group reads it."""
-    front, rest, i = [], [], 0
-    while i < len(args):
-        a = args[i]
-        if a == "--":
-            rest += args[i:]
-            break
-        if a == "--store" and i + 1 < len(args):
-            front += args[i:i + 2]
-            i += 2
-            continue
-        (front if a.startswith("--store=") else rest).append(a)
-        i += 1
-    return front + rest
+@click.group()
+def key():
+    """Ed25519 signing keys."""
+
+
+@key.command("generate")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for key.pem (private, 0600) and key.pub.pem.")
+@_passphrase
+@json_option
+def key_generate(out_dir, passphrase_file, as_json):
+    """Generate an Ed25519 key pair; never overwrites an existing key."""
+    from provenance.core.signing import generate_key
+    priv, pub, kid = generate_key(out_dir, passphrase_file)
+    emit({"private_key": str(priv), "public_key": str(pub), "keyid": kid}, as_json,
+         f"keyid {kid}\n  private {priv} (keep it secret)\n  public  {pub}")
+
+
+@click.group()
+def trust():
+    """Trust policies: the keys a judge pins."""
+
+
+@trust.command("init")
+@click.option("--release-key", "release_keys", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Public key allowed to sign releases (repeat for k of n).")
+@click.option("--threshold", type=int, default=1, show_default=True, help="Distinct release keys required.")
+@click.option("--log-key", "log_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="Public key allowed to sign log checkpoints.")
+@click.option("--expires", required=True, help="RFC 3339 time after which the policy is void.")
+@click.option("--version", "version", type=int, default=1, show_default=True)
+@click.option("--root-key", "root_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="Public key allowed to sign the next policy version (default: the release keys).")
+@click.option("--root-threshold", type=int, default=1, show_default=True, help="Distinct root keys required.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@json_option
+def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, root_threshold, out, as_json):
+    """Write a trust policy JSON file.
+
+    \b
+    Example:
+      prov trust init --release-key a/key.pub.pem --release-key b/key.pub.pem --threshold 2 \\
+                      --log-key log/key.pub.pem --expires 2027-12-31T00:00:00Z --out trust.json
+    """
+    from provenance.core.files import write_json
+    from provenance.release.trust import trust_policy
+    policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version, list(root_keys),
+                          root_threshold)
+    write_json(out, policy.model_dump(mode="json", by_alias=True, exclude_none=True))
+    emit({"out": out, "keys": sorted(k.keyid for k in policy.keys.values()), "threshold": threshold}, as_json,
+         f"wrote {out}: {len(policy.keys)} key(s), release threshold {threshold}")
 
 
 @click.command("rotate")
@@ -82,4 +119,8 @@ def trust_allowed_signers(trust_file, out, as_json):
     emit({"out": out, "identities": identities}, as_json, (f"wrote {out}" if out else text.rstrip("\n")))
 
 
-__all__ = ["hoist_store", "trust_rotate", "trust_allowed_signers"]
+trust.add_command(trust_rotate)
+trust.add_command(trust_allowed_signers)
+
+
+COMMANDS = [key, trust]

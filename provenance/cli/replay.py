@@ -1,0 +1,95 @@
+"""Replay a submission in the sandbox; build the miniature contest."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from provenance.cli.common import emit, json_option, open_store, record_out
+
+
+@click.command("replay")
+@click.option("--archive", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--runtime", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--upstream", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Upstream checkout (comma_video_compression_challenge, or a miniature's upstream/).")
+@click.option("--name", help="Submission name: placed at <upstream>/submissions/<name>/ (default: from --runtime).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--compare", "compare_path", type=click.Path(dir_okay=False, exists=True),
+              help="manifest.json or record.json to reproduce: prints REPRODUCED or MISMATCH (exit 1).")
+@click.option("--no-sandbox", is_flag=True, help="Run without bubblewrap; recorded, and the grade is capped below A.")
+@click.option("--timeout", type=float, default=1800.0, show_default=True, help="Wall-clock limit per phase (s).")
+@click.option("--mem-limit", type=int, default=16 << 30, show_default=True,
+              help="Address-space limit per process in bytes (ignored with --device cuda).")
+@click.option("--memory", type=int, default=16 << 30, show_default=True,
+              help="Memory cap in bytes for all processes of a phase together, plus its /tmp.")
+@click.option("--tmp-size", type=int, default=2 << 30, show_default=True, help="Size cap of each phase's /tmp (bytes).")
+@click.option("--write-margin", type=int, default=64 << 20, show_default=True,
+              help="Bytes inflate may write beyond the unzipped archive and the expected .raw outputs.")
+@click.option("--max-expand", type=int, default=16 << 30, show_default=True,
+              help="Total bytes archive.zip may expand to at intake.")
+@click.option("--keep-scratch", is_flag=True, help="Keep the scratch directory for inspection.")
+@json_option
+@click.pass_context
+def replay_cmd(ctx, archive, runtime, upstream, name, device, compare_path, no_sandbox, timeout, mem_limit,
+           memory, tmp_size, write_margin, max_expand, keep_scratch, as_json):
+    """Recompute the score of ARCHIVE + RUNTIME with the upstream evaluator, sandboxed.
+
+    Inflate runs without the ground truth and the scorer weights in sight; evaluate runs with
+    the submission read-only; the evaluator is checked against the profile's pinned digests.
+
+    Exit 0 on a record (and REPRODUCED), 1 when the submission fails or MISMATCHes, or a stored
+    object is corrupt, 2 on bad input (a refused archive among it), 3 when bubblewrap is missing.
+    """
+    from provenance.log.translog import log_object
+    from provenance.replay import intake
+    from provenance.replay.run import expected_from, replay, verdict
+    from provenance.replay.sandbox import Limits
+    expected = expected_from(compare_path) if compare_path else None
+    store = open_store(ctx, create=True)
+    tty = sys.stderr.isatty()
+    say = (lambda m: click.echo(f"replay: {m}", err=True)) if tty and not as_json else None
+    limits = Limits(timeout=timeout, address_space=None if device == "cuda" else mem_limit, memory=memory,
+                    tmp_size=tmp_size, write_margin=write_margin)
+    res = replay(store, archive, runtime, upstream, name, device, not no_sandbox, limits, say,
+                 keep_scratch=keep_scratch, intake_limits=intake.Limits(max_total_bytes=max_expand))
+    log_object(store, res.digest.blake3)
+    said, diff = verdict(res.record, expected) if expected else (None, None)
+    if as_json:
+        out = {"record": res.record.to_json_obj(), "digest": {"sha256": res.digest.sha256, "blake3": res.digest.blake3},
+               "checks": [c.brief() for c in res.checks]}
+        if diff is not None:
+            out["compare"] = {"verdict": said, "fields": diff}
+        emit(out, True)
+    else:
+        record_out(res.record, res.digest, res.checks, False)
+        if diff is not None:
+            click.echo(said)
+            for d in diff:
+                if not d["same"]:
+                    click.echo(f"  {d['field']}: expected {d['expected']!r}, replayed {d['replayed']!r}")
+    if said == "MISMATCH":
+        sys.exit(1)
+
+
+@click.group()
+def miniature():
+    """The bundled miniature contest (tests and the demo run on it)."""
+
+
+@miniature.command("build")
+@click.argument("dest", type=click.Path(file_okay=False))
+@json_option
+def miniature_build(dest, as_json):
+    """Generate the miniature contest into DEST (deterministic: same bytes on every machine)."""
+    from provenance.lab.miniature.build import build
+    from provenance.core.tree import walk
+    from provenance.core.digest import hash_file
+    out = build(dest)
+    d = walk(out, lambda p, s: hash_file(p))
+    emit({"dest": str(out), "sha256": d.sha256, "blake3": d.blake3}, as_json,
+         f"built {out} (tree sha256 {d.sha256})")
+
+
+COMMANDS = [replay_cmd, miniature]

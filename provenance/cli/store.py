@@ -1,0 +1,227 @@
+"""Store commands: hash, add, cat, ls, export, ref, fsck, gc."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from provenance.cli.common import emit, json_option, open_store
+from provenance.core.errors import ProvError
+
+
+def _digest_out(kind: str, d) -> dict:
+    return {"kind": kind, **d.as_dict()}
+
+
+def _print_digest(path, out) -> str:
+    return f"{out['kind']}  {path}\n  sha256 {out['sha256']}\n  blake3 {out['blake3']}\n  size   {out['size']}"
+
+
+@click.command("hash")
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--allow-unsafe-links", is_flag=True, help="Accept absolute or escaping symlinks.")
+@json_option
+def hash_cmd(path, allow_unsafe_links, as_json):
+    """Print the digests of a file or directory tree; store nothing.
+
+    \b
+    Example:
+      prov hash runtime/ --json
+    """
+    from provenance.core.progress import Progress
+    from provenance.core.tree import hash_path
+    with Progress(f"hashing {path}") as prog:
+        kind, d = hash_path(path, prog, allow_unsafe_links=allow_unsafe_links)
+    out = _digest_out(kind, d)
+    emit(out, as_json, lambda: _print_digest(path, out))
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--ref", "ref_name", help="Also point this ref at the result.")
+@click.option("--allow-unsafe-links", is_flag=True, help="Accept absolute or escaping symlinks.")
+@json_option
+@click.pass_context
+def add(ctx, path, ref_name, allow_unsafe_links, as_json):
+    """Store a file or directory tree byte-exactly and print its digests.
+
+    \b
+    Example:
+      prov add archive.zip --ref submissions/mine/archive --store evidence/store
+    """
+    from provenance.core.progress import Progress
+    if not os.path.lexists(path):
+        raise ProvError(f"{path}: no such file or directory")
+    store = open_store(ctx, create=True)
+    with store.writing():  # object and ref land before gc may look (Store.writing)
+        with Progress(f"adding {path}", os.path.getsize(path) if os.path.isfile(path) else None) as prog:
+            kind, d = store.add(path, prog, allow_unsafe_links)
+        if ref_name:
+            store.set_ref(ref_name, d.blake3)
+    out = _digest_out(kind, d)
+    emit(out, as_json, lambda: _print_digest(path, out))
+
+
+@click.command()
+@click.argument("digest")
+@json_option
+@click.pass_context
+def cat(ctx, digest, as_json):
+    """Write a stored object's bytes to stdout (sha256 or blake3, unique prefix, or ref).
+
+    With --json: the object's digests and its bytes in base64."""
+    from provenance.core.digest import CHUNK
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    if as_json:
+        import base64
+        with store.open_verified(info.blake3) as f:
+            emit({**info.as_dict(), "content_base64": base64.b64encode(f.read()).decode()}, True)
+        return
+    out = sys.stdout.buffer
+    store.verify_object(info.blake3)  # stdout cannot be taken back: check before the first byte
+    with store.open_verified(info.blake3) as f:  # and again as it streams: the last bytes withheld
+        while chunk := f.read(CHUNK):
+            out.write(chunk)
+    out.flush()
+
+
+@click.command()
+@click.argument("digest")
+@json_option
+@click.pass_context
+def ls(ctx, digest, as_json):
+    """List the entries of a stored tree."""
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    if info.kind != "tree":
+        raise ProvError(f"{digest}: not a tree (it is a {info.kind})")
+    rows = store.ls(info.blake3)
+    emit({"tree": info.as_dict(), "entries": rows}, as_json,
+         lambda: "\n".join(f"{r['kind']:4}  {r['size']:>12}  {r['sha256'][:16]}  {r['name']}" for r in rows))
+
+
+@click.command()
+@click.argument("digest")
+@click.argument("dest", type=click.Path())
+@json_option
+@click.pass_context
+def export(ctx, digest, dest, as_json):
+    """Materialize a stored tree as a new directory DEST (bytes, exec bits, symlinks)."""
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    store.export(info.blake3, dest)
+    emit({"exported": info.as_dict(), "dest": dest}, as_json, f"exported {info.sha256} to {dest}")
+
+
+@click.group()
+def ref():
+    """Named pointers to objects (e.g. releases/<name>), updated with compare-and-swap."""
+
+
+@ref.command("set")
+@click.argument("name")
+@click.argument("digest")
+@click.option("--expect", help="Only update if the ref now points here (blake3; '' = must not exist).")
+@json_option
+@click.pass_context
+def ref_set(ctx, name, digest, expect, as_json):
+    """Point NAME at an object; with --expect, only if it still points where you last saw it."""
+    store = open_store(ctx)
+    info = store.resolve(digest)
+    if expect:
+        expect = store.resolve(expect).blake3
+    store.set_ref(name, info.blake3, expect)
+    emit({"name": name, "target": info.as_dict()}, as_json, f"{name} -> {info.blake3}")
+
+
+@ref.command("get")
+@click.argument("name")
+@json_option
+@click.pass_context
+def ref_get(ctx, name, as_json):
+    """Print the object a ref points at."""
+    store = open_store(ctx)
+    target = store.get_ref(name)
+    if target is None:
+        raise ProvError(f"ref {name}: not set")
+    info = store.info(target)
+    emit({"name": name, "target": info.as_dict() if info else {"blake3": target}}, as_json, target)
+
+
+@ref.command("list")
+@json_option
+@click.pass_context
+def ref_list(ctx, as_json):
+    """List every ref and its target."""
+    store = open_store(ctx)
+    refs = store.list_refs()
+    emit([{"name": n, "blake3": t} for n, t in refs], as_json, "\n".join(f"{t}  {n}" for n, t in refs))
+
+
+@ref.command("delete")
+@click.argument("name")
+@click.option("--expect", help="Only delete if the ref now points here.")
+@json_option
+@click.pass_context
+def ref_delete(ctx, name, expect, as_json):
+    """Remove a ref (the objects stay until gc)."""
+    store = open_store(ctx)
+    store.delete_ref(name, store.resolve(expect).blake3 if expect else None)
+    emit({"deleted": name}, as_json, f"deleted {name}")
+
+
+@click.command()
+@click.option("--repair", is_flag=True, help="Rebuild index.sqlite from the objects; list what was lost.")
+@click.option("--ack-repair", is_flag=True, help="After a repair lost refs and you set them again: let gc run.")
+@json_option
+@click.pass_context
+def fsck(ctx, repair, ack_repair, as_json):
+    """Re-hash every object and cross-check the index (SQLite integrity, schema), trees and refs.
+    Exit 1 on any fault, naming how to recover."""
+    from pathlib import Path
+    from provenance.core.progress import Progress
+    from provenance.log.translog import repair_store
+    from provenance.store import check
+    from provenance.store.objects import default_store_path
+    root = Path(ctx.obj["store"]) if ctx.obj["store"] else default_store_path()
+    if not (root / "index.sqlite").exists() and not (root / "objects").is_dir():
+        raise ProvError(f"{root}: no store here")
+    if ack_repair:
+        store = open_store(ctx)
+        with store.transaction() as db:
+            db.execute("DELETE FROM store_meta WHERE key='refs_lost'")
+    with Progress("checking") as prog:
+        report = repair_store(root, prog) if repair else check.fsck(root, prog)
+    if repair:
+        emit(report, as_json, lambda: "\n".join(
+            [f"error: {e}" for e in report["errors"]] + [f"lost: {x}" for x in report["lost"]]
+            + [f"index rebuilt from {report['objects']} objects (damaged index kept as {report['damaged_index']}); "
+               f"kinds from content {report['inferred_kinds']}, {report['refs_recovered']} ref(s) and "
+               f"{report['log_size']} log leaves recovered"]))
+        if not report["ok"]:
+            sys.exit(1)
+        return
+    emit(report, as_json, lambda: "\n".join(
+        [f"error: {e}" for e in report["errors"]] + [f"note: {n}" for n in report["notes"]]
+        + [f"{report['objects']} objects checked: {'ok' if report['ok'] else 'FAILED'}"]))
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--grace", type=float, default=3600.0, show_default=True,
+              help="Also keep what objects added or re-added within this many seconds reach (an add not yet under a ref).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@json_option
+@click.pass_context
+def gc(ctx, grace, dry_run, as_json):
+    """Remove objects unreachable from any ref."""
+    store = open_store(ctx)
+    report = store.gc(grace, dry_run)
+    emit(report, as_json, f"{'would remove' if dry_run else 'removed'} {report['removed']} object(s)")
+
+
+COMMANDS = [hash_cmd, add, cat, ls, export, ref, fsck, gc]
