@@ -302,7 +302,10 @@ def test_ctrl_c_stops_the_batch_and_leaves_the_store_consistent(mini, tmp_path):
     env = dict(os.environ, PROV_STORE=str(store))
     p = subprocess.Popen([PROV, "batch", "replay", "copy", "half", "--submissions", mini / "submissions",
                           "--upstream", mini / "upstream", "--engine", "local"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         # a Ctrl-C as a terminal gives it: a runner that started us in the background
+                         # (sh's `&`) passes SIGINT down ignored, and Python then installs no handler
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def sandbox_running():
         try:
