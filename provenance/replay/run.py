@@ -18,19 +18,20 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from provenance import contest
 from provenance.contest import rules
 from provenance.replay import intake
-from provenance.records.adjudicate import adjudicate_report
 from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file, stream
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.core.files import remove_tree
 from provenance.replay.frames import frame_pngs, keep_frames
-from provenance.records.models import EvalRecord, Environment, PhaseView, SandboxRecord
 from provenance.replay.sandbox import Layout, Limits, PhaseResult, Sandbox, View, written_bytes
+
+if TYPE_CHECKING:
+    from provenance.records.models import EvalRecord
 
 NAMES_FILE = "public_test_video_names.txt"
 PROFILE_MARKER = "comma_lab_profile"  # the miniature names its profile; a real checkout has none
@@ -164,6 +165,10 @@ def read_report(out: Path) -> bytes:
         return f.read(rules.MAX_REPORT_BYTES + 1)
 
 
+def _load_record_code() -> None:
+    import provenance.records.adjudicate  # noqa: F401
+
+
 def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path, name: str | None = None,
            device: str = "cpu", sandboxed: bool = True, limits: Limits = Limits(),
            progress: Callable[[str], None] | None = None, scratch_base: str | None = None,
@@ -227,8 +232,10 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
                 raise ReplayFailed(f"{r.name}: {r.reason}" + (f": {last}" if last else ""))
             return r
 
-        # Independent work overlaps: the probe runs beside inflate, and the frame illustrations are
-        # made on the host while the evaluator runs (inflate's processes are gone by then).
+        # Independent work overlaps: the probe runs beside inflate, the frame illustrations are made
+        # on the host while the evaluator runs (inflate's processes are gone by then), and the
+        # record's code (pydantic: a tenth of a second) loads while the sandbox works.
+        threading.Thread(target=_load_record_code, daemon=True).start()
         with ThreadPoolExecutor(max_workers=1) as pool:
             probe_argv = [sys.executable, "-s", "-c", PROBE, device]
             probe_job = pool.submit(run, "probe", probe_argv)
@@ -260,6 +267,8 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
             for r in phases:
                 log_blobs[f"{r.name}.stdout"] = b.put_bytes(r.stdout, "blob")
                 log_blobs[f"{r.name}.stderr"] = b.put_bytes(r.stderr, "blob")
+        from provenance.records.adjudicate import adjudicate_report
+        from provenance.records.models import Environment, PhaseView, SandboxRecord
         env = Environment(device=device, gpu_model=env_seen.get("gpu_model"), driver=env_seen.get("driver"),
                           cuda=env_seen.get("cuda"), torch=env_seen.get("torch"), python=env_seen.get("python"),
                           platform=env_seen.get("platform"), sandboxed=sandboxed,

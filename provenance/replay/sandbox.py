@@ -418,12 +418,22 @@ class Sandbox:
                 for fd in fds:  # the child has its copies; ours would keep the pipe open
                     os.close(fd)
                 fds = ()
-                try:
-                    rc = p.wait(timeout=self.limits.timeout)
-                except subprocess.TimeoutExpired:
-                    reason = f"timed out after {self.limits.timeout:g} s (wall-clock limit); killed"
+                # a blocking wait (Popen.wait with a timeout polls, and a phase's end would wait for
+                # the next poll); the wall-clock limit is a timer that kills
+                timed_out = threading.Event()
+
+                def expire() -> None:
+                    timed_out.set()
                     self._kill(p)
+                timer = threading.Timer(self.limits.timeout, expire)
+                timer.daemon = True
+                timer.start()
+                try:
                     rc = p.wait()
+                finally:
+                    timer.cancel()
+                if timed_out.is_set():
+                    reason = f"timed out after {self.limits.timeout:g} s (wall-clock limit); killed"
                 dog.stop.set()
                 dog.join()
         finally:
