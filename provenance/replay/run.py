@@ -165,8 +165,29 @@ def read_report(out: Path) -> bytes:
         return f.read(rules.MAX_REPORT_BYTES + 1)
 
 
+def _background() -> None:
+    """Host work beside a phase yields to it: this thread runs at the lowest priority (Linux
+    lets a thread have its own nice value)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):
+        pass
+
+
 def _load_record_code() -> None:
+    _background()
     import provenance.records.adjudicate  # noqa: F401
+
+
+def _frame_pngs_beside(*args) -> dict:
+    _background()
+    try:
+        return frame_pngs(*args)
+    finally:  # the pool's thread runs the probe next time: back to the process's priority
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0))
+        except (OSError, AttributeError):
+            pass
 
 
 def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path, name: str | None = None,
@@ -248,7 +269,7 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
                 probe = run("probe", probe_argv)
             require(probe)
             raw_check = check_outputs(inflated_dir, names, want, limits.max_entries)
-            frames_job = pool.submit(frame_pngs, profile, upstream, inflated_dir, names)
+            frames_job = pool.submit(_frame_pngs_beside, profile, upstream, inflated_dir, names)
             evaluate = require(run("evaluate", [
                 sys.executable, "-s", "evaluate.py", "--submission-dir", sub, "--uncompressed-dir", f"{up}/videos",
                 "--report", f"{box.out_inside}/report.txt", "--video-names-file", f"{up}/{NAMES_FILE}",
