@@ -126,3 +126,9 @@ def test_a_trust_file_is_read_strictly(tmp_path):
     (tmp_path / "trust.json").write_text('{"schema": "comma-lab/trust-policy/v1", "version": 1, "version": 2}')
     with pytest.raises(ProvError, match="duplicate key"):
         read_trust_doc(tmp_path / "trust.json")
+
+
+def test_log_consistency_reads_the_notes_before_the_store(tmp_path):
+    (tmp_path / "a.note").write_text("garbage\n")
+    r = run_prov("log", "consistency", tmp_path / "a.note", tmp_path / "a.note", store=tmp_path / "no-store", check=1)
+    assert r.err.startswith("prov: error: checkpoint: not a signed note") and not (tmp_path / "no-store").exists()

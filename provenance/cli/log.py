@@ -68,13 +68,14 @@ def log_prove(ctx, digest, size, as_json):
 @click.pass_context
 def log_consistency(ctx, old, new, trust_path, as_json):
     """Prove from the store's log that checkpoint NEW extends checkpoint OLD."""
-    from provenance.log.logbook import prove_consistency, read_note
+    from provenance.log.logbook import checkpoint_pair, prove_consistency, read_note
     trusted = None
     if trust_path:
         from provenance.release.trust import load_trust
         t = load_trust(trust_path, None)
         trusted = {k: t.keys[k][1] for k in t.log}
-    p = prove_consistency(open_store(ctx), read_note(old), read_note(new), trusted, where=new)
+    a, b = checkpoint_pair(read_note(old), read_note(new), trusted)  # the notes first, then the store
+    p = prove_consistency(open_store(ctx), a, b, where=new)
     emit(p, as_json, f"consistent: {p['size1']} -> {p['size2']} ({len(p['proof'])} hashes)")
 
 

@@ -129,8 +129,8 @@ def read_note(path: str) -> str:
 
 def prove_inclusion(store, ref: str, size: int | None = None) -> dict:
     """An inclusion proof of a stored, logged object (checked before it is returned)."""
-    log = translog.open_log(store)
     info = store.resolve(ref)
+    log = translog.open_log(store)
     index = leaf = None
     for kind in (info.kind, *info.kinds):  # logged as whichever kind it was stored as
         leaf = translog.leaf_hash(translog.entry_bytes(kind, info.sha256, info.blake3))
@@ -147,14 +147,19 @@ def prove_inclusion(store, ref: str, size: int | None = None) -> dict:
     return {"index": index, "size": size, "leaf_hash": leaf.hex(), "root": root.hex(), "proof": [h.hex() for h in proof]}
 
 
-def prove_consistency(store, old_note: str, new_note: str, trusted: dict | None = None, where: str = "new") -> dict:
-    """A consistency proof, from this store's log, that checkpoint NEW extends checkpoint OLD
-    (both signed by a trusted log key when `trusted` is given); checked before it is returned."""
+def checkpoint_pair(old_note: str, new_note: str, trusted: dict | None = None) -> tuple:
+    """Two checkpoints of one log, parsed (and signed by a trusted log key when `trusted` is given)."""
     notes = (old_note, new_note)
     a, b = ([translog.verify_checkpoint(n, trusted)[0] for n in notes] if trusted is not None
             else [translog.parse_checkpoint(n) for n in notes])
     if a.origin != b.origin:
         raise ProvError(f"checkpoints are of different logs ({a.origin}, {b.origin})")
+    return a, b
+
+
+def prove_consistency(store, a, b, where: str = "new") -> dict:
+    """A consistency proof, from this store's log, that checkpoint `b` extends checkpoint `a`
+    (see checkpoint_pair); checked before it is returned."""
     log = translog.open_log(store)
     if b.size > log.size():
         raise ProvError(f"{where}: size {b.size} is beyond this store's log ({log.size()})")

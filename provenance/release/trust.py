@@ -70,11 +70,12 @@ def role_keys(doc: dict, r: str, where: str) -> tuple[dict[str, object], int]:
     spec = doc["roles"].get(r) or (doc["roles"].get("release") if r == "root" else None)
     if spec is None:
         return {}, 0
+    missing = [n for n in spec["keys"] if n not in doc["keys"]]
+    if missing:
+        raise ProvError(f"{where}: role {r} names unknown key(s) {missing}")
     out = {}
     for n in spec["keys"]:
-        k = doc["keys"].get(n)
-        if k is None:
-            raise ProvError(f"{where}: role {r} names unknown key {n!r}")
+        k = doc["keys"][n]
         pub = signing.load_public_pem(k["public_key"], f"{where}: key {n}")
         if signing.keyid(pub) != k["keyid"]:
             raise ProvError(f"{where}: key {n}: keyid does not match its public key")

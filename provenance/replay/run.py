@@ -327,6 +327,8 @@ def expected_from(path: str | Path) -> dict:
     if isinstance(doc, dict) and "payload" in doc:
         st = statement_of(doc, f"{path}: payload")
         p, subj = st["predicate"], subject_digests(st)
+        if "archive.zip" not in subj or "runtime/" not in subj:
+            raise ProvError(f"{path}: the release names no archive.zip or runtime/ subject")
         return {"canonical_score": p["score"]["canonical"], "posenet": p["score"]["posenet"],
                 "segnet": p["score"]["segnet"], "rate": p["score"]["rate"], "samples": p["score"]["samples"],
                 "archive_sha256": subj["archive.zip"][0], "runtime_sha256": subj["runtime/"][0]}
