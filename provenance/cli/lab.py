@@ -23,12 +23,17 @@ def lab():
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: run it as a Ray task (cluster of RAY_ADDRESS, through the DVC remote); see prov batch.")
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, exists=True),
+              help="With --engine ray: fan out every submission PARAMS lists at the first replay stage DVC runs; "
+                   "the later stages take their results (DVC runs stages one at a time).")
 @json_option
-def lab_replay_cmd(name, submissions, upstream, out, metrics, device, engine, as_json):
+def lab_replay_cmd(name, submissions, upstream, out, metrics, device, engine, params_path, as_json):
     """Replay one submission into its own store (OUT/store) and record (OUT/record.json)."""
     from pathlib import Path
     from provenance.lab.batch import lab_replay
-    r = lab_replay(name, Path(submissions), Path(upstream), Path(out), Path(metrics), device, engine)
+    from provenance.lab.pipeline import submissions_param
+    fan_out = submissions_param(Path(params_path)) if params_path and engine == "ray" else None
+    r = lab_replay(name, Path(submissions), Path(upstream), Path(out), Path(metrics), device, engine, fan_out=fan_out)
     emit(r, as_json, f"{name}: {r['canonical_score']!r} ({r['grade']}), record {r['record']}")
 
 
