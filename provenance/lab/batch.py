@@ -554,8 +554,10 @@ def _fan_out(todo: list[str], keys: dict[str, str], submissions: Path, upstream:
             _, outcomes = run(b, "ray")
             hand = meeting({"kind": "dir", "path": str(work_dir / "hand")})
             for o in outcomes:
-                if not o.ok:
+                if not o.ok:  # its own stage replays it again, and fails there if it fails again
                     failures[o.name] = o
+                    import sys
+                    print(f"fan-out: {o.name} failed: {o.reason}", file=sys.stderr)
                     continue
                 tmp = work_dir / o.name
                 store = Store(tmp / "out" / "store", create=True)
