@@ -28,7 +28,7 @@ def modules() -> dict[str, Path]:
 
 def imports(name: str, path: Path, top_level_only: bool = False) -> set[str]:
     """Modules of this package that `name` imports (all of them, or only those run at import time)."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = _parse(path)
     is_pkg = path.name == "__init__.py"
     nodes = tree.body if top_level_only else ast.walk(tree)
     found = set()

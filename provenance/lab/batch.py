@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -168,7 +169,7 @@ def _rel(b3: str) -> str:
 
 def closure(store: Store, roots: list[str]) -> list[list]:
     """[blake3, kind, children] for every object reachable from `roots` through the index's links,
-    parents before children; what a receiving store needs to index them."""
+    each once; what a receiving store needs to index them."""
     out, seen, todo = [], set(), list(roots)
     while todo:
         b3 = todo.pop()
@@ -193,8 +194,9 @@ def publish(store: Store, rows: list[list], where) -> int:
 
 def fetch(store: Store, rows: list[list], where) -> int:
     """Bring objects into `store` from the meeting point, re-hashing each: an object whose bytes
-    are not its name is refused and nothing of this fetch becomes visible."""
-    got = 0
+    are not its name is refused and nothing of this fetch becomes visible. A tree is indexed under
+    its own SHA-256 view (from its children's), as an add would index it."""
+    got, trees = 0, []
     with store.batch() as b:
         for b3, kind, kids in rows:
             if b._known(b3):
@@ -213,8 +215,42 @@ def fetch(store: Store, rows: list[list], where) -> int:
                 raise VerificationFailed(f"object {b3} arrived corrupt (its bytes hash to {d.blake3}); not stored")
             b.deferred_sync = True
             b.new[b3] = (tmp, d, kind, tuple(kids))
+            if kind == "tree":
+                trees.append(b3)
             got += 1
+        _tree_views(store, b, trees)
     return got
+
+
+def _tree_views(store: Store, b, trees: list[str]) -> None:
+    """Index each fetched tree under its SHA-256 view, which needs its children's: subtrees first
+    (rows of several roots are not in parent-child order), iteratively (trees may be deep)."""
+    from provenance.core import tree as treemod
+    pending = set(trees)
+    for top in trees:
+        stack = [top]
+        while stack:
+            b3 = stack[-1]
+            if b3 not in pending:
+                stack.pop()
+                continue
+            tmp, _d, kind, kids = b.new[b3]
+            with open(tmp, "rb") as f:
+                rows = treemod.parse(f.read(), b3)
+            waiting = [child for _k, _n, _s, child in rows if child in pending]
+            if waiting:
+                stack.extend(waiting)
+                continue
+            entries = []
+            for k, name, size, child in rows:
+                staged = b.new.get(child)
+                info = None if staged else store.info(child)
+                if staged is None and info is None:
+                    raise VerificationFailed(f"tree {b3}: child {name} ({child}) did not arrive")
+                entries.append(treemod.Entry(k, name, size, staged[1].sha256 if staged else info.sha256, child))
+            b.new[b3] = (tmp, treemod.tree_digest(entries)[0], kind, kids)
+            pending.discard(b3)
+            stack.pop()
 
 
 # -- the work of one submission (runs on a worker) -------------------------------------------------
@@ -471,7 +507,7 @@ def _ray_replay(name: str, submissions: Path, upstream: Path, out: Path, metrics
                 repo: Path) -> dict:
     from provenance.core.files import write_atomic
     from provenance.replay.run import ReplayFailed
-    meet = {"kind": "dvc", "conf": dvc_remote(repo, None)} if os.environ.get("RAY_ADDRESS") else None
+    meet = _stage_meeting(repo)
     if out.exists():
         shutil.rmtree(out)
     store = Store(out / "store", create=True)
@@ -499,18 +535,30 @@ def _stage_metrics(name: str, out: Path, metrics: Path) -> dict:
     return {"name": name, "record": hashlib.sha256(data).hexdigest(), **m}
 
 
-def fan_out_key(submission: Path, upstream: Path, device: str) -> str:
-    """What a replay's result depends on, as one digest: the archive, the runtime and upstream
-    trees, the device, and the provenance sources that replay (every file of the package)."""
+def _stage_meeting(repo: Path) -> dict | None:
+    """A replay stage's meeting point: the repository's default DVC remote when it joins the
+    cluster of RAY_ADDRESS; on an embedded Ray, a scratch directory (None)."""
+    return {"kind": "dvc", "conf": dvc_remote(repo, None)} if os.environ.get("RAY_ADDRESS") else None
+
+
+def fan_out_keys(names: list[str], submissions: Path, upstream: Path, device: str) -> dict[str, str]:
+    """{name: what its replay's result depends on, as one digest}: its archive and runtime tree,
+    the upstream tree, the device, and the provenance sources that replay (every file of the
+    package). What all names share is hashed once."""
     import hashlib
     from provenance.core.tree import hash_path
-    h = hashlib.sha256(b"prov-fanout-v1\0" + device.encode() + b"\0")
-    for part in (submission / "archive.zip", submission / "runtime", upstream):
-        h.update(hash_path(part)[1].sha256.encode() + b"\0")
+    shared = hashlib.sha256(b"prov-fanout-v1\0" + device.encode() + b"\0")
+    shared.update(hash_path(upstream)[1].sha256.encode() + b"\0")
     pkg = Path(__file__).resolve().parent.parent
     for f in sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()
+        shared.update(f.relative_to(pkg).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    keys = {}
+    for n in names:
+        h = shared.copy()
+        for part in (submissions / n / "archive.zip", submissions / n / "runtime"):
+            h.update(hash_path(part)[1].sha256.encode() + b"\0")
+        keys[n] = h.hexdigest()
+    return keys
 
 
 def _from_fan_out(name: str, submissions: Path, upstream: Path, out: Path, metrics: Path, device: str,
@@ -519,18 +567,16 @@ def _from_fan_out(name: str, submissions: Path, upstream: Path, out: Path, metri
     if name not in names:
         names = [*names, name]
     cache = repo / ".dvc" / "tmp" / "prov-fanout"
-    keys = {n: fan_out_key(submissions / n, upstream, device) for n in names}
+    keys = fan_out_keys(names, submissions, upstream, device)
     entry = cache / keys[name]
     if not entry.is_dir():
         todo = [n for n in names if not (cache / keys[n]).is_dir()]
-        import sys
         print(f"fan-out: {len(todo)} replay(s) as Ray tasks at once: {', '.join(todo)}", file=sys.stderr)
         failures = _fan_out(todo, keys, submissions, upstream, device, repo, cache)
         if name in failures:
             o = failures[name]
             raise (ReplayFailed if o.exit_code == 1 else ProvError)(f"{name}: {o.reason}")
     else:
-        import sys
         print(f"{name}: taken from the fan-out ({entry.name[:16]})", file=sys.stderr)
     if out.exists():
         shutil.rmtree(out)
@@ -544,7 +590,7 @@ def _fan_out(todo: list[str], keys: dict[str, str], submissions: Path, upstream:
     record.json), exactly what a replay stage writes. Returns the failures."""
     from provenance.core.files import write_atomic
     cache.mkdir(parents=True, exist_ok=True)
-    meet = {"kind": "dvc", "conf": dvc_remote(repo, None)} if os.environ.get("RAY_ADDRESS") else None
+    meet = _stage_meeting(repo)
     work_dir = Path(tempfile.mkdtemp(prefix="fanout-", dir=cache))
     failures = {}
     try:
@@ -556,18 +602,16 @@ def _fan_out(todo: list[str], keys: dict[str, str], submissions: Path, upstream:
             for o in outcomes:
                 if not o.ok:  # its own stage replays it again, and fails there if it fails again
                     failures[o.name] = o
-                    import sys
                     print(f"fan-out: {o.name} failed: {o.reason}", file=sys.stderr)
                     continue
                 tmp = work_dir / o.name
                 store = Store(tmp / "out" / "store", create=True)
-                try:  # what a one-submission batch leaves in its stage's store: its inputs, as the
-                    # batch adds them, then the worker's results (records, reports, logs, frames), the log
+                try:  # what a one-submission batch leaves in its stage's store: inputs, results, the log
                     sub = next(s for s in b.submissions if s.name == o.name)
-                    store.add_as(upstream.resolve(), "tree", "upstream")
-                    store.add_as(sub.archive, "file", "archive")
-                    store.add_as(sub.runtime, "tree", "runtime")
-                    rows = [r for r in closure(head, [o.record_b3]) if store.info(r[0]) is None]
+                    inputs = [head.add_as(p, k, w).blake3 for p, k, w in  # stat-cache hits: nothing re-read
+                              ((upstream.resolve(), "tree", "upstream"), (sub.archive, "file", "archive"),
+                               (sub.runtime, "tree", "runtime"))]
+                    rows = closure(head, [*inputs, o.record_b3])
                     publish(head, rows, hand)
                     fetch(store, rows, hand)
                     log_object(store, o.record_b3)

@@ -519,6 +519,5 @@ def repair_store(root, progress=None) -> dict:
                 log_size = log.size()
         finally:
             store.close()
-    keys = list(report)
-    at = keys.index("refs_recovered") + 1 if "refs_recovered" in keys else len(keys)
-    return {**{k: report[k] for k in keys[:at]}, "log_size": log_size, **{k: report[k] for k in keys[at:]}}
+    report["log_size"] = log_size
+    return report

@@ -180,14 +180,8 @@ def _load_record_code() -> None:
 
 
 def _frame_pngs_beside(*args) -> dict:
-    _background()
-    try:
-        return frame_pngs(*args)
-    finally:  # the pool's thread runs the probe next time: back to the process's priority
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0))
-        except (OSError, AttributeError):
-            pass
+    _background()  # the frames are the pool's last job: its thread ends with the replay
+    return frame_pngs(*args)
 
 
 def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path, name: str | None = None,
