@@ -269,15 +269,17 @@ ATTACKS = {
                         "test -e \"$HOME/secret.txt\" && {{ " + LEAK.format(what="secret") + "; }}; true",
     "allocate_100gb": "python -c \"b = bytearray(100 * 2**30)\" 2>/dev/null && "
                       "{{ " + LEAK.format(what="memory") + "; }}; true",
-    "daemon": "setsid nohup sleep 7771 >/dev/null 2>&1 &",
+    "daemon": "setsid nohup sleep {sleep} >/dev/null 2>&1 &",
 }
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_escape_attempts_are_blocked(tmp_path, mini, host, attack):
     runtime = hostile_runtime(tmp_path, mini, "")
+    # this test's own daemon, told apart from a neighbour's (tests run side by side)
+    sleep = f"7771.{int.from_bytes(os.urandom(3), 'big'):08d}"
     script = ATTACKS[attack].format(port=host["port"], upstream=mini / "upstream", runtime=runtime,
-                                    home=host["home"])
+                                    home=host["home"], sleep=sleep)
     runtime = hostile_runtime(tmp_path / attack, mini, script)
     orig_runtime = prov_json("hash", runtime)["sha256"]
     a, _ = sample(mini, "copy")
@@ -288,7 +290,7 @@ def test_escape_attempts_are_blocked(tmp_path, mini, host, attack):
     assert host["seen"] == []
     assert prov_json("hash", mini / "upstream")["sha256"] == host["upstream_digest"]
     assert prov_json("hash", runtime)["sha256"] == orig_runtime
-    assert no_process("sleep 7771")
+    assert no_process(f"sleep {sleep}")
 
 
 @pytest.mark.parametrize("attack,timeout,outcomes", [
