@@ -25,13 +25,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from provenance.core import canonical, signing
 from provenance.core.canonical import loads_tracking
-from provenance.core.clock import format_time, now_rfc3339, parse_time
+from provenance.core.clock import now_rfc3339, parse_time
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.records import jsonschema_lite
 
@@ -138,35 +138,25 @@ def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str |
 
 def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], expires: str,
                  version: int = 1, root_keys: list[str] | None = None, root_threshold: int = 1) -> TrustPolicy:
-    from provenance.log.translog import NOTE_KEY_NAME, note_verifier
-    from provenance.records.models import Role, TrustedKey, TrustPolicy  # pydantic: creating, not verifying
-    keys: dict[str, TrustedKey] = {}
-    names: dict[str, list[str]] = {"release": [], "log": [], "root": []}
-    for role, paths in (("release", release_keys), ("log", log_keys), ("root", root_keys or [])):
-        for p in paths:
-            pub = signing.load_public(p)
-            kid = signing.keyid(pub)
-            name = next((n for n, k in keys.items() if k.keyid == kid), None)
-            if name is None:
-                name = f"{Path(p).stem.replace('.pub', '')}-{kid[:8]}"
-                keys[name] = TrustedKey(keyid=kid, public_key=signing.public_pem(pub))
-            if role == "log":  # publish what Go's note package needs to check our checkpoints
-                keys[name] = keys[name].model_copy(update={
-                    "note_verifier": note_verifier(NOTE_KEY_NAME, signing.raw_public(pub))})
-            names[role].append(name)
+    from provenance.records.models import Role, TrustPolicy  # pydantic: creating, not verifying
+    keys: dict[str, dict] = {}
+    names = {role: _named_keys(paths, keys) for role, paths in
+             (("release", release_keys), ("log", log_keys), ("root", root_keys or []))}
+    _publish_note_verifiers(keys, names["log"])
     if not names["release"]:
         raise ProvError("a trust policy needs at least one release key")
-    if not 1 <= threshold <= len(set(names["release"])):
-        raise ProvError(f"threshold {threshold} must be between 1 and {len(set(names['release']))}")
+    if not 1 <= threshold <= len(names["release"]):
+        raise ProvError(f"threshold {threshold} must be between 1 and {len(names['release'])}")
     parse_time(expires, "--expires")
-    roles = {"release": Role(keys=sorted(set(names["release"])), threshold=threshold)}
+    roles = {"release": Role(keys=names["release"], threshold=threshold)}
     if names["log"]:
-        roles["log"] = Role(keys=sorted(set(names["log"])), threshold=1)
+        roles["log"] = Role(keys=names["log"], threshold=1)
     if names["root"]:
-        if not 1 <= root_threshold <= len(set(names["root"])):
-            raise ProvError(f"root threshold {root_threshold} must be between 1 and {len(set(names['root']))}")
-        roles["root"] = Role(keys=sorted(set(names["root"])), threshold=root_threshold)
+        if not 1 <= root_threshold <= len(names["root"]):
+            raise ProvError(f"root threshold {root_threshold} must be between 1 and {len(names['root'])}")
+        roles["root"] = Role(keys=names["root"], threshold=root_threshold)
     return TrustPolicy(version=version, expires=expires, keys=keys, roles=roles, issued_at=now_rfc3339())
+
 
 def allowed_signers(trust_doc: dict) -> str:
     """OpenSSH allowed_signers for the release role of a trust policy (namespace comma-lab-release)."""
@@ -258,13 +248,20 @@ def _named_keys(paths: list[str], keys: dict) -> list[str]:
     return sorted(set(names))
 
 
+def _publish_note_verifiers(keys: dict, log_names: list[str]) -> None:
+    """What Go's note package needs to check our checkpoints, on every log key."""
+    from provenance.log.translog import NOTE_KEY_NAME, note_verifier
+    for n in log_names:
+        pub = signing.load_public_pem(keys[n]["public_key"], n)
+        keys[n]["note_verifier"] = note_verifier(NOTE_KEY_NAME, signing.raw_public(pub))
+
+
 def rotate(current: str | Path, signing_keys: list[str], expires: str, release_keys: list[str] | None = None,
            threshold: int | None = None, log_keys: list[str] | None = None, root_keys: list[str] | None = None,
            root_threshold: int | None = None, passphrase_file=None) -> dict:
     """Version N+1 of a trust policy, signed by `signing_keys` (they must reach the root thresholds of
     both version N and N+1). Roles not given are carried over; a key no role names is dropped (revoked)."""
     from provenance.records.models import TrustPolicy
-    from provenance.log.translog import NOTE_KEY_NAME, note_verifier
     old = read_trust_doc(current)
     parse_time(expires, "--expires")
     keys = {n: dict(k) for n, k in old["keys"].items()}
@@ -283,12 +280,10 @@ def rotate(current: str | Path, signing_keys: list[str], expires: str, release_k
             raise ProvError(f"role {r}: threshold {spec['threshold']} must be between 1 and {len(spec['keys'])}")
     used = {n for spec in roles.values() for n in spec["keys"]}
     keys = {n: k for n, k in keys.items() if n in used}
-    for n in roles.get("log", {}).get("keys", []):
-        pub = signing.load_public_pem(keys[n]["public_key"], n)
-        keys[n]["note_verifier"] = note_verifier(NOTE_KEY_NAME, signing.raw_public(pub))
+    _publish_note_verifiers(keys, roles.get("log", {}).get("keys", []))
     doc = TrustPolicy.model_validate({
         "schema": old.get("schema", "comma-lab/trust-policy/v1"), "version": old["version"] + 1,
-        "expires": expires, "issued_at": format_time(datetime.now(timezone.utc)),
+        "expires": expires, "issued_at": now_rfc3339(),
         "keys": keys, "roles": roles}).model_dump(mode="json", by_alias=True, exclude_none=True)
     return sign_policy(doc, signing_keys, passphrase_file, previous=old)
 
