@@ -132,3 +132,21 @@ def test_log_consistency_reads_the_notes_before_the_store(tmp_path):
     (tmp_path / "a.note").write_text("garbage\n")
     r = run_prov("log", "consistency", tmp_path / "a.note", tmp_path / "a.note", store=tmp_path / "no-store", check=1)
     assert r.err.startswith("prov: error: checkpoint: not a signed note") and not (tmp_path / "no-store").exists()
+
+
+@pytest.mark.parametrize("doc", [
+    {"payload": "e30=", "payloadType": "x", "signatures": []},  # a statement of {}
+    {"payload": "eyJzdWJqZWN0IjogNX0=", "payloadType": "x", "signatures": []},  # subject: 5
+    {"schema": "comma-lab/eval-record/v1", "result": 3},
+    {"schema": "comma-lab/eval-record/v1", "result": {"canonical_score": 1}},
+])
+def test_compare_with_a_hollow_claim_is_one_line(tmp_path, doc):
+    """`prov replay --compare` reads the claim through the one envelope reader: a claim that is
+    well-formed JSON but not the document it says is bad input, exit 2, before any replay."""
+    claim = tmp_path / "claim.json"
+    claim.write_text(json.dumps(doc))
+    (tmp_path / "up").mkdir()
+    r = run_prov("replay", "--archive", claim, "--runtime", tmp_path / "up", "--upstream", tmp_path / "up",
+                 "--compare", claim, store=tmp_path / "store", check=2)
+    assert r.err.startswith(f"prov: error: {claim}: ") and len(r.err.strip().splitlines()) == 1, r.err
+    assert "internal error" not in r.err and not (tmp_path / "store").exists()

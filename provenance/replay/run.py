@@ -316,8 +316,16 @@ FIELDS = ("canonical_score", "posenet", "segnet", "rate", "samples", "archive_sh
 def expected_from(path: str | Path) -> dict:
     """The claim to compare with: a release manifest (its statement) or an EvalRecord."""
     from provenance.core import canonical
-    from provenance.records.envelope import statement_of, subject_digests
     doc = canonical.load_file(path)
+    try:
+        return _claim(doc, path)
+    except (KeyError, TypeError, AttributeError) as e:  # well-formed JSON, not the document it says
+        raise ProvError(f"{path}: not a whole release statement or EvalRecord "
+                        f"({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def _claim(doc, path) -> dict:
+    from provenance.records.envelope import statement_of, subject_digests
     if isinstance(doc, dict) and "payload" in doc:
         st = statement_of(doc, f"{path}: payload")
         p, subj = st["predicate"], subject_digests(st)
