@@ -2,7 +2,6 @@
 at a time, so the first replay stage runs one Ray batch of every submission whose result is not at
 hand, and the later stages take theirs. Real DVC, a real embedded Ray, in a clone of the working tree."""
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,13 +47,11 @@ def test_dvc_repro_fans_the_replays_out_and_matches_local(ray_lab):
     assert sorted(ran(r.stdout)) == ["miniature", "replay@copy", "replay@half"], r.stdout
     out = r.stdout + r.stderr
     assert out.count("fan-out: 6 replay(s) as Ray tasks at once") == 1, out  # one batch, at the first stage
-    assert out.count("taken from the fan-out") == 1, out  # the second stage
-    failed = set(re.findall(r"^fan-out: (\w+) failed: ", out, re.M))  # a loaded machine may fail one
-    # every other replay stage takes its result; only a replay that failed runs again
+    assert out.count("taken from the fan-out") == 1 and " failed: " not in out, out  # the second stage
+    # every other replay stage takes its result; nothing replays twice
     r = sh(DVC, "repro", cwd=repo)
     out = r.stdout + r.stderr
-    again = re.findall(r"^fan-out: \d+ replay\(s\) as Ray tasks at once: (\w+)$", out, re.M)
-    assert set(again) <= failed and out.count("taken from the fan-out") + len(again) == 4, out
+    assert "fan-out:" not in out and out.count("taken from the fan-out") == 4, out
     assert {"release", "verify", "site"} <= set(ran(r.stdout))
     assert json.loads((repo / "evidence/verify.json").read_text())["ok"]
     # a stage's outputs are what the local engine writes, but for the fields that describe the run

@@ -339,3 +339,11 @@ def test_large_binary_outside_the_archive_is_flagged(tmp_path, pristine):
     assert f"weights.bin ({3 << 20:,} bytes)" in c["detail"] and "big_source.py" not in c["detail"]
     assert f"runtime tree holds {r.record['runtime']['tree']['size']:,} bytes" in c["detail"]
     assert r.record["grade"] == "A++"  # a flag for the judge, not a verdict
+
+
+def test_the_tmp_cap_never_counts_the_hosts_disk():
+    """Until bubblewrap pivots into the sandbox's root, a phase's process still sees the host's
+    /tmp: the watchdog must not take the host disk's usage for the sandbox's /tmp (it did, and a
+    legitimate evaluate was killed for 'memory' when it looked in that window)."""
+    from provenance.replay.sandbox import _tmp_used
+    assert _tmp_used([0, os.getpid()]) == 0

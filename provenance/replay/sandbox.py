@@ -215,9 +215,14 @@ def _rss(pid: int) -> int:
 
 
 def _tmp_used(pids: list[int]) -> int:
-    """Bytes in the sandbox's /tmp, seen through a sandboxed process's root."""
+    """Bytes in the sandbox's /tmp, seen through a sandboxed process's root. A process still on
+    the host's root (bubblewrap before it pivots) is passed over: its /tmp is the host's disk."""
+    host = os.stat("/")
     for pid in pids[1:]:
         try:
+            root = os.stat(f"/proc/{pid}/root")
+            if (root.st_dev, root.st_ino) == (host.st_dev, host.st_ino):
+                continue
             v = os.statvfs(f"/proc/{pid}/root/tmp")
         except OSError:
             continue
