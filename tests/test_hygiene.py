@@ -58,6 +58,31 @@ def test_redaction_removes_each_form(name):
     assert needle not in sanitize.normalize(out) and not sanitize.scan_text("f", out), (name, out)
 
 
+def test_every_gate_holds_on_the_leaks_its_rule_matches():
+    """A rule's `requires` literals only skip work: each match of the rule, on every leak form
+    above (as scanned: normalised, and each pair of lines joined), holds one of them."""
+    checked = 0
+    for text, _ in LEAKS.values():
+        lines = [sanitize.normalize(ln) for ln in text.splitlines()]
+        pieces = lines + [lines[n].rstrip().removesuffix("\\") + lines[n + 1].lstrip() for n in range(len(lines) - 1)]
+        for r in sanitize._rules():
+            for piece in (pieces if r.scope == "line" else ["\n".join(lines)]):
+                for m in r.rx.finditer(piece):
+                    checked += 1
+                    assert not r.requires or any(lit in m.group(0) for lit in r.requires), (r.name, m.group(0))
+    assert checked >= len(LEAKS)
+    assert all(not any(c.isspace() for c in lit) for r in sanitize._rules() for lit in r.requires)
+
+
+@pytest.mark.parametrize("text", [
+    "token s\nk-proj0123456789abcdefXYZ",  # the gate's own literal split across two lines
+    "key AK\\\n   IAIOSFODNN7EXAMPLE",
+    "at /ho\nme/alice/x",
+])
+def test_a_gate_literal_split_across_lines_is_still_scanned(text):
+    assert [v.rule for v in sanitize.scan_text("f", text)][-1].endswith("(split across lines)")
+
+
 @pytest.mark.parametrize("text", [
     "https://github.com/commaai/comma_video_compression_challenge/tree/main/submissions/x",
     "evidence/records/0123abcd.json",

@@ -40,6 +40,7 @@ class Rule:
     rx: re.Pattern
     placeholder: str
     scope: str  # "line" or "text"
+    requires: tuple[str, ...]  # every match holds one of these (empty: no gate)
 
 
 @lru_cache(maxsize=None)
@@ -52,8 +53,21 @@ def rules() -> tuple[list[tuple[str, re.Pattern]], re.Pattern, str]:
 @lru_cache(maxsize=None)
 def _rules() -> tuple[Rule, ...]:
     doc = json.loads(RULES_FILE.read_text())
-    return tuple(Rule(r["name"], re.compile(r["pattern"]), r.get("redact", WITHHELD), r.get("scope", "line"))
-                 for r in doc["rules"])
+    return tuple(Rule(r["name"], re.compile(r["pattern"]), r.get("redact", WITHHELD), r.get("scope", "line"),
+                      tuple(r.get("requires", ()))) for r in doc["rules"])
+
+
+@lru_cache(maxsize=None)
+def _literals() -> frozenset[str]:
+    return frozenset(lit for r in _rules() for lit in r.requires)
+
+
+# a line holding none of these is its own normal form: normalize() only changes text through them
+_NORMALIZES = re.compile("[&%\\\\" + "".join(map(chr, ZERO_WIDTH)) + "]")
+# a string without these holds one line (for splitlines()), decodes to itself and holds no path
+_MAY_CHANGE = re.compile("[&%/\\\\\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029" + "".join(map(chr, ZERO_WIDTH)) + "]")
+# where two adjacent lines meet when joined (scan_text's split check): gates look across these
+_LINE_JOIN = re.compile(r"\\?\s*\n\s*")
 
 
 def normalize(text: str) -> str:
@@ -83,14 +97,20 @@ def scan_text(name: str, text: str) -> list[Violation]:
         shown = s if rule.startswith("local-path") else s[:6] + "..."  # never echo a secret into a build log
         out.setdefault((n, rule), Violation(name, n, rule + how, _excerpt(shown)))
 
-    lines = [normalize(ln) for ln in text.splitlines()]
-    line_rules = [r for r in _rules() if r.scope == "line"]
-    for n, line in enumerate(lines, 1):
+    lines = text.splitlines()
+    if _NORMALIZES.search(text):
+        lines = [normalize(ln) if _NORMALIZES.search(ln) else ln for ln in lines]
+    whole = "\n".join(lines)
+    hay = whole + "\0" + _LINE_JOIN.sub("", whole)  # lines as they are, and glued where they meet
+    found = {lit for lit in _literals() if lit in hay}
+    active = [r for r in _rules() if not r.requires or found.intersection(r.requires)]  # others cannot match
+    line_rules = [r for r in active if r.scope == "line"]
+    for n, line in enumerate(lines if line_rules else (), 1):
         for r in line_rules:
             m = r.rx.search(line)
             if m:
                 hit(n, r.name, m.group(0))
-    for n in range(len(lines) - 1):  # a token split across two lines
+    for n in range(len(lines) - 1 if line_rules else 0):  # a token split across two lines
         a = lines[n].rstrip()
         a = a[:-1] if a.endswith("\\") else a
         joined = a + lines[n + 1].lstrip()
@@ -99,8 +119,7 @@ def scan_text(name: str, text: str) -> list[Violation]:
                 if m.start() < len(a) < m.end():
                     hit(n + 1, r.name, m.group(0), " (split across lines)")
                     break
-    whole = "\n".join(lines)
-    for r in _rules():
+    for r in active:
         if r.scope == "text":
             for m in r.rx.finditer(whole):
                 hit(whole.count("\n", 0, m.start()) + 1, r.name, m.group(0))
@@ -112,6 +131,9 @@ def redact_text(s: str) -> str:
     """Every rule's matches become its placeholder, and absolute paths ${LOCAL_PATH}. The decoded form
     is published where decoding reveals a leak; a leak that survives (split across lines) withholds
     the whole string."""
+    if (not _MAY_CHANGE.search(s) and not any(lit in s for lit in _literals())
+            and not any(r.rx.search(s) for r in _rules() if not r.requires)):
+        return s  # labels, grades, numbers: no rule, no redaction and no decoding can touch them
     decoded = normalize(s)
     if decoded != s and scan_text("", decoded):
         s = decoded

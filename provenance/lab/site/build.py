@@ -47,11 +47,38 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def _write(root: Path, rel: str, data: bytes) -> Path:
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
-    return p
+class _Bundle:
+    """The bundle being built, in its temporary directory. Each file is hashed and hygiene-scanned
+    from the very bytes written (not read back), unless the last bundle (`published`, built under
+    the same rules) published those bytes at that path; what arrives otherwise (copied) is hashed
+    and scanned by the final pass over the directory."""
+
+    def __init__(self, root: Path, published: dict[str, str]):
+        self.root, self.published, self.sha, self.scanned, self.violations = root, published, {}, set(), []
+
+    def write(self, rel: str, data: bytes, scan: bool = True) -> str:
+        p = self.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        self.sha[rel] = sha = hashlib.sha256(data).hexdigest()
+        if scan:
+            if self.published.get(rel) != sha:
+                self.violations += _scan_bytes(rel, data)
+            self.scanned.add(rel)
+        return sha
+
+    def keep(self, old_root: Path, rel: str, sha: str) -> bool:
+        """Carry a published file over (a hard link) when its bytes are still the ones the last bundle
+        listed: the caller skips its scan only because that bundle published (and scanned) those bytes."""
+        try:
+            if hashlib.sha256((old_root / rel).read_bytes()).hexdigest() != sha:
+                return False
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(old_root / rel, self.root / rel)
+        except OSError:
+            return False
+        self.sha[rel] = sha
+        return True
 
 
 def _view(r: ledger.Run, href: str) -> dict:
@@ -69,15 +96,15 @@ def _view(r: ledger.Run, href: str) -> dict:
             "platform": r.record.environment.platform, "gpu": r.record.environment.gpu_model}
 
 
-def _frames(store: Store, work: Path, r: ledger.Run, evidence: list) -> list[dict]:
+def _frames(store: Store, bundle: _Bundle, r: ledger.Run, evidence: list) -> list[dict]:
     """The run's PNG illustrations, published under their SHA-256 (same pixels, same file)."""
     by_index: dict[str, dict] = {}
     for key, d in sorted((r.record.frames or {}).items()):
         video, kind, index = key.split("/")
         rel = f"evidence/frames/{d.sha256}.png"
-        if not (work / rel).exists():
-            _write(work, rel, store.read_bytes(d.blake3 or store.resolve(d.sha256).blake3))
-            evidence.append({"kind": "frame", "path": rel, "sha256": _sha(work / rel),
+        if not (bundle.root / rel).exists():
+            sha = bundle.write(rel, store.read_bytes(d.blake3 or store.resolve(d.sha256).blake3))
+            evidence.append({"kind": "frame", "path": rel, "sha256": sha,
                              "note": f"{kind} {video} frame {int(index)}"})
         by_index.setdefault(f"{video}/{index}", {"video": video, "index": int(index)})[kind] = rel
     return list(by_index.values())
@@ -119,6 +146,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
     work.mkdir(parents=True)
     rules = hashlib.sha256(sanitize.RULES_FILE.read_bytes()).hexdigest()
     previous, published, listed = _previous(out, rules)  # what the last bundle published (and scanned), same rules
+    bundle = _Bundle(work, published)
     try:
         runs = ledger.runs(store, write=cache)  # records are read only where a run's row changed
         cache = _ViewCache(store, rules, write=cache)
@@ -134,19 +162,19 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         for r, entry in zip(runs, entries):
             rel = f"evidence/records/{r.sha256}.json"
             kept = previous.get(rel)
-            if kept is not None and _keep(out / rel, work / rel, kept):
+            if kept is not None and bundle.keep(out, rel, kept):
                 record_evidence.append({"kind": "record", "path": rel, "sha256": kept, "note": (
                     "exact canonical bytes" if kept == r.sha256 else "redacted view: machine paths and secrets replaced")})
             else:
                 obj = r.record.to_json_obj()
                 clean = sanitize.redact(obj)
                 if clean == obj:
-                    p = _write(work, rel, store.read_bytes(r.blake3))  # byte-exact: its sha256 is its name
+                    sha = bundle.write(rel, store.read_bytes(r.blake3))  # byte-exact: its sha256 is its name
                     note = "exact canonical bytes"
                 else:
-                    p = _write(work, rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
+                    sha = bundle.write(rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
                     note = "redacted view: machine paths and secrets replaced"
-                record_evidence.append({"kind": "record", "path": rel, "sha256": _sha(p), "note": note})
+                record_evidence.append({"kind": "record", "path": rel, "sha256": sha, "note": note})
             views.append(entry["view"])
         release_links = {}
         if releases:
@@ -156,23 +184,23 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                     for f in ("manifest.json", "SHA256SUMS", "B3SUMS", *judge):
                         if (d / f).is_file():
                             rel = f"evidence/releases/{d.name}/{f}"
-                            p = _write(work, rel, (d / f).read_bytes())
+                            sha = bundle.write(rel, (d / f).read_bytes())
                             evidence.append({"kind": "release" if f == "manifest.json" else "checksums",
-                                             "path": rel, "sha256": _sha(p), "note": d.name})
+                                             "path": rel, "sha256": sha, "note": d.name})
                     release_links[d.name] = f"evidence/releases/{d.name}/manifest.json"
         for size, note in open_log(store).checkpoints():
             rel = f"evidence/checkpoints/{size}.note"
-            p = _write(work, rel, note.encode())
-            evidence.append({"kind": "log checkpoint", "path": rel, "sha256": _sha(p), "note": f"size {size}"})
+            sha = bundle.write(rel, note.encode())
+            evidence.append({"kind": "log checkpoint", "path": rel, "sha256": sha, "note": f"size {size}"})
         identity, note_keys = "IDENTITY", []
         if trust:
             from provenance.core import sshsig
             from provenance.release.trust import allowed_signers, read_trust_doc
-            p = _write(work, "evidence/trust.json", Path(trust).read_bytes())
-            evidence.append({"kind": "trust policy", "path": "evidence/trust.json", "sha256": _sha(p)})
+            sha = bundle.write("evidence/trust.json", Path(trust).read_bytes())
+            evidence.append({"kind": "trust policy", "path": "evidence/trust.json", "sha256": sha})
             tdoc = read_trust_doc(trust)
-            p = _write(work, "evidence/allowed_signers", allowed_signers(tdoc).encode())
-            evidence.append({"kind": "trust policy", "path": "evidence/allowed_signers", "sha256": _sha(p),
+            sha = bundle.write("evidence/allowed_signers", allowed_signers(tdoc).encode())
+            evidence.append({"kind": "trust policy", "path": "evidence/allowed_signers", "sha256": sha,
                              "note": "OpenSSH allowed_signers of the release keys"})
             first = tdoc["keys"][tdoc["roles"]["release"]["keys"][0]]["keyid"]
             identity = sshsig.identity(first)
@@ -210,16 +238,16 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             rel = releases_by_record.get(r.sha256)
             page_key = hashlib.sha256(json.dumps([cache.keys[r.sha256], rel, by_sha.get(r.parent)],
                                                  sort_keys=True).encode()).hexdigest()
-            if _carry_page(out, work, entry, page_key, published, evidence):
+            if _carry_page(out, bundle, entry, page_key, published, evidence):
                 continue
             before = len(evidence)
-            frames = _frames(store, work, r, evidence)
-            page = _write(work, v["page"], env.get_template("run.html.j2").render(
+            frames = _frames(store, bundle, r, evidence)
+            page_sha = bundle.write(v["page"], env.get_template("run.html.j2").render(
                 csp=CSP, root="../", r=v, rec=r.record, frames=frames, release=rel, custody=pages.CUSTODY,
                 parent=by_sha.get(r.parent), environment=contest.get_profile(r.record.profile).official_environment,
                 verify_commands=pages.verify_commands(rel["name"] if rel else None, r.sha256, r.record.profile),
                 generated=None).encode())  # no timestamp: an unchanged run's page keeps its bytes
-            cache.put(r.sha256, {**entry, "page_key": page_key, "page_sha": _sha(page),
+            cache.put(r.sha256, {**entry, "page_key": page_key, "page_sha": page_sha,
                                  "frame_evidence": [e for e in evidence[before:] if e["kind"] == "frame"]})
         cache.save()
         ledger_pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
@@ -227,10 +255,10 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                       for n, pg in enumerate(ledger_pages, 1) for i in (n - 1,)]
         rec_ev = {e["path"]: e for e in record_evidence}
         for n, pg in enumerate(ledger_pages, 1):
-            _write(work, f"ledger/{n}.html", env.get_template("ledger.html.j2").render(
+            bundle.write(f"ledger/{n}.html", env.get_template("ledger.html.j2").render(
                 csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
                 generated=generated).encode())
-        _write(work, "evidence.html", env.get_template("evidence.html.j2").render(
+        bundle.write("evidence.html", env.get_template("evidence.html.j2").render(
             csp=CSP, root="", evidence=evidence, generated=generated).encode())
         html = env.get_template("index.html.j2").render(
             csp=CSP, root="", frontier=fview, best=best, runs=views[-RECENT:][::-1],
@@ -242,19 +270,19 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             counts={"runs": len(runs), "promote": sum(r.verdict == "promote" for r in runs),
                     "reject": sum(r.verdict == "reject" for r in runs)},
             generated=generated)
-        _write(work, "index.html", html.encode())
+        bundle.write("index.html", html.encode())
         shutil.copyfile(HERE / "templates/style.css", work / "style.css")
-        _write(work, "_headers", HEADERS.encode())
-        known = {e["path"]: e["sha256"] for e in record_evidence}
+        bundle.write("_headers", HEADERS.encode())
         files = []
         for rel in _listing(work):
             p = work / rel
-            files.append({"path": rel, "sha256": known.get(rel) or _sha(p), "size": p.stat().st_size})
+            files.append({"path": rel, "sha256": bundle.sha.get(rel) or _sha(p), "size": p.stat().st_size})
         # one file a line: the manifest of 10k runs stays quick to scan and to diff
-        _write(work, "public_bundle_manifest.json",
+        bundle.write("public_bundle_manifest.json",
                ('{"schema": "comma-lab/public-bundle/v1", "hygiene_rules_sha256": "%s", "files": [\n' % rules
-                + ",\n".join(json.dumps(f, sort_keys=True) for f in files) + "\n]}\n").encode())
-        violations = _scan(work, {f["path"] for f in files if published.get(f["path"]) == f["sha256"]}, listed)
+                + ",\n".join(json.dumps(f, sort_keys=True) for f in files) + "\n]}\n").encode(), scan=False)
+        skip = {f["path"] for f in files if published.get(f["path"]) == f["sha256"]} | bundle.scanned
+        violations = sorted(bundle.violations + _scan(work, skip, listed), key=lambda v: (v.file, v.line, v.rule))
         if violations:
             raise HygieneError(f"refusing to publish: {violations[0]}"
                                + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""))
@@ -327,15 +355,15 @@ class _ViewCache:
                                [(bytes.fromhex(sha), self.keys[sha], json.dumps(e)) for sha, e in self.dirty.items()])
 
 
-def _carry_page(out: Path, work: Path, entry: dict, page_key: str, published: dict, evidence: list) -> bool:
+def _carry_page(out: Path, bundle: _Bundle, entry: dict, page_key: str, published: dict, evidence: list) -> bool:
     """Link the last bundle's page for this run (and its frames) when it was made from the same inputs."""
     page = entry["view"]["page"]
     if entry.get("page_key") != page_key or published.get(page) != entry.get("page_sha"):
         return False
     for e in entry.get("frame_evidence", []):
-        if not (work / e["path"]).exists() and not _keep(out / e["path"], work / e["path"], e["sha256"]):
+        if not (bundle.root / e["path"]).exists() and not bundle.keep(out, e["path"], e["sha256"]):
             return False
-    if not _keep(out / page, work / page, entry["page_sha"]):
+    if not bundle.keep(out, page, entry["page_sha"]):
         return False
     evidence.extend(e for e in entry.get("frame_evidence", []) if e not in evidence)
     return True
@@ -355,18 +383,6 @@ def _previous(out: Path, rules: str) -> tuple[dict[str, str], dict[str, str], se
     files = {e["path"]: e["sha256"] for e in doc["files"]
              if isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)}
     return {p: sha for p, sha in files.items() if p.startswith("evidence/records/")}, files, listed
-
-
-def _keep(old: Path, new: Path, sha: str) -> bool:
-    """Carry a published file over (a hard link) when its bytes are still the ones the last bundle listed."""
-    try:
-        if hashlib.sha256(old.read_bytes()).hexdigest() != sha:
-            return False
-        new.parent.mkdir(parents=True, exist_ok=True)
-        os.link(old, new)
-    except OSError:
-        return False
-    return True
 
 
 def _listing(root: Path) -> list[str]:
@@ -394,6 +410,15 @@ def _pixels_only(data: bytes) -> bool:
     return False
 
 
+def _scan_bytes(rel: str, data: bytes, listed: set[str] = frozenset()) -> list:
+    if rel.endswith(".png") and _pixels_only(data):
+        return []  # pixels carry no text: the scan would read compressed bytes as words
+    text = data.decode("utf-8", "replace")
+    if rel == "public_bundle_manifest.json" and listed:
+        text = "\n".join("" if ln in listed else ln for ln in text.split("\n"))  # line numbers kept
+    return sanitize.scan_text(rel, text)
+
+
 def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
     """The hygiene scan, once per published file; a file the last bundle published with the same
     bytes (scanned then, under the same rules) is not scanned again, nor a line of the file
@@ -403,13 +428,7 @@ def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
         p = root / rel
         if rel in skip or not p.is_file():
             continue
-        data = p.read_bytes()
-        if rel.endswith(".png") and _pixels_only(data):
-            continue  # pixels carry no text: the scan would read compressed bytes as words
-        text = data.decode("utf-8", "replace")
-        if rel == "public_bundle_manifest.json" and listed:
-            text = "\n".join("" if ln in listed else ln for ln in text.split("\n"))  # line numbers kept
-        out += sanitize.scan_text(rel, text)
+        out += _scan_bytes(rel, p.read_bytes(), listed)
     return out
 
 
