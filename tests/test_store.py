@@ -240,6 +240,21 @@ def test_gc_keeps_reachable_drops_unreachable(tmp_path, store, runtime):
     assert run_prov("cat", j["sha256"], store=store).returncode == 2
 
 
+def test_each_batch_stages_in_its_own_directory_and_gc_sweeps_a_crashed_ones(tmp_path, store, runtime):
+    """Staging never reuses a directory (an ext4 directory never shrinks: one that once staged a
+    million files makes every later create slow), and a crashed writer's directory is gc's to sweep."""
+    prov_json("add", runtime, store=store)
+    assert list((store / "tmp").iterdir()) == []
+    crashed = store / "tmp" / ".tmp-999999-1-1"
+    crashed.mkdir()
+    (crashed / ".tmp-1").write_bytes(b"half-written")
+    old = time.time() - 7200
+    os.utime(crashed, (old, old))
+    assert prov_json("gc", "--grace", "3600", store=store)["removed"] == 0
+    assert list((store / "tmp").iterdir()) == []
+    run_prov("fsck", store=store, check=0)
+
+
 class ReadCounter:
     def __init__(self, monkeypatch, root: Path):
         import provenance.store.objects as sm

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import sqlite3
 import stat
 import time
@@ -745,7 +746,7 @@ class Store:
             if removed and not dry_run:  # a stat-cache row must never vouch for a collected object
                 db.execute("DELETE FROM statcache WHERE b3 NOT IN (SELECT b3 FROM obj)")
             if self.tmp.is_dir():
-                stale_temps = [e.path for e in os.scandir(self.tmp) if e.stat().st_mtime < cutoff]
+                stale_temps = [e.path for e in os.scandir(self.tmp) if e.stat(follow_symlinks=False).st_mtime < cutoff]
             with os.scandir(self.objects) as subs:
                 for sub in subs:
                     if not (len(sub.name) == 2 and HEX.match(sub.name) and sub.is_dir(follow_symlinks=False)):
@@ -764,7 +765,10 @@ class Store:
             if not dry_run:
                 for f in stale_temps:
                     try:
-                        os.unlink(f)
+                        if os.path.isdir(f) and not os.path.islink(f):  # a crashed writer's staging directory
+                            shutil.rmtree(f)
+                        else:
+                            os.unlink(f)
                     except FileNotFoundError:
                         pass
         return {"removed": len(removed), "objects": sorted(removed), "dry_run": dry_run}
@@ -908,6 +912,7 @@ class Batch:
         self.stat_rows: list[tuple] = []
         self.extra: list[tuple[str, str, tuple[str, ...]]] = []  # (b3, kind, children) of objects already known
         self._writing = None
+        self.stage: str | None = None  # this batch's own staging directory under tmp/
 
     def __enter__(self) -> "Batch":
         self._writing = self.s.writing()
@@ -932,11 +937,26 @@ class Batch:
                         os.unlink(tmp)
                     except FileNotFoundError:
                         pass
+            self._drop_stage()
 
     def _tmp_name(self) -> str:
-        # one flat tmp/ (measured: creating files there beats creating them across fan-out dirs)
+        # Staged in a directory of this batch's own, made now and removed once its files are published:
+        # an ext4 directory never shrinks, and creating files in a tmp/ that once staged a million of
+        # them cost 2.5x a fresh one. One flat directory (measured: beats the fan-out directories).
         self.s._tmp_seq += 1
-        return os.path.join(self.s.tmp_str, f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{self.s._tmp_seq}")
+        if self.stage is None:
+            stage = os.path.join(self.s.tmp_str, f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{self.s._tmp_seq}")
+            os.mkdir(stage, 0o700)
+            self.stage = stage
+        return os.path.join(self.stage, f"{TMP_PREFIX}{self.s._tmp_seq}")
+
+    def _drop_stage(self) -> None:
+        if self.stage is not None:
+            try:
+                os.rmdir(self.stage)
+            except OSError:  # not empty: a file left for gc's sweep, as before
+                pass
+            self.stage = None
 
     def _ensure_subdir(self, prefix: str, sub: str) -> None:
         if prefix not in self.subdirs:
@@ -1143,6 +1163,7 @@ class Batch:
         self._clear()
 
     def _clear(self) -> None:
+        self._drop_stage()
         self.new.clear()
         self.present.clear()
         self.cached.clear()
