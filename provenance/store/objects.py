@@ -16,6 +16,7 @@ unindexed objects, both harmless; fsck treats them as notes, not faults.
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import re
 import shutil
@@ -68,6 +69,7 @@ DEFAULT_GRACE = 3600.0
 TMP_PREFIX = ".tmp-"  # staged, not yet an object: skipped by readers, reported by fsck, swept by gc
 SMALL = CHUNK  # below this, file bytes are read whole and durability is batched
 LEAN_CACHE = "PRAGMA cache_size=-8192"  # 8 MiB: a pass over the whole index gains nothing from more
+PARALLEL_FSCK = 50_000  # objects: below this, forking workers costs more than it saves
 FEW = 8  # a batch of at most this many small objects fsyncs each rather than the filesystem
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -605,64 +607,33 @@ class Store:
                         subs.add(e.name)
                     else:
                         errors.append(f"objects/{e.name}: stray file in the object directory")
-        import hashlib
-        from blake3 import blake3
-        buf = bytearray(SMALL)
-        view = memoryview(buf)
-        for p in range(256):
-            prefix = f"{p:02x}"
-            index = {b3: row for b3, *row in self._slice(p)}
-            if prefix not in subs:
-                errors.extend(f"object {b3.hex()}: indexed but missing from objects/" for b3 in index)
-                continue
-            dfd = os.open(os.path.join(self.objects_str, prefix), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                with os.scandir(dfd) as it:  # directory order; names relative to dfd: no path walks
-                    for e in it:
-                        name = e.name
-                        if name.startswith(TMP_PREFIX):
-                            temps += 1
-                            continue
-                        key = _key(name) if len(name) == 64 and name[:2] == prefix else b""
-                        if len(key) != 32 or not HEX.match(name):
-                            errors.append(f"objects/{prefix}/{name}: stray file in the object directory")
-                            continue
-                        count += 1
-                        fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
-                        try:
-                            n = os.readv(fd, [buf])  # one read for a small object
-                        finally:
-                            os.close(fd)
-                        if n < len(buf):
-                            data = view[:n]
-                            b3_ok = blake3(data).digest() == key
-                            if progress:
-                                progress(n)
-                        else:
-                            d = hash_file(os.path.join(self.objects_str, prefix, name), progress)
-                            data, b3_ok, n = None, d.blake3 == name, d.size
-                        if not b3_ok:
-                            errors.append(f"object {name}: content does not match its BLAKE3 address (corrupt)")
-                            index.pop(key, None)
-                            continue
-                        row = index.pop(key, None)
-                        if row is None:
-                            notes.append(f"object {name}: complete but not indexed (interrupted add; gc collects it)")
-                        elif row[3]:
-                            errors.extend(self._fsck_tree(name, row[1].hex(), row[2],
-                                                          bytes(data) if data is not None else None))
-                        elif n != row[2] or (hashlib.sha256(data).digest() if data is not None
-                                             else bytes.fromhex(d.sha256)) != row[1]:
-                            errors.append(f"object {name}: index sha256/size disagree with its content")
-            finally:
-                os.close(dfd)
-            errors.extend(f"object {b3.hex()}: indexed but missing from objects/" for b3 in index)
+        for e, n, c, t, nbytes in self._fsck_prefixes(subs, progress):
+            errors += e
+            notes += n
+            count += c
+            temps += t
+            if progress and nbytes:
+                progress(nbytes)
         for name, target in self.list_refs():
             if self.info(target) is None or not os.path.exists(self.path_of(target)):
                 errors.append(f"ref {name}: dangling (points at missing object {target})")
         if temps:
             notes.append(f"{temps} leftover temp file(s) from interrupted writes (gc removes them)")
         return {"ok": not errors, "objects": count, "errors": errors, "notes": notes}
+
+    def _fsck_prefixes(self, subs: set[str], progress=None):
+        """(errors, notes, objects, temps, bytes) of each fan-out directory, in order. A large store
+        is checked by one forked worker a core (each with its own index connection): re-hashing a
+        million small objects is bound by the interpreter's work per file, not by the disk."""
+        jobs = [(p, f"{p:02x}" in subs) for p in range(256)]
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        big = (self.db.execute("SELECT max(id) FROM obj").fetchone()[0] or 0) >= PARALLEL_FSCK
+        if cpus < 2 or not big or self.readonly or "fork" not in multiprocessing.get_all_start_methods():
+            yield from (_fsck_prefix(self, p, present, progress) for p, present in jobs)
+            return
+        ctx = multiprocessing.get_context("fork")  # the index and the objects are only read
+        with ctx.Pool(min(cpus, 8), initializer=_fsck_worker_init, initargs=(str(self.root),)) as pool:
+            yield from pool.imap(_fsck_worker, jobs, chunksize=4)
 
     def _slice(self, p: int):
         """Index rows (b3, id, sha, size, is_tree) whose BLAKE3 starts with byte p, in key order."""
@@ -772,6 +743,83 @@ class Store:
                     except FileNotFoundError:
                         pass
         return {"removed": len(removed), "objects": sorted(removed), "dry_run": dry_run}
+
+
+
+_WORKER_STORE: "Store | None" = None
+
+
+def _fsck_worker_init(root: str) -> None:
+    global _WORKER_STORE
+    _WORKER_STORE = Store(root)  # as the parent opened it: with WAL locking, never `immutable`
+    _WORKER_STORE.db.execute(LEAN_CACHE)
+
+
+def _fsck_worker(job: tuple[int, bool]):
+    return _fsck_prefix(_WORKER_STORE, *job)
+
+
+def _fsck_prefix(store: "Store", p: int, present: bool, progress=None) -> tuple[list[str], list[str], int, int, int]:
+    """Re-hash one fan-out directory against its slice of the index, in directory order. The bytes
+    hashed go to `progress` as they are (in-process) or come back in the result (from a worker)."""
+    import hashlib
+    from blake3 import blake3
+    errors: list[str] = []
+    notes: list[str] = []
+    count = temps = nbytes = 0
+    prefix = f"{p:02x}"
+    index = {b3: row for b3, *row in store._slice(p)}
+    if not present:
+        errors.extend(f"object {b3.hex()}: indexed but missing from objects/" for b3 in index)
+        return errors, notes, count, temps, nbytes
+    buf = bytearray(SMALL)
+    view = memoryview(buf)
+    dfd = os.open(os.path.join(store.objects_str, prefix), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(dfd) as it:  # directory order; names relative to dfd: no path walks
+            for e in it:
+                name = e.name
+                if name.startswith(TMP_PREFIX):
+                    temps += 1
+                    continue
+                key = _key(name) if len(name) == 64 and name[:2] == prefix else b""
+                if len(key) != 32 or not HEX.match(name):
+                    errors.append(f"objects/{prefix}/{name}: stray file in the object directory")
+                    continue
+                count += 1
+                fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
+                try:
+                    n = os.readv(fd, [buf])  # one read for a small object
+                finally:
+                    os.close(fd)
+                if n < len(buf):
+                    data = view[:n]
+                    b3_ok = blake3(data).digest() == key
+                    if progress:
+                        progress(n)
+                    else:
+                        nbytes += n
+                else:
+                    d = hash_file(os.path.join(store.objects_str, prefix, name), progress)
+                    data, b3_ok, n = None, d.blake3 == name, d.size
+                    nbytes += 0 if progress else n
+                if not b3_ok:
+                    errors.append(f"object {name}: content does not match its BLAKE3 address (corrupt)")
+                    index.pop(key, None)
+                    continue
+                row = index.pop(key, None)
+                if row is None:
+                    notes.append(f"object {name}: complete but not indexed (interrupted add; gc collects it)")
+                elif row[3]:
+                    errors.extend(store._fsck_tree(name, row[1].hex(), row[2],
+                                                   bytes(data) if data is not None else None))
+                elif n != row[2] or (hashlib.sha256(data).digest() if data is not None
+                                     else bytes.fromhex(d.sha256)) != row[1]:
+                    errors.append(f"object {name}: index sha256/size disagree with its content")
+    finally:
+        os.close(dfd)
+    errors.extend(f"object {b3.hex()}: indexed but missing from objects/" for b3 in index)
+    return errors, notes, count, temps, nbytes
 
 
 def _hash_object(path: str, buf: bytearray, progress=None) -> tuple[Digest, bytes | None]:
