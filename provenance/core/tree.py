@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from stat import S_ISREG, S_IXUSR
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -120,11 +121,13 @@ def check_links_within(root: bytes) -> None:
 
 def encode(entries: list[Entry], algo: str) -> bytes:
     """Canonical bytes of one view. `entries` must already be sorted by UTF-8 name bytes."""
-    out = [HEADER[algo]]
-    for e in entries:
-        out.append(b"%s %d %s %s\0" % (_KIND_BYTES[e.kind], e.size,
-                                        getattr(e, algo).encode(), e.name.encode()))
-    return b"".join(out)
+    kinds = _KIND_BYTES
+    if algo == "blake3":
+        rows = [b"%s %d %s %s\0" % (kinds[e.kind], e.size, e.blake3.encode(), e.name.encode()) for e in entries]
+    else:
+        rows = [b"%s %d %s %s\0" % (kinds[e.kind], e.size, getattr(e, algo).encode(), e.name.encode())
+                for e in entries]
+    return HEADER[algo] + b"".join(rows)
 
 
 def sort_entries(entries: list[Entry]) -> list[Entry]:
@@ -189,12 +192,21 @@ def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe,
     except OSError as e:
         raise TreeError(f"{where}: cannot list directory ({e.strerror})") from None
     entries = []
-    for raw in names:
-        full = os.path.join(path, raw)
-        fwhere = os.fsdecode(full)
-        name = check_name(raw, fwhere)
+    base = path if path.endswith(b"/") else path + b"/"  # os.path.join, without its cost a file
+    for raw in names:  # per file, this loop is most of re-adding an unchanged tree: errors only decode
+        full = base + raw
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            name = check_name(raw, os.fsdecode(full))
         st = os.lstat(full)
         mode = st.st_mode
+        if S_ISREG(mode):
+            d = file_digest(full, st)
+            entries.append(Entry("exec" if mode & S_IXUSR else "file", name, d.size, d.sha256, d.blake3))
+            continue
+        fwhere = os.fsdecode(full)
+        check_name(raw, fwhere)
         if stat.S_ISLNK(mode):
             target = os.readlink(full)
             if not unsafe:
@@ -207,9 +219,6 @@ def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe,
         elif stat.S_ISDIR(mode):
             d = _walk_dir(full, depth + 1, file_digest, put_link, put_tree, unsafe, root, [*(parent or []), raw])
             entries.append(Entry("tree", name, d.size, d.sha256, d.blake3))
-        elif stat.S_ISREG(mode):
-            d = file_digest(full, st)
-            entries.append(Entry("exec" if mode & stat.S_IXUSR else "file", name, d.size, d.sha256, d.blake3))
         else:
             what = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
                     else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")

@@ -16,7 +16,6 @@ unindexed objects, both harmless; fsck treats them as notes, not faults.
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import os
 import re
 import shutil
@@ -625,6 +624,7 @@ class Store:
         """(errors, notes, objects, temps, bytes) of each fan-out directory, in order. A large store
         is checked by one forked worker a core (each with its own index connection): re-hashing a
         million small objects is bound by the interpreter's work per file, not by the disk."""
+        import multiprocessing
         jobs = [(p, f"{p:02x}" in subs) for p in range(256)]
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         big = (self.db.execute("SELECT max(id) FROM obj").fetchone()[0] or 0) >= PARALLEL_FSCK
