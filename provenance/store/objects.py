@@ -68,7 +68,7 @@ DEFAULT_GRACE = 3600.0
 TMP_PREFIX = ".tmp-"  # staged, not yet an object: skipped by readers, reported by fsck, swept by gc
 SMALL = CHUNK  # below this, file bytes are read whole and durability is batched
 LEAN_CACHE = "PRAGMA cache_size=-8192"  # 8 MiB: a pass over the whole index gains nothing from more
-PARALLEL_FSCK = 50_000  # objects: below this, forking workers costs more than it saves
+PARALLEL_FSCK = 5_000  # objects: below this, forking workers costs more than it saves
 FEW = 8  # a batch of at most this many small objects fsyncs each rather than the filesystem
 
 _libc = ctypes.CDLL(None, use_errno=True)
