@@ -185,3 +185,28 @@ def test_png_pixels_are_not_scanned_but_png_text_is(tmp_path):
     leaky = sanitize.PNG_SIGNATURE + ihdr + chunk(b"tEXt", b"Comment\x00/home/alice/run") + chunk(b"IEND", b"")
     (tmp_path / "frame.png").write_bytes(leaky)
     assert sanitize.scan_dir(tmp_path)
+
+
+def test_the_quick_line_normalisation_is_normalize():
+    """scan_text's shortcut for lines whose only trigger is '&' decodes exactly as normalize()
+    does, double and mixed encodings included (20k random lines of entity and escape pieces)."""
+    import random
+    rnd = random.Random(15)
+    pieces = ["&", "amp;", "#", "37;", "47;", "92;", "x5c;", "lt;", "%", "2F", "25", "\\", "u002f", "/",
+              "\u200b", "a", ";", "u0026", "#8203;", "#10;"]
+    lines = ["&amp;#47;home", "&#37;2Fhome", "&#8203;x", "a &lt; b", "&#92;u002f", "x&#10;y", "&#x5c;/"]
+    lines += ["".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 12))) for _ in range(20_000)]
+    assert [ln for ln in lines if sanitize._normalize_line(ln) != sanitize.normalize(ln)] == []
+
+
+def test_redaction_shortcut_changes_nothing_it_would_not():
+    """redact_text returns a string untouched without the full pass only where that pass would
+    return it untouched too (random strings of leak and near-leak pieces)."""
+    import random
+    rnd = random.Random(151)
+    pieces = ["/", "home", "/home/", "alice", "sk-", "proj0123456789abc", "AKIA", "IOSFODNN7EXAMPLE", "~/", "C:",
+              "\\", "Users", "%2F", "&#47;", "\n", "\r", "ssh ", "root@host", "x", " ", "=", "TOKEN", "run 7", "A++",
+              "evidence/records/", "ab" * 32, "hf_", "ABCDEFGHIJKLMNOPQ", "\u2028", "MC4CAQAw" + "A" * 20]
+    for _ in range(5_000):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 8)))
+        assert sanitize.redact_text.__wrapped__(text) == sanitize._redact_text(text), text
