@@ -248,11 +248,51 @@ def test_each_batch_stages_in_its_own_directory_and_gc_sweeps_a_crashed_ones(tmp
     crashed = store / "tmp" / ".tmp-999999-1-1"
     crashed.mkdir()
     (crashed / ".tmp-1").write_bytes(b"half-written")
+    (crashed / ".tmp-2").write_bytes(b"staged")
     old = time.time() - 7200
     os.utime(crashed, (old, old))
+    assert any("2 leftover temp file(s)" in n for n in prov_json("fsck", store=store)["notes"])
     assert prov_json("gc", "--grace", "3600", store=store)["removed"] == 0
     assert list((store / "tmp").iterdir()) == []
     run_prov("fsck", store=store, check=0)
+
+
+def test_a_batch_whose_commit_fails_leaves_nothing_staged(tmp_path, monkeypatch, runtime):
+    import provenance.store.objects as sm
+    s = Store(tmp_path / "store", create=True)
+
+    def failing(self):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(sm.Batch, "_commit", failing)
+    with pytest.raises(OSError):
+        s.add(runtime)
+    assert list(s.tmp.iterdir()) == []
+
+
+def test_fsck_workers_that_cannot_open_the_store_fail_it_not_hang(tmp_path):
+    """A Pool whose initializer raises restarts its workers for ever: fsck must end in the error."""
+    s = Store(tmp_path / "store", create=True)
+    for i in range(20):
+        s.put_bytes(b"object %d" % i, "blob")
+    s.close()
+    code = f"""
+import os, sys
+import provenance.store.objects as sm
+sm.PARALLEL_FSCK = 1
+os.sched_getaffinity = lambda pid: {{0, 1}}
+parent, real = os.getpid(), sm.Store.__init__
+def init(self, *a, **k):
+    if os.getpid() != parent:
+        raise sm.ProvError("worker cannot open the store")
+    real(self, *a, **k)
+sm.Store.__init__ = init
+try:
+    sm.Store({str(tmp_path / "store")!r}).fsck()
+except sm.ProvError as e:
+    print("ERROR", e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.stdout.strip() == "ERROR worker cannot open the store", (r.stdout, r.stderr[-2000:])
 
 
 class ReadCounter:

@@ -596,7 +596,7 @@ class Store:
         self.db.execute(LEAN_CACHE)
         errors: list[str] = []
         notes: list[str] = []
-        temps = sum(1 for _ in os.scandir(self.tmp)) if self.tmp.is_dir() else 0
+        temps = _count_temps(self.tmp)
         count = 0
         subs = set()
         if self.objects.is_dir():
@@ -734,28 +734,56 @@ class Store:
                                 if not dry_run:
                                     os.unlink(f.path)
             if not dry_run:
-                for f in stale_temps:
+                for f in stale_temps:  # best effort: a temp gc cannot remove must not undo the collection
                     try:
                         if os.path.isdir(f) and not os.path.islink(f):  # a crashed writer's staging directory
-                            shutil.rmtree(f)
+                            shutil.rmtree(f, ignore_errors=True)
                         else:
                             os.unlink(f)
-                    except FileNotFoundError:
+                    except OSError:
                         pass
         return {"removed": len(removed), "objects": sorted(removed), "dry_run": dry_run}
 
 
 
-_WORKER_STORE: "Store | None" = None
+def _count_temps(tmp: Path) -> int:
+    """Files left in tmp/: flat (older prov) or in a batch's staging directory."""
+    n = 0
+    try:
+        with os.scandir(tmp) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    try:
+                        n += sum(1 for _ in os.scandir(e.path))
+                    except OSError:
+                        n += 1
+                else:
+                    n += 1
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return n
+
+
+_WORKER_STORE: "Store | BaseException | None" = None
 
 
 def _fsck_worker_init(root: str) -> None:
+    """A worker opens its own connection (the parent's, inherited by fork, stays idle and unused
+    here until the pool is gone). What fails here comes back as each task's error: a Pool whose
+    initializer raises restarts the worker for ever."""
+    import signal
     global _WORKER_STORE
-    _WORKER_STORE = Store(root)  # as the parent opened it: with WAL locking, never `immutable`
-    _WORKER_STORE.db.execute(LEAN_CACHE)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the pool
+    try:
+        _WORKER_STORE = Store(root)  # as the parent opened it: with WAL locking, never `immutable`
+        _WORKER_STORE.db.execute(LEAN_CACHE)
+    except Exception as e:  # noqa: BLE001 - re-raised in the parent, as the task's result
+        _WORKER_STORE = e
 
 
 def _fsck_worker(job: tuple[int, bool]):
+    if isinstance(_WORKER_STORE, BaseException):
+        raise _WORKER_STORE
     return _fsck_prefix(_WORKER_STORE, *job)
 
 
@@ -983,7 +1011,7 @@ class Batch:
                 if tmp is not None:
                     try:
                         os.unlink(tmp)
-                    except FileNotFoundError:
+                    except OSError:  # the error being raised matters more; gc sweeps what stays
                         pass
             self._drop_stage()
 
@@ -994,7 +1022,7 @@ class Batch:
         self.s._tmp_seq += 1
         if self.stage is None:
             stage = os.path.join(self.s.tmp_str, f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{self.s._tmp_seq}")
-            os.mkdir(stage, 0o700)
+            os.mkdir(stage)  # the umask's mode, as tmp/'s own files had: anyone's gc may sweep it
             self.stage = stage
         return os.path.join(self.stage, f"{TMP_PREFIX}{self.s._tmp_seq}")
 
@@ -1124,10 +1152,14 @@ class Batch:
 
     def commit(self) -> None:
         try:
-            self._commit()
-        except _Restage as r:
-            self._restage(r.args[0])
-            self._commit()
+            try:
+                self._commit()
+            except _Restage as r:
+                self._restage(r.args[0])
+                self._commit()
+        except BaseException:  # what is still staged was never published: it goes now, not at gc
+            self._exit(BaseException)
+            raise
 
     def _commit(self) -> None:
         s = self.s
