@@ -62,11 +62,12 @@ def _literals() -> frozenset[str]:
     return frozenset(lit for r in _rules() for lit in r.requires)
 
 
-# a line holding none of these is its own normal form: normalize() only changes text through them
-_NORMALIZES = re.compile("[&%\\\\" + "".join(map(chr, ZERO_WIDTH)) + "]")
-_NOT_ENTITY = re.compile("[%\\\\" + "".join(map(chr, ZERO_WIDTH)) + "]")  # the triggers but '&'
+# normalize() changes text only through '&' and these: a line without them is its own normal form
+_DECODES = "%\\\\" + "".join(map(chr, ZERO_WIDTH))
+_NORMALIZES = re.compile(f"[&{_DECODES}]")
+_NOT_ENTITY = re.compile(f"[{_DECODES}]")
 # a string without these holds one line (for splitlines()) and decodes to itself
-_MAY_CHANGE = re.compile("[&%\\\\\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029" + "".join(map(chr, ZERO_WIDTH)) + "]")
+_MAY_CHANGE = re.compile(f"[&{_DECODES}\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 # where two adjacent lines meet when joined (scan_text's split check): gates look across these
 _LINE_JOIN = re.compile(r"\\?\s*\n\s*")
 

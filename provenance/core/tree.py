@@ -14,6 +14,7 @@ import os
 import stat
 from stat import S_ISREG, S_IXUSR
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Callable, Iterator
 
 from blake3 import blake3
@@ -121,13 +122,9 @@ def check_links_within(root: bytes) -> None:
 
 def encode(entries: list[Entry], algo: str) -> bytes:
     """Canonical bytes of one view. `entries` must already be sorted by UTF-8 name bytes."""
-    kinds = _KIND_BYTES
-    if algo == "blake3":
-        rows = [b"%s %d %s %s\0" % (kinds[e.kind], e.size, e.blake3.encode(), e.name.encode()) for e in entries]
-    else:
-        rows = [b"%s %d %s %s\0" % (kinds[e.kind], e.size, getattr(e, algo).encode(), e.name.encode())
-                for e in entries]
-    return HEADER[algo] + b"".join(rows)
+    kinds, digest = _KIND_BYTES, attrgetter(algo)
+    return HEADER[algo] + b"".join([b"%s %d %s %s\0" % (kinds[e.kind], e.size, digest(e).encode(), e.name.encode())
+                                    for e in entries])
 
 
 def sort_entries(entries: list[Entry]) -> list[Entry]:

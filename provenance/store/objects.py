@@ -606,13 +606,11 @@ class Store:
                         subs.add(e.name)
                     else:
                         errors.append(f"objects/{e.name}: stray file in the object directory")
-        for e, n, c, t, nbytes in self._fsck_prefixes(subs, progress):
+        for e, n, c, t in self._fsck_prefixes(subs, progress):
             errors += e
             notes += n
             count += c
             temps += t
-            if progress and nbytes:
-                progress(nbytes)
         for name, target in self.list_refs():
             if self.info(target) is None or not os.path.exists(self.path_of(target)):
                 errors.append(f"ref {name}: dangling (points at missing object {target})")
@@ -621,7 +619,7 @@ class Store:
         return {"ok": not errors, "objects": count, "errors": errors, "notes": notes}
 
     def _fsck_prefixes(self, subs: set[str], progress=None):
-        """(errors, notes, objects, temps, bytes) of each fan-out directory, in order. A large store
+        """(errors, notes, objects, temps) of each fan-out directory, in order. A large store
         is checked by one forked worker a core (each with its own index connection): re-hashing a
         million small objects is bound by the interpreter's work per file, not by the disk."""
         import multiprocessing
@@ -633,7 +631,10 @@ class Store:
             return
         ctx = multiprocessing.get_context("fork")  # the index and the objects are only read
         with ctx.Pool(min(cpus, 8), initializer=_fsck_worker_init, initargs=(str(self.root),)) as pool:
-            yield from pool.imap(_fsck_worker, jobs, chunksize=4)
+            for result, nbytes in pool.imap(_fsck_worker, jobs, chunksize=4):
+                if progress and nbytes:
+                    progress(nbytes)
+                yield result
 
     def _slice(self, p: int):
         """Index rows (b3, id, sha, size, is_tree) whose BLAKE3 starts with byte p, in key order."""
@@ -745,7 +746,6 @@ class Store:
         return {"removed": len(removed), "objects": sorted(removed), "dry_run": dry_run}
 
 
-
 def _count_temps(tmp: Path) -> int:
     """Files left in tmp/: flat (older prov) or in a batch's staging directory."""
     n = 0
@@ -782,24 +782,25 @@ def _fsck_worker_init(root: str) -> None:
 
 
 def _fsck_worker(job: tuple[int, bool]):
+    """A directory's result, and the bytes it hashed (for the parent's progress)."""
     if isinstance(_WORKER_STORE, BaseException):
         raise _WORKER_STORE
-    return _fsck_prefix(_WORKER_STORE, *job)
+    hashed = []
+    return _fsck_prefix(_WORKER_STORE, *job, hashed.append), sum(hashed)
 
 
-def _fsck_prefix(store: "Store", p: int, present: bool, progress=None) -> tuple[list[str], list[str], int, int, int]:
-    """Re-hash one fan-out directory against its slice of the index, in directory order. The bytes
-    hashed go to `progress` as they are (in-process) or come back in the result (from a worker)."""
+def _fsck_prefix(store: "Store", p: int, present: bool, progress=None) -> tuple[list[str], list[str], int, int]:
+    """Re-hash one fan-out directory against its slice of the index, in directory order."""
     import hashlib
     from blake3 import blake3
     errors: list[str] = []
     notes: list[str] = []
-    count = temps = nbytes = 0
+    count = temps = 0
     prefix = f"{p:02x}"
     index = {b3: row for b3, *row in store._slice(p)}
     if not present:
         errors.extend(f"object {b3.hex()}: indexed but missing from objects/" for b3 in index)
-        return errors, notes, count, temps, nbytes
+        return errors, notes, count, temps
     buf = bytearray(SMALL)
     view = memoryview(buf)
     dfd = os.open(os.path.join(store.objects_str, prefix), os.O_RDONLY | os.O_DIRECTORY)
@@ -825,12 +826,9 @@ def _fsck_prefix(store: "Store", p: int, present: bool, progress=None) -> tuple[
                     b3_ok = blake3(data).digest() == key
                     if progress:
                         progress(n)
-                    else:
-                        nbytes += n
                 else:
                     d = hash_file(os.path.join(store.objects_str, prefix, name), progress)
                     data, b3_ok, n = None, d.blake3 == name, d.size
-                    nbytes += 0 if progress else n
                 if not b3_ok:
                     errors.append(f"object {name}: content does not match its BLAKE3 address (corrupt)")
                     index.pop(key, None)
@@ -847,7 +845,7 @@ def _fsck_prefix(store: "Store", p: int, present: bool, progress=None) -> tuple[
     finally:
         os.close(dfd)
     errors.extend(f"object {b3.hex()}: indexed but missing from objects/" for b3 in index)
-    return errors, notes, count, temps, nbytes
+    return errors, notes, count, temps
 
 
 def _hash_object(path: str, buf: bytearray, progress=None) -> tuple[Digest, bytes | None]:
@@ -1007,13 +1005,17 @@ class Batch:
         if exc_type is None:
             self.commit()
         else:
-            for tmp, *_ in self.new.values():
-                if tmp is not None:
-                    try:
-                        os.unlink(tmp)
-                    except OSError:  # the error being raised matters more; gc sweeps what stays
-                        pass
-            self._drop_stage()
+            self._discard()
+
+    def _discard(self) -> None:
+        """Remove what is staged and not published (a failed batch)."""
+        for tmp, *_ in self.new.values():
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:  # the error being raised matters more; gc sweeps what stays
+                    pass
+        self._drop_stage()
 
     def _tmp_name(self) -> str:
         # Staged in a directory of this batch's own, made now and removed once its files are published:
@@ -1158,7 +1160,7 @@ class Batch:
                 self._restage(r.args[0])
                 self._commit()
         except BaseException:  # what is still staged was never published: it goes now, not at gc
-            self._exit(BaseException)
+            self._discard()
             raise
 
     def _commit(self) -> None:
