@@ -41,6 +41,7 @@ class Rule:
     placeholder: str
     scope: str  # "line" or "text"
     requires: tuple[str, ...]  # every match holds one of these (empty: no gate)
+    base64_line: int = 0  # every match holds a line that ends (before spaces, tabs) in this many base64 chars
 
 
 @lru_cache(maxsize=None)
@@ -54,7 +55,7 @@ def rules() -> tuple[list[tuple[str, re.Pattern]], re.Pattern, str]:
 def _rules() -> tuple[Rule, ...]:
     doc = json.loads(RULES_FILE.read_text())
     return tuple(Rule(r["name"], re.compile(r["pattern"]), r.get("redact", WITHHELD), r.get("scope", "line"),
-                      tuple(r.get("requires", ()))) for r in doc["rules"])
+                      tuple(r.get("requires", ())), r.get("requires_base64_line", 0)) for r in doc["rules"])
 
 
 @lru_cache(maxsize=None)
@@ -62,10 +63,53 @@ def _literals() -> frozenset[str]:
     return frozenset(lit for r in _rules() for lit in r.requires)
 
 
+@lru_cache(maxsize=None)
+def _any_literal():
+    """One pass that says whether any gate literal occurs (RE2 runs a DFA: ten times quicker than
+    a `in` per literal on a page; only where none occurs is the per-literal check skipped)."""
+    try:
+        import re2
+    except ImportError:  # the same result, a literal at a time
+        return None
+    return re2.compile("|".join(re.escape(lit) for lit in sorted(_literals())))
+
+
+def _found_literals(hay: str) -> set[str]:
+    rx = _any_literal()
+    if rx is not None and rx.search(hay) is None:
+        return set()
+    return {lit for lit in _literals() if lit in hay}
+
+
+# base64 characters become 'a' and a newline stays, any other byte '.'; spaces and tabs go: a line
+# ending in n base64 characters shows as n 'a's and a newline (the gate of `requires_base64_line`).
+# Bytes: str.translate leaves its fast path on the first non-ASCII character.
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_MAP = bytes(b"a"[0] if c in _B64 else c if c == 10 else b"."[0] for c in range(256))
+
+
+def _may_match(r: Rule, found: set[str], whole: str, mapped: list[bytes]) -> bool:
+    """False only where the rule cannot match: none of its literals, or no base64 line it needs."""
+    if r.requires and not found.intersection(r.requires):
+        return False
+    if r.base64_line:
+        if not mapped:
+            mapped.append(whole.encode("utf-8", "surrogatepass").translate(_B64_MAP, b" \t"))
+        return b"a" * r.base64_line + b"\n" in mapped[0]
+    return True
+
+
 # normalize() changes text only through '&' and these: a line without them is its own normal form
 _DECODES = "%\\\\" + "".join(map(chr, ZERO_WIDTH))
 _NORMALIZES = re.compile(f"[&{_DECODES}]")
 _NOT_ENTITY = re.compile(f"[{_DECODES}]")
+
+
+def _decodes(s: str, entities: bool = True) -> bool:
+    """_NORMALIZES.search(s) (or _NOT_ENTITY's, without entities) at memchr speed: every
+    zero-width character is outside ASCII, and isascii() is free."""
+    return ((entities and "&" in s) or "%" in s or "\\" in s
+            or (not s.isascii() and _NOT_ENTITY.search(s) is not None))
 # a string without these holds one line (for splitlines()) and decodes to itself
 _MAY_CHANGE = re.compile(f"[&{_DECODES}\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 # where two adjacent lines meet when joined (scan_text's split check): gates look across these
@@ -91,11 +135,37 @@ def normalize(text: str) -> str:
 def _normalize_line(line: str) -> str:
     """normalize(line), quicker for a line whose only trigger is '&' (HTML entities, in every page):
     when one unescape leaves no trigger, normalize's next round would change nothing."""
-    if _NOT_ENTITY.search(line) is None:
+    if not _decodes(line, entities=False):
         text = html.unescape(line)
-        if _NORMALIZES.search(text) is None:
+        if not _decodes(text):
             return text
     return normalize(line)
+
+
+def _normal_lines(text: str) -> list[str]:
+    """The text's lines, each normalised: in one unescape of the whole text where '&' is its only
+    trigger and a second would change nothing (entities never span a line: the same as line by line)."""
+    lines = text.splitlines()
+    if not _decodes(text):
+        return lines
+    if not _decodes(text, entities=False):
+        whole = html.unescape("\n".join(lines))
+        if (not _decodes(whole, entities=False) and whole.count("\n") == len(lines) - 1
+                and ("&" not in whole or html.unescape(whole) == whole)):  # normalize's fixpoint
+            return whole.split("\n")
+    return [_normalize_line(ln) if _decodes(ln) else ln for ln in lines]
+
+
+def _glued(whole: str, lines: list[str]) -> str:
+    """_LINE_JOIN.sub("", whole), from the lines: each loses the whitespace where it meets the next
+    (and a backslash right before it). A line that normalisation split again takes the regex."""
+    if len(lines) < 2 or whole.count("\n") != len(lines) - 1:
+        return _LINE_JOIN.sub("", whole)
+    parts = [ln.strip() for ln in lines]
+    parts[0], parts[-1] = lines[0].rstrip(), lines[-1].lstrip()
+    if "\\" in whole:
+        parts[:-1] = [p[:-1] if p.endswith("\\") else p for p in parts[:-1]]
+    return "".join(parts)
 
 
 def _excerpt(s: str) -> str:
@@ -109,13 +179,11 @@ def scan_text(name: str, text: str) -> list[Violation]:
         shown = s if rule.startswith("local-path") else s[:6] + "..."  # never echo a secret into a build log
         out.setdefault((n, rule), Violation(name, n, rule + how, _excerpt(shown)))
 
-    lines = text.splitlines()
-    if _NORMALIZES.search(text):
-        lines = [_normalize_line(ln) if _NORMALIZES.search(ln) else ln for ln in lines]
+    lines = _normal_lines(text)
     whole = "\n".join(lines)
-    hay = whole + "\0" + _LINE_JOIN.sub("", whole)  # lines as they are, and glued where they meet
-    found = {lit for lit in _literals() if lit in hay}
-    active = [r for r in _rules() if not r.requires or found.intersection(r.requires)]  # others cannot match
+    found = _found_literals(whole + "\0" + _glued(whole, lines))  # lines as they are, and glued where they meet
+    mapped: list[bytes] = []
+    active = [r for r in _rules() if _may_match(r, found, whole, mapped)]  # others cannot match
     line_rules = [r for r in active if r.scope == "line"]
     for n, line in enumerate(lines if line_rules else (), 1):
         for r in line_rules:
