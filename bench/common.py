@@ -18,6 +18,9 @@ subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(__file__).res
                check=True, stdout=subprocess.DEVNULL)
 
 
+LAST_CPU = [0.0, 0.0]  # user and system CPU seconds of the last run() (its processes and theirs)
+
+
 def run(cmd, setup=None, **kw) -> tuple[float, int]:
     """(wall seconds, peak RSS in MiB) of one command, its set-up excluded."""
     if setup:
@@ -26,14 +29,16 @@ def run(cmd, setup=None, **kw) -> tuple[float, int]:
     code = ("import resource,subprocess,sys,time,json;t=time.perf_counter();"
             "r=subprocess.run(sys.argv[2:],stdout=subprocess.DEVNULL,shell=sys.argv[1]=='1');"
             "w=time.perf_counter()-t;"
-            "print(json.dumps([w,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,r.returncode]))")
+            "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+            "print(json.dumps([w,u.ru_maxrss,r.returncode,u.ru_utime,u.ru_stime]))")
     shell = isinstance(cmd, str)
     out = subprocess.run([sys.executable, "-c", code, "1" if shell else "0", *([cmd] if shell else cmd)],
                          capture_output=True, text=True, check=True, **kw)
     import json
-    wall, rss_kb, rc = json.loads(out.stdout)
+    wall, rss_kb, rc, user, sys_ = json.loads(out.stdout)
     if rc != 0:
         raise SystemExit(f"command failed ({rc}): {cmd}\n{out.stderr}")
+    LAST_CPU[:] = [user, sys_]
     return wall, rss_kb / 1024
 
 

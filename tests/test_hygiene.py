@@ -273,3 +273,34 @@ def test_the_gated_scan_finds_what_the_plain_scan_finds():
     finally:
         sanitize._any_literal = any_literal
     assert sum(bool(_reference_scan("f", t)) for t in texts) > 1_000  # the texts do leak, often
+
+
+def test_json_untouched_is_redaction_changing_nothing():
+    """json_untouched(text) says True only where redacting the parsed value changes nothing, and
+    says it wherever that is so and the text has no escape (random canonical JSON of leak pieces)."""
+    import random
+    from provenance.core import canonical
+    rnd = random.Random(1516)
+    pieces = ["run", "A++", "/home/alice", "comma-lab/eval-record/v1", "sk-proj0123456789abcdef", "x/y", "/a/b",
+              "%2Fhome", "&#47;", "\n", "\"", "\\", "é", "\u2028", "ghp_ABCDEFGHIJKLMNOPQRST", "~/x", "C:\\Users\\a",
+              "ok", "evidence/records/ab.json", "1.5", "TOKEN=abc", ""]
+
+    def value(depth=0):
+        k = rnd.random()
+        if depth < 3 and k < 0.3:
+            return {"".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 2))): value(depth + 1)
+                    for _ in range(rnd.randint(0, 4))}
+        if depth < 3 and k < 0.45:
+            return [value(depth + 1) for _ in range(rnd.randint(0, 3))]
+        if k < 0.55:
+            return rnd.randint(-5, 5)
+        return "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 3)))
+
+    seen = {True: 0, False: 0}
+    for _ in range(4_000):
+        obj = value()
+        text = canonical.dumps(obj).decode()
+        same = sanitize.redact(obj) == obj
+        assert sanitize.json_untouched(text) == (same and "\\" not in text), text
+        seen[same] += 1
+    assert min(seen.values()) > 500

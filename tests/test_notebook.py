@@ -195,3 +195,41 @@ def test_screens_in_headless_chromium(demo, tmp_path):
                 assert shot.stat().st_size > 10_000
     finally:
         browser.close()
+
+
+def test_a_forked_build_is_the_one_process_build(demo, tmp_path, monkeypatch):
+    """The site made by forked workers (every run's row, record file and page; the ledger pages and
+    plots) is the site one process makes, byte for byte: frames several runs show, releases and the
+    frontier card included. A hygiene violation in a worker's page fails the build."""
+    from datetime import datetime
+    from provenance.core import parallel
+    from provenance.lab.site import build, pages
+    from provenance.store.objects import Store
+
+    class Fixed(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 1, tzinfo=tz)
+
+    monkeypatch.setattr(build, "datetime", Fixed)
+    store = Store(demo["store"])  # without --cache: only read (the fixture is shared)
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    build.build_site(store, tmp_path / "one", releases=demo["repo"] / "evidence/releases")
+    monkeypatch.setattr(build, "PARALLEL_RUNS", 1)
+    monkeypatch.setattr(parallel, "cpus", lambda: 2)
+    forks = []
+    real_pool = parallel.multiprocessing.get_context("fork").Pool
+    monkeypatch.setattr(parallel.multiprocessing, "get_context",
+                        lambda kind: type("Ctx", (), {"Pool": lambda self, *a, **k: forks.append(1) or real_pool(*a, **k)})())
+    build.build_site(store, tmp_path / "forked", releases=demo["repo"] / "evidence/releases")
+    assert len(forks) == 2, "both passes ran in workers"
+    one, forked = files(tmp_path / "one"), files(tmp_path / "forked")
+    assert sorted(one) == sorted(forked) and [p for p in one if one[p] != forked[p]] == []
+    assert sum(p.startswith("evidence/frames/") for p in one) > 0 and sum(p.startswith("runs/") for p in one) >= 6
+    monkeypatch.setattr(pages, "CUSTODY", pages.CUSTODY + " /home/alice/run")  # on every run page
+    with pytest.raises(build.HygieneError, match=r"refusing to publish: .*local-path.* \(and \d+ more\)"):
+        build.build_site(store, tmp_path / "leaky", releases=demo["repo"] / "evidence/releases")
+    assert not (tmp_path / "leaky").exists()
+    store.close()

@@ -42,7 +42,7 @@ class Run:
         self.parent = parent  # sha256 of the run this one varies (an annotation)
         self.axis = axis  # what it changed against its parent
         self.previous_frontier = previous_frontier  # the frontier a verdict was judged against
-        self._store, self._summary = store, summary
+        self._store, self._summary, self._bytes = store, summary, None
 
     def __repr__(self) -> str:
         return f"Run({self.sha256[:16]}, label={self.label!r}, verdict={self.verdict!r})"
@@ -50,8 +50,13 @@ class Run:
     @property
     def record(self) -> "EvalRecord":
         if self._record is None:
-            self._record = load_record(self._store.read_bytes(self.blake3), self.sha256)
+            self._bytes = self._store.read_bytes(self.blake3)
+            self._record = load_record(self._bytes, self.sha256)
         return self._record
+
+    def record_bytes(self, store: Store) -> bytes:
+        """The record's stored bytes (kept from reading the record, not read twice)."""
+        return self._bytes if self._bytes is not None else store.read_bytes(self.blake3)
 
     def _get(self, key: str, compute):
         return self._summary[key] if self._summary is not None else compute(self.record)

@@ -6,6 +6,7 @@ hygiene scan finds nothing. Records are published as-is when they hold no machin
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from provenance.lab import ledger
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.store.objects import Store
 from provenance.core import sanitize
+from provenance.core.parallel import call, fork_map
 from provenance.lab.site import pages, plots
 from provenance.log.translog import open_log
 from provenance.records.envelope import statement_bytes
@@ -37,6 +39,7 @@ HEADERS = f"""/*
 
 # the index page stays bounded however long the ledger grows; everything else is paged
 RECENT, BEST, PAGE, EVIDENCE_ON_INDEX = 50, 20, 500, 30
+PARALLEL_RUNS = 500  # runs: from here the bundle is made by forked workers, one a core
 
 
 class HygieneError(VerificationFailed):
@@ -51,16 +54,42 @@ class _Bundle:
     """The bundle being built, in its temporary directory. Each file is hashed and hygiene-scanned
     from the very bytes written (not read back), unless the last bundle (`published`, built under
     the same rules) published those bytes at that path; what arrives otherwise (copied) is hashed
-    and scanned by the final pass over the directory."""
+    and scanned by the final pass over the directory. A forked worker writes through a `child()`
+    whose record the parent `merge()`s."""
 
     def __init__(self, root: Path, published: dict[str, str]):
         self.root, self.published, self.sha, self.scanned, self.violations = root, published, {}, set(), []
+        self.size: dict[str, int] = {}
+        self._dirs: set[str] = set()
+
+    def child(self) -> "_Bundle":
+        b = _Bundle(self.root, self.published)
+        b._dirs = self._dirs
+        return b
+
+    def record(self) -> tuple:
+        """What this bundle wrote, for its parent's merge()."""
+        return self.sha, self.size, self.scanned, self.violations
+
+    def merge(self, sha: dict[str, str], size: dict[str, int], scanned: set[str], violations: list) -> None:
+        self.sha.update(sha)
+        self.size.update(size)
+        self.scanned |= scanned
+        self.violations += violations
+
+    def _parent_dir(self, rel: str) -> str:
+        path = os.path.join(self.root, rel)
+        d = os.path.dirname(path)
+        if d not in self._dirs:
+            os.makedirs(d, exist_ok=True)
+            self._dirs.add(d)
+        return path
 
     def write(self, rel: str, data: bytes, scan: bool = True) -> str:
-        p = self.root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
+        with open(self._parent_dir(rel), "wb") as f:
+            f.write(data)
         self.sha[rel] = sha = hashlib.sha256(data).hexdigest()
+        self.size[rel] = len(data)
         if scan:
             if self.published.get(rel) != sha:
                 self.violations += _scan_bytes(rel, data)
@@ -71,13 +100,15 @@ class _Bundle:
         """Carry a published file over (a hard link) when its bytes are still the ones the last bundle
         listed: the caller skips its scan only because that bundle published (and scanned) those bytes."""
         try:
-            if hashlib.sha256((old_root / rel).read_bytes()).hexdigest() != sha:
+            old = os.path.join(old_root, rel)
+            with open(old, "rb") as f:
+                data = f.read()
+            if hashlib.sha256(data).hexdigest() != sha:
                 return False
-            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.link(old_root / rel, self.root / rel)
+            os.link(old, self._parent_dir(rel))
         except OSError:
             return False
-        self.sha[rel] = sha
+        self.sha[rel], self.size[rel] = sha, len(data)
         return True
 
 
@@ -96,16 +127,17 @@ def _view(r: ledger.Run, href: str) -> dict:
             "platform": r.record.environment.platform, "gpu": r.record.environment.gpu_model}
 
 
-def _frames(store: Store, bundle: _Bundle, r: ledger.Run, evidence: list) -> list[dict]:
-    """The run's PNG illustrations, published under their SHA-256 (same pixels, same file)."""
+def _frames(read, bundle: _Bundle, r: ledger.Run, evidence: list) -> list[dict]:
+    """The run's PNG illustrations, published under their SHA-256 (same pixels, same file). Each is
+    reported whether this run wrote it or found it written: the caller keeps the first report."""
     by_index: dict[str, dict] = {}
     for key, d in sorted((r.record.frames or {}).items()):
         video, kind, index = key.split("/")
         rel = f"evidence/frames/{d.sha256}.png"
-        if not (bundle.root / rel).exists():
-            sha = bundle.write(rel, store.read_bytes(d.blake3 or store.resolve(d.sha256).blake3))
-            evidence.append({"kind": "frame", "path": rel, "sha256": sha,
-                             "note": f"{kind} {video} frame {int(index)}"})
+        sha = d.sha256  # a store object's bytes are its digests
+        if not os.path.exists(os.path.join(bundle.root, rel)):
+            sha = bundle.write(rel, read(d))
+        evidence.append({"kind": "frame", "path": rel, "sha256": sha, "note": f"{kind} {video} frame {int(index)}"})
         by_index.setdefault(f"{video}/{index}", {"video": video, "index": int(index)})[kind] = rel
     return list(by_index.values())
 
@@ -147,35 +179,12 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
     rules = hashlib.sha256(sanitize.RULES_FILE.read_bytes()).hexdigest()
     previous, published, listed = _previous(out, rules)  # what the last bundle published (and scanned), same rules
     bundle = _Bundle(work, published)
+    gc_on = gc.isenabled()
+    gc.disable()  # ten thousand runs' worth of live objects: each collection walks them all, freeing nothing
     try:
         runs = ledger.runs(store, write=cache)  # records are read only where a run's row changed
         cache = _ViewCache(store, rules, write=cache)
-        entries = [cache.get(r) for r in runs]
-        order = sorted(range(len(runs)), key=lambda i: entries[i]["created"])
-        runs = [runs[i] for i in order]
-        entries = [entries[i] for i in order]
-        front_b3 = store.get_ref(ledger.FRONTIER_REF)
-        front = next((r for r in runs if r.blake3 == front_b3), None)
         evidence = []
-        record_evidence = []
-        views = []
-        for r, entry in zip(runs, entries):
-            rel = f"evidence/records/{r.sha256}.json"
-            kept = previous.get(rel)
-            if kept is not None and bundle.keep(out, rel, kept):
-                record_evidence.append({"kind": "record", "path": rel, "sha256": kept, "note": (
-                    "exact canonical bytes" if kept == r.sha256 else "redacted view: machine paths and secrets replaced")})
-            else:
-                obj = r.record.to_json_obj()
-                clean = sanitize.redact(obj)
-                if clean == obj:
-                    sha = bundle.write(rel, store.read_bytes(r.blake3))  # byte-exact: its sha256 is its name
-                    note = "exact canonical bytes"
-                else:
-                    sha = bundle.write(rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
-                    note = "redacted view: machine paths and secrets replaced"
-                record_evidence.append({"kind": "record", "path": rel, "sha256": sha, "note": note})
-            views.append(entry["view"])
         release_links = {}
         if releases:
             for d in sorted(Path(releases).iterdir()):
@@ -205,6 +214,32 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             first = tdoc["keys"][tdoc["roles"]["release"]["keys"][0]]["keyid"]
             identity = sshsig.identity(first)
             note_keys = [k["note_verifier"] for k in tdoc["keys"].values() if k.get("note_verifier")]
+        env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
+        run_page = env.get_template("run.html.j2")  # compiled once, before the workers fork
+        releases_by_record = _releases_by_record(store, release_links)
+        each = fork_map(_RunPages(store, bundle, cache, runs, out, previous, published, releases_by_record, run_page),
+                        range(len(runs)), min_items=PARALLEL_RUNS)
+        entries, record_evidence, frame_evidence = [], [], []
+        for r, (entry, row, key, rec_ev, frames, written) in zip(runs, each):
+            bundle.merge(*written)
+            if row is not None:
+                cache.put(r.sha256, key, row)
+            entries.append(entry)
+            record_evidence.append(rec_ev)
+            frame_evidence.append(frames)
+        order = sorted(range(len(runs)), key=lambda i: entries[i]["created"])
+        runs = [runs[i] for i in order]
+        entries = [entries[i] for i in order]
+        record_evidence = [record_evidence[i] for i in order]
+        listed_paths = {e["path"] for e in evidence}
+        for i in order:  # a frame shown by several runs is listed once, where it first appears
+            for e in frame_evidence[i]:
+                if e["path"] not in listed_paths:
+                    listed_paths.add(e["path"])
+                    evidence.append(e)
+        views = [e["view"] for e in entries]
+        front_b3 = store.get_ref(ledger.FRONTIER_REF)
+        front = next((r for r in runs if r.blake3 == front_b3), None)
         fview = None
         if front:
             fview = next(v for v in views if v["record"] == front.sha256)
@@ -230,42 +265,37 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             "--archive archive.zip --runtime runtime/",
             "sha256sum evidence/records/*.json   # each exact record's name is its sha256",
         ] + [f"# log checkpoints: Go note verifier key {k}" for k in note_keys]
-        env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
         generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        releases_by_record = _releases_by_record(store, release_links)
-        by_sha = {v["record"]: v for v in views}
-        for r, v, entry in zip(runs, views, entries):
-            rel = releases_by_record.get(r.sha256)
-            page_key = hashlib.sha256(json.dumps([cache.keys[r.sha256], rel, by_sha.get(r.parent)],
-                                                 sort_keys=True).encode()).hexdigest()
-            if _carry_page(out, bundle, entry, page_key, published, evidence):
-                continue
-            before = len(evidence)
-            frames = _frames(store, bundle, r, evidence)
-            page_sha = bundle.write(v["page"], env.get_template("run.html.j2").render(
-                csp=CSP, root="../", r=v, rec=r.record, frames=frames, release=rel, custody=pages.CUSTODY,
-                parent=by_sha.get(r.parent), environment=contest.get_profile(r.record.profile).official_environment,
-                verify_commands=pages.verify_commands(rel["name"] if rel else None, r.sha256, r.record.profile),
-                generated=None).encode())  # no timestamp: an unchanged run's page keeps its bytes
-            cache.put(r.sha256, {**entry, "page_key": page_key, "page_sha": page_sha,
-                                 "frame_evidence": [e for e in evidence[before:] if e["kind"] == "frame"]})
-        cache.save()
         ledger_pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
         page_links = [{"href": f"ledger/{n}.html", "n": n, "first": i * PAGE + 1, "last": i * PAGE + len(pg)}
                       for n, pg in enumerate(ledger_pages, 1) for i in (n - 1,)]
         rec_ev = {e["path"]: e for e in record_evidence}
-        for n, pg in enumerate(ledger_pages, 1):
-            bundle.write(f"ledger/{n}.html", env.get_template("ledger.html.j2").render(
+        ledger_page = env.get_template("ledger.html.j2")
+
+        def written(rel: str, render):
+            def job():
+                b = bundle.child()
+                b.write(rel, render().encode())
+                return b.record()
+            return job
+        front_sha, branches = (front.sha256 if front else None), _branches(runs)
+        jobs = [lambda: plots.score_vs_bytes(runs, front_sha)] + [
+            written(f"ledger/{n}.html", lambda n=n, pg=pg: ledger_page.render(
                 csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
-                generated=generated).encode())
-        bundle.write("evidence.html", env.get_template("evidence.html.j2").render(
-            csp=CSP, root="", evidence=evidence, generated=generated).encode())
+                generated=generated)) for n, pg in enumerate(ledger_pages, 1)] + [
+            written("evidence.html", lambda: env.get_template("evidence.html.j2").render(
+                csp=CSP, root="", evidence=evidence, generated=generated)),
+            lambda: plots.trajectory(pts, title, branches)]
+        done = fork_map(call, jobs, min_items=1 if len(runs) >= PARALLEL_RUNS else len(jobs) + 1,
+                        meanwhile=cache.save)
+        plot_score_bytes, plot_trajectory = done[0], done[-1]
+        for rec in done[1:-1]:
+            bundle.merge(*rec)
         html = env.get_template("index.html.j2").render(
             csp=CSP, root="", frontier=fview, best=best, runs=views[-RECENT:][::-1],
             best_runs=sorted(views, key=lambda v: v["score"])[:BEST], pages=page_links, total=len(views),
             evidence=evidence[-EVIDENCE_ON_INDEX:], evidence_total=len(evidence), verify_commands=verify_commands,
-            plot_score_bytes=plots.score_vs_bytes(runs, front.sha256 if front else None),
-            plot_trajectory=plots.trajectory(pts, title, _branches(runs)), custody=pages.CUSTODY,
+            plot_score_bytes=plot_score_bytes, plot_trajectory=plot_trajectory, custody=pages.CUSTODY,
             comparisons=pages.comparisons(runs), neighbourhoods=pages.neighbourhoods(runs),
             counts={"runs": len(runs), "promote": sum(r.verdict == "promote" for r in runs),
                     "reject": sum(r.verdict == "reject" for r in runs)},
@@ -275,12 +305,15 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         bundle.write("_headers", HEADERS.encode())
         files = []
         for rel in _listing(work):
-            p = work / rel
-            files.append({"path": rel, "sha256": bundle.sha.get(rel) or _sha(p), "size": p.stat().st_size})
-        # one file a line: the manifest of 10k runs stays quick to scan and to diff
+            size = bundle.size.get(rel)
+            files.append({"path": rel, "sha256": bundle.sha.get(rel) or _sha(work / rel),
+                          "size": size if size is not None else (work / rel).stat().st_size})
+        # one file a line: the manifest of 10k runs stays quick to scan and to diff (json.dumps' own
+        # layout, keys sorted, written out: the same bytes)
         bundle.write("public_bundle_manifest.json",
                ('{"schema": "comma-lab/public-bundle/v1", "hygiene_rules_sha256": "%s", "files": [\n' % rules
-                + ",\n".join(json.dumps(f, sort_keys=True) for f in files) + "\n]}\n").encode(), scan=False)
+                + ",\n".join('{"path": %s, "sha256": "%s", "size": %d}' % (json.dumps(f["path"]), f["sha256"], f["size"])
+                              for f in files) + "\n]}\n").encode(), scan=False)
         skip = {f["path"] for f in files if published.get(f["path"]) == f["sha256"]} | bundle.scanned
         violations = sorted(bundle.violations + _scan(work, skip, listed), key=lambda v: (v.file, v.line, v.rule))
         if violations:
@@ -295,7 +328,78 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             os.rename(work, out)
         return {"out": str(out), "files": len(files) + 1, "runs": len(runs), "frontier": fview["score"] if fview else None}
     finally:
+        if gc_on:
+            gc.enable()
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _RunPages:
+    """One run's share of the bundle: its table row (cached, or made), its record file and its page,
+    each written, hashed and scanned here; in a forked worker when there are many runs (fork_map),
+    so what it wrote comes back as a child bundle's record and the row to cache."""
+
+    def __init__(self, store: Store, bundle: _Bundle, cache: "_ViewCache", runs: list[ledger.Run], out: Path,
+                 previous: dict, published: dict, releases_by_record: dict, template):
+        self.store, self.bundle, self.cache, self.runs, self.out = store, bundle, cache, runs, out
+        self.previous, self.published, self.releases, self.template = previous, published, releases_by_record, template
+        self.by_sha = {r.sha256: r for r in runs}
+        self.pid, self._own = os.getpid(), None
+
+    def __call__(self, i: int):
+        """(row, row to cache as JSON or None, its key, record evidence, frame evidence, what was written)"""
+        r = self.runs[i]
+        b = self.bundle.child()
+        entry, fresh = self.cache.get(r)
+        rec_ev = self._record(b, r)
+        page_entry, frames = self._page(b, r, entry)
+        changed = page_entry or (entry if fresh else None)
+        return (entry, json.dumps(changed) if changed is not None else None, self.cache.key(r), rec_ev, frames,
+                b.record())
+
+    def _record(self, b: _Bundle, r: ledger.Run) -> dict:
+        rel = f"evidence/records/{r.sha256}.json"
+        kept = self.previous.get(rel)
+        if kept is not None and b.keep(self.out, rel, kept):
+            return {"kind": "record", "path": rel, "sha256": kept, "note": (
+                "exact canonical bytes" if kept == r.sha256 else "redacted view: machine paths and secrets replaced")}
+        data = r.record_bytes(self.store)
+        if sanitize.json_untouched(data.decode("utf-8", "surrogateescape")):
+            sha = b.write(rel, data)  # byte-exact: its sha256 is its name
+            return {"kind": "record", "path": rel, "sha256": sha, "note": "exact canonical bytes"}
+        obj = r.record.to_json_obj()
+        clean = sanitize.redact(obj)
+        if clean == obj:
+            sha = b.write(rel, data)
+            note = "exact canonical bytes"
+        else:
+            sha = b.write(rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
+            note = "redacted view: machine paths and secrets replaced"
+        return {"kind": "record", "path": rel, "sha256": sha, "note": note}
+
+    def _page(self, b: _Bundle, r: ledger.Run, entry: dict) -> tuple[dict | None, list[dict]]:
+        v = entry["view"]
+        rel = self.releases.get(r.sha256)
+        parent = self.cache.get(self.by_sha[r.parent])[0]["view"] if r.parent in self.by_sha else None
+        page_key = hashlib.sha256(json.dumps([self.cache.key(r), rel, parent], sort_keys=True).encode()).hexdigest()
+        frames: list[dict] = []
+        if _carry_page(self.out, b, entry, page_key, self.published, frames):
+            return None, frames
+        shown = _frames(self._frame_bytes, b, r, frames)
+        page_sha = b.write(v["page"], self.template.render(
+            csp=CSP, root="../", r=v, rec=r.record, frames=shown, release=rel, custody=pages.CUSTODY,
+            parent=parent, environment=contest.get_profile(r.record.profile).official_environment,
+            verify_commands=pages.verify_commands(rel["name"] if rel else None, r.sha256, r.record.profile),
+            generated=None).encode())  # no timestamp: an unchanged run's page keeps its bytes
+        return {**entry, "page_key": page_key, "page_sha": page_sha, "frame_evidence": frames}, frames
+
+    def _frame_bytes(self, d) -> bytes:
+        if d.blake3:
+            return self.store.read_bytes(d.blake3)  # files only: safe in a worker
+        if os.getpid() == self.pid:
+            own = self.store
+        else:  # a connection inherited by fork is never used: a worker opens its own
+            own = self._own = self._own or Store(self.store.root, readonly=getattr(self.store, "readonly", None))
+        return self.store.read_bytes(own.resolve(d.sha256).blake3)
 
 
 def _releases_by_record(store: Store, release_links: dict) -> dict[str, dict]:
@@ -332,27 +436,39 @@ class _ViewCache:
         except sqlite3.OperationalError:  # never cached
             self.rows = {}
         self.keys: dict[str, str] = {}
+        self.made: dict[str, dict] = {}  # rows made in this process (a parent's row, asked for twice)
 
-    def get(self, r: ledger.Run) -> dict:
-        key = hashlib.sha256(json.dumps([VIEW_VERSION, self.rules, r.label, r.track, r.notes, r.verdict, r.reason,
-                                         r.flags, r.parent, r.axis]).encode()).hexdigest()
-        self.keys[r.sha256] = key
+    def key(self, r: ledger.Run) -> str:
+        """What the run's row is made from: its annotations and verdict, and the hygiene rules."""
+        key = self.keys.get(r.sha256)
+        if key is None:
+            key = self.keys[r.sha256] = hashlib.sha256(json.dumps(
+                [VIEW_VERSION, self.rules, r.label, r.track, r.notes, r.verdict, r.reason, r.flags, r.parent,
+                 r.axis]).encode()).hexdigest()
+        return key
+
+    def get(self, r: ledger.Run) -> tuple[dict, bool]:
+        """The run's row, and whether it was made now (not cached)."""
+        key = self.key(r)
         hit = self.rows.get(r.sha256)
         if hit is not None and hit[0] == key:
-            return json.loads(hit[1])
-        entry = {"created": r.record.created_at, "profile": r.record.profile,
-                 "view": sanitize.redact(_view(r, f"evidence/records/{r.sha256}.json"))}  # annotations are published
-        self.dirty[r.sha256] = entry
-        return entry
+            return json.loads(hit[1]), False
+        made = self.made.get(r.sha256)
+        if made is None:
+            made = self.made[r.sha256] = {
+                "created": r.record.created_at, "profile": r.record.profile,
+                "view": sanitize.redact(_view(r, f"evidence/records/{r.sha256}.json"))}  # annotations are published
+        return made, True
 
-    def put(self, sha: str, entry: dict) -> None:
-        self.dirty[sha] = entry
+    def put(self, sha: str, key: str, row: str) -> None:
+        """A run's row (JSON) to keep, made from `key`."""
+        self.dirty[sha] = (key, row)
 
     def save(self) -> None:
         if self.dirty and self.write:
             with self.store.transaction() as db:
                 db.executemany("INSERT OR REPLACE INTO site_view VALUES(?,?,?)",
-                               [(bytes.fromhex(sha), self.keys[sha], json.dumps(e)) for sha, e in self.dirty.items()])
+                               [(bytes.fromhex(sha), key, row) for sha, (key, row) in self.dirty.items()])
 
 
 def _carry_page(out: Path, bundle: _Bundle, entry: dict, page_key: str, published: dict, evidence: list) -> bool:
@@ -425,10 +541,9 @@ def _scan(root: Path, skip: set[str], listed: set[str]) -> list:
     manifest that the last manifest held (one file a line: only the new files' lines are read)."""
     out = []
     for rel in _listing(root):
-        p = root / rel
-        if rel in skip or not p.is_file():
+        if rel in skip or not (root / rel).is_file():
             continue
-        out += _scan_bytes(rel, p.read_bytes(), listed)
+        out += _scan_bytes(rel, (root / rel).read_bytes(), listed)
     return out
 
 

@@ -1,0 +1,61 @@
+"""A pass over many items, split over forked workers, one a core. For work bound by the interpreter
+(rendering, redacting, scanning thousands of pages): workers inherit the caller's state by fork and
+send back only their results. Workers must not use an SQLite connection they inherited."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_TASK: tuple[Callable, Sequence] | None = None
+
+
+def cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _init() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the pool
+
+
+def _run(span: tuple[int, int]) -> list:
+    fn, items = _TASK
+    return [fn(x) for x in items[span[0]:span[1]]]
+
+
+def fork_map(fn: Callable[[T], R], items: Sequence[T], min_items: int = 500,
+             meanwhile: Callable[[], object] | None = None) -> list[R]:
+    """[fn(x) for x in items], in order. Below `min_items`, on one core, or where fork is not
+    offered, in this process; otherwise over forked workers (fn may be a closure: it is inherited,
+    not pickled). `meanwhile` runs here while the workers do (first, in the plain loop). An
+    exception in fn is raised here, as in the plain loop."""
+    global _TASK
+    n = len(items)
+    workers = min(cpus(), 8)
+    if n < min_items or workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or _TASK is not None:
+        if meanwhile is not None:
+            meanwhile()
+        return [fn(x) for x in items]
+    step = max(1, -(-n // (workers * 8)))  # small chunks: a slow one does not hold the others up
+    _TASK = (fn, items)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_init) as pool:
+            parts = pool.imap(_run, [(s, min(n, s + step)) for s in range(0, n, step)])
+            if meanwhile is not None:
+                meanwhile()
+            out: list[R] = []
+            for part in parts:
+                out.extend(part)
+            return out
+    finally:
+        _TASK = None
+
+
+def call(job: Callable[[], R]) -> R:
+    """fork_map(call, jobs): a list of different jobs, each a function of nothing."""
+    return job()
