@@ -256,7 +256,8 @@ def test_the_gated_scan_finds_what_the_plain_scan_finds():
               "~/", "C:", "\\", "Users", "%2F", "&#47;", "&amp;", "&lt;", "&#10;", "\n", "\r\n", "  ", "\t", " \\\n",
               "hf_", "ABCDEFGHIJKLMNOPQRST", "ghp_", "x", "=", "TOKEN", "<a href=\"runs/1.html\">", "\u2028", "\x1c",
               "\u200b", "MC4CAQAw", "Zm9vYmFyYmF6cXV4" * 4, "Zm9vYmFy==", "a" * 64, "ssh -p 22 root@10.0.0.1",
-              "-----BEGIN", " PRIVATE KEY-----", "file://", "%252F", "\\u002f", "\\/", "\u00a0"]
+              "-----BEGIN", " PRIVATE KEY-----", "file://", "%252F", "\\u002f", "\\/", "\u00a0",
+              "%E9", "\\ud83d\\ude80", "\\ud800", "\u00e9", "\U0001f680"]  # lone surrogates, once decoded
     texts = [t for t, _ in LEAKS.values()]
     texts += ["".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 30))) for _ in range(6_000)]
     breaks = ["\n", " \\\n  ", "\\\n", "  \n\t", "\\ \n", "\n \n", "&#10;", "\r\n"]
@@ -283,7 +284,7 @@ def test_json_untouched_is_redaction_changing_nothing():
     rnd = random.Random(1516)
     pieces = ["run", "A++", "/home/alice", "comma-lab/eval-record/v1", "sk-proj0123456789abcdef", "x/y", "/a/b",
               "%2Fhome", "&#47;", "\n", "\"", "\\", "é", "\u2028", "ghp_ABCDEFGHIJKLMNOPQRST", "~/x", "C:\\Users\\a",
-              "ok", "evidence/records/ab.json", "1.5", "TOKEN=abc", ""]
+              "ok", "evidence/records/ab.json", "1.5", "TOKEN=abc", "", "caf%E9", "\U0001f680"]
 
     def value(depth=0):
         k = rnd.random()

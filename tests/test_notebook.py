@@ -212,7 +212,15 @@ def test_a_forked_build_is_the_one_process_build(demo, tmp_path, monkeypatch):
             return datetime(2026, 1, 1, tzinfo=tz)
 
     monkeypatch.setattr(build, "datetime", Fixed)
-    store = Store(demo["store"])  # without --cache: only read (the fixture is shared)
+    shutil.copytree(demo["store"], tmp_path / "store")  # the fixture is shared: a copy gets one run more
+    store = Store(tmp_path / "store")
+    from provenance.core import canonical
+    from provenance.lab import ledger
+    rec = json.loads(store.read_bytes(next(r for r in ledger.runs(store) if r.record.frames).blake3))
+    for d in rec["frames"].values():
+        del d["blake3"]  # frames named by SHA-256 alone: their BLAKE3 is in the index, which workers never read
+    rec["label"] = "legacy frames"
+    store.put_bytes(canonical.dumps(rec), "record")
 
     def files(root):
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -220,9 +228,14 @@ def test_a_forked_build_is_the_one_process_build(demo, tmp_path, monkeypatch):
     monkeypatch.setattr(build, "PARALLEL_RUNS", 1)
     monkeypatch.setattr(parallel, "cpus", lambda: 2)
     forks = []
-    real_pool = parallel.multiprocessing.get_context("fork").Pool
-    monkeypatch.setattr(parallel.multiprocessing, "get_context",
-                        lambda kind: type("Ctx", (), {"Pool": lambda self, *a, **k: forks.append(1) or real_pool(*a, **k)})())
+
+    class Counted(parallel.ProcessPoolExecutor):
+        def __init__(self, *a, **k):
+            forks.append(1)
+            super().__init__(*a, **k)
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", Counted)
+    parent, resolve = os.getpid(), Store.resolve  # a worker that reads the index dies, and fails the build
+    monkeypatch.setattr(Store, "resolve", lambda self, ref: resolve(self, ref) if os.getpid() == parent else os._exit(3))
     build.build_site(store, tmp_path / "forked", releases=demo["repo"] / "evidence/releases")
     assert len(forks) == 2, "both passes ran in workers"
     one, forked = files(tmp_path / "one"), files(tmp_path / "forked")

@@ -65,3 +65,21 @@ def test_site_pages_and_rebuilds_incrementally(tmp_path, monkeypatch):
     assert (idx.read_bytes(), s.db.total_changes) == before
     assert len(list((out / "evidence/records").iterdir())) == 29
     s.close()
+
+
+def test_fork_map_is_the_loop_and_a_dead_worker_fails_it(monkeypatch):
+    """fork_map returns what the plain loop returns, in order, raises what it raises, and a worker
+    that dies (killed, or a crash in native code) fails it with one line instead of a hang."""
+    import os
+    from provenance.core import parallel
+    from provenance.core.errors import ProvError
+    monkeypatch.setattr(parallel, "cpus", lambda: 2)
+    seen = []
+    assert parallel.fork_map(lambda x: x * x, range(100), min_items=1, meanwhile=lambda: seen.append(1)) == \
+        [x * x for x in range(100)] and seen == [1]
+    with pytest.raises(ZeroDivisionError):
+        parallel.fork_map(lambda x: 1 / (x - 50), range(100), min_items=1)
+    with pytest.raises(ProvError, match="a worker process died"):
+        parallel.fork_map(lambda x: os._exit(9) if x == 50 else x, range(100), min_items=1)
+    assert parallel.fork_map(lambda x: parallel.fork_map(lambda y: y, range(x), min_items=1), range(3),
+                             min_items=1) == [[], [0], [0, 1]]  # nested: the inner loop runs in the worker

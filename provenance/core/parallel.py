@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence, TypeVar
+
+from provenance.core.errors import ProvError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,16 +47,21 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], min_items: int = 500,
         return [fn(x) for x in items]
     step = max(1, -(-n // (workers * 8)))  # small chunks: a slow one does not hold the others up
     _TASK = (fn, items)
+    # an executor, not a Pool: a worker that dies (the OOM killer, a crash in native code) breaks it,
+    # raised here, where a Pool would wait for its lost chunk for ever
+    ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init)
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_init) as pool:
-            parts = pool.imap(_run, [(s, min(n, s + step)) for s in range(0, n, step)])
-            if meanwhile is not None:
-                meanwhile()
-            out: list[R] = []
-            for part in parts:
-                out.extend(part)
-            return out
+        parts = ex.map(_run, [(s, min(n, s + step)) for s in range(0, n, step)])
+        if meanwhile is not None:
+            meanwhile()
+        out: list[R] = []
+        for part in parts:
+            out.extend(part)
+        return out
+    except BrokenProcessPool as e:
+        raise ProvError(f"a worker process died: {e}") from None
     finally:
+        ex.shutdown(wait=True, cancel_futures=True)  # on an error, the chunks not started are dropped
         _TASK = None
 
 

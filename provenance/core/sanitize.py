@@ -71,7 +71,7 @@ def _any_literal():
         import re2
     except ImportError:  # the same result, a literal at a time
         return None
-    return re2.compile("|".join(re.escape(lit) for lit in sorted(_literals())))
+    return re2.compile(b"|".join(re.escape(lit.encode("utf-8", "surrogatepass")) for lit in sorted(_literals())))
 
 
 @lru_cache(maxsize=None)
@@ -81,8 +81,8 @@ def _literal_rx() -> re.Pattern:
 
 
 def _found_literals(hay: str) -> set[str]:
-    rx = _any_literal()
-    if rx is not None and rx.search(hay) is None:
+    rx = _any_literal()  # on bytes: normalised text can hold lone surrogates (%E9, \ud800), which RE2's str refuses
+    if rx is not None and rx.search(hay.encode("utf-8", "surrogatepass")) is None:
         return set()
     return {lit for lit in _literals() if lit in hay}
 

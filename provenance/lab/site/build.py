@@ -86,8 +86,27 @@ class _Bundle:
         return path
 
     def write(self, rel: str, data: bytes, scan: bool = True) -> str:
-        with open(self._parent_dir(rel), "wb") as f:
+        path = self._parent_dir(rel)
+        try:
+            f = open(path, "xb")
+        except FileExistsError:  # a hard link to the last bundle's file, maybe: never written through
+            os.unlink(path)
+            f = open(path, "xb")
+        with f:
             f.write(data)
+        return self._wrote(rel, data, scan)
+
+    def write_once(self, rel: str, data: bytes) -> str:
+        """write() a content-addressed file unless it is there (another worker's, or carried over):
+        the bytes are the same, and it is scanned once, by whoever wrote it."""
+        try:
+            with open(self._parent_dir(rel), "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return hashlib.sha256(data).hexdigest()
+        return self._wrote(rel, data, True)
+
+    def _wrote(self, rel: str, data: bytes, scan: bool) -> str:
         self.sha[rel] = sha = hashlib.sha256(data).hexdigest()
         self.size[rel] = len(data)
         if scan:
@@ -134,9 +153,7 @@ def _frames(read, bundle: _Bundle, r: ledger.Run, evidence: list) -> list[dict]:
     for key, d in sorted((r.record.frames or {}).items()):
         video, kind, index = key.split("/")
         rel = f"evidence/frames/{d.sha256}.png"
-        sha = d.sha256  # a store object's bytes are its digests
-        if not os.path.exists(os.path.join(bundle.root, rel)):
-            sha = bundle.write(rel, read(d))
+        sha = bundle.write_once(rel, read(d))
         evidence.append({"kind": "frame", "path": rel, "sha256": sha, "note": f"{kind} {video} frame {int(index)}"})
         by_index.setdefault(f"{video}/{index}", {"video": video, "index": int(index)})[kind] = rel
     return list(by_index.values())
@@ -217,8 +234,9 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
         run_page = env.get_template("run.html.j2")  # compiled once, before the workers fork
         releases_by_record = _releases_by_record(store, release_links)
-        each = fork_map(_RunPages(store, bundle, cache, runs, out, previous, published, releases_by_record, run_page),
-                        range(len(runs)), min_items=PARALLEL_RUNS)
+        make = _RunPages(store, bundle, cache, runs, out, previous, published, releases_by_record, run_page)
+        each = fork_map(make, range(len(runs)), min_items=PARALLEL_RUNS)
+        each = [made if made is not None else make(i) for i, made in enumerate(each)]
         entries, record_evidence, frame_evidence = [], [], []
         for r, (entry, row, key, rec_ev, frames, written) in zip(runs, each):
             bundle.merge(*written)
@@ -343,11 +361,15 @@ class _RunPages:
         self.store, self.bundle, self.cache, self.runs, self.out = store, bundle, cache, runs, out
         self.previous, self.published, self.releases, self.template = previous, published, releases_by_record, template
         self.by_sha = {r.sha256: r for r in runs}
-        self.pid, self._own = os.getpid(), None
+        self.pid = os.getpid()
 
     def __call__(self, i: int):
-        """(row, row to cache as JSON or None, its key, record evidence, frame evidence, what was written)"""
+        """(row, row to cache as JSON or None, its key, record evidence, frame evidence, what was written);
+        None from a worker for a run with a frame named by SHA-256 alone: its BLAKE3 is in the index,
+        which only the parent process may read, so the parent makes that run itself."""
         r = self.runs[i]
+        if os.getpid() != self.pid and any(d.blake3 is None for d in (r.record.frames or {}).values()):
+            return None
         b = self.bundle.child()
         entry, fresh = self.cache.get(r)
         rec_ev = self._record(b, r)
@@ -393,13 +415,7 @@ class _RunPages:
         return {**entry, "page_key": page_key, "page_sha": page_sha, "frame_evidence": frames}, frames
 
     def _frame_bytes(self, d) -> bytes:
-        if d.blake3:
-            return self.store.read_bytes(d.blake3)  # files only: safe in a worker
-        if os.getpid() == self.pid:
-            own = self.store
-        else:  # a connection inherited by fork is never used: a worker opens its own
-            own = self._own = self._own or Store(self.store.root, readonly=getattr(self.store, "readonly", None))
-        return self.store.read_bytes(own.resolve(d.sha256).blake3)
+        return self.store.read_bytes(d.blake3 or self.store.resolve(d.sha256).blake3)
 
 
 def _releases_by_record(store: Store, release_links: dict) -> dict[str, dict]:
