@@ -137,6 +137,9 @@ def test_site_pages_frames_and_manifest(demo):
         assert all(c["name"] in html for c in rec["checks"])
         assert all(v["sha256"] in html for v in rec["logs"].values()), "phase-log digests"
         assert "never score authority" in html and "prov verify evidence/releases/" in html
+        phases = rec.get("sandbox", {}).get("phases")
+        assert phases and "<h3>Phase views</h3>" in html and all(f"\"{k}\"" in html for k in phases), \
+            "a replay's page shows each phase's view of the sandbox"
         assert len(rec["frames"]) == 2 * len(MINI.preview_frames)
         for key, d in rec["frames"].items():
             rel = f"evidence/frames/{d['sha256']}.png"

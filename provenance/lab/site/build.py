@@ -235,7 +235,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         run_page = env.get_template("run.html.j2")  # compiled once, before the workers fork
         releases_by_record = _releases_by_record(store, release_links)
         make = _RunPages(store, bundle, cache, runs, out, previous, published, releases_by_record, run_page)
-        each = fork_map(make, range(len(runs)), min_items=PARALLEL_RUNS)
+        each = fork_map(make, range(len(runs)), min_items=PARALLEL_RUNS, meanwhile=plots.warm)
         each = [made if made is not None else make(i) for i, made in enumerate(each)]
         entries, record_evidence, frame_evidence = [], [], []
         for r, (entry, row, key, rec_ev, frames, written) in zip(runs, each):

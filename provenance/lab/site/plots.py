@@ -35,7 +35,16 @@ def _svg(fig, label: str) -> str:
     return re.sub(r"<svg ", f'<svg role="img" aria-label="{label}"{root_attrs} ', text, count=1)
 
 
+def warm() -> None:
+    """Import matplotlib now (a site build does it while its workers render runs: the plots are
+    drawn by workers forked later, which then start with it imported)."""
+    _mpl()
+
+
 def _mpl():
+    import os
+    # one BLAS thread: no thread pool to spin beside the site's workers, nor to be forked mid-flight
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import matplotlib
     matplotlib.use("Agg")
     # sized to be read on a phone: a 5.2 in figure scaled to ~360 px keeps 12 pt text near 11 px
