@@ -121,15 +121,13 @@ def main() -> None:
     sizes = [10_000] if a.quick else [int(x) for x in a.sizes.split(",") if int(x)]
     labs = [1_000] if a.quick else [int(x) for x in a.runs.split(",") if int(x)]
     rounds = 1 if a.quick else a.rounds
-    # What the last run left goes first, then a pause, and nothing is deleted until the next run: on
-    # ext4 without a journal (this VM) the kernel skips recently freed inodes when it allocates one,
-    # so files created within ~30 s of many deleted cost 5-20x in system time. A timed add or site
-    # build right after the bench's own clean-up measured that, not the command.
-    stale = list(WORK.iterdir()) if WORK.exists() else []
-    for old in stale:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    # Nothing is deleted while anything is timed: on ext4 without a journal (this VM) the kernel skips
+    # recently freed inodes when it allocates one, so files created for a while after many were
+    # deleted cost 5-20x in system time (a site build's system time went from 1.4 s to 3-6 s). The
+    # bench cleans up after itself; what an interrupted run left is deleted first, then a pause.
+    stale = _clean()
     if stale:
-        time.sleep(40)
+        time.sleep(120)
     WORK.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str]] = []  # (operation, measured, target)
     res: dict = {"store": {}, "lab": {}}
@@ -282,7 +280,16 @@ def main() -> None:
             lab = res["lab"]
             print(f"  {op:14s} " + "  ".join(f"{ks[i]:,}->{ks[i + 1]:,}: {exponent((ks[i], lab[ks[i]][op]), (ks[i + 1], lab[ks[i + 1]][op])):.2f}"
                                               for i in range(len(ks) - 1)))
+    _clean()
     (WORK / "results.json").write_text(json.dumps(res, indent=1, default=str))
+
+
+def _clean() -> int:
+    """Delete what a run made under WORK (results.json stays); how many entries went."""
+    stale = [p for p in WORK.iterdir() if p.name != "results.json"] if WORK.exists() else []
+    for old in stale:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    return len(stale)
 
 
 if __name__ == "__main__":
