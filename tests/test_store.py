@@ -270,7 +270,8 @@ def test_a_batch_whose_commit_fails_leaves_nothing_staged(tmp_path, monkeypatch,
 
 
 def test_fsck_workers_that_cannot_open_the_store_fail_it_not_hang(tmp_path):
-    """A Pool whose initializer raises restarts its workers for ever: fsck must end in the error."""
+    """Workers that cannot open the store (a Pool whose initializer raised restarted them for ever),
+    or that die: fsck ends in one error, never a hang."""
     s = Store(tmp_path / "store", create=True)
     for i in range(20):
         s.put_bytes(b"object %d" % i, "blob")
@@ -293,6 +294,9 @@ except sm.ProvError as e:
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.stdout.strip() == "ERROR worker cannot open the store", (r.stdout, r.stderr[-2000:])
+    died = code.replace('raise sm.ProvError("worker cannot open the store")', "os._exit(9)  # as the OOM killer would")
+    r = subprocess.run([sys.executable, "-c", died], capture_output=True, text=True, timeout=600)
+    assert r.stdout.startswith("ERROR a worker process died"), (r.stdout, r.stderr[-2000:])
 
 
 class ReadCounter:

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from provenance.core.errors import ProvError
 
@@ -38,13 +38,20 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], min_items: int = 500,
     offered, in this process; otherwise over forked workers (fn may be a closure: it is inherited,
     not pickled). `meanwhile` runs here while the workers do (first, in the plain loop). An
     exception in fn is raised here, as in the plain loop."""
+    return list(fork_imap(fn, items, min_items, meanwhile))
+
+
+def fork_imap(fn: Callable[[T], R], items: Sequence[T], min_items: int = 500,
+              meanwhile: Callable[[], object] | None = None) -> Iterator[R]:
+    """fork_map, each result given as soon as it and those before it are in (progress on a long pass)."""
     global _TASK
     n = len(items)
     workers = min(cpus(), 8)
     if n < min_items or workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or _TASK is not None:
         if meanwhile is not None:
             meanwhile()
-        return [fn(x) for x in items]
+        yield from (fn(x) for x in items)
+        return
     step = max(1, -(-n // (workers * 8)))  # small chunks: a slow one does not hold the others up
     _TASK = (fn, items)
     # an executor, not a Pool: a worker that dies (the OOM killer, a crash in native code) breaks it,
@@ -54,10 +61,8 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], min_items: int = 500,
         parts = ex.map(_run, [(s, min(n, s + step)) for s in range(0, n, step)])
         if meanwhile is not None:
             meanwhile()
-        out: list[R] = []
         for part in parts:
-            out.extend(part)
-        return out
+            yield from part
     except BrokenProcessPool as e:
         raise ProvError(f"a worker process died: {e}") from None
     finally:

@@ -622,19 +622,30 @@ class Store:
         """(errors, notes, objects, temps) of each fan-out directory, in order. A large store
         is checked by one forked worker a core (each with its own index connection): re-hashing a
         million small objects is bound by the interpreter's work per file, not by the disk."""
-        import multiprocessing
+        from provenance.core.parallel import fork_imap
         jobs = [(p, f"{p:02x}" in subs) for p in range(256)]
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         big = (self.db.execute("SELECT max(id) FROM obj").fetchone()[0] or 0) >= PARALLEL_FSCK
-        if cpus < 2 or not big or self.readonly or "fork" not in multiprocessing.get_all_start_methods():
+        if not big or self.readonly:
             yield from (_fsck_prefix(self, p, present, progress) for p, present in jobs)
             return
-        ctx = multiprocessing.get_context("fork")  # the index and the objects are only read
-        with ctx.Pool(min(cpus, 8), initializer=_fsck_worker_init, initargs=(str(self.root),)) as pool:
-            for result, nbytes in pool.imap(_fsck_worker, jobs, chunksize=4):
-                if progress and nbytes:
-                    progress(nbytes)
-                yield result
+        parent, own = os.getpid(), []
+
+        def job(j: tuple[int, bool]):
+            """A directory's result, and the bytes it hashed (for the parent's progress). A worker
+            opens its own connection: the one it inherited by fork is never used."""
+            if os.getpid() == parent:
+                store = self
+            else:
+                if not own:
+                    own.append(Store(self.root))  # as the parent opened it: WAL locking, never `immutable`
+                    own[0].db.execute(LEAN_CACHE)
+                store = own[0]
+            hashed: list[int] = []
+            return _fsck_prefix(store, *j, hashed.append), sum(hashed)
+        for result, nbytes in fork_imap(job, jobs, min_items=1):  # the index and the objects are only read
+            if progress and nbytes:
+                progress(nbytes)
+            yield result
 
     def _slice(self, p: int):
         """Index rows (b3, id, sha, size, is_tree) whose BLAKE3 starts with byte p, in key order."""
@@ -762,31 +773,6 @@ def _count_temps(tmp: Path) -> int:
     except (FileNotFoundError, NotADirectoryError):
         pass
     return n
-
-
-_WORKER_STORE: "Store | BaseException | None" = None
-
-
-def _fsck_worker_init(root: str) -> None:
-    """A worker opens its own connection (the parent's, inherited by fork, stays idle and unused
-    here until the pool is gone). What fails here comes back as each task's error: a Pool whose
-    initializer raises restarts the worker for ever."""
-    import signal
-    global _WORKER_STORE
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the pool
-    try:
-        _WORKER_STORE = Store(root)  # as the parent opened it: with WAL locking, never `immutable`
-        _WORKER_STORE.db.execute(LEAN_CACHE)
-    except Exception as e:  # noqa: BLE001 - re-raised in the parent, as the task's result
-        _WORKER_STORE = e
-
-
-def _fsck_worker(job: tuple[int, bool]):
-    """A directory's result, and the bytes it hashed (for the parent's progress)."""
-    if isinstance(_WORKER_STORE, BaseException):
-        raise _WORKER_STORE
-    hashed = []
-    return _fsck_prefix(_WORKER_STORE, *job, hashed.append), sum(hashed)
 
 
 def _fsck_prefix(store: "Store", p: int, present: bool, progress=None) -> tuple[list[str], list[str], int, int]:
