@@ -107,13 +107,12 @@ def _may_match(r: Rule, found: set[str], whole: str, mapped: list[bytes]) -> boo
 
 # normalize() changes text only through '&' and these: a line without them is its own normal form
 _DECODES = "%\\\\" + "".join(map(chr, ZERO_WIDTH))
-_NORMALIZES = re.compile(f"[&{_DECODES}]")
 _NOT_ENTITY = re.compile(f"[{_DECODES}]")
 
 
 def _decodes(s: str, entities: bool = True) -> bool:
-    """_NORMALIZES.search(s) (or _NOT_ENTITY's, without entities) at memchr speed: every
-    zero-width character is outside ASCII, and isascii() is free."""
+    """Whether s holds '&' (unless not `entities`) or a character of _DECODES, at memchr speed:
+    every zero-width character is outside ASCII, and isascii() is free."""
     return ((entities and "&" in s) or "%" in s or "\\" in s
             or (not s.isascii() and _NOT_ENTITY.search(s) is not None))
 # a string without these holds one line (for splitlines()) and decodes to itself

@@ -40,6 +40,7 @@ HEADERS = f"""/*
 # the index page stays bounded however long the ledger grows; everything else is paged
 RECENT, BEST, PAGE, EVIDENCE_ON_INDEX = 50, 20, 500, 30
 PARALLEL_RUNS = 500  # runs: from here the bundle is made by forked workers, one a core
+EXACT, REDACTED = "exact canonical bytes", "redacted view: machine paths and secrets replaced"  # a record file's note
 
 
 class HygieneError(VerificationFailed):
@@ -389,21 +390,15 @@ class _RunPages:
         rel = f"evidence/records/{r.sha256}.json"
         kept = self.previous.get(rel)
         if kept is not None and b.keep(self.out, rel, kept):
-            return {"kind": "record", "path": rel, "sha256": kept, "note": (
-                "exact canonical bytes" if kept == r.sha256 else "redacted view: machine paths and secrets replaced")}
+            return {"kind": "record", "path": rel, "sha256": kept, "note": EXACT if kept == r.sha256 else REDACTED}
         data = r.record_bytes(self.store)
-        if sanitize.json_untouched(data.decode("utf-8", "surrogateescape")):
-            sha = b.write(rel, data)  # byte-exact: its sha256 is its name
-            return {"kind": "record", "path": rel, "sha256": sha, "note": "exact canonical bytes"}
-        obj = r.record.to_json_obj()
-        clean = sanitize.redact(obj)
-        if clean == obj:
-            sha = b.write(rel, data)
-            note = "exact canonical bytes"
-        else:
-            sha = b.write(rel, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
-            note = "redacted view: machine paths and secrets replaced"
-        return {"kind": "record", "path": rel, "sha256": sha, "note": note}
+        clean = None  # a redacted view, where redaction changes something
+        if not sanitize.json_untouched(data.decode("utf-8", "surrogateescape")):
+            obj = r.record.to_json_obj()
+            if (redacted := sanitize.redact(obj)) != obj:
+                clean = (json.dumps(redacted, indent=2, sort_keys=True) + "\n").encode()
+        sha = b.write(rel, data if clean is None else clean)  # exact bytes: their sha256 is the file's name
+        return {"kind": "record", "path": rel, "sha256": sha, "note": EXACT if clean is None else REDACTED}
 
     def _page(self, b: _Bundle, r: ledger.Run, entry: dict) -> tuple[dict | None, list[dict]]:
         v = entry["view"]
