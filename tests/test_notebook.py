@@ -232,11 +232,13 @@ def test_a_forked_build_is_the_one_process_build(demo, tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "cpus", lambda: 2)
     forks = []
 
-    class Counted(parallel.ProcessPoolExecutor):
+    import concurrent.futures  # fork_imap imports it when it forks
+
+    class Counted(concurrent.futures.ProcessPoolExecutor):
         def __init__(self, *a, **k):
             forks.append(1)
             super().__init__(*a, **k)
-    monkeypatch.setattr(parallel, "ProcessPoolExecutor", Counted)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Counted)
     parent, resolve = os.getpid(), Store.resolve  # a worker that reads the index dies, and fails the build
     monkeypatch.setattr(Store, "resolve", lambda self, ref: resolve(self, ref) if os.getpid() == parent else os._exit(3))
     build.build_site(store, tmp_path / "forked", releases=demo["repo"] / "evidence/releases")

@@ -8,15 +8,8 @@ import sys
 import click
 
 from provenance.cli.common import emit, json_option, open_store
+from provenance.cli.verify_cmd import digest_out, print_digest
 from provenance.core.errors import ProvError
-
-
-def _digest_out(kind: str, d) -> dict:
-    return {"kind": kind, **d.as_dict()}
-
-
-def _print_digest(path, out) -> str:
-    return f"{out['kind']}  {path}\n  sha256 {out['sha256']}\n  blake3 {out['blake3']}\n  size   {out['size']}"
 
 
 @click.command("hash")
@@ -34,8 +27,8 @@ def hash_cmd(path, allow_unsafe_links, as_json):
     from provenance.core.tree import hash_path
     with Progress(f"hashing {path}") as prog:
         kind, d = hash_path(path, prog, allow_unsafe_links=allow_unsafe_links)
-    out = _digest_out(kind, d)
-    emit(out, as_json, lambda: _print_digest(path, out))
+    out = digest_out(kind, d.sha256, d.blake3, d.size)
+    emit(out, as_json, lambda: print_digest(path, out))
 
 
 @click.command()
@@ -60,8 +53,8 @@ def add(ctx, path, ref_name, allow_unsafe_links, as_json):
             kind, d = store.add(path, prog, allow_unsafe_links)
         if ref_name:
             store.set_ref(ref_name, d.blake3)
-    out = _digest_out(kind, d)
-    emit(out, as_json, lambda: _print_digest(path, out))
+    out = digest_out(kind, d.sha256, d.blake3, d.size)
+    emit(out, as_json, lambda: print_digest(path, out))
 
 
 @click.command()
@@ -185,8 +178,8 @@ def fsck(ctx, repair, ack_repair, as_json):
     from provenance.core.progress import Progress
     from provenance.log.translog import repair_store
     from provenance.store import check
-    from provenance.store.objects import default_store_path
-    root = Path(ctx.obj["store"]) if ctx.obj["store"] else default_store_path()
+    from provenance.store import default_store_path
+    root = Path(ctx.obj["store"] or default_store_path())
     if not (root / "index.sqlite").exists() and not (root / "objects").is_dir():
         raise ProvError(f"{root}: no store here")
     if ack_repair:

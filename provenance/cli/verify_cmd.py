@@ -4,7 +4,8 @@ A judge's `prov verify` should cost little more than the interpreter's start-up;
 alone is a large share of that. So `main` parses the clean, common form of `prov verify ...`
 itself (the options below, each once, no --help) and hands every other command line, including
 every malformed one, to the click CLI, which stays the one definition of the interface: a test
-keeps these tables equal to the click command's options.
+keeps these tables equal to the click command's options. `prov add DIR` of a tree stored and not
+changed since is answered here too, by store/statcheck; what it prints has its one home here.
 """
 
 from __future__ import annotations
@@ -100,10 +101,63 @@ def parse_fast(args: list[str]) -> dict | None:
     return {"manifest": positional[0], **opts}
 
 
+def digest_out(kind: str, sha256: str, blake3: str, size: int) -> dict:
+    """What `prov add` and `prov hash` print with --json."""
+    return {"kind": kind, "sha256": sha256, "blake3": blake3, "size": size}
+
+
+def print_digest(path, out: dict) -> str:
+    return f"{out['kind']}  {path}\n  sha256 {out['sha256']}\n  blake3 {out['blake3']}\n  size   {out['size']}"
+
+
+def parse_add(args: list[str]) -> tuple[str | None, str, bool] | None:
+    """(store, path, as_json) from `[--store S] add PATH [--json]`, options anywhere; None: let click
+    handle it (every other option, and every malformed line)."""
+    store, path, as_json, i = None, None, False, 0
+    rest = []
+    while i < len(args):
+        a = args[i]
+        if a == "--store" and i + 1 < len(args) and store is None:
+            store, i = args[i + 1], i + 2
+        elif a.startswith("--store=") and store is None:
+            store, i = a.partition("=")[2], i + 1
+        elif a == "--json" and not as_json:
+            as_json, i = True, i + 1
+        else:
+            rest.append(a)
+            i += 1
+    if len(rest) != 2 or rest[0] != "add" or rest[1].startswith("-") or store == "":
+        return None
+    return store, rest[1], as_json
+
+
+def fast_add(store: str | None, path: str, as_json: bool) -> bool:
+    """Print what `prov add PATH` prints where the tree is stored and unchanged (statcheck); False
+    where the full add must run."""
+    from provenance.store.statcheck import readd_unchanged
+    from provenance.store import default_store_path
+    got = readd_unchanged(store or default_store_path(), path)
+    if got is None:
+        return False
+    out = digest_out("tree", *got)
+    print(json.dumps(out, indent=2, sort_keys=True) if as_json else print_digest(path, out))
+    return True
+
+
 def main() -> None:
     """The `prov` console script."""
     argv = sys.argv[1:]
-    if argv[:1] == ["verify"] and not any(k.startswith("_PROV_COMPLETE") for k in os.environ):
+    completing = any(k.startswith("_PROV_COMPLETE") for k in os.environ)
+    if "add" in argv[:3] and not completing:
+        parsed = parse_add(argv)
+        if parsed is not None:
+            try:
+                if fast_add(*parsed):
+                    sys.stdout.flush()
+                    sys.exit(0)
+            except BrokenPipeError:
+                sys.exit(1)
+    if argv[:1] == ["verify"] and not completing:
         opts = parse_fast(argv[1:])
         if opts is not None:
             try:

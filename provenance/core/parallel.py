@@ -4,16 +4,15 @@ send back only their results. Workers must not use an SQLite connection they inh
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterator, Sequence, TypeVar
 
 from provenance.core.errors import ProvError
 
-T = TypeVar("T")
-R = TypeVar("R")
+TYPE_CHECKING = False  # typing's import costs the fast re-add (statcheck) more than its lstat calls save
+if TYPE_CHECKING:
+    from typing import Callable, Iterator, Sequence, TypeVar
+    T = TypeVar("T")
+    R = TypeVar("R")
 
 _TASK: tuple[Callable, Sequence] | None = None
 
@@ -45,6 +44,9 @@ def fork_imap(fn: Callable[[T], R], items: Sequence[T], min_items: int = 500,
               meanwhile: Callable[[], object] | None = None) -> Iterator[R]:
     """fork_map, each result given as soon as it and those before it are in (progress on a long pass)."""
     global _TASK
+    import multiprocessing  # here: `cpus` serves the fast re-add, which must not pay for these
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
     n = len(items)
     workers = min(cpus(), 8)
     if n < min_items or workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or _TASK is not None:

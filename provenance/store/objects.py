@@ -30,6 +30,8 @@ from typing import Callable, Iterator
 from provenance.core import tree as treemod
 from provenance.core.digest import CHUNK, Digest, digest_bytes, hash_file, stream
 from provenance.core.errors import ProvError, VerificationFailed
+from provenance.store import default_store_path
+from provenance.store.statcheck import RACY_NS, TOUCH_SLACK, fingerprint
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS obj(id INTEGER PRIMARY KEY AUTOINCREMENT, b3 BLOB NOT NULL, sha BLOB NOT NULL,
@@ -47,6 +49,7 @@ CREATE TABLE IF NOT EXISTS store_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS statcache(path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
     size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha BLOB, b3 BLOB,
     recorded_ns INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS treecache(path BLOB PRIMARY KEY, fp BLOB NOT NULL, b3 BLOB NOT NULL) WITHOUT ROWID;
 """
 # Index schema versions (PRAGMA user_version): 0 had one kind per object (objects.kind, whoever
 # stored the bytes first); 2 added kinds(blake3, kind): the set of kinds an object was stored as;
@@ -56,14 +59,8 @@ CREATE TABLE IF NOT EXISTS statcache(path BLOB PRIMARY KEY, dev INTEGER, ino INT
 # in three B-trees into one append-ordered table and two small indexes.
 SCHEMA_VERSION = 3
 KIND_DOC = "kind NOT IN ('blob', 'tree')"  # spelled as in obj_kind_doc, so SQLite uses that partial index
-# gc counts an object touched within this long of its last use as touched now: a re-add of what is
-# already stored writes nothing unless its root was last touched longer ago than this
-TOUCH_SLACK = 60
 REF_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 HEX = re.compile(r"^[0-9a-f]+$")
-# Kernel file timestamps come from a coarse clock (one jiffy, up to 10 ms behind);
-# a file modified this close to the moment we hashed it may change again unseen.
-RACY_NS = 50_000_000
 DEFAULT_GRACE = 3600.0
 TMP_PREFIX = ".tmp-"  # staged, not yet an object: skipped by readers, reported by fsck, swept by gc
 SMALL = CHUNK  # below this, file bytes are read whole and durability is batched
@@ -104,7 +101,7 @@ def _create_schema(db: sqlite3.Connection, temp: bool = False) -> None:
     for stmt in SCHEMA.split(";"):
         if stmt.strip():
             if temp:  # the object tables in the connection's temp schema (a read-only old store)
-                if re.search(r"\b(refs|store_meta|statcache)\(", stmt):
+                if re.search(r"\b(refs|store_meta|statcache|treecache)\(", stmt):
                     continue
                 stmt = re.sub(r"CREATE TABLE", "CREATE TEMP TABLE", stmt)
                 stmt = re.sub(r"(INDEX IF NOT EXISTS )(\w+)", r"\1temp.\2", stmt)
@@ -153,17 +150,6 @@ def _write_all(fd: int, mv: memoryview) -> None:
         mv = mv[os.write(fd, mv):]
 
 
-def default_store_path() -> Path:
-    env = os.environ.get("PROV_STORE")
-    if env:
-        return Path(env)
-    here = Path.cwd()
-    for d in (here, *here.parents):
-        if (d / ".git").exists() or (d / "dvc.yaml").exists():
-            return d / "evidence" / "store"
-    return here / "evidence" / "store"
-
-
 @dataclass(frozen=True)
 class ObjectInfo:
     blake3: str
@@ -202,7 +188,7 @@ def _prefix_range(text: str) -> tuple[bytes, bytes]:
 class Store:
     def __init__(self, root: str | os.PathLike | None = None, create: bool = False,
                  readonly: bool | None = None):
-        self.root = Path(root) if root is not None else default_store_path()
+        self.root = Path(root if root is not None else default_store_path())
         index = self.root / "index.sqlite"
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
@@ -259,6 +245,8 @@ class Store:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB: index inserts by hash land at random pages
         if version == SCHEMA_VERSION and "obj" in tables:
+            if "treecache" not in tables:  # a v3 index from before the fast re-add
+                _create_schema(db)
             return
         with self.transaction():
             if "objects" in tables:  # v0 (main before kinds) or v2 (kinds table): move to integer ids
@@ -466,12 +454,16 @@ class Store:
             if stat.S_ISDIR(st.st_mode):
                 p = os.path.abspath(p)  # every path below is then absolute: the stat cache's key
                 b.load_statcache(p)
-                return "tree", treemod.walk(
+                started = time.time_ns()
+                d = treemod.walk(
                     p, lambda f, s: b.put_file(f, s, progress),
                     lambda data, d: b.put_bytes(data, "blob"),
                     lambda data, d, entries: b.put_bytes(
                         data, "tree", tuple(e.blake3 for e in entries), d),
                     allow_unsafe_links)
+                if not allow_unsafe_links:
+                    b.note_tree(p, d, started)
+                return "tree", d
             raise ProvError(f"{os.fsdecode(p)}: not a regular file or directory")
 
     def children(self, b3: str) -> list[str]:
@@ -728,6 +720,7 @@ class Store:
                 db.execute("DELETE FROM link WHERE parent=?", (oid,))
             if removed and not dry_run:  # a stat-cache row must never vouch for a collected object
                 db.execute("DELETE FROM statcache WHERE b3 NOT IN (SELECT b3 FROM obj)")
+                db.execute("DELETE FROM treecache WHERE b3 NOT IN (SELECT b3 FROM obj)")
             if self.tmp.is_dir():
                 stale_temps = [e.path for e in os.scandir(self.tmp) if e.stat(follow_symlinks=False).st_mtime < cutoff]
             with os.scandir(self.objects) as subs:
@@ -970,6 +963,7 @@ class Batch:
         self.subdirs: set[str] = set()  # fan-out directories known to exist
         self.new_subdirs = False
         self.stat_rows: list[tuple] = []
+        self.tree_rows: list[tuple] = []  # (root path, fingerprint, blake3): statcheck's fast re-add
         self.extra: list[tuple[str, str, tuple[str, ...]]] = []  # (b3, kind, children) of objects already known
         self._writing = None
         self.stage: str | None = None  # this batch's own staging directory under tmp/
@@ -1059,6 +1053,16 @@ class Batch:
         elif d.blake3 not in self.new or self.new[d.blake3][2] != kind:
             self.extra.append((d.blake3, kind, children))
         return d
+
+    def note_tree(self, root: bytes, d: Digest, started_ns: int) -> None:
+        """Keep the tree's fingerprint for statcheck's fast re-add, where it was taken after every
+        entry's last change (then any later change moves a ctime it holds), and differs from the one kept."""
+        fp = fingerprint(root)
+        if fp is None or fp[1] >= started_ns - RACY_NS:
+            return
+        if self.s.db.execute("SELECT 1 FROM treecache WHERE path=? AND fp=? AND b3=?",
+                             (root, fp[0], bytes.fromhex(d.blake3))).fetchone() is None:
+            self.tree_rows.append((root, fp[0], bytes.fromhex(d.blake3)))
 
     def load_statcache(self, prefix: bytes) -> None:
         self.preloaded = True
@@ -1188,7 +1192,7 @@ class Batch:
         else:
             for d in dirs:
                 _fsync_dir(d)
-        if not (self.new or self.extra or self.stat_rows):
+        if not (self.new or self.extra or self.stat_rows or self.tree_rows):
             roots = self._roots()
             if not roots:
                 self._clear()
@@ -1228,6 +1232,8 @@ class Batch:
             if self.stat_rows:
                 self.stat_rows.sort()
                 db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?,?,?,?,?,?,?)", self.stat_rows)
+            if self.tree_rows:
+                db.executemany("INSERT OR REPLACE INTO treecache VALUES(?,?,?)", self.tree_rows)
         self._clear()
 
     def _clear(self) -> None:
@@ -1236,6 +1242,7 @@ class Batch:
         self.present.clear()
         self.cached.clear()
         self.stat_rows.clear()
+        self.tree_rows.clear()
         self.extra.clear()
 
     def _roots(self) -> list[str]:
