@@ -10,7 +10,8 @@ from blake3 import blake3
 
 from conftest import prov_json
 from provenance.core import tree as treemod
-from provenance.store.objects import RACY_NS, SCHEMA_VERSION, Store
+from provenance.store.objects import SCHEMA_VERSION, Store
+from provenance.store.statcheck import RACY_NS
 
 # the index schema of main before issue 13 (user_version 0), verbatim
 V0 = """

@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO, run_prov
 from provenance.core.tree import hash_path
 from provenance.store import objects, statcheck
-from provenance.store.objects import RACY_NS, Store
-from provenance.store.statcheck import fingerprint, readd_unchanged
+from provenance.store.objects import Store
+from provenance.store.statcheck import RACY_NS, fingerprint, readd_unchanged
 
 
 def _tree(root):
@@ -237,3 +237,90 @@ def test_unsafe_links_add_keeps_no_fingerprint(tmp_path):
 def test_statcheck_reads_the_index_version_the_store_writes():
     assert statcheck.SCHEMA_VERSION == objects.SCHEMA_VERSION
 
+
+
+def test_a_parent_switched_mid_walk_keeps_no_fingerprint(tmp_path, monkeypatch):
+    """`current -> releases/v1` flipped to v2 while the add walks: the add hashed a mixture, so no
+    fingerprint of either tree may vouch for it (a second walk would see only v2, all of it old)."""
+    for v in ("v1", "v2"):
+        _tree(tmp_path / v / "T")
+        (tmp_path / v / "T" / "d0" / "f5").write_bytes(v.encode())  # the two trees differ
+    os.symlink(tmp_path / "v1", tmp_path / "current")
+    time.sleep(RACY_NS / 1e9 + 0.02)
+    src = tmp_path / "current" / "T"
+    put, flipped = objects.Batch.put_file, []
+
+    def put_then_flip(self, path, st, *a, **k):
+        d = put(self, path, st, *a, **k)
+        if not flipped:
+            os.symlink(tmp_path / "v2", tmp_path / "next")
+            os.rename(tmp_path / "next", tmp_path / "current")
+            flipped.append(1)
+        return d
+    monkeypatch.setattr(objects.Batch, "put_file", put_then_flip)
+    s = Store(tmp_path / "store", create=True)
+    s.add(src)
+    assert s.db.execute("SELECT count(*) FROM treecache").fetchone()[0] == 0
+    s.close()
+    assert _fast(tmp_path / "store", src) is None
+
+
+def test_a_file_swapped_between_lstat_and_read_is_not_cached(tmp_path, monkeypatch):
+    src = _tree(tmp_path / "src")
+    victim = os.fsencode(src / "d1" / "f1")
+    put = objects.Batch.put_file
+
+    def swap_then_put(self, path, st, *a, **k):
+        if path == victim:  # another inode, same name, same size: what is read is not what lstat saw
+            (src / "d1" / "new").write_bytes(b"7\n" * 7)
+            os.rename(src / "d1" / "new", src / "d1" / "f1")
+        return put(self, path, st, *a, **k)
+    monkeypatch.setattr(objects.Batch, "put_file", swap_then_put)
+    s = Store(tmp_path / "store", create=True)
+    s.add(src)
+    assert s.db.execute("SELECT count(*) FROM treecache").fetchone()[0] == 0
+    assert s.db.execute("SELECT count(*) FROM statcache WHERE path=?", (victim,)).fetchone()[0] == 0
+    s.close()
+
+
+def test_dotdot_after_a_symlink_is_the_kernels_path(tmp_path):
+    """`L/../T` names what the kernel finds (elsewhere/T, a file), not the lexical ./T (a stored tree)."""
+    src, root, d = _added(tmp_path)
+    (tmp_path / "elsewhere" / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "src").write_bytes(b"a file\n")
+    os.symlink(tmp_path / "elsewhere" / "sub", tmp_path / "L")
+    assert _fast(root, tmp_path / "L" / ".." / "src") is None
+    r = run_prov("add", tmp_path / "L" / ".." / "src", store=root, check=0)
+    assert r.out.startswith("file") and r.out.split()[3] == hash_path(tmp_path / "elsewhere" / "src")[1].sha256
+    assert _fast(root, src / "top.txt" / "..") is None  # ENOTDIR for the kernel, whatever abspath says
+    run_prov("add", src / "top.txt" / "..", store=root, check=2)
+    (tmp_path / "elsewhere" / "sub" / "x").mkdir()  # both directories: the add takes the kernel's
+    os.symlink(tmp_path / "elsewhere" / "sub" / "x", tmp_path / "M")
+    r = run_prov("add", tmp_path / "M" / "..", store=root, check=0)
+    assert r.out.split()[5] == hash_path(tmp_path / "elsewhere" / "sub")[1].blake3
+
+
+def test_whole_second_stamps_need_two_seconds_to_settle():
+    s = 1_000_000_000
+    assert statcheck.settled(10 * s + 1, 10 * s + 1 + RACY_NS + 1)
+    assert not statcheck.settled(10 * s + 1, 10 * s + RACY_NS)
+    assert not statcheck.settled(10 * s, 11 * s + 900_000_000)  # a write later in second 10 keeps the stamp
+    assert statcheck.settled(10 * s, 12 * s + 1)
+
+
+def test_deeper_than_the_stack_is_the_full_adds_to_report(tmp_path):
+    p = tmp_path / "deep"
+    (p / "/".join(["d"] * 400)).mkdir(parents=True)  # shallow enough for pytest's own clean-up
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(300)  # a stack shallower than the tree
+    try:
+        assert fingerprint(os.fsencode(p)) is None and fingerprint(os.fsencode(p), fork=True) is None
+    finally:
+        sys.setrecursionlimit(limit)
+    assert fingerprint(os.fsencode(p / "/".join(["d"] * 350))) is not None  # 50 levels: the stack's
+
+
+def test_group_options_stay_click_s(tmp_path):
+    src, root, d = _added(tmp_path)
+    code, out, clicked = _entry("--json", "add", src, store=root)
+    assert (code, clicked) == (2, True)

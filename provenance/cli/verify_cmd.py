@@ -111,7 +111,7 @@ def print_digest(path, out: dict) -> str:
 
 
 def parse_add(args: list[str]) -> tuple[str | None, str, bool] | None:
-    """(store, path, as_json) from `[--store S] add PATH [--json]`, options anywhere; None: let click
+    """(store, path, as_json) from `[--store S] add [--store S] PATH [--json]`; None: let click
     handle it (every other option, and every malformed line)."""
     store, path, as_json, i = None, None, False, 0
     rest = []
@@ -121,7 +121,7 @@ def parse_add(args: list[str]) -> tuple[str | None, str, bool] | None:
             store, i = args[i + 1], i + 2
         elif a.startswith("--store=") and store is None:
             store, i = a.partition("=")[2], i + 1
-        elif a == "--json" and not as_json:
+        elif a == "--json" and not as_json and "add" in rest:  # an option of add's, not the group's
             as_json, i = True, i + 1
         else:
             rest.append(a)
@@ -133,14 +133,19 @@ def parse_add(args: list[str]) -> tuple[str | None, str, bool] | None:
 
 def fast_add(store: str | None, path: str, as_json: bool) -> bool:
     """Print what `prov add PATH` prints where the tree is stored and unchanged (statcheck); False
-    where the full add must run."""
-    from provenance.store.statcheck import readd_unchanged
-    from provenance.store import default_store_path
-    got = readd_unchanged(store or default_store_path(), path)
-    if got is None:
+    where the full add must run. Anything unexpected here is the full add's to report."""
+    try:
+        from provenance.store import default_store_path
+        from provenance.store.statcheck import readd_unchanged
+        got = readd_unchanged(store or default_store_path(), path)
+        if got is None:
+            return False
+        out = digest_out("tree", *got)
+        text = json.dumps(out, indent=2, sort_keys=True) if as_json else print_digest(path, out)
+        text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")  # what print would refuse
+    except Exception:
         return False
-    out = digest_out("tree", *got)
-    print(json.dumps(out, indent=2, sort_keys=True) if as_json else print_digest(path, out))
+    print(text)
     return True
 
 

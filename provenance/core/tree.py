@@ -170,25 +170,32 @@ BlobSink = Callable[[bytes, Digest], None]
 TreeSink = Callable[[bytes, Digest, list[Entry]], None]
 
 
+# after a directory's entries are digested: (its path, its lstat, its sorted entry names, their lstat)
+DirSeen = Callable[[bytes, os.stat_result, list[bytes], list[os.stat_result]], None]
+
+
 def walk(root: str | os.PathLike, file_digest: FileDigester,
          put_link: BlobSink | None = None, put_tree: TreeSink | None = None,
-         allow_unsafe_links: bool = False) -> Digest:
-    """Digest a directory bottom-up; callbacks store blobs and trees as they are made."""
+         allow_unsafe_links: bool = False, seen: DirSeen | None = None) -> Digest:
+    """Digest a directory bottom-up; callbacks store blobs and trees as they are made, and `seen`
+    hears what lstat said of every directory's entries, as the walk used them."""
     root_b = os.fsencode(root)
     st = os.lstat(root_b)
     if not stat.S_ISDIR(st.st_mode):
         raise TreeError(f"{os.fsdecode(root_b)}: not a directory")
-    return _walk_dir(root_b, 0, file_digest, put_link, put_tree, allow_unsafe_links, root_b, [])
+    return _walk_dir(root_b, 0, file_digest, put_link, put_tree, allow_unsafe_links, root_b, [], st, seen)
 
 
 def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe,
-              root: bytes = b"", parent: list[bytes] | None = None) -> Digest:
+              root: bytes = b"", parent: list[bytes] | None = None,
+              dir_st: os.stat_result | None = None, seen: DirSeen | None = None) -> Digest:
     where = os.fsdecode(path)
     try:
         names = sorted(os.listdir(path))
     except OSError as e:
         raise TreeError(f"{where}: cannot list directory ({e.strerror})") from None
     entries = []
+    stats = [] if seen is not None else None
     base = path if path.endswith(b"/") else path + b"/"  # os.path.join, without its cost a file
     for raw in names:  # per file, this loop is most of re-adding an unchanged tree: errors only decode
         full = base + raw
@@ -197,6 +204,8 @@ def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe,
         except UnicodeDecodeError:
             name = check_name(raw, os.fsdecode(full))
         st = os.lstat(full)
+        if stats is not None:
+            stats.append(st)
         mode = st.st_mode
         if S_ISREG(mode):
             d = file_digest(full, st)
@@ -214,13 +223,16 @@ def _walk_dir(path: bytes, depth: int, file_digest, put_link, put_tree, unsafe,
                 put_link(target, d)
             entries.append(Entry("link", name, d.size, d.sha256, d.blake3))
         elif stat.S_ISDIR(mode):
-            d = _walk_dir(full, depth + 1, file_digest, put_link, put_tree, unsafe, root, [*(parent or []), raw])
+            d = _walk_dir(full, depth + 1, file_digest, put_link, put_tree, unsafe, root, [*(parent or []), raw],
+                          st, seen)
             entries.append(Entry("tree", name, d.size, d.sha256, d.blake3))
         else:
             what = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
                     else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
             raise TreeError(f"{fwhere}: {what} not allowed in a tree")
     d, b3_view = tree_digest(entries)  # names came sorted from listdir bytes
+    if seen is not None:
+        seen(path, dir_st, names, stats)
     if put_tree:
         put_tree(b3_view, d, entries)
     return d

@@ -31,7 +31,7 @@ from provenance.core import tree as treemod
 from provenance.core.digest import CHUNK, Digest, digest_bytes, hash_file, stream
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.store import default_store_path
-from provenance.store.statcheck import RACY_NS, TOUCH_SLACK, fingerprint
+from provenance.store.statcheck import TOUCH_SLACK, WalkPrint, fingerprint, settled, walk_root
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS obj(id INTEGER PRIMARY KEY AUTOINCREMENT, b3 BLOB NOT NULL, sha BLOB NOT NULL,
@@ -452,17 +452,21 @@ class Store:
             if stat.S_ISREG(st.st_mode):
                 return "file", b.put_file(p, st, progress)
             if stat.S_ISDIR(st.st_mode):
-                p = os.path.abspath(p)  # every path below is then absolute: the stat cache's key
+                # absolute, and the directory the kernel found (`..` after a symlink): the stat cache's key
+                p = walk_root(p, st)
+                if p is None:
+                    raise ProvError(f"{os.fsdecode(path)}: changed while being added; run it again")
                 b.load_statcache(p)
                 started = time.time_ns()
+                seen = WalkPrint() if not allow_unsafe_links else None  # a refused tree keeps no fingerprint
                 d = treemod.walk(
                     p, lambda f, s: b.put_file(f, s, progress),
                     lambda data, d: b.put_bytes(data, "blob"),
                     lambda data, d, entries: b.put_bytes(
                         data, "tree", tuple(e.blake3 for e in entries), d),
-                    allow_unsafe_links)
-                if not allow_unsafe_links:
-                    b.note_tree(p, d, started)
+                    allow_unsafe_links, seen)
+                if seen is not None:
+                    b.note_tree(p, d, started, seen.result(p))
                 return "tree", d
             raise ProvError(f"{os.fsdecode(p)}: not a regular file or directory")
 
@@ -964,6 +968,7 @@ class Batch:
         self.new_subdirs = False
         self.stat_rows: list[tuple] = []
         self.tree_rows: list[tuple] = []  # (root path, fingerprint, blake3): statcheck's fast re-add
+        self.torn = False  # a file read was not the inode its lstat saw, or changed while read
         self.extra: list[tuple[str, str, tuple[str, ...]]] = []  # (b3, kind, children) of objects already known
         self._writing = None
         self.stage: str | None = None  # this batch's own staging directory under tmp/
@@ -1054,15 +1059,16 @@ class Batch:
             self.extra.append((d.blake3, kind, children))
         return d
 
-    def note_tree(self, root: bytes, d: Digest, started_ns: int) -> None:
-        """Keep the tree's fingerprint for statcheck's fast re-add, where it was taken after every
-        entry's last change (then any later change moves a ctime it holds), and differs from the one kept."""
-        fp = fingerprint(root)
-        if fp is None or fp[1] >= started_ns - RACY_NS:
+    def note_tree(self, root: bytes, d: Digest, started_ns: int, walked: tuple[bytes, int]) -> None:
+        """Keep the fingerprint of the tree the walk hashed (statcheck) where no entry changed since the
+        add began (then any later change moves a ctime it holds), every file read was the inode the walk
+        saw, and the tree at `root` is still that tree: a directory switched mid-walk fails the last."""
+        fp, newest = walked
+        if self.torn or not settled(newest, started_ns) or fingerprint(root) != (fp, newest):
             return
         if self.s.db.execute("SELECT 1 FROM treecache WHERE path=? AND fp=? AND b3=?",
-                             (root, fp[0], bytes.fromhex(d.blake3))).fetchone() is None:
-            self.tree_rows.append((root, fp[0], bytes.fromhex(d.blake3)))
+                             (root, fp, bytes.fromhex(d.blake3))).fetchone() is None:
+            self.tree_rows.append((root, fp, bytes.fromhex(d.blake3)))
 
     def load_statcache(self, prefix: bytes) -> None:
         self.preloaded = True
@@ -1084,7 +1090,7 @@ class Batch:
             sha, b3 = sha.hex(), b3.hex()
             if (dev, ino, size, mtime_ns, ctime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                                         st.st_ctime_ns) \
-                    and max(mtime_ns, ctime_ns) < recorded_ns - RACY_NS:
+                    and settled(max(mtime_ns, ctime_ns), recorded_ns):
                 if not (b3 in self.new or b3 in self.present):
                     self.cached[b3] = (apath, st)
                 if progress:
@@ -1112,9 +1118,13 @@ class Batch:
             now = os.fstat(fd)
         finally:
             os.close(fd)
-        if (now.st_mtime_ns, now.st_size) == (st.st_mtime_ns, st.st_size):
+        # the inode read is the one lstat saw, unchanged while read: else neither cache may vouch for it
+        if (now.st_dev, now.st_ino, now.st_mtime_ns, now.st_size) == (st.st_dev, st.st_ino, st.st_mtime_ns,
+                                                                      st.st_size):
             self.stat_rows.append((apath, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                    st.st_ctime_ns, bytes.fromhex(d.sha256), bytes.fromhex(d.blake3), started))
+        else:
+            self.torn = True
         return d
 
     def _put_large(self, src_fd: int, progress) -> Digest:
@@ -1243,6 +1253,7 @@ class Batch:
         self.cached.clear()
         self.stat_rows.clear()
         self.tree_rows.clear()
+        self.torn = False
         self.extra.clear()
 
     def _roots(self) -> list[str]:
