@@ -308,6 +308,57 @@ def test_whole_second_stamps_need_two_seconds_to_settle():
     assert statcheck.settled(10 * s, 12 * s + 1)
 
 
+def test_one_whole_second_stamp_holds_the_tree_back(tmp_path):
+    """A tree that spans a nanosecond filesystem and a whole-second one: each entry is judged by its
+    own stamp, not by the tree's newest (here, a nanosecond ctime)."""
+    src = _tree(tmp_path / "src")
+    whole = int(time.time()) * 1_000_000_000  # this second's start: at or before now
+    os.utime(src / "d1" / "f1", ns=(whole, whole))
+    time.sleep(RACY_NS / 1e9 + 0.02)  # the ctime utime set has settled: only the whole-second mtime has not
+    before = time.time_ns()
+    s = Store(tmp_path / "store", create=True)
+    s.add(src)
+    kept = s.db.execute("SELECT count(*) FROM treecache").fetchone()[0]
+    s.close()
+    after = time.time_ns()
+    if after < whole + 2_000_000_000:
+        assert kept == 0
+    elif before > whole + 2_000_000_000 + RACY_NS:  # a very slow machine: by then it had settled
+        assert kept == 1
+
+
+def test_the_fast_path_prints_the_trees_digests_not_the_first_storers(tmp_path):
+    """The tree's bytes stored first as a plain file: the object's row holds that file's SHA-256 and
+    size; a re-add of the tree prints the tree's, as the full add does."""
+    src = _tree(tmp_path / "src")
+    a = Store(tmp_path / "a", create=True)
+    _, d = a.add(src)
+    view = a.read_bytes(d.blake3)
+    a.close()
+    (tmp_path / "view").write_bytes(view)
+    root = tmp_path / "store"
+    blob = json.loads(run_prov("add", tmp_path / "view", "--json", store=root, check=0).out)
+    assert blob["blake3"] == d.blake3 and blob["sha256"] != d.sha256
+    full = json.loads(run_prov("add", src, "--json", store=root, check=0).out)
+    assert (full["sha256"], full["size"]) == (d.sha256, d.size)
+    assert readd_unchanged(str(root), str(src)) == (d.sha256, d.blake3, d.size)
+
+
+def test_a_path_never_added_costs_no_walk(tmp_path, monkeypatch):
+    src, root, d = _added(tmp_path)
+    other = _tree(tmp_path / "other")
+    monkeypatch.setattr(statcheck, "fingerprint", lambda *a, **k: pytest.fail("walked a tree the store has no row for"))
+    assert readd_unchanged(str(root), str(other)) is None
+
+
+def test_a_path_with_a_terminal_escape_is_click_s_to_print(tmp_path):
+    src = _tree(tmp_path / "a\x1bb")
+    root = tmp_path / "store"
+    run_prov("add", src, store=root, check=0)
+    assert _fast(root, src) is not None
+    assert _entry("add", src, store=root)[2]
+
+
 def test_deeper_than_the_stack_is_the_full_adds_to_report(tmp_path):
     p = tmp_path / "deep"
     (p / "/".join(["d"] * 400)).mkdir(parents=True)  # shallow enough for pytest's own clean-up
@@ -324,3 +375,10 @@ def test_group_options_stay_click_s(tmp_path):
     src, root, d = _added(tmp_path)
     code, out, clicked = _entry("--json", "add", src, store=root)
     assert (code, clicked) == (2, True)
+
+
+def test_a_store_path_that_is_not_a_plain_uri(tmp_path):
+    src = _tree(tmp_path / "src")
+    root = tmp_path / "st?re%20#x"  # SQLite's URI form must quote these
+    full = run_prov("add", src, store=root, check=0).out
+    assert _entry("add", src, store=root) == (0, full, False)

@@ -111,10 +111,9 @@ def print_digest(path, out: dict) -> str:
 
 
 def parse_add(args: list[str]) -> tuple[str | None, str, bool] | None:
-    """(store, path, as_json) from `[--store S] add [--store S] PATH [--json]`; None: let click
-    handle it (every other option, and every malformed line)."""
-    store, path, as_json, i = None, None, False, 0
-    rest = []
+    """(store, path, as_json) from `add PATH`, with `--store S` (or `--store=S`) before or after `add`
+    and `--json` after it; None: let click handle it (every other option, every malformed line)."""
+    store, as_json, rest, i = None, False, [], 0
     while i < len(args):
         a = args[i]
         if a == "--store" and i + 1 < len(args) and store is None:
@@ -143,6 +142,8 @@ def fast_add(store: str | None, path: str, as_json: bool) -> bool:
         out = digest_out("tree", *got)
         text = json.dumps(out, indent=2, sort_keys=True) if as_json else print_digest(path, out)
         text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")  # what print would refuse
+        if "\x1b" in text:  # click.echo strips terminal escapes from a pipe; print would not
+            return False
     except Exception:
         return False
     print(text)
@@ -161,6 +162,9 @@ def main() -> None:
                     sys.stdout.flush()
                     sys.exit(0)
             except BrokenPipeError:
+                sys.exit(1)
+            except KeyboardInterrupt:  # as click says it
+                print("\nAborted!", file=sys.stderr)
                 sys.exit(1)
     if argv[:1] == ["verify"] and not completing:
         opts = parse_fast(argv[1:])

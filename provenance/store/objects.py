@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS store_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS statcache(path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
     size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha BLOB, b3 BLOB,
     recorded_ns INTEGER) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS treecache(path BLOB PRIMARY KEY, fp BLOB NOT NULL, b3 BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS treecache(path BLOB PRIMARY KEY, fp BLOB NOT NULL, b3 BLOB NOT NULL,
+    sha BLOB NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;
 """
 # Index schema versions (PRAGMA user_version): 0 had one kind per object (objects.kind, whoever
 # stored the bytes first); 2 added kinds(blake3, kind): the set of kinds an object was stored as;
@@ -466,7 +467,7 @@ class Store:
                         data, "tree", tuple(e.blake3 for e in entries), d),
                     allow_unsafe_links, seen)
                 if seen is not None:
-                    b.note_tree(p, d, started, seen.result(p))
+                    b.note_tree(p, d, started, seen.result())
                 return "tree", d
             raise ProvError(f"{os.fsdecode(p)}: not a regular file or directory")
 
@@ -967,7 +968,7 @@ class Batch:
         self.subdirs: set[str] = set()  # fan-out directories known to exist
         self.new_subdirs = False
         self.stat_rows: list[tuple] = []
-        self.tree_rows: list[tuple] = []  # (root path, fingerprint, blake3): statcheck's fast re-add
+        self.tree_rows: list[tuple] = []  # (root path, fingerprint, blake3, sha256, size): statcheck's fast re-add
         self.torn = False  # a file read was not the inode its lstat saw, or changed while read
         self.extra: list[tuple[str, str, tuple[str, ...]]] = []  # (b3, kind, children) of objects already known
         self._writing = None
@@ -1060,15 +1061,18 @@ class Batch:
         return d
 
     def note_tree(self, root: bytes, d: Digest, started_ns: int, walked: tuple[bytes, int]) -> None:
-        """Keep the fingerprint of the tree the walk hashed (statcheck) where no entry changed since the
-        add began (then any later change moves a ctime it holds), every file read was the inode the walk
-        saw, and the tree at `root` is still that tree: a directory switched mid-walk fails the last."""
-        fp, newest = walked
-        if self.torn or not settled(newest, started_ns) or fingerprint(root) != (fp, newest):
+        """Keep the fingerprint of the tree the walk hashed (statcheck), with the tree's digests (an
+        object's row holds those of whoever stored its bytes first), where every change under it had
+        settled before the add began (then any later one moves a ctime it holds), every file read was
+        the inode the walk saw, and the tree at `root` is still that tree (not so where a parent
+        directory was switched mid-walk)."""
+        fp, horizon = walked
+        if self.torn or horizon >= started_ns:
             return
-        if self.s.db.execute("SELECT 1 FROM treecache WHERE path=? AND fp=? AND b3=?",
-                             (root, fp, bytes.fromhex(d.blake3))).fetchone() is None:
-            self.tree_rows.append((root, fp, bytes.fromhex(d.blake3)))
+        row = (root, fp, bytes.fromhex(d.blake3), bytes.fromhex(d.sha256), d.size)
+        if self.s.db.execute("SELECT 1 FROM treecache WHERE path=? AND fp=? AND b3=? AND sha=? AND size=?",
+                             row).fetchone() is None and fingerprint(root) == fp:
+            self.tree_rows.append(row)
 
     def load_statcache(self, prefix: bytes) -> None:
         self.preloaded = True
@@ -1090,7 +1094,7 @@ class Batch:
             sha, b3 = sha.hex(), b3.hex()
             if (dev, ino, size, mtime_ns, ctime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                                         st.st_ctime_ns) \
-                    and settled(max(mtime_ns, ctime_ns), recorded_ns):
+                    and settled(mtime_ns, recorded_ns) and settled(ctime_ns, recorded_ns):
                 if not (b3 in self.new or b3 in self.present):
                     self.cached[b3] = (apath, st)
                 if progress:
@@ -1243,7 +1247,7 @@ class Batch:
                 self.stat_rows.sort()
                 db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?,?,?,?,?,?,?)", self.stat_rows)
             if self.tree_rows:
-                db.executemany("INSERT OR REPLACE INTO treecache VALUES(?,?,?)", self.tree_rows)
+                db.executemany("INSERT OR REPLACE INTO treecache VALUES(?,?,?,?,?)", self.tree_rows)
         self._clear()
 
     def _clear(self) -> None:

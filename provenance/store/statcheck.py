@@ -2,15 +2,19 @@
 that has not changed since it was stored.
 
 A tree's fingerprint is a BLAKE3 Merkle digest over what `lstat` says of every entry under it
-(name, mode, size, mtime, ctime, inode; a directory's device and the digest of its entries), the
-root's own included. Writing, truncating, renaming, `chmod`, adding or removing an entry all move
-a ctime the entry's owner cannot set back, so an equal fingerprint means nothing changed, as long
-as the fingerprint was taken after every entry's last change (see `fingerprint`'s `newest_ns`).
+(name, device, mode, size, mtime, ctime, inode; a directory followed by its own digest), the root's
+own stat first. Writing, truncating, renaming, `chmod`, adding or removing an entry all move a ctime
+that no user can set back, so an equal fingerprint means nothing changed, provided it was taken after
+every entry's last change had settled (`horizon`).
 
-`prov add DIR` stores one per tree it adds (table treecache). The console entry calls
-`readd_unchanged` first: a walk of `lstat` calls, split between this process and one forked
-child, and one indexed row. It imports neither click nor the store, so re-adding an unchanged
-tree costs little more than the interpreter's start-up and the `lstat` calls git would make.
+`prov add DIR` keeps one per tree it adds (table treecache, with the tree's digests). The console
+entry calls `readd_unchanged` first: one indexed row, then a walk of `lstat` calls split between this
+process and one forked child. It imports neither click nor the rest of the store, so re-adding an
+unchanged tree costs little more than the interpreter's start-up and the `lstat` calls git makes.
+
+What this cannot see, like the stat cache and git: writes through a shared memory map after the
+first (they move no stamp), a clock set back, and filesystems whose ctime is not the kernel's own
+(vfat and exFAT report the settable mtime; NFS reports the server's clock).
 """
 
 from __future__ import annotations
@@ -35,12 +39,16 @@ class _Changed(Exception):
     """An entry vanished or could not be read mid-walk: no fingerprint, the full add decides."""
 
 
-def settled(newest_ns: int, started_ns: int) -> bool:
-    """Whether a change stamped `newest_ns` came before `started_ns` by more than the filesystem's
-    clock can blur: a jiffy, or two seconds where stamps are whole seconds (ext4 with small inodes,
-    FAT), since there a write later in the same second keeps the same stamp."""
-    margin = RACY_NS if newest_ns % 1_000_000_000 else 2_000_000_000
-    return newest_ns < started_ns - margin
+def horizon(stamp_ns: int) -> int:
+    """The latest moment a change stamped `stamp_ns` can have happened: a jiffy later, or two seconds
+    where stamps are whole seconds (FAT, ext4 with small inodes: a later write in the same second keeps
+    the stamp). A tree's horizon is the latest of its entries', each judged by its own filesystem."""
+    return stamp_ns + (RACY_NS if stamp_ns % 1_000_000_000 else 2_000_000_000)
+
+
+def settled(stamp_ns: int, started_ns: int) -> bool:
+    """Whether a change stamped `stamp_ns` surely came before `started_ns`."""
+    return horizon(stamp_ns) < started_ns
 
 
 def walk_root(path: bytes, st: os.stat_result) -> bytes | None:
@@ -57,8 +65,9 @@ def walk_root(path: bytes, st: os.stat_result) -> bytes | None:
     return None
 
 
-def _newest(st: os.stat_result, stats) -> int:
-    return max(st.st_mtime_ns, st.st_ctime_ns, *(max(s.st_mtime_ns, s.st_ctime_ns) for s in stats))
+def _horizon(st: os.stat_result, stats) -> int:
+    return max(horizon(st.st_mtime_ns), horizon(st.st_ctime_ns),
+               *(max(horizon(s.st_mtime_ns), horizon(s.st_ctime_ns)) for s in stats))
 
 
 def _digest(st: os.stat_result, names: list[bytes], stats: list[os.stat_result], sub) -> bytes:
@@ -73,105 +82,110 @@ def _digest(st: os.stat_result, names: list[bytes], stats: list[os.stat_result],
     return blake3(b"".join(parts)).digest()
 
 
-def _base(path: bytes) -> bytes:
-    return path if path.endswith(b"/") else path + b"/"  # as tree.walk joins
-
-
-def _dir_digest(path: bytes, st: os.stat_result, newest: list[int]) -> bytes:
+def _listing(path: bytes) -> tuple[bytes, list[bytes], list[os.stat_result]]:
+    """(path joined as tree.walk joins, sorted names, their lstat)."""
     try:
         names = sorted(os.listdir(path))
-        base = _base(path)
-        stats = [os.lstat(base + name) for name in names]
+        base = path if path.endswith(b"/") else path + b"/"
+        return base, names, [os.lstat(base + name) for name in names]
     except OSError:
         raise _Changed from None
-    newest[0] = max(newest[0], _newest(st, stats))
-    return _digest(st, names, stats, lambda i: _dir_digest(base + names[i], stats[i], newest))
+
+
+def _dir_digest(path: bytes, st: os.stat_result) -> bytes:
+    base, names, stats = _listing(path)
+    return _digest(st, names, stats, lambda i: _dir_digest(base + names[i], stats[i]))
 
 
 class WalkPrint:
-    """The fingerprint of a tree from the very stat results of the walk that digested it (tree.walk's
-    `seen`, which hears each directory after its subdirectories). A fingerprint taken by a second walk
-    could describe another tree than the one hashed: a parent directory switched mid-walk moves no
-    ctime inside either tree. Memory: the digests of directories whose parent is not done yet."""
+    """The fingerprint and horizon of a tree from the very stat results of the walk that digested it
+    (tree.walk's `seen`, called for each directory after its subdirectories, in name order: their
+    digests are the last ones made). A fingerprint taken by a second walk could describe another tree
+    than the one hashed: a parent directory switched mid-walk moves no ctime inside either tree."""
 
     def __init__(self) -> None:
-        self.sub: dict[bytes, bytes] = {}
-        self.newest = 0
+        self.done: list[bytes] = []  # digests of the directories whose parent is not done yet
+        self.horizon = 0
 
     def __call__(self, path: bytes, st: os.stat_result, names: list[bytes], stats: list[os.stat_result]) -> None:
-        base = _base(path)
-        self.sub[path] = _digest(st, names, stats, lambda i: self.sub.pop(base + names[i]))
-        self.newest = max(self.newest, _newest(st, stats))
+        subs = [i for i, s in enumerate(stats) if S_ISDIR(s.st_mode)]
+        mine = dict(zip(subs, self.done[len(self.done) - len(subs):]))
+        del self.done[len(self.done) - len(subs):]
+        self.done.append(_digest(st, names, stats, mine.__getitem__))
+        self.horizon = max(self.horizon, _horizon(st, stats))
 
-    def result(self, root: bytes) -> tuple[bytes, int]:
-        return self.sub[root], self.newest
+    def result(self) -> tuple[bytes, int]:
+        (root,) = self.done
+        return root, self.horizon
 
 
-def fingerprint(root: bytes, fork: bool = False) -> tuple[bytes, int] | None:
-    """(fingerprint, newest mtime or ctime under root in ns) of the tree at the absolute path `root`,
-    or None where root is not a directory or changes while walked. With `fork`, a child process walks
-    every other subdirectory of the root (lstat is a system call: two cores make twice the calls);
-    only where no threads run."""
+def fingerprint(root: bytes, fork: bool = False) -> bytes | None:
+    """The fingerprint of the tree at the absolute path `root`, or None where root is not a directory
+    or changes while walked. With `fork`, a child process walks every other subdirectory of the root
+    (lstat is a system call: two cores make twice the calls); only where no threads run."""
     try:
         st = os.lstat(root)
         if not S_ISDIR(st.st_mode):
             return None
-        newest = [0]
-        if not fork:
-            return _dir_digest(root, st, newest), newest[0]
-        return _forked(root, st)
+        return _forked(root, st) if fork else _dir_digest(root, st)
     except (_Changed, OSError, RecursionError):  # a tree deeper than the interpreter's stack: the full add says
         return None
 
 
-def _forked(root: bytes, st: os.stat_result) -> tuple[bytes, int] | None:
-    try:
-        names = sorted(os.listdir(root))
-        base = _base(root)
-        stats = [os.lstat(base + name) for name in names]
-    except OSError:
-        raise _Changed from None
+def _forked(root: bytes, st: os.stat_result) -> bytes:
+    import signal
+    base, names, stats = _listing(root)
     subdirs = [i for i, s in enumerate(stats) if S_ISDIR(s.st_mode)]
     theirs = subdirs[1::2]
     digests: dict[int, bytes] = {}
-    newest = [_newest(st, stats)]
     pid = -1
     if theirs:
         r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: digests of its share, then the newest time; a failure sends nothing
+        # Ctrl-C between fork and the child's try would run the parent's code in the child
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            raise _Changed from None
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if pid == 0:  # the child: digests of its share; a failure sends nothing
             code = 1
             try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 os.close(r)
-                mine = [0]
-                out = b"".join(_dir_digest(base + names[i], stats[i], mine) for i in theirs)
-                out += mine[0].to_bytes(8, "big")
+                out = b"".join(_dir_digest(base + names[i], stats[i]) for i in theirs)
                 while out:
                     out = out[os.write(w, out):]
                 code = 0
             finally:
                 os._exit(code)
         os.close(w)
-    status = 0
+    status, done = 0, False
     try:
         for i in subdirs[0::2]:
-            digests[i] = _dir_digest(base + names[i], stats[i], newest)
+            digests[i] = _dir_digest(base + names[i], stats[i])
         if pid > 0:
             got = bytearray()
             while chunk := os.read(r, 1 << 16):
                 got += chunk
-            if len(got) != 32 * len(theirs) + 8:
+            if len(got) != 32 * len(theirs):
                 raise _Changed
-            for k, i in enumerate(theirs):
-                digests[i] = bytes(got[32 * k:32 * k + 32])
-            newest[0] = max(newest[0], int.from_bytes(got[-8:], "big"))
+            digests.update((i, bytes(got[32 * k:32 * k + 32])) for k, i in enumerate(theirs))
+        done = True
     finally:
         if pid > 0:
             os.close(r)
+            if not done:  # this side failed: the child's share is not wanted
+                os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
     if status != 0:
         raise _Changed
-    return _digest(st, names, stats, digests.__getitem__), newest[0]
+    return _digest(st, names, stats, digests.__getitem__)
 
 
 def readd_unchanged(store_root: str, path: str) -> tuple[str, str, int] | None:
@@ -181,28 +195,30 @@ def readd_unchanged(store_root: str, path: str) -> tuple[str, str, int] | None:
     import sqlite3
     import time
     index = os.path.join(store_root, "index.sqlite")
-    if not os.path.isfile(index):
-        return None
     try:
         st = os.lstat(os.fsencode(path))  # the path as typed, as the full add finds it
     except OSError:
         return None
     root = walk_root(os.fsencode(path), st) if S_ISDIR(st.st_mode) else None
-    fp = fingerprint(root, fork=cpus() > 1) if root else None  # before SQLite: no connection crosses the fork
-    if fp is None:
+    if root is None or not os.path.isfile(index):
         return None
+    # mode=rw: an index that vanished since is not created empty (which Store would call damage)
+    uri = "file:%s?mode=rw" % os.path.abspath(index).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    lock, db = None, None
     try:
-        lock = os.open(os.path.join(store_root, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return None
-    db = None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_SH)  # as Store.writing: gc cannot collect the tree while we vouch for it
-        db = sqlite3.connect(index, timeout=120, isolation_level=None)
+        db = sqlite3.connect(uri, uri=True, timeout=120, isolation_level=None)
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             return None
-        row = db.execute("SELECT o.id, o.sha, o.b3, o.size, COALESCE(o.touched, o.added) FROM treecache t "
-                         "JOIN obj o ON o.b3 = t.b3 WHERE t.path = ? AND t.fp = ?", (root, fp[0])).fetchone()
+        kept = db.execute("SELECT fp FROM treecache WHERE path = ?", (root,)).fetchone()
+        db.close()  # no connection crosses the fork
+        db = None
+        if kept is None or fingerprint(root, fork=cpus() > 1) != kept[0]:
+            return None
+        lock = os.open(os.path.join(store_root, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock, fcntl.LOCK_SH)  # as Store.writing: gc cannot collect the tree while we vouch for it
+        db = sqlite3.connect(uri, uri=True, timeout=120, isolation_level=None)
+        row = db.execute("SELECT o.id, t.sha, t.b3, t.size, COALESCE(o.touched, o.added) FROM treecache t "
+                         "JOIN obj o ON o.b3 = t.b3 WHERE t.path = ? AND t.fp = ?", (root, kept[0])).fetchone()
         if row is None:
             return None
         oid, sha, b3, size, stamp = row
@@ -213,9 +229,10 @@ def readd_unchanged(store_root: str, path: str) -> tuple[str, str, int] | None:
                        (now, oid, now - TOUCH_SLACK))
             db.execute("COMMIT")
         return sha.hex(), b3.hex(), size
-    except sqlite3.Error:  # no such table, a damaged index, a read-only store: the full add says
+    except (sqlite3.Error, OSError):  # no such table, a damaged index, a read-only store: the full add says
         return None
     finally:
         if db is not None:
             db.close()
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
