@@ -382,3 +382,74 @@ def test_a_store_path_that_is_not_a_plain_uri(tmp_path):
     root = tmp_path / "st?re%20#x"  # SQLite's URI form must quote these
     full = run_prov("add", src, store=root, check=0).out
     assert _entry("add", src, store=root) == (0, full, False)
+
+
+def test_the_store_is_the_kernels_path_too(tmp_path):
+    """`--store link/../store` is a/b/store for the kernel (and the full add), not ./store."""
+    src, root, d = _added(tmp_path)  # tmp_path/store holds the tree
+    (tmp_path / "a" / "b" / "real").mkdir(parents=True)
+    os.symlink(tmp_path / "a" / "b" / "real", tmp_path / "link")
+    other = tmp_path / "a" / "b" / "store"
+    run_prov("add", tmp_path / "src" / "top.txt", store=other, check=0)  # a store of its own, without the tree
+    code, out, _ = _entry("--store", tmp_path / "link" / ".." / "store", "add", src)
+    assert code == 0 and d.blake3 in out
+    s = Store(other)
+    assert s.info(d.blake3) is not None  # stored where the kernel says, not answered from ./store
+    s.close()
+
+
+def test_a_store_the_full_add_may_not_write_is_not_answered(tmp_path):
+    src, root, d = _added(tmp_path)
+    if subprocess.run(["chattr", "+i", str(root / "index.sqlite")], capture_output=True).returncode:
+        pytest.skip("no chattr +i on this filesystem")
+    try:
+        assert _fast(root, src) is None
+        code, out, clicked = _entry("add", src, store=root)
+        assert (code, clicked) == (2, True)
+    finally:
+        subprocess.run(["chattr", "-i", str(root / "index.sqlite")], check=True)
+
+
+def test_stdout_on_a_full_disk_is_one_line(tmp_path):
+    src, root, d = _added(tmp_path)
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-c", "from provenance.cli.verify_cmd import main; import sys; "
+                            "sys.argv = ['prov', 'add', sys.argv[1]]; main()", str(src)],
+                           stdout=full, stderr=subprocess.PIPE, env={**os.environ, "PROV_STORE": str(root)}, cwd=REPO)
+    assert r.returncode == 3 and r.stderr.decode() == "prov: error: No space left on device\n"
+
+
+def test_ctrl_c_across_the_fork_leaves_no_child(tmp_path):
+    """A Ctrl-C that arrives while SIGINT is blocked across fork goes off when it is unblocked: the
+    child must still be killed and reaped, and the pipe closed. In a process of one thread, as the
+    console entry is (in a threaded one, another thread takes the signal at once)."""
+    top = tmp_path / "t"
+    for i in range(6):
+        (top / f"d{i}").mkdir(parents=True)
+    code = """
+import os, signal, sys
+from provenance.store.statcheck import fingerprint
+real_fork, kids = os.fork, []
+def fork():
+    os.kill(os.getpid(), signal.SIGINT)  # pending: SIGINT is blocked here
+    pid = real_fork()
+    if pid:
+        kids.append(pid)
+    return pid
+os.fork = fork
+def pipes():
+    return {fd for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")
+            and os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")}
+before = pipes()
+try:
+    fingerprint(os.fsencode(sys.argv[1]), fork=True)
+    print("no interrupt")
+except KeyboardInterrupt:
+    try:
+        os.waitpid(kids[0], os.WNOHANG)
+        print("child not reaped")
+    except ChildProcessError:
+        print("leaked pipes:", sorted(pipes() - before))
+"""
+    r = subprocess.run([sys.executable, "-c", code, str(top)], capture_output=True, text=True, cwd=REPO)
+    assert r.stdout == "leaked pipes: []\n", r.stdout + r.stderr

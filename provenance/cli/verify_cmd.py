@@ -163,6 +163,11 @@ def main() -> None:
                     sys.exit(0)
             except BrokenPipeError:
                 sys.exit(1)
+            except OSError as e:  # stdout on a full disk: as the click path says it
+                from provenance.core.faults import os_error_code
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+                print(f"prov: error: {(e.filename + ': ') if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+                sys.exit(os_error_code(e))
             except KeyboardInterrupt:  # as click says it
                 print("\nAborted!", file=sys.stderr)
                 sys.exit(1)

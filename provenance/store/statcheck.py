@@ -138,7 +138,7 @@ def _forked(root: bytes, st: os.stat_result) -> bytes:
     subdirs = [i for i, s in enumerate(stats) if S_ISDIR(s.st_mode)]
     theirs = subdirs[1::2]
     digests: dict[int, bytes] = {}
-    pid = -1
+    pid, r, w = -1, -1, -1
     if theirs:
         r, w = os.pipe()
         # Ctrl-C between fork and the child's try would run the parent's code in the child
@@ -146,12 +146,10 @@ def _forked(root: bytes, st: os.stat_result) -> bytes:
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
             os.close(r)
             os.close(w)
             raise _Changed from None
-        finally:
-            if pid != 0:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
         if pid == 0:  # the child: digests of its share; a failure sends nothing
             code = 1
             try:
@@ -164,9 +162,12 @@ def _forked(root: bytes, st: os.stat_result) -> bytes:
                 code = 0
             finally:
                 os._exit(code)
-        os.close(w)
     status, done = 0, False
     try:
+        if pid > 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending Ctrl-C goes off here: inside the try
+            os.close(w)
+            w = -1
         for i in subdirs[0::2]:
             digests[i] = _dir_digest(base + names[i], stats[i])
         if pid > 0:
@@ -179,7 +180,9 @@ def _forked(root: bytes, st: os.stat_result) -> bytes:
         done = True
     finally:
         if pid > 0:
-            os.close(r)
+            for fd in (r, w):
+                if fd >= 0:
+                    os.close(fd)
             if not done:  # this side failed: the child's share is not wanted
                 os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
@@ -194,6 +197,8 @@ def readd_unchanged(store_root: str, path: str) -> tuple[str, str, int] | None:
     import fcntl
     import sqlite3
     import time
+    # the kernel's path, as the full add opens it (abspath would read `link/../store` as ./store)
+    store_root = os.path.realpath(store_root)
     index = os.path.join(store_root, "index.sqlite")
     try:
         st = os.lstat(os.fsencode(path))  # the path as typed, as the full add finds it
@@ -202,8 +207,10 @@ def readd_unchanged(store_root: str, path: str) -> tuple[str, str, int] | None:
     root = walk_root(os.fsencode(path), st) if S_ISDIR(st.st_mode) else None
     if root is None or not os.path.isfile(index):
         return None
+    if not (os.access(store_root, os.W_OK) and os.access(index, os.W_OK)):  # the full add refuses it
+        return None
     # mode=rw: an index that vanished since is not created empty (which Store would call damage)
-    uri = "file:%s?mode=rw" % os.path.abspath(index).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    uri = "file:%s?mode=rw" % index.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
     lock, db = None, None
     try:
         db = sqlite3.connect(uri, uri=True, timeout=120, isolation_level=None)
