@@ -31,7 +31,7 @@ from provenance.core import tree as treemod
 from provenance.core.digest import CHUNK, Digest, digest_bytes, hash_file, stream
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.store import default_store_path
-from provenance.store.statcheck import TOUCH_SLACK, WalkPrint, fingerprint, settled, walk_root
+from provenance.store.statcheck import TOUCH, TOUCH_SLACK, WalkPrint, fingerprint, settled, walk_root
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS obj(id INTEGER PRIMARY KEY AUTOINCREMENT, b3 BLOB NOT NULL, sha BLOB NOT NULL,
@@ -1241,8 +1241,7 @@ class Batch:
                     oid = lookup(b3)
                     if oid is None:
                         raise _Restage([b3])
-                    db.execute("UPDATE obj SET touched=? WHERE id=? AND COALESCE(touched, added) < ?",
-                               (now, oid, now - TOUCH_SLACK))
+                    db.execute(TOUCH, (now, oid, now - TOUCH_SLACK))
             if self.stat_rows:
                 self.stat_rows.sort()
                 db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?,?,?,?,?,?,?)", self.stat_rows)

@@ -32,6 +32,8 @@ RACY_NS = 50_000_000
 # gc counts an object touched within this long of its last use as touched now: a re-add of what is
 # already stored writes nothing unless its root was last touched longer ago than this
 TOUCH_SLACK = 60
+# a root an add relied on, touched where gc's grace would count it old (the full add and the fast one)
+TOUCH = "UPDATE obj SET touched=? WHERE id=? AND COALESCE(touched, added) < ?"
 SCHEMA_VERSION = 3  # the index version whose tables the fast re-add reads (objects.SCHEMA_VERSION; a test holds them equal)
 
 
@@ -232,8 +234,7 @@ def readd_unchanged(store_root: str, path: str) -> tuple[str, str, int] | None:
         now = int(time.time())
         if stamp < now - TOUCH_SLACK:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("UPDATE obj SET touched=? WHERE id=? AND COALESCE(touched, added) < ?",
-                       (now, oid, now - TOUCH_SLACK))
+            db.execute(TOUCH, (now, oid, now - TOUCH_SLACK))
             db.execute("COMMIT")
         return sha.hex(), b3.hex(), size
     except (sqlite3.Error, OSError):  # no such table, a damaged index, a read-only store: the full add says
