@@ -362,9 +362,24 @@ class Store:
         raise ProvError(f"{what}: object missing from {self.root}")
 
     def read_bytes(self, b3: str) -> bytes:
-        """The object's bytes, re-hashed: a store altered on disk is noticed, never served."""
-        with self.open_verified(b3) as f:
-            return f.read()
+        """The object's bytes, re-hashed: a store altered on disk is noticed, never served. Read with
+        os calls (a site of 10k runs reads 10k records: open()'s file object and pathlib cost more
+        than the read); the check is open_verified's."""
+        from blake3 import blake3
+        try:
+            fd = os.open(os.path.join(self.objects_str, b3[:2], b3), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._missing(b3)
+        try:
+            parts = []
+            while chunk := os.read(fd, CHUNK):
+                parts.append(chunk)
+        finally:
+            os.close(fd)
+        data = b"".join(parts)
+        if blake3(data).hexdigest() != b3:
+            raise _corrupt(b3, self.path_of(b3))
+        return data
 
     def copy_out(self, b3: str, dest: str | os.PathLike, mode: int = 0o644) -> None:
         """Write the object to a new file `dest`, re-hashing the bytes as they are copied: what leaves
@@ -847,6 +862,11 @@ def _hash_object(path: str, buf: bytearray, progress=None) -> tuple[Digest, byte
     return hash_file(path, progress), None
 
 
+def _corrupt(b3: str, path) -> VerificationFailed:
+    return VerificationFailed(f"object {b3} at {path} is corrupt: its bytes do not match their address; "
+                              "nothing of it was served: run prov fsck")
+
+
 class VerifiedReader:
     """A file object over a stored object that re-hashes what it reads (see Store.open_verified).
     A short read of a regular file is its end: that read is checked before its bytes are returned."""
@@ -868,8 +888,7 @@ class VerifiedReader:
         if whole or len(data) < n:
             self.done = True
             if self.h.hexdigest() != self.b3 or (self.size is not None and self.n != self.size):
-                raise VerificationFailed(f"object {self.b3} at {self.path} is corrupt: its bytes do not match "
-                                         "their address; nothing of it was served: run prov fsck")
+                raise _corrupt(self.b3, self.path)
         return data
 
     def close(self) -> None:
