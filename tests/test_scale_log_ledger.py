@@ -59,7 +59,7 @@ def test_release_bundle_stays_small_after_999_releases(tmp_path):
 
 def _view(runs):
     return [(r.sha256, r.blake3, r.label, r.track, r.notes, r.parent, r.axis, r.verdict, r.reason, r.flags,
-             r.previous_frontier, r.score, r.grade, r.source, r.archive_bytes) for r in runs]
+             r.previous_frontier, r.score, r.grade, r.source, r.archive_bytes, r.created) for r in runs]
 
 
 def test_ledger_rows_incremental_equal_rebuilt_and_full(tmp_path):

@@ -83,3 +83,35 @@ def test_fork_map_is_the_loop_and_a_dead_worker_fails_it(monkeypatch):
         parallel.fork_map(lambda x: os._exit(9) if x == 50 else x, range(100), min_items=1)
     assert parallel.fork_map(lambda x: parallel.fork_map(lambda y: y, range(x), min_items=1), range(3),
                              min_items=1) == [[], [0], [0, 1]]  # nested: the inner loop runs in the worker
+
+
+def test_runs_are_in_time_order_from_the_ledger_rows(tmp_path, monkeypatch):
+    """The site orders runs by their records' created_at, taken from the ledger rows before any record
+    is read (so the plots are drawn beside the run pages): stored newest first, the ledger pages
+    and the best-so-far trajectory still run oldest first, and rows of the layout before `created`
+    are rebuilt, not read as missing times."""
+    from provenance.lab.site import build
+    from provenance.records.models import EvalRecord
+    monkeypatch.setattr(build, "PARALLEL_RUNS", 1)  # through the forked workers
+    s = Store(tmp_path / "store", create=True)
+    shas = []
+    for i in range(12):  # stored newest first; the scores improve with time
+        doc = json.loads(record_bytes(i, 1.0 + i / 10))
+        doc["created_at"] = f"2026-01-{12 - i:02d}T00:00:00Z"
+        shas.append(s.put_bytes(EvalRecord.model_validate(doc).canonical_bytes(), "record").sha256)
+    oldest_first = shas[::-1]
+
+    def listed(out):
+        text = (out / "ledger/1.html").read_text()
+        return re.findall(r'href="\.\./evidence/records/([0-9a-f]{64})\.json"', text)
+
+    build.build_site(s, tmp_path / "a", cache=True)
+    assert listed(tmp_path / "a") == oldest_first
+    assert [r.created for r in ledger.runs(s)] == [f"2026-01-{12 - i:02d}T00:00:00Z" for i in range(12)]
+    traj = (tmp_path / "a/index.html").read_text()
+    assert "Best score so far" in traj and traj.count('id="tp-') == 12  # every run beat all before it
+    s.db.execute("ALTER TABLE ledger_run DROP COLUMN created")  # the rows as the previous prov left them
+    build.build_site(s, tmp_path / "b", cache=True)
+    assert listed(tmp_path / "b") == oldest_first
+    assert "created" in [r[1] for r in s.db.execute("PRAGMA table_info(ledger_run)")]
+    s.close()

@@ -74,6 +74,10 @@ class Run:
         return self._get("source", lambda rec: rec.source)
 
     @property
+    def created(self) -> str:
+        return self._get("created", lambda rec: rec.created_at)
+
+    @property
     def archive_bytes(self) -> int | None:
         """The archive's real size, or what the report claims for a claim without its archive."""
         return self._get("archive_bytes", lambda rec: rec.archive.size if rec.archive
@@ -114,7 +118,7 @@ def _run(store: Store, row: dict) -> Run:
     return Run(row["sha"], b3, None, label=row["label"], track=row["track"], notes=row["notes"],
                verdict=row["verdict"], reason=row["reason"], flags=row["flags"], parent=row["parent"],
                axis=row["axis"], previous_frontier=row["previous_frontier"], store=store,
-               summary={k: row[k] for k in ("score", "grade", "source", "archive_bytes")})
+               summary={k: row[k] for k in ("score", "grade", "source", "archive_bytes", "created")})
 
 
 def runs(store: Store, limit: int | None = None, write: bool = True) -> list[Run]:

@@ -17,16 +17,16 @@ from provenance.core import canonical
 KINDS = ("record", "note", "verdict")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_run(id INTEGER PRIMARY KEY, sha BLOB NOT NULL, score REAL NOT NULL,
-    grade TEXT NOT NULL, source TEXT NOT NULL, archive_bytes INTEGER, label TEXT, label_at TEXT, track TEXT,
-    track_at TEXT, notes TEXT, notes_at TEXT, parent TEXT, parent_at TEXT, axis TEXT, axis_at TEXT,
+    grade TEXT NOT NULL, source TEXT NOT NULL, archive_bytes INTEGER, created TEXT, label TEXT, label_at TEXT,
+    track TEXT, track_at TEXT, notes TEXT, notes_at TEXT, parent TEXT, parent_at TEXT, axis TEXT, axis_at TEXT,
     verdict TEXT, reason TEXT, flags TEXT, previous_frontier TEXT, verdict_at TEXT);
 CREATE INDEX IF NOT EXISTS ledger_run_score ON ledger_run(score);
 CREATE TABLE IF NOT EXISTS ledger_seen(kind TEXT PRIMARY KEY, last_id INTEGER NOT NULL, n INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_orphan(id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
 """
-COLUMNS = ("id", "sha", "score", "grade", "source", "archive_bytes", "label", "track", "notes", "parent", "axis",
-           "verdict", "reason", "flags", "previous_frontier")
+COLUMNS = ("id", "sha", "score", "grade", "source", "archive_bytes", "created", "label", "track", "notes", "parent",
+           "axis", "verdict", "reason", "flags", "previous_frontier")
 FIELDS = ("label", "track", "notes", "parent", "axis")  # note fields: the latest note that sets one wins
 
 
@@ -78,9 +78,9 @@ def _apply(store, fresh: dict) -> None:
         from provenance.records.models import load_record  # only when there are new records to read
         rec = load_record(store.read_bytes(b3), sha)
         size = rec.archive.size if rec.archive else rec.result.archive_size_reported
-        db.execute("INSERT OR REPLACE INTO ledger_run(id, sha, score, grade, source, archive_bytes, label) "
-                   "VALUES(?,?,?,?,?,?,?)", (oid, bytes.fromhex(sha), rec.result.canonical_score, rec.grade,
-                                             rec.source, size, rec.label))
+        db.execute("INSERT OR REPLACE INTO ledger_run(id, sha, score, grade, source, archive_bytes, created, "
+                   "label) VALUES(?,?,?,?,?,?,?,?)", (oid, bytes.fromhex(sha), rec.result.canonical_score,
+                                                      rec.grade, rec.source, size, rec.created_at, rec.label))
     docs = [(oid, kind, canonical.loads(store.read_bytes(b3), b3))
             for kind in ("note", "verdict") for oid, b3, _s in fresh[kind]]
     if fresh["record"]:  # a note stored before its record (a merge orders by digest) applies now

@@ -239,12 +239,23 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             first = tdoc["keys"][tdoc["roles"]["release"]["keys"][0]]["keyid"]
             identity = sshsig.identity(first)
             note_keys = [k["note_verifier"] for k in tdoc["keys"].values() if k.get("note_verifier")]
-        env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]))
+        env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]),
+                          auto_reload=False)  # a template is read once a build, not stat()ed once a page
         run_page = env.get_template("run.html.j2")  # compiled once, before the workers fork
         releases_by_record = _releases_by_record(store, release_links)
+        runs = sorted(runs, key=lambda r: r.created)  # in time, from the ledger rows: no record read
+        front_b3 = store.get_ref(ledger.FRONTIER_REF)
+        front = next((r for r in runs if r.blake3 == front_b3), None)
+        front_sha, branches = (front.sha256 if front else None), _branches(runs)
+        pts, title = _turning_points(runs)
+        # the plots are drawn by whichever worker takes them first, while the others render runs:
+        # matplotlib is imported once, in that worker, and never competes with them in this process
+        plot_jobs = [lambda: plots.score_vs_bytes(runs, front_sha), lambda: plots.trajectory(pts, title, branches)]
         make = _RunPages(store, bundle, cache, runs, out, previous, published, releases_by_record, run_page)
-        each = fork_map(make, range(len(runs)), min_items=PARALLEL_RUNS, meanwhile=plots.warm)
-        each = [made if made is not None else make(i) for i, made in enumerate(each)]
+        each = fork_map(lambda i: plot_jobs[~i]() if i < 0 else make(i), [-1, -2, *range(len(runs))],
+                        min_items=PARALLEL_RUNS)
+        plot_score_bytes, plot_trajectory = each[0], each[1]
+        each = [made if made is not None else make(i) for i, made in enumerate(each[2:])]
         entries, record_evidence, frame_evidence = [], [], []
         for r, (entry, row, key, rec_ev, frames, written) in zip(runs, each):
             bundle.merge(*written)
@@ -253,19 +264,13 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             entries.append(entry)
             record_evidence.append(rec_ev)
             frame_evidence.append(frames)
-        order = sorted(range(len(runs)), key=lambda i: entries[i]["created"])
-        runs = [runs[i] for i in order]
-        entries = [entries[i] for i in order]
-        record_evidence = [record_evidence[i] for i in order]
         listed_paths = {e["path"] for e in evidence}
-        for i in order:  # a frame shown by several runs is listed once, where it first appears
-            for e in frame_evidence[i]:
+        for frames in frame_evidence:  # a frame shown by several runs is listed once, where it first appears
+            for e in frames:
                 if e["path"] not in listed_paths:
                     listed_paths.add(e["path"])
                     evidence.append(e)
         views = [e["view"] for e in entries]
-        front_b3 = store.get_ref(ledger.FRONTIER_REF)
-        front = next((r for r in runs if r.blake3 == front_b3), None)
         fview = None
         if front:
             fview = next(v for v in views if v["record"] == front.sha256)
@@ -274,7 +279,6 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             fview["release_href"] = release_links.get(fview["release"]) if st else None
             fview["environment"] = contest.get_profile(front.record.profile).official_environment
         best = min(views, key=lambda v: v["score"]) if views else None
-        pts, title = _turning_points(runs)
         name = fview["release"] if fview and fview.get("release") else next(iter(release_links), "NAME")
         verify_commands = [
             "# 1. Stock tools only (OpenSSH, coreutils or b3sum, any Python 3), no trust in our code.",
@@ -304,18 +308,13 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                 b.write(rel, render().encode())
                 return b.record()
             return job
-        front_sha, branches = (front.sha256 if front else None), _branches(runs)
-        jobs = [lambda: plots.score_vs_bytes(runs, front_sha)] + [
-            written(f"ledger/{n}.html", lambda n=n, pg=pg: ledger_page.render(
-                csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
-                generated=generated)) for n, pg in enumerate(ledger_pages, 1)] + [
+        jobs = [written(f"ledger/{n}.html", lambda n=n, pg=pg: ledger_page.render(
+            csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
+            generated=generated)) for n, pg in enumerate(ledger_pages, 1)] + [
             written("evidence.html", lambda: env.get_template("evidence.html.j2").render(
-                csp=CSP, root="", evidence=evidence, generated=generated)),
-            lambda: plots.trajectory(pts, title, branches)]
-        done = fork_map(call, jobs, min_items=1 if len(runs) >= PARALLEL_RUNS else len(jobs) + 1,
-                        meanwhile=cache.save)
-        plot_score_bytes, plot_trajectory = done[0], done[-1]
-        for rec in done[1:-1]:
+                csp=CSP, root="", evidence=evidence, generated=generated))]
+        for rec in fork_map(call, jobs, min_items=1 if len(runs) >= PARALLEL_RUNS else len(jobs) + 1,
+                            meanwhile=cache.save):
             bundle.merge(*rec)
         html = env.get_template("index.html.j2").render(
             csp=CSP, root="", frontier=fview, best=best, runs=views[-RECENT:][::-1],

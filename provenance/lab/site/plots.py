@@ -35,12 +35,6 @@ def _svg(fig, label: str) -> str:
     return re.sub(r"<svg ", f'<svg role="img" aria-label="{label}"{root_attrs} ', text, count=1)
 
 
-def warm() -> None:
-    """Import matplotlib now (a site build does it while its workers render runs: the plots are
-    drawn by workers forked later, which then start with it imported)."""
-    _mpl()
-
-
 def _mpl():
     import os
     # one BLAS thread: no thread pool to spin beside the site's workers, nor to be forked mid-flight
