@@ -94,3 +94,15 @@ def test_flag_misuse_is_one_line_exit_2(same_key_release, args, needle):
     base = ["verify", m, "--key", lab["pub"]("a")] if "--log-key" in args else ["verify", m]
     r = run_prov(*base, *args, "--no-files")  # files are not the subject here
     assert r.returncode == 2 and len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+
+
+def test_stdout_on_a_full_disk_is_one_line_and_exit_3(lab):
+    """The verify fast path reports a full disk as the environment (3), as the click path and the
+    fast re-add do: one line, no traceback, not a usage error (2)."""
+    import subprocess
+    from conftest import PROV
+    m = lab["manifests"]["plain"]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([PROV, "verify", str(m), "--key", str(lab["pub"]("a")), "--no-files", "--json"],
+                           stdout=full, stderr=subprocess.PIPE)
+    assert (r.returncode, r.stderr.decode()) == (3, "prov: error: No space left on device\n")

@@ -150,6 +150,25 @@ def fast_add(store: str | None, path: str, as_json: bool) -> bool:
     return True
 
 
+def _stdout_gone() -> None:
+    """stdout cannot be written (a closed pipe, a full disk): what is left in its buffer goes to
+    /dev/null, so that the interpreter's flush at exit has nothing to fail on."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _os_error(e: OSError) -> int:
+    """One line for an OSError that reached a fast path, and its exit code as the click path gives it
+    (a full disk is the environment: 3). What was printed is kept, unless stdout is what failed: then
+    it goes to /dev/null, so that nothing is left to fail again at exit."""
+    from provenance.core.faults import os_error_code
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _stdout_gone()
+    print(f"prov: error: {(e.filename + ': ') if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+    return os_error_code(e)
+
+
 def main() -> None:
     """The `prov` console script."""
     argv = sys.argv[1:]
@@ -162,12 +181,10 @@ def main() -> None:
                     sys.stdout.flush()
                     sys.exit(0)
             except BrokenPipeError:
+                _stdout_gone()
                 sys.exit(1)
-            except OSError as e:  # stdout on a full disk: as the click path says it
-                from provenance.core.faults import os_error_code
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-                print(f"prov: error: {(e.filename + ': ') if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-                sys.exit(os_error_code(e))
+            except OSError as e:  # stdout on a full disk
+                sys.exit(_os_error(e))
             except KeyboardInterrupt:  # as click says it
                 print("\nAborted!", file=sys.stderr)
                 sys.exit(1)
@@ -182,9 +199,14 @@ def main() -> None:
             except BrokenPipeError:
                 code = 1
             except OSError as e:
-                print(f"prov: error: {(e.filename + ': ') if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-                code = 2
-            sys.stdout.flush()
+                code = _os_error(e)
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _stdout_gone()
+                code = 1
+            except OSError as e:  # stdout on a full disk: found when the last of it is written
+                code = _os_error(e)
             sys.exit(code)
     from provenance.cli import app  # the whole CLI, for every other command
     app.main()
