@@ -115,3 +115,20 @@ def test_runs_are_in_time_order_from_the_ledger_rows(tmp_path, monkeypatch):
     assert listed(tmp_path / "b") == oldest_first
     assert "created" in [r[1] for r in s.db.execute("PRAGMA table_info(ledger_run)")]
     s.close()
+
+
+def test_rows_of_the_earlier_layout_are_dropped(tmp_path):
+    """site_view (WITHOUT ROWID: each ~1 KB row spilled to an overflow page of its own) is a cache: a
+    build that may write drops it and keeps its rows in site_rows, which the next build reads."""
+    from provenance.lab.site import build
+    s = Store(tmp_path / "store", create=True)
+    for i in range(3):
+        s.put_bytes(record_bytes(i, 2.0 + i), "record")
+    s.db.execute("CREATE TABLE site_view(sha BLOB PRIMARY KEY, key TEXT NOT NULL, entry TEXT NOT NULL) WITHOUT ROWID")
+    s.db.execute("INSERT INTO site_view VALUES(x'00', 'k', '{}')")
+    build.build_site(s, tmp_path / "a", cache=True)
+    tables = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "site_view" not in tables and s.db.execute("SELECT count(*) FROM site_rows").fetchone()[0] == 3
+    assert not s.db.execute("SELECT 1 FROM sqlite_master WHERE name='site_rows' AND sql LIKE '%WITHOUT ROWID%'"
+                            ).fetchone()
+    s.close()
