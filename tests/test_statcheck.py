@@ -417,6 +417,12 @@ def test_stdout_on_a_full_disk_is_one_line(tmp_path):
                             "sys.argv = ['prov', 'add', sys.argv[1]]; main()", str(src)],
                            stdout=full, stderr=subprocess.PIPE, env={**os.environ, "PROV_STORE": str(root)}, cwd=REPO)
     assert r.returncode == 3 and r.stderr.decode() == "prov: error: No space left on device\n"
+    # stderr closed as well: still 3, and the error line is not written to stdout instead
+    code = "import sys; sys.argv = ['prov', 'add', sys.argv[1]]; from provenance.cli.verify_cmd import main; main()"
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-c", code, str(src)], stdout=full, preexec_fn=lambda: os.close(2),
+                           env={**os.environ, "PROV_STORE": str(root)}, cwd=REPO)
+    assert r.returncode == 3
 
 
 def test_ctrl_c_across_the_fork_leaves_no_child(tmp_path):

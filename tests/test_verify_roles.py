@@ -106,3 +106,17 @@ def test_stdout_on_a_full_disk_is_one_line_and_exit_3(lab):
         r = subprocess.run([PROV, "verify", str(m), "--key", str(lab["pub"]("a")), "--no-files", "--json"],
                            stdout=full, stderr=subprocess.PIPE)
     assert (r.returncode, r.stderr.decode()) == (3, "prov: error: No space left on device\n")
+
+
+
+def test_closed_stderr_or_stdout_is_no_traceback_and_no_error_on_stdout(lab, tmp_path):
+    """With stderr closed, the fast path's error line goes nowhere (print would put it on stdout, into
+    --json output); with stdout closed, the verdict is the exit code alone."""
+    import subprocess
+    from conftest import PROV
+    m, key = lab["manifests"]["plain"], str(lab["pub"]("a"))
+    r = subprocess.run(["sh", "-c", f'"{PROV}" verify "{tmp_path}/missing.json" --key "{key}" --no-files --json 2>&-'],
+                       capture_output=True)
+    assert r.returncode == 2 and r.stdout == b""
+    r = subprocess.run(["sh", "-c", f'"{PROV}" verify "{m}" --key "{key}" --no-files --json >&-'], capture_output=True)
+    assert r.returncode == 0 and r.stderr == b""

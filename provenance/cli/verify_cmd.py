@@ -153,20 +153,40 @@ def fast_add(store: str | None, path: str, as_json: bool) -> bool:
 def _stdout_gone() -> None:
     """stdout cannot be written (a closed pipe, a full disk): what is left in its buffer goes to
     /dev/null, so that the interpreter's flush at exit has nothing to fail on."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _os_error(e: OSError) -> int:
+def _say(line: str) -> None:
+    """An error line to stderr, or nowhere where stderr is closed (print would take stdout)."""
+    if sys.stderr is not None:
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except OSError:
+            pass
+
+
+def _os_error(e: OSError, stdout_failed: bool) -> int:
     """One line for an OSError that reached a fast path, and its exit code as the click path gives it
-    (a full disk is the environment: 3). What was printed is kept, unless stdout is what failed: then
-    it goes to /dev/null, so that nothing is left to fail again at exit."""
+    (a full disk is the environment: 3). What was printed is kept, unless stdout is what failed."""
     from provenance.core.faults import os_error_code
-    try:
-        sys.stdout.flush()
-    except OSError:
+    if stdout_failed:
         _stdout_gone()
-    print(f"prov: error: {(e.filename + ': ') if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+    _say(f"prov: error: {(e.filename + ': ') if e.filename else ''}{e.strerror or e}")
     return os_error_code(e)
+
+
+def _flush() -> int | None:
+    """Flush stdout: None, or the exit code where it cannot be written."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+        return 1
+    except OSError as e:  # a full disk: found when the last of it is written
+        return _os_error(e, stdout_failed=True)
+    return None
 
 
 def main() -> None:
@@ -178,15 +198,14 @@ def main() -> None:
         if parsed is not None:
             try:
                 if fast_add(*parsed):
-                    sys.stdout.flush()
-                    sys.exit(0)
+                    sys.exit(_flush() or 0)
             except BrokenPipeError:
                 _stdout_gone()
                 sys.exit(1)
-            except OSError as e:  # stdout on a full disk
-                sys.exit(_os_error(e))
+            except OSError as e:  # fast_add answers every other error by the full add: this is stdout
+                sys.exit(_os_error(e, stdout_failed=True))
             except KeyboardInterrupt:  # as click says it
-                print("\nAborted!", file=sys.stderr)
+                _say("\nAborted!")
                 sys.exit(1)
     if argv[:1] == ["verify"] and not completing:
         opts = parse_fast(argv[1:])
@@ -194,19 +213,16 @@ def main() -> None:
             try:
                 code = run(**opts)
             except ProvError as e:
-                print(f"prov: error: {e}", file=sys.stderr)
+                _say(f"prov: error: {e}")
                 code = e.exit_code
-            except BrokenPipeError:
-                code = 1
-            except OSError as e:
-                code = _os_error(e)
-            try:
-                sys.stdout.flush()
             except BrokenPipeError:
                 _stdout_gone()
                 code = 1
-            except OSError as e:  # stdout on a full disk: found when the last of it is written
-                code = _os_error(e)
-            sys.exit(code)
+            except OSError as e:  # a file given, or stdout: a write that failed is no longer buffered
+                code = _os_error(e, stdout_failed=e.filename is None)
+            except KeyboardInterrupt:  # as click says it
+                _say("\nAborted!")
+                code = 1
+            sys.exit(_flush() or code)
     from provenance.cli import app  # the whole CLI, for every other command
     app.main()
