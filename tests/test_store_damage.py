@@ -369,3 +369,25 @@ def test_missing_index_beside_objects_is_damage(tmp_path, store):
     assert "fsck --repair" in run_prov("fsck", store=store, check=1).out
     rep = prov_json("fsck", "--repair", store=store)
     assert rep["objects"] >= 5 and prov_json("fsck", store=store)["ok"]
+
+
+def test_what_takes_an_objects_place_is_refused_in_one_line(tmp_path, store):
+    """A directory, a FIFO or a device where an object belongs: read_bytes names the path, never
+    blocks on the FIFO nor reads the device without end (prov ls reads a tree with it)."""
+    tree, _blob = _seed(tmp_path, store)
+    p = _obj(store, tree["blake3"])
+    os.chmod(p.parent, 0o755)
+    for kind in ("dir", "fifo", "device"):
+        if p.is_dir() and not p.is_symlink():
+            p.rmdir()
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        if kind == "dir":
+            p.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(p)
+        else:
+            p.symlink_to("/dev/zero")
+        r = run_prov("ls", tree["blake3"], store=store, timeout=120)
+        assert r.returncode in (1, 2) and r.err.count("\n") == 1 and "Traceback" not in r.err, (kind, r.err)
+        assert str(p) in r.err or p.name in r.err, (kind, r.err)

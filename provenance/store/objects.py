@@ -16,6 +16,7 @@ unindexed objects, both harmless; fsck treats them as notes, not faults.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import shutil
@@ -364,13 +365,19 @@ class Store:
     def read_bytes(self, b3: str) -> bytes:
         """The object's bytes, re-hashed: a store altered on disk is noticed, never served. Read with
         os calls (a site of 10k runs reads 10k records: open()'s file object and pathlib cost more
-        than the read); the check is open_verified's."""
+        than the read); only a regular file is read."""
         from blake3 import blake3
-        try:
-            fd = os.open(os.path.join(self.objects_str, b3[:2], b3), os.O_RDONLY | os.O_CLOEXEC)
+        path = os.path.join(self.objects_str, b3[:2], b3)
+        try:  # not blocked by a FIFO put in an object's place: it is refused below, as a device is
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             self._missing(b3)
         try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(mode):
+                raise VerificationFailed(f"object {b3} at {path} is not a regular file: run prov fsck")
             parts = []
             while chunk := os.read(fd, CHUNK):
                 parts.append(chunk)
