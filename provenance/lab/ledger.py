@@ -75,7 +75,8 @@ class Run:
 
     @property
     def created(self) -> str:
-        return self._get("created", lambda rec: rec.created_at)
+        got = self._summary.get("created") if self._summary is not None else None
+        return got if got is not None else self.record.created_at  # a row an older prov wrote has none
 
     @property
     def archive_bytes(self) -> int | None:
