@@ -136,3 +136,20 @@ def test_rows_of_the_earlier_layout_are_dropped(tmp_path):
     assert not s.db.execute("SELECT 1 FROM sqlite_master WHERE name='site_rows' AND sql LIKE '%WITHOUT ROWID%'"
                             ).fetchone()
     s.close()
+
+
+def test_a_read_only_store_that_never_kept_a_log_builds(tmp_path):
+    """Records stored without a log: a store the user may not write still builds its site (reading
+    the log's checkpoints must not create the log's tables)."""
+    from provenance.lab.site import build
+    root = tmp_path / "store"
+    s = Store(root, create=True)
+    for i in range(3):
+        s.put_bytes(record_bytes(i, 2.0 + i), "record")
+    s.close()
+    ro = Store(root, readonly=True)
+    try:
+        got = build.build_site(ro, tmp_path / "site")
+    finally:
+        ro.close()
+    assert got["runs"] == 3 and (tmp_path / "site/index.html").exists()

@@ -466,6 +466,14 @@ def open_log(store) -> Log:
     return log
 
 
+def checkpoints_of(store) -> list[tuple[int, str]]:
+    """The log's signed checkpoints (size, note); none where the store has never kept a log (opening
+    one would create its tables: a write a read-only store refuses)."""
+    if store.db.execute("SELECT 1 FROM sqlite_master WHERE name='log_checkpoints'").fetchone() is None:
+        return []
+    return open_log(store).checkpoints()
+
+
 def log_object(store, b3: str, kind: str | None = None) -> tuple[int, bool]:
     """Append a stored object to the store's evidence log (idempotent): (leaf index, newly appended)."""
     info = store.info(b3)

@@ -22,7 +22,7 @@ from provenance.store.objects import Store, _write_all
 from provenance.core import sanitize
 from provenance.core.parallel import call, fork_map
 from provenance.lab.site import pages, plots
-from provenance.log.translog import open_log
+from provenance.log.translog import checkpoints_of
 from provenance.records.envelope import statement_bytes
 
 HERE = Path(__file__).parent
@@ -222,7 +222,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                             evidence.append({"kind": "release" if f == "manifest.json" else "checksums",
                                              "path": rel, "sha256": sha, "note": d.name})
                     release_links[d.name] = f"evidence/releases/{d.name}/manifest.json"
-        for size, note in open_log(store).checkpoints():
+        for size, note in checkpoints_of(store):
             rel = f"evidence/checkpoints/{size}.note"
             sha = bundle.write(rel, note.encode())
             evidence.append({"kind": "log checkpoint", "path": rel, "sha256": sha, "note": f"size {size}"})
