@@ -294,13 +294,15 @@ def test_escape_attempts_are_blocked(tmp_path, mini, host, attack):
 
 
 @pytest.mark.parametrize("attack,timeout,outcomes", [
-    ("sleep 7772", 4, {1}),  # must be killed at the wall-clock limit
+    ("sleep {sleep}", 4, {1}),  # must be killed at the wall-clock limit
     # the bomb hits the process limit; whether inflate then finishes or times out, it is contained
     (":(){ :|:& };: ; sleep 1", 8, {0, 1}),
     (":(){ :|:& };: ; wait", 6, {0, 1}),
 ])
 def test_runaway_inflate_is_killed(tmp_path, mini, host, attack, timeout, outcomes):
-    runtime = hostile_runtime(tmp_path, mini, attack)
+    # this case's own sleep: another case (or test) may run beside it on another xdist worker
+    sleep = f"7772.{int.from_bytes(os.urandom(3), 'big'):08d}"
+    runtime = hostile_runtime(tmp_path, mini, attack.format(sleep=sleep) if "{sleep}" in attack else attack)
     a, _ = sample(mini, "copy")
     name = f"runaway_{os.urandom(4).hex()}"  # every process of this replay carries it in its command line
     t0 = time.monotonic()
@@ -310,9 +312,9 @@ def test_runaway_inflate_is_killed(tmp_path, mini, host, attack, timeout, outcom
         assert r.err.startswith("prov: error: inflate: ") and len(r.err.strip().splitlines()) == 1, r.err
     assert time.monotonic() - t0 < timeout + 30
     deadline = time.monotonic() + 30  # a dying PID namespace takes a moment to reap (longer on a loaded machine)
-    while not (no_process("sleep 7772") and no_process(f"submissions/{name}/")) and time.monotonic() < deadline:
+    while not (no_process(f"sleep {sleep}") and no_process(f"submissions/{name}/")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert no_process("sleep 7772")
+    assert no_process(f"sleep {sleep}")
     leftover = subprocess.run(["pgrep", "-af", f"submissions/{name}/"], capture_output=True, text=True).stdout
     assert leftover == "", f"processes of this replay left running: {leftover}"
     assert prov_json("hash", mini / "upstream")["sha256"] == host["upstream_digest"]

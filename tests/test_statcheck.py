@@ -435,6 +435,7 @@ def test_ctrl_c_across_the_fork_leaves_no_child(tmp_path):
     code = """
 import os, signal, sys
 from provenance.store.statcheck import fingerprint
+signal.signal(signal.SIGINT, signal.default_int_handler)  # not inherited ignored (a background job's)
 real_fork, kids = os.fork, []
 def fork():
     os.kill(os.getpid(), signal.SIGINT)  # pending: SIGINT is blocked here
