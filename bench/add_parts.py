@@ -123,8 +123,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for p in parts:
         b, e = statistics.median(got[p]["big"]), statistics.median(got[p]["empty"])
-        print(f"| {p} | {b:.3f} {[round(x, 3) for x in got[p]['big']]} | {e:.3f} {[round(x, 3) for x in got[p]['empty']]} "
-              f"| {b / e:.2f} | {b - e:+.3f} |")
+        each = {k: [round(x, 3) for x in v] for k, v in got[p].items()}
+        print(f"| {p} | {b:.3f} {each['big']} | {e:.3f} {each['empty']} | {b / e:.2f} | {b - e:+.3f} |")
 
 
 if __name__ == "__main__":
