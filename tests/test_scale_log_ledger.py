@@ -111,3 +111,24 @@ def test_ledger_rows_follow_gc_and_notes_before_records(tmp_path):
     dst.close()
     run_prov("gc", "--grace", "0", store=tmp_path / "b", check=0)
     assert Store(tmp_path / "b").db and ledger.runs(Store(tmp_path / "b")) == []
+
+
+def test_ledger_rows_see_a_kind_gained_as_another_is_collected(tmp_path):
+    """Between two syncs gc collects one record and an older object (stored first as a blob) gains the
+    record kind: the count of records is unchanged and the new one is below the last id seen, so a
+    count alone missed both (the rows kept the collected run, and a site build failed on it)."""
+    s = Store(tmp_path / "s", create=True)
+    kept = [s.put_bytes(record_bytes(i, 2.0 + i), "record").sha256 for i in range(3)]
+    blob = record_bytes(50, 1.5)
+    s.set_ref("keep/blob", s.put_bytes(blob, "blob").blake3)
+    for sha in kept:
+        s.set_ref(f"keep/{sha[:8]}", s.resolve(sha).blake3)
+    victim = s.put_bytes(record_bytes(60, 1.0), "record").sha256
+    assert victim in {r.sha256 for r in ledger.runs(s)}
+    s.close()
+    run_prov("gc", "--grace", "0", store=tmp_path / "s", check=0)
+    s = Store(tmp_path / "s")
+    gained = s.put_bytes(blob, "record").sha256
+    assert {r.sha256 for r in ledger.runs(s)} == set(kept) | {gained}
+    assert [r.score for r in ledger.runs(s)] == [r.score for r in ledger._runs_full(s)]
+    s.close()

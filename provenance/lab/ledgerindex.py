@@ -2,9 +2,10 @@
 from the record, note and verdict objects and rebuildable from them at any time.
 
 Each ledger command first brings the rows up to date with what was stored since (objects past the
-last id seen, as the store lists them by kind): O(new documents), not O(runs). A count that
-disagrees with what was seen (gc collected a document, fsck --repair built a new index, a kind was
-added to an old object) rebuilds the rows from scratch, so they never drift from the objects.
+last id seen, as the store lists them by kind): O(new documents), not O(runs). A census (count and
+a checksum of ids) that disagrees with what was seen (gc collected a document, fsck --repair built
+a new index, a kind was added to an old object, or both at once) rebuilds the rows from scratch, so
+they never drift from the objects.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import sqlite3
 
 from provenance.core import canonical
+from provenance.store.objects import census_term
 
 KINDS = ("record", "note", "verdict")
 SCHEMA = """
@@ -21,13 +23,14 @@ CREATE TABLE IF NOT EXISTS ledger_run(id INTEGER PRIMARY KEY, sha BLOB NOT NULL,
     track TEXT, track_at TEXT, notes TEXT, notes_at TEXT, parent TEXT, parent_at TEXT, axis TEXT, axis_at TEXT,
     verdict TEXT, reason TEXT, flags TEXT, previous_frontier TEXT, verdict_at TEXT);
 CREATE INDEX IF NOT EXISTS ledger_run_score ON ledger_run(score);
-CREATE TABLE IF NOT EXISTS ledger_seen(kind TEXT PRIMARY KEY, last_id INTEGER NOT NULL, n INTEGER NOT NULL)
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_seen(kind TEXT PRIMARY KEY, last_id INTEGER NOT NULL, n INTEGER NOT NULL,
+    ids INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_orphan(id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
 """
 COLUMNS = ("id", "sha", "score", "grade", "source", "archive_bytes", "created", "label", "track", "notes", "parent",
            "axis", "verdict", "reason", "flags", "previous_frontier")
 FIELDS = ("label", "track", "notes", "parent", "axis")  # note fields: the latest note that sets one wins
+NOTHING = (0, 0, 0)  # (last id, count, id checksum) of a kind never seen
 
 
 def sync(store, write: bool = True) -> bool:
@@ -37,38 +40,50 @@ def sync(store, write: bool = True) -> bool:
         return current(store)
     db = store.db
     with store.transaction():
-        cols = [r[1] for r in db.execute("PRAGMA table_info(ledger_run)")]
-        if cols and not set(COLUMNS) <= set(cols):  # rows of an older layout: derived, so rebuilt
+        if not _layout_current(db, missing_ok=True):  # rows of an older layout: derived, so rebuilt
             for t in ("ledger_run", "ledger_seen", "ledger_orphan"):
                 db.execute(f"DROP TABLE IF EXISTS {t}")
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 db.execute(stmt)
-        seen = {k: (last, n) for k, last, n in db.execute("SELECT kind, last_id, n FROM ledger_seen")}
-        fresh = {k: list(store.of_kind(k, seen.get(k, (0, 0))[0])) for k in KINDS}
-        if any(store.count_of_kind(k) != seen.get(k, (0, 0))[1] + len(fresh[k]) for k in KINDS):
+        seen = {k: (last, n, ids) for k, last, n, ids in db.execute("SELECT kind, last_id, n, ids FROM ledger_seen")}
+        fresh = {k: list(store.of_kind(k, seen.get(k, NOTHING)[0])) for k in KINDS}
+
+        def expected(k: str) -> tuple[int, int]:  # the census if all that changed is what `fresh` lists
+            _last, n, ids = seen.get(k, NOTHING)
+            return n + len(fresh[k]), ids + sum(census_term(i) for i, _b, _s in fresh[k])
+        if any(store.census_of_kind(k) != expected(k) for k in KINDS):
             for t in ("ledger_run", "ledger_seen", "ledger_orphan"):
                 db.execute(f"DELETE FROM {t}")
             fresh = {k: list(store.of_kind(k)) for k in KINDS}
         _apply(store, fresh)
         for k in KINDS:
-            now = (max((i for i, _b, _s in fresh[k]), default=seen.get(k, (0, 0))[0]), store.count_of_kind(k))
+            now = (max((i for i, _b, _s in fresh[k]), default=seen.get(k, NOTHING)[0]), *store.census_of_kind(k))
             if seen.get(k) != now:  # nothing new: nothing written
-                db.execute("INSERT OR REPLACE INTO ledger_seen VALUES(?,?,?)", (k, *now))
+                db.execute("INSERT OR REPLACE INTO ledger_seen VALUES(?,?,?,?)", (k, *now))
     return True
+
+
+def _layout_current(db, missing_ok: bool) -> bool:
+    """Whether the ledger tables have this prov's columns (absent tables count as current where
+    `missing_ok`: there is nothing to drop)."""
+    run = {r[1] for r in db.execute("PRAGMA table_info(ledger_run)")}
+    seen = {r[1] for r in db.execute("PRAGMA table_info(ledger_seen)")}
+    if not run and not seen:
+        return missing_ok
+    return set(COLUMNS) <= run and "ids" in seen
 
 
 def current(store) -> bool:
     """Whether the rows already account for every record, note and verdict (read only)."""
     db = store.db
     try:
-        cols = [r[1] for r in db.execute("PRAGMA table_info(ledger_run)")]
-        seen = {k: (last, n) for k, last, n in db.execute("SELECT kind, last_id, n FROM ledger_seen")}
+        if not _layout_current(db, missing_ok=False):
+            return False
+        seen = {k: (last, n, ids) for k, last, n, ids in db.execute("SELECT kind, last_id, n, ids FROM ledger_seen")}
     except sqlite3.OperationalError:
         return False
-    if not cols or not set(COLUMNS) <= set(cols):
-        return False
-    return all(k in seen and store.count_of_kind(k) == seen[k][1] and next(store.of_kind(k, seen[k][0]), None) is None
+    return all(k in seen and store.census_of_kind(k) == seen[k][1:] and next(store.of_kind(k, seen[k][0]), None) is None
                for k in KINDS)
 
 

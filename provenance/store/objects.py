@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS treecache(path BLOB PRIMARY KEY, fp BLOB NOT NULL, b3
 # in three B-trees into one append-ordered table and two small indexes.
 SCHEMA_VERSION = 3
 KIND_DOC = "kind NOT IN ('blob', 'tree')"  # spelled as in obj_kind_doc, so SQLite uses that partial index
+CENSUS_MUL, CENSUS_MOD = 2654435761, 4294967291  # an id's term of census_of_kind's checksum (exact in int64)
+
+
+def census_term(oid: int) -> int:
+    """An id's term of census_of_kind's checksum, as SQLite computes it."""
+    return (oid * CENSUS_MUL) % CENSUS_MOD
 REF_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 HEX = re.compile(r"^[0-9a-f]+$")
 DEFAULT_GRACE = 3600.0
@@ -321,9 +327,13 @@ class Store:
         row = self.db.execute("SELECT b3 FROM obj WHERE id=?", (oid,)).fetchone()
         return row[0].hex() if row else None
 
-    def count_of_kind(self, kind: str) -> int:
-        """How many objects are stored as `kind` (not blob or tree)."""
-        return self.db.execute(f"SELECT count(*) FROM obj_kind WHERE kind=? AND {KIND_DOC}", (kind,)).fetchone()[0]
+    def census_of_kind(self, kind: str) -> tuple[int, int]:
+        """How many objects are stored as `kind` (not blob or tree), and a checksum of their ids
+        (census_term summed): one object that loses the kind and another that gains it between two
+        looks leave the count as it was, not the checksum."""
+        n, ids = self.db.execute(f"SELECT count(*), COALESCE(sum((id * {CENSUS_MUL}) % {CENSUS_MOD}), 0) "
+                                 f"FROM obj_kind WHERE kind=? AND {KIND_DOC}", (kind,)).fetchone()
+        return n, ids
 
     def of_kind(self, kind: str, after_id: int = 0) -> Iterator[tuple[int, str, str]]:
         """(id, blake3, sha256) of the objects stored as `kind` (not blob or tree), in the order added."""
