@@ -372,22 +372,24 @@ def test_missing_index_beside_objects_is_damage(tmp_path, store):
 
 
 def test_what_takes_an_objects_place_is_refused_in_one_line(tmp_path, store):
-    """A directory, a FIFO or a device where an object belongs: read_bytes names the path, never
-    blocks on the FIFO nor reads the device without end (prov ls reads a tree with it)."""
-    tree, _blob = _seed(tmp_path, store)
-    p = _obj(store, tree["blake3"])
-    os.chmod(p.parent, 0o755)
-    for kind in ("dir", "fifo", "device"):
-        if p.is_dir() and not p.is_symlink():
-            p.rmdir()
-        elif p.exists() or p.is_symlink():
-            p.unlink()
-        if kind == "dir":
-            p.mkdir()
-        elif kind == "fifo":
-            os.mkfifo(p)
-        else:
-            p.symlink_to("/dev/zero")
-        r = run_prov("ls", tree["blake3"], store=store, timeout=120)
-        assert r.returncode in (1, 2) and r.err.count("\n") == 1 and "Traceback" not in r.err, (kind, r.err)
-        assert str(p) in r.err or p.name in r.err, (kind, r.err)
+    """A directory, a FIFO or a device where an object belongs: every read names the path, never
+    blocks on the FIFO nor reads the device without end (prov ls reads a tree whole, prov cat
+    streams a file through open_verified)."""
+    tree, blob = _seed(tmp_path, store)
+    for cmd, b3 in (("ls", tree["blake3"]), ("cat", blob["blake3"])):
+        p = _obj(store, b3)
+        os.chmod(p.parent, 0o755)
+        for kind in ("dir", "fifo", "device"):
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+            if kind == "dir":
+                p.mkdir()
+            elif kind == "fifo":
+                os.mkfifo(p)
+            else:
+                p.symlink_to("/dev/zero")
+            r = run_prov(cmd, b3, store=store, timeout=120)
+            assert r.returncode in (1, 2) and r.err.count("\n") == 1 and "Traceback" not in r.err, (cmd, kind, r.err)
+            assert str(p) in r.err or p.name in r.err, (cmd, kind, r.err)

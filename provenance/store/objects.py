@@ -67,6 +67,8 @@ CENSUS_MUL, CENSUS_MOD = 2654435761, 4294967291  # an id's term of census_of_kin
 def census_term(oid: int) -> int:
     """An id's term of census_of_kind's checksum, as SQLite computes it."""
     return (oid * CENSUS_MUL) % CENSUS_MOD
+
+
 REF_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 HEX = re.compile(r"^[0-9a-f]+$")
 DEFAULT_GRACE = 3600.0
@@ -374,20 +376,11 @@ class Store:
 
     def read_bytes(self, b3: str) -> bytes:
         """The object's bytes, re-hashed: a store altered on disk is noticed, never served. Read with
-        os calls (a site of 10k runs reads 10k records: open()'s file object and pathlib cost more
-        than the read); only a regular file is read."""
+        os calls (a site of 10k runs reads 10k records: a file object and pathlib cost more than the
+        read)."""
         from blake3 import blake3
-        path = os.path.join(self.objects_str, b3[:2], b3)
-        try:  # not blocked by a FIFO put in an object's place: it is refused below, as a device is
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            self._missing(b3)
+        fd, path = self._open_fd(b3)
         try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-            if not stat.S_ISREG(mode):
-                raise VerificationFailed(f"object {b3} at {path} is not a regular file: run prov fsck")
             parts = []
             while chunk := os.read(fd, CHUNK):
                 parts.append(chunk)
@@ -395,7 +388,7 @@ class Store:
             os.close(fd)
         data = b"".join(parts)
         if blake3(data).hexdigest() != b3:
-            raise _corrupt(b3, self.path_of(b3))
+            raise _corrupt(b3, path)
         return data
 
     def copy_out(self, b3: str, dest: str | os.PathLike, mode: int = 0o644) -> None:
@@ -418,11 +411,28 @@ class Store:
             while f.read(CHUNK):
                 pass
 
-    def open(self, b3: str):
+    def _open_fd(self, b3: str) -> tuple[int, str]:
+        """A descriptor on the object's file, and its path: only a regular file. A FIFO put in an
+        object's place does not block the open (O_NONBLOCK) and is refused, as a device is (it would
+        read without end); a directory is the OSError it always was."""
+        path = os.path.join(self.objects_str, b3[:2], b3)
         try:
-            return open(self.path_of(b3), "rb")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             self._missing(b3)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(mode):
+                raise VerificationFailed(f"object {b3} at {path} is not a regular file: run prov fsck")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, path
+
+    def open(self, b3: str):
+        return os.fdopen(self._open_fd(b3)[0], "rb")
 
     def open_verified(self, b3: str, size: int | None = None) -> "VerifiedReader":
         """Open an object for reading that re-hashes as it goes: the read that reaches the end raises
