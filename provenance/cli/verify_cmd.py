@@ -189,40 +189,38 @@ def _flush() -> int | None:
     return None
 
 
+def _fast(body) -> int | None:
+    """A fast path's exit code (None: not answered here, click decides): its body's, or the one line
+    for what it raised, as click gives them; then stdout flushed, where a full disk is found last."""
+    try:
+        code = body()
+    except ProvError as e:
+        _say(f"prov: error: {e}")
+        code = e.exit_code
+    except BrokenPipeError:
+        _stdout_gone()
+        code = 1
+    except OSError as e:  # a file given, or stdout: a write that failed is no longer buffered
+        code = _os_error(e, stdout_failed=e.filename is None)
+    except KeyboardInterrupt:  # as click says it
+        _say("\nAborted!")
+        code = 1
+    return _flush() or code
+
+
 def main() -> None:
     """The `prov` console script."""
     argv = sys.argv[1:]
     completing = any(k.startswith("_PROV_COMPLETE") for k in os.environ)
     if "add" in argv[:3] and not completing:
         parsed = parse_add(argv)
-        if parsed is not None:
-            try:
-                if fast_add(*parsed):
-                    sys.exit(_flush() or 0)
-            except BrokenPipeError:
-                _stdout_gone()
-                sys.exit(1)
-            except OSError as e:  # fast_add answers every other error by the full add: this is stdout
-                sys.exit(_os_error(e, stdout_failed=True))
-            except KeyboardInterrupt:  # as click says it
-                _say("\nAborted!")
-                sys.exit(1)
+        if parsed is not None:  # fast_add answers every error but stdout's by the full add
+            code = _fast(lambda: 0 if fast_add(*parsed) else None)
+            if code is not None:
+                sys.exit(code)
     if argv[:1] == ["verify"] and not completing:
         opts = parse_fast(argv[1:])
         if opts is not None:
-            try:
-                code = run(**opts)
-            except ProvError as e:
-                _say(f"prov: error: {e}")
-                code = e.exit_code
-            except BrokenPipeError:
-                _stdout_gone()
-                code = 1
-            except OSError as e:  # a file given, or stdout: a write that failed is no longer buffered
-                code = _os_error(e, stdout_failed=e.filename is None)
-            except KeyboardInterrupt:  # as click says it
-                _say("\nAborted!")
-                code = 1
-            sys.exit(_flush() or code)
+            sys.exit(_fast(lambda: run(**opts)))
     from provenance.cli import app  # the whole CLI, for every other command
     app.main()
