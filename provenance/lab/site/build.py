@@ -6,6 +6,7 @@ hygiene scan finds nothing. Records are published as-is when they hold no machin
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -250,12 +251,11 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         pts, title = _turning_points(runs)
         # the plots are drawn by whichever worker takes them first, while the others render runs:
         # matplotlib is imported once, in that worker, and never competes with them in this process
-        plot_jobs = [lambda: plots.score_vs_bytes(runs, front_sha), lambda: plots.trajectory(pts, title, branches)]
         make = _RunPages(store, bundle, cache, runs, out, previous, published, releases_by_record, run_page)
-        each = fork_map(lambda i: plot_jobs[~i]() if i < 0 else make(i), [-1, -2, *range(len(runs))],
-                        min_items=PARALLEL_RUNS)
-        plot_score_bytes, plot_trajectory = each[0], each[1]
-        each = [made if made is not None else make(i) for i, made in enumerate(each[2:])]
+        plot_score_bytes, plot_trajectory, *each = fork_map(call, [
+            lambda: plots.score_vs_bytes(runs, front_sha), lambda: plots.trajectory(pts, title, branches),
+            *(functools.partial(make, i) for i in range(len(runs)))], min_items=PARALLEL_RUNS)
+        each = [made if made is not None else make(i) for i, made in enumerate(each)]
         entries, record_evidence, frame_evidence = [], [], []
         for r, (entry, row, key, rec_ev, frames, written) in zip(runs, each):
             bundle.merge(*written)
