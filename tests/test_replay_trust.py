@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -351,3 +352,134 @@ def test_the_tmp_cap_never_counts_the_hosts_disk():
     legitimate evaluate was killed for 'memory' when it looked in that window)."""
     from provenance.replay.sandbox import _tmp_used
     assert _tmp_used([0, os.getpid()]) == 0
+
+
+# -- what a legitimate program needs of /etc, and no more ------------------------------------------
+
+def test_etc_holds_the_loader_and_an_account_for_the_phase_and_nothing_else(tmp_path, mini):
+    rc = tmp_path / "sub"
+    for d in ("archive", "inflated"):
+        (rc / d).mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "logs").mkdir()
+    box = Sandbox(Layout(upstream=mini / "upstream", name="etc_view", runtime_copy=rc, out=tmp_path / "out"),
+                  limits=Limits(timeout=600))
+    views = phase_views(PROFILE, box.limits, 1 << 20)
+    r = box.run("inflate", ["bash", "-c", "stat -c %a /etc; head -c 4 /etc/ld.so.cache | od -An -c | tr -d ' '; "
+                            "id -un; ls -A /etc | tr '\\n' ' '; echo; ffmpeg -version >/dev/null 2>&1; echo ffmpeg $?"],
+                tmp_path / "logs", views["inflate"])
+    assert r.ok, r.stderr
+    assert len(r.stdout.decode().splitlines()) == 5, r.stdout
+    mode, cache, user, listing, ff = r.stdout.decode().splitlines()
+    assert mode == "755" and cache in ("glib", "ld.s") and user == "sandbox"
+    assert set(listing.split()) <= {"ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "nsswitch.conf",
+                                    "localtime", "os-release", "debian_version", "mime.types", "passwd", "group"}
+    assert "shadow" not in listing and "hostname" not in listing
+    if shutil.which("ffmpeg"):
+        assert ff == "ffmpeg 0"  # a real runtime's tool runs: its shared libraries load
+
+
+# -- every way out cleans -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 1)])
+def test_signals_mid_inflate_leave_nothing_behind(tmp_path, pristine, sig, code):
+    import signal
+    import time
+    marker = f"{7000 + int.from_bytes(os.urandom(2), 'big')}.{os.getpid()}"
+    rt = hostile(tmp_path, pristine, f"sleep {marker}")
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    name = f"sig_{os.urandom(4).hex()}"
+    env = dict(os.environ, TMPDIR=str(scratch), PROV_STORE=str(tmp_path / "store"))
+    p = subprocess.Popen([sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal.default_int_handler);"
+                          "from provenance.cli.app import main; main()", "replay", "--archive",
+                          sample(pristine, "copy")[0], "--runtime", rt, "--upstream", pristine / "upstream",
+                          "--name", name], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300  # waits for the sleep to start, however loaded the machine
+    while subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0:
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    assert os.listdir(scratch)  # the replay's scratch exists now
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate()
+    assert p.returncode == code, err
+    assert b"Traceback" not in err and len(err.decode().strip().splitlines()) <= 2, err
+    assert os.listdir(scratch) == [], "scratch left behind"
+    assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 1
+
+
+# -- limits the kernel keeps (cgroup v1 here: root may make them) -----------------------------------
+
+needs_cgroup = pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir("/sys/fs/cgroup/memory"),
+                                  reason="cgroups need root and a v1 memory hierarchy")
+SMALL = str(96 << 20)
+HIDDEN_MEMORY = {
+    # memory the old watchdog never saw: none of it is any process's resident set
+    "memfd": "import os, mmap\nfor i in range(40):\n    fd = os.memfd_create('m')\n    os.ftruncate(fd, 8 << 20)\n"
+             "    os.pwrite(fd, b'x' * (8 << 20), 0)",
+    "sysv_shm": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+                "for i in range(40):\n    sid = libc.shmget(0, 8 << 20, 0o1600)\n    p = libc.shmat(sid, None, 0)\n"
+                "    ctypes.memset(p, 1, 8 << 20)\n    libc.shmdt(ctypes.c_void_p(p))",
+    "empty_files": "import os\nfor i in range(1_000_000):\n    open(f'/tmp/f{i}', 'w').close()",
+    "socket_buffers": "import socket\npairs = []\nfor i in range(4000):\n    a, b = socket.socketpair()\n"
+                      "    a.setblocking(False)\n    try:\n        while True: a.send(b'x' * 65536)\n"
+                      "    except BlockingIOError: pass\n    pairs.append((a, b))",
+}
+
+
+@needs_cgroup
+@pytest.mark.parametrize("kind", sorted(HIDDEN_MEMORY))
+def test_memory_no_process_holds_is_charged_to_the_phase(tmp_path, pristine, kind):
+    (tmp_path / "hog.py").write_text(HIDDEN_MEMORY[kind] + "\nimport time\ntime.sleep(600)\n")
+    rt = hostile(tmp_path, pristine, 'python "$(dirname "$0")/hog.py"')
+    shutil.copy(tmp_path / "hog.py", rt / "hog.py")
+    r = replay(tmp_path, rt, pristine / "upstream", "--memory", SMALL, "--timeout", "600", mini=pristine)
+    one_line_failure(r, "inflate", "memory cap", f"cap {int(SMALL):,} bytes")
+
+
+@needs_cgroup
+def test_an_oom_kill_ends_the_phase_whichever_process_the_killer_chose(tmp_path, pristine):
+    """A submission that offers the killer a sacrificial child (oom_score_adj 1000) and goes on to
+    write honest outputs still fails: the cap bounds the phase, not the process that was killed."""
+    victim = ("(echo 1000 > /proc/self/oom_score_adj; exec python -c \"b = bytearray(400 << 20); "
+              "b[::4096] = b'x' * len(b[::4096])\") 2>/dev/null; true")
+    rt = hostile(tmp_path, pristine, victim)
+    r = replay(tmp_path, rt, pristine / "upstream", "--memory", SMALL, mini=pristine)
+    one_line_failure(r, "inflate", "memory cap", "out-of-memory killer")
+
+
+@needs_cgroup
+def test_every_descendant_is_in_the_phase_cgroup_and_sees_its_cpus(tmp_path, mini):
+    rc = tmp_path / "sub"
+    for d in ("archive", "inflated"):
+        (rc / d).mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "logs").mkdir()
+    box = Sandbox(Layout(upstream=mini / "upstream", name="cg_view", runtime_copy=rc, out=tmp_path / "out"),
+                  limits=Limits(timeout=600, cpus=1))
+    views = phase_views(PROFILE, box.limits, 1 << 20)
+    # a grandchild in a session of its own, started as fast as the phase can fork
+    r = box.run("inflate", ["bash", "-c", "(setsid bash -c 'cat /proc/self/cgroup; nproc' &); "
+                            "while [ ! -s /dev/null ] && pgrep -x setsid >/dev/null; do :; done; sleep 0.2"],
+                tmp_path / "logs", views["inflate"])
+    assert r.ok and r.kept_by == "cgroup-v1", r.stderr
+    lines = r.stdout.decode().splitlines()
+    for controller in ("memory", "pids", "cpuset", "freezer"):  # the root of its cgroup namespace: the phase's
+        assert any(l.endswith(f":{controller}:/") for l in lines), lines
+    assert lines[-1] == "1"
+    from provenance.replay import cgroup
+    assert not [d for d in cgroup._parent("memory").iterdir() if d.name.startswith(f"prov-{os.getpid()}-")]
+
+
+def test_without_a_cgroup_the_record_says_so_and_the_grade_is_capped(tmp_path, pristine, monkeypatch):
+    from provenance.replay import cgroup
+    from provenance.replay.run import replay as library_replay
+    from provenance.store.objects import Store
+    monkeypatch.setattr(cgroup, "ROOT", tmp_path / "no-cgroups")  # a machine without a v1 hierarchy
+    a, rt = sample(pristine, "copy")
+    res = library_replay(Store(tmp_path / "store", create=True), a, rt, pristine / "upstream",
+                         scratch_base=str(tmp_path))
+    assert set(res.record.sandbox.kept_by.values()) == {"watchdog"}
+    assert res.record.grade == "B"
+    kept = next(c for c in res.checks if c.name == "kernel_limits")
+    assert not kept.ok and "watchdog" in kept.detail

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from provenance.core.errors import ProvError
+from provenance.core.errors import ProvError, Terminated
 
 
 def _error(text: str) -> None:
@@ -31,6 +31,10 @@ class Cli(click.Group):
             sys.exit(e.exit_code)
         except BrokenPipeError:
             sys.exit(1)
+        except Terminated as e:  # cleaned up on the way here: say so, exit as the shell would
+            import signal
+            _error(f"stopped by {signal.Signals(e.signum).name}; nothing left behind")
+            sys.exit(128 + e.signum)
         except OSError as e:  # a filesystem failure we did not anticipate: still one line
             from provenance.core.faults import os_error_code
             where = f"{e.filename}: " if e.filename else ""

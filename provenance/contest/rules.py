@@ -281,11 +281,12 @@ GRADE_TABLE = {
 def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str | None,
           samples: int, platform: str | None, custody_complete: bool, canonical_env: bool,
           sandboxed: bool = True, contradicted: bool = False,
-          evaluator_pinned: bool | None = None) -> tuple[str, str, str]:
+          evaluator_pinned: bool | None = None, limits_kept: bool = True) -> tuple[str, str, str]:
     """(grade, axis, allowed_use) from the facts. The only place grades are decided.
-    An evaluator that differs from the profile's pin produces a report, never a score-bearing grade."""
+    An evaluator that differs from the profile's pin produces a report, never a score-bearing grade;
+    so does a replay whose limits no kernel kept (a watchdog can be outrun)."""
     def out(g: str) -> tuple[str, str, str]:
-        if evaluator_pinned is False and g in ("A++", "A", "contest-CPU"):
+        if (evaluator_pinned is False or not limits_kept) and g in ("A++", "A", "contest-CPU"):
             g = "B"
         return (g, *GRADE_TABLE[g])
 

@@ -17,3 +17,38 @@ class MissingEnvironment(ProvError):
     """A required tool is not installed (e.g. bubblewrap): exit 3."""
 
     exit_code = 3
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP during long work: unwinds like Ctrl-C (every `finally` cleans), then the
+    process exits 128 + the signal, as a shell reports it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def terminate_on_signals():
+    """A context manager: SIGTERM and SIGHUP raise Terminated in the main thread for its span (and
+    nothing changes off the main thread, where Python cannot install handlers)."""
+    import contextlib
+    import signal
+    import threading
+
+    @contextlib.contextmanager
+    def scope():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def raise_(signum, frame):
+            for s in (signal.SIGTERM, signal.SIGHUP):  # one is enough: the clean-up is not cut short
+                signal.signal(s, signal.SIG_IGN)
+            raise Terminated(signum)
+        old = {s: signal.signal(s, raise_) for s in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    return scope()

@@ -134,7 +134,8 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
         profile, source=source, device=env.device, gpu_model=env.gpu_model, samples=rep.samples,
         platform=env.platform, custody_complete=runtime_d is not None,
         canonical_env=by_name["uncompressed_size_canonical"].ok, sandboxed=env.sandboxed is not False,
-        contradicted=contradicted, evaluator_pinned=pinned)
+        contradicted=contradicted, evaluator_pinned=pinned,
+        limits_kept=by_name["kernel_limits"].ok if "kernel_limits" in by_name else True)
     record = EvalRecord(
         profile=profile.name, source=source, archive=blob_model(archive_d) if archive_d else None,
         runtime=Runtime(tree=tree_model(runtime_d)) if runtime_d else Runtime(),

@@ -71,6 +71,8 @@ class SandboxRecord(Strict):
     phases: dict[str, PhaseView] = Field(default_factory=dict)
     limits: dict[str, int | float] = Field(default_factory=dict, description="whole-phase caps, bytes and seconds")
     no_new_user_namespaces: bool = False
+    kept_by: dict[str, str] = Field(default_factory=dict,
+                                    description="per phase, what kept its memory and process limits: cgroup-v1 or watchdog")
 
 
 class Result(Strict):

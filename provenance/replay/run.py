@@ -25,7 +25,7 @@ from provenance.contest import rules
 from provenance.replay import intake
 from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file, stream
-from provenance.core.errors import ProvError, VerificationFailed
+from provenance.core.errors import ProvError, VerificationFailed, terminate_on_signals
 from provenance.core.files import remove_tree
 from provenance.replay.frames import frame_pngs, keep_frames
 from provenance.replay.sandbox import Layout, Limits, PhaseResult, Sandbox, View, written_bytes
@@ -212,6 +212,13 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
     names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
     want = profile.frames * profile.height * profile.width * 3
 
+    with terminate_on_signals():  # SIGTERM and SIGHUP clean up as Ctrl-C does
+        return _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, say, scratch_base,
+                       keep_scratch, intake_limits, profile, names, want)
+
+
+def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, say, scratch_base, keep_scratch,
+            intake_limits, profile, names, want) -> ReplayResult:
     scratch = Path(tempfile.mkdtemp(prefix="prov-replay-", dir=scratch_base))
     try:
         say("intake: copying archive.zip into scratch and unzipping it safely")
@@ -292,12 +299,17 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
         sandbox = SandboxRecord(
             phases={k: PhaseView(**v.describe(upstream)) for k, v in views.items()} if sandboxed else {},
             limits={k: v for k, v in limits.as_dict().items() if v is not None},
-            no_new_user_namespaces=box.seccomp is not None)
+            no_new_user_namespaces=box.seccomp is not None, kept_by={r.name: r.kept_by for r in phases})
+        kernel = [r.name for r in phases if r.kept_by != "watchdog"]
+        kept = Check("kernel_limits", len(kernel) == len(phases),
+                     "memory and processes kept by the kernel (cgroup-v1) in every phase" if len(kernel) == len(phases)
+                     else "no cgroup could be made (run as root on a machine with cgroups): limits were kept by a "
+                          "watchdog only; grade capped at B", "flag")
         say("adjudicating")
         record, digest, checks = adjudicate_report(
             store, report, archive_d, runtime_d, upstream, profile, source="replay", environment=env,
             timings={r.name: round(r.wall, 3) for r in phases}, inflated=inflated, label=name,
-            extra_checks=[raw_check] + ([] if sandboxed else [Check("sandboxed", False,
+            extra_checks=[raw_check, kept] + ([] if sandboxed else [Check("sandboxed", False,
                                                                     "replayed with --no-sandbox: grade capped below A",
                                                                     "flag")]),
             logs=log_blobs, sandbox=sandbox,

@@ -13,10 +13,11 @@ no capabilities, so that process-count limits bind (the kernel exempts uid 0 fro
 and count this sandbox alone: RLIMIT_NPROC counts a uid's processes host-wide, so a fork bomb
 under a shared uid (nobody) would starve every other sandbox on the machine.
 
-Limits bind the whole phase: a watchdog sums the resident memory of every process of the
-phase plus its /tmp, and the bytes under its writable directories, and kills the PID
-namespace when either crosses its cap (this machine class has cgroup v1 only, so the
-watchdog is the mechanism everywhere).
+Limits bind the whole phase. The kernel keeps them where it can (cgroup.py: memory of every kind,
+processes, CPUs, and a kill that reaches every member); a watchdog sums the bytes under the
+writable directories, and where no cgroup can be made it also sums the resident memory of every
+process plus /tmp, and the record says the limits were the watchdog's (the grade is capped). One
+wall-clock budget covers the whole evaluation, as the official runner's 30 minutes do.
 """
 
 
@@ -35,10 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provenance.core.errors import MissingEnvironment
+from provenance.replay.cgroup import Cgroup
 
 # uids no account uses (above systemd's container ranges, below the 32-bit overflow uid)
 UID_BASE, UID_SPAN = 0x7000_0000, 1 << 24
-ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "passwd", "group", "nsswitch.conf",
+# What a legitimate program reads of /etc (the loader's cache for ffmpeg and shared libraries, name
+# service for `id`, time zone, mime types), bound read-only into an /etc that is otherwise empty;
+# passwd and group are written for the sandbox, so no host account shows.
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "nsswitch.conf",
              "localtime", "os-release", "debian_version", "mime.types")
 LOG_TAIL = 1 << 20
 
@@ -50,7 +55,7 @@ MiB, GiB = 1 << 20, 1 << 30
 class Limits:
     """Per-phase limits. Defaults follow the official runners (CONTEST.md): 30 minutes, and the
     16 GB of RAM of the CPU runner for everything a phase holds at once."""
-    timeout: float = 1800.0  # wall clock per phase: the official limit
+    timeout: float = 1800.0  # wall clock for the whole evaluation, every phase together: the official limit
     address_space: int | None = 16 * GiB  # per process; None for CUDA, whose drivers reserve vast address space
     file_size: int = 16 * GiB  # per file; a phase's write cap lowers it
     processes: int = 1024  # threads count too (torch starts one per core)
@@ -60,11 +65,12 @@ class Limits:
     write_margin: int = 64 * MiB  # inflate may write the expected .raw bytes plus this
     evaluate_writes: int = 64 * MiB  # evaluate writes its report and nothing else of size
     max_entries: int = 100_000  # files and directories a phase may leave in what it writes
+    cpus: int = 4  # the official CPU runner's count (fewer where the machine has fewer)
     poll: float = 0.05  # how often the watchdog looks
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("timeout", "address_space", "file_size", "processes",
-                                              "memory", "tmp_size", "write_margin", "evaluate_writes")}
+                                              "memory", "tmp_size", "write_margin", "evaluate_writes", "cpus")}
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class PhaseResult:
     stderr: bytes = b""
     peak_memory: int = 0
     written: int = 0
+    kept_by: str = "watchdog"  # or the kernel's mechanism ("cgroup-v1") that kept memory and processes
 
     @property
     def ok(self) -> bool:
@@ -257,10 +264,11 @@ def _size(n: int) -> str:
 
 
 class _Watchdog(threading.Thread):
-    def __init__(self, root: int, limits: Limits, dirs: list[Path], write_cap: int | None, kill, sandboxed: bool):
+    def __init__(self, root: int, limits: Limits, dirs: list[Path], write_cap: int | None, kill, sandboxed: bool,
+                 cgroup: Cgroup | None = None):
         super().__init__(daemon=True)
         self.root, self.lim, self.dirs, self.write_cap, self.kill = root, limits, dirs, write_cap, kill
-        self.sandboxed = sandboxed
+        self.sandboxed, self.cgroup = sandboxed, cgroup
         self.stop = threading.Event()
         self.reason: str | None = None
         self.peak_memory = self.peak_tmp = self.written = 0
@@ -273,6 +281,9 @@ class _Watchdog(threading.Thread):
                 return
 
     def look(self) -> str | None:
+        if self.cgroup is not None:  # the kernel keeps memory: an OOM kill anywhere ends the whole phase
+            why = self.oom() or self.writes()
+            return why and f"{why}; killed"
         pids = _descendants(self.root)
         tmp = _tmp_used(pids) if self.sandboxed else 0
         mem = sum(_rss(p) for p in pids) + tmp
@@ -282,6 +293,13 @@ class _Watchdog(threading.Thread):
                     f"cap {self.lim.memory:,} bytes; killed")
         why = self.writes()
         return why and f"{why}; killed"
+
+    def oom(self) -> str | None:
+        if self.cgroup is None or not self.cgroup.oom_kills():
+            return None
+        self.peak_memory = max(self.peak_memory, self.cgroup.peak_memory())
+        return (f"memory cap: the kernel's out-of-memory killer fired in the phase's cgroup "
+                f"(cap {self.lim.memory:,} bytes, peak {self.peak_memory:,})")
 
     def writes(self) -> str | None:
         """The write and entry caps, over what the phase's writable directories hold now."""
@@ -305,12 +323,17 @@ class Sandbox:
         self.seccomp = seccomp_program() if enabled else None
         if enabled:
             self.bwrap = bwrap_path()
+        self.deadline = time.monotonic() + limits.timeout  # one budget for every phase of the evaluation
         # one uid for the submission's phases (they share its files), another for our own probe
         self.uid, self.probe_uid = (UID_BASE + secrets.randbelow(UID_SPAN) for _ in range(2))
         if self.as_root and enabled:  # the sandboxed user must be able to write its outputs
             for d in (layout.runtime_copy / "archive", layout.runtime_copy / "inflated", layout.out):
                 if d.is_dir():
                     os.chown(d, self.uid, self.uid)
+            # and owns what unzip made, as the user who runs `unzip -o` does (a 0600 entry stays readable)
+            for top, dirs, files in os.walk(layout.runtime_copy / "archive"):
+                for n in dirs + files:
+                    os.lchown(os.path.join(top, n), self.uid, self.uid)
 
     # -- the command line -------------------------------------------------------------------
     @property
@@ -318,7 +341,14 @@ class Sandbox:
         """The writable output directory as the sandboxed command sees it."""
         return self.l.inside_out if self.enabled else str(self.l.out)
 
-    def bwrap_args(self, view: View, seccomp_fd: int | None = None) -> list[str]:
+    def etc_accounts(self, view: View) -> dict[str, bytes]:
+        """/etc/passwd and /etc/group as the phase sees them: root, nobody and the phase's own uid."""
+        uid = (self.probe_uid if view.name == "probe" else self.uid) if self.as_root else os.getuid()
+        return {"/etc/passwd": (f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{uid}:{uid}:sandbox:/tmp:/bin/sh\n"
+                                "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n").encode(),
+                "/etc/group": f"root:x:0:\nsandbox:x:{uid}:\nnogroup:x:65534:\n".encode()}
+
+    def bwrap_args(self, view: View, seccomp_fd: int | None = None, data_fds: dict[str, int] | None = None) -> list[str]:
         l = self.l
         a = [self.bwrap, "--die-with-parent", "--new-session"]
         if self.as_root:
@@ -333,9 +363,12 @@ class Sandbox:
                 a += ["--symlink", os.readlink(d), d]
             elif os.path.isdir(d):
                 a += ["--ro-bind", d, d]
+        a += ["--perms", "0755", "--dir", "/etc"]  # bwrap would make it 0700: unreadable to the phase's uid
         for f in ETC_FILES:
             if os.path.exists(f"/etc/{f}"):
                 a += ["--ro-bind", f"/etc/{f}", f"/etc/{f}"]
+        for dest, fd in (data_fds or {}).items():
+            a += ["--perms", "0644", "--ro-bind-data", str(fd), dest]
         a += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(self.limits.tmp_size),
               "--tmpfs", "/tmp"]
         binds: list[tuple[str, str, str]] = [("--ro-bind", r, r) for r in _python_roots()]
@@ -379,9 +412,14 @@ class Sandbox:
                   "--inh-caps=-all", "--bounding-set=-all", "--"]
         return a
 
-    def _limits(self, file_size: int) -> None:  # runs in the child before exec: inherited by everything below
+    def _limits(self, file_size: int, cgroup: Cgroup | None) -> None:
+        """Runs in the child before exec: inherited by everything below, no child starts outside."""
         lim = self.limits
         os.setpgrp()
+        if cgroup is not None:
+            cgroup.join()
+        files = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
         if lim.address_space:
             resource.setrlimit(resource.RLIMIT_AS, (lim.address_space, lim.address_space))
         cpu = int(lim.cpu_seconds or lim.timeout) + 1
@@ -404,21 +442,28 @@ class Sandbox:
                 seccomp_fd, w = os.pipe()
                 os.write(w, self.seccomp)  # a few hundred bytes: fits the pipe buffer
                 os.close(w)
+            data_fds = {}
+            for dest, data in self.etc_accounts(view).items():  # small: each fits its pipe's buffer
+                data_fds[dest], w = os.pipe()
+                os.write(w, data)
+                os.close(w)
             # /tmp dies with the mount namespace: the phase's last act is to say how full it was
             tmp_r, tmp_w = os.pipe()
-            fds = tuple(fd for fd in (seccomp_fd, tmp_w) if fd is not None)
-            cmd = self.bwrap_args(view, seccomp_fd) + ["bash", "-c", TMP_REPORT.format(fd=tmp_w), name] + argv
+            fds = tuple(fd for fd in (seccomp_fd, tmp_w, *data_fds.values()) if fd is not None)
+            cmd = self.bwrap_args(view, seccomp_fd, data_fds) + ["bash", "-c", TMP_REPORT.format(fd=tmp_w), name] + argv
         file_size = min(self.limits.file_size, view.write_cap or self.limits.file_size)
         out_path, err_path = logs / f"{name}.stdout", logs / f"{name}.stderr"
         start = time.monotonic()
+        budget = max(0.0, self.deadline - start)
         reason, dog = None, None
+        cg = Cgroup.make(name, self.limits.memory, self.limits.processes, self.limits.cpus)
         try:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                      env=self.env, cwd=str(self.l.upstream), pass_fds=fds,
-                                     preexec_fn=lambda: self._limits(file_size))
+                                     preexec_fn=lambda: self._limits(file_size, cg))
                 dog = _Watchdog(p.pid, self.limits, self.writable_dirs(view), view.write_cap,
-                                lambda: self._kill(p), self.enabled)
+                                lambda: self._kill(p, cg), self.enabled, cg)
                 dog.start()
                 for fd in fds:  # the child has its copies; ours would keep the pipe open
                     os.close(fd)
@@ -429,19 +474,30 @@ class Sandbox:
 
                 def expire() -> None:
                     timed_out.set()
-                    self._kill(p)
-                timer = threading.Timer(self.limits.timeout, expire)
+                    self._kill(p, cg)
+                timer = threading.Timer(budget, expire)
                 timer.daemon = True
                 timer.start()
                 try:
                     rc = p.wait()
+                except BaseException:  # Ctrl-C, SIGTERM, SIGHUP: the phase goes before scratch does
+                    self._kill(p, cg)
+                    p.wait()
+                    raise
                 finally:
                     timer.cancel()
                 if timed_out.is_set():
-                    reason = f"timed out after {self.limits.timeout:g} s (wall-clock limit); killed"
+                    reason = (f"timed out: the evaluation's wall-clock budget of {self.limits.timeout:g} s "
+                              f"ran out ({budget:.1f} s were left for this phase); killed")
                 dog.stop.set()
                 dog.join()
         finally:
+            if cg is not None:  # whatever the phase left running (a daemon, a fork) goes, then the check
+                cg.kill_all()
+                if dog is not None and dog.reason is None:
+                    dog.reason = dog.oom() and f"{dog.oom()}; killed"
+                    dog.peak_memory = max(dog.peak_memory, cg.peak_memory())
+                cg.remove()
             for fd in fds:
                 os.close(fd)
             if tmp_r is not None:
@@ -457,9 +513,9 @@ class Sandbox:
             if dog.peak_tmp >= self.limits.tmp_size - MiB:
                 reason += f"; /tmp reached its cap of {self.limits.tmp_size:,} bytes"
         return PhaseResult(name, argv, rc, wall, reason, _tail(out_path), _tail(err_path),
-                           dog.peak_memory, dog.written)
+                           dog.peak_memory, dog.written, "cgroup-v1" if cg is not None else "watchdog")
 
-    def _kill(self, p: subprocess.Popen) -> None:
+    def _kill(self, p: subprocess.Popen, cg: Cgroup | None = None) -> None:
         # bwrap dies -> its pid-1 child gets SIGKILL (--die-with-parent) -> the pid namespace and
         # every process in it go too. Without a sandbox, the process group is all we can reach.
         for target in (lambda: os.killpg(p.pid, signal.SIGKILL), lambda: p.kill()):
@@ -467,6 +523,8 @@ class Sandbox:
                 target()
             except ProcessLookupError:
                 pass
+        if cg is not None:  # and every member, however it got away from the group
+            cg.kill_all()
 
 
 TMP_REPORT = '"$@"; rc=$?; stat -f -c "%b %f %S" /tmp >&{fd} 2>/dev/null; exit $rc'
