@@ -181,7 +181,8 @@ def _cpu_list(text: str) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid exists (the owner of a cgroup or a scratch directory)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -210,7 +211,7 @@ def sweep_stale(parents: dict[str, Path | None] | None = None) -> int:
                 pid = int(d.name[len(PREFIX):].split("-", 1)[0])
             except ValueError:
                 continue
-            if _alive(pid):
+            if pid_alive(pid):
                 continue
             Cgroup({c: d}, 0, 0, "").kill_all(patience=5.0)
             try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
 import sys
 import tempfile
@@ -23,12 +25,14 @@ from typing import TYPE_CHECKING, Callable
 from provenance import contest
 from provenance.contest import rules
 from provenance.replay import intake
+from provenance.replay.cgroup import pid_alive
 from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file, stream
 from provenance.core.errors import ProvError, VerificationFailed, terminate_on_signals
 from provenance.core.files import remove_tree
 from provenance.replay.frames import frame_pngs, keep_frames
-from provenance.replay.sandbox import Layout, Limits, PhaseResult, Sandbox, View, written_bytes
+from provenance.replay.sandbox import (PAGE, Layout, Limits, PhaseResult, Sandbox, View, mount_capped, unmount,
+                                      written_bytes)
 
 if TYPE_CHECKING:
     from provenance.records.models import EvalRecord
@@ -108,6 +112,64 @@ def _stage(src: str | Path, dest: Path) -> Digest:
                 os.close(fd)
     except OSError as e:
         raise ProvError(f"{src}: {e.strerror}") from None
+
+
+SCRATCH = "prov-replay-"  # + the pid of the replay that made it
+
+
+def sweep_stale(scratch_base: str | None = None) -> list[str]:
+    """Remove what replays killed outright (SIGKILL: no `finally` ran) left: their capped
+    filesystems, wherever they were mounted, and their scratch in this run's scratch base."""
+    gone, unmounted = [], set()
+    pattern = re.compile(rf"^(.*/{SCRATCH}(\d+)-[^/]+)/(w|out)$")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    except OSError:
+        points = []
+    for mp in points:
+        m = pattern.match(mp)
+        if m and not pid_alive(int(m.group(2))):
+            unmount(Path(mp))
+            unmounted.add(mp)
+            gone.append(m.group(1))
+    base = scratch_base or tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(SCRATCH)]
+    except OSError:
+        names = []
+    for n in names:
+        pid = n[len(SCRATCH):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            gone.append(os.path.join(base, n))
+    for d in dict.fromkeys(gone):
+        if not any(p.startswith(d + "/") for p in points if p not in unmounted):  # never under a live mount
+            remove_tree(d)
+    return gone
+
+
+def _place_writable(scratch: Path, layout: Layout, inflate_cap: int, entries: int, limits: Limits,
+                    mounts: list[Path] | None) -> None:
+    """archive/ and inflated/ on a filesystem of exactly inflate's cap, the report's directory on one
+    of evaluate's (`mounts` collects them for the unmount); where none can be made (not root, or
+    --keep-scratch, whose files must outlive the run) they stay in scratch under the watchdog."""
+    if mounts is not None:
+        w = scratch / "w"
+        w.mkdir()
+        if mount_capped(w, inflate_cap, limits.max_entries + entries + 16):
+            mounts.append(w)
+            layout.writable = w
+            shutil.copytree(scratch / "unzipped", w / "archive", symlinks=True)
+            remove_tree(scratch / "unzipped")
+            (w / "inflated").mkdir()
+            for d in ("archive", "inflated"):  # mount points in the read-only runtime copy
+                (layout.runtime_copy / d).mkdir()
+    if layout.writable is None:
+        os.rename(scratch / "unzipped", layout.runtime_copy / "archive")
+        (layout.runtime_copy / "inflated").mkdir()
+    layout.out.mkdir()
+    if mounts is not None and mount_capped(layout.out, limits.evaluate_writes, 1024):
+        mounts.append(layout.out)
 
 
 def phase_views(profile: rules.Profile, limits: Limits, inflate_writes: int) -> dict[str, View]:
@@ -219,7 +281,9 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
 
 def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, say, scratch_base, keep_scratch,
             intake_limits, profile, names, want) -> ReplayResult:
-    scratch = Path(tempfile.mkdtemp(prefix="prov-replay-", dir=scratch_base))
+    sweep_stale(scratch_base)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-", dir=scratch_base))
+    mounts: list[Path] = []
     try:
         say("intake: copying archive.zip into scratch and unzipping it safely")
         staged = scratch / "archive.zip"
@@ -230,17 +294,16 @@ def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, 
         archive_d = store.add_as(staged, "file", "archive")
         layout = _scratch_layout(scratch, upstream, name, sandboxed)
         store.export(runtime_d.blake3, layout.runtime_copy)  # re-hashed on the way out
-        os.rename(scratch / "unzipped", layout.runtime_copy / "archive")
         store.copy_out(archive_d.blake3, layout.runtime_copy / "archive.zip")
-        (layout.runtime_copy / "inflated").mkdir()
-        layout.out.mkdir()
+        unzipped, entries = written_bytes([scratch / "unzipped"], limits.max_entries)
+        inflate_cap = unzipped + entries * PAGE + want * len(names) + limits.write_margin
+        _place_writable(scratch, layout, inflate_cap, entries, limits, mounts if sandboxed and not keep_scratch else None)
         logs_dir = scratch / "logs"
         logs_dir.mkdir()
-        unzipped, _ = written_bytes([layout.runtime_copy / "archive"], limits.max_entries)
-        views = phase_views(profile, limits, unzipped + want * len(names) + limits.write_margin)
+        views = phase_views(profile, limits, inflate_cap)
         box = Sandbox(layout, device, limits, sandboxed)
         sub, up = str(layout.submission), str(layout.upstream)
-        inflated_dir = layout.runtime_copy / "inflated"
+        inflated_dir = layout.writable_dir("inflated")
 
         def run(label: str, argv: list[str]) -> PhaseResult:
             say(f"{label}: running{' in the sandbox' if sandboxed else ' WITHOUT a sandbox'}")
@@ -316,6 +379,8 @@ def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, 
             frames=keep_frames(store, profile, upstream, inflated_dir, names, pngs))
         return ReplayResult(record, digest, checks, phases)
     finally:
+        for m in reversed(mounts):
+            unmount(m)
         if not keep_scratch:
             remove_tree(scratch)
 

@@ -119,6 +119,10 @@ class Layout:
     runtime_copy: Path  # scratch copy of the runtime tree; holds archive/ and inflated/
     out: Path  # scratch dir for the report (writable inside at /prov-out, by the evaluate phase only)
     inside_out: str = "/prov-out"
+    writable: Path | None = None  # where archive/ and inflated/ really live (a capped filesystem), if not in runtime_copy
+
+    def writable_dir(self, d: str) -> Path:
+        return (self.writable or self.runtime_copy) / d
 
     @property
     def submission(self) -> Path:
@@ -237,6 +241,37 @@ def _tmp_used(pids: list[int]) -> int:
     return 0
 
 
+# -- what a phase may write lives on a filesystem of exactly its cap ----------------------------
+
+MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
+
+
+def _libc():
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def mount_capped(path: Path, size: int, inodes: int) -> bool:
+    """A tmpfs of `size` bytes and `inodes` files at `path` (root only; False where it cannot be made).
+    Free space is then the measure of what was written: `fallocate --keep-size`, a deleted file still
+    open, an O_TMPFILE and a tree below a path too long to name all take it, and the kernel refuses
+    the byte past the cap."""
+    if os.geteuid() != 0:
+        return False
+    opts = f"size={max(size, PAGE)},nr_inodes={inodes},mode=0755".encode()
+    return _libc().mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, opts) == 0
+
+
+def unmount(path: Path) -> None:
+    _libc().umount2(os.fsencode(path), MNT_DETACH)
+
+
+def fs_used(path: Path) -> tuple[int, int]:
+    """(bytes, inodes) in use on the filesystem at `path`."""
+    v = os.statvfs(path)
+    return (v.f_blocks - v.f_bfree) * v.f_frsize, v.f_files - v.f_ffree
+
+
 def written_bytes(dirs: list[Path], max_entries: int) -> tuple[int, int]:
     """(bytes, entries) under `dirs`: apparent sizes, links not followed, iteratively."""
     total = entries = 0
@@ -265,8 +300,9 @@ def _size(n: int) -> str:
 
 class _Watchdog(threading.Thread):
     def __init__(self, root: int, limits: Limits, dirs: list[Path], write_cap: int | None, kill, sandboxed: bool,
-                 cgroup: Cgroup | None = None):
+                 cgroup: Cgroup | None = None, capped_fs: Path | None = None):
         super().__init__(daemon=True)
+        self.capped_fs = capped_fs
         self.root, self.lim, self.dirs, self.write_cap, self.kill = root, limits, dirs, write_cap, kill
         self.sandboxed, self.cgroup = sandboxed, cgroup
         self.stop = threading.Event()
@@ -302,8 +338,20 @@ class _Watchdog(threading.Thread):
                 f"(cap {self.lim.memory:,} bytes, peak {self.peak_memory:,})")
 
     def writes(self) -> str | None:
-        """The write and entry caps, over what the phase's writable directories hold now."""
+        """The write and entry caps, over what the phase's writable directories hold now: the
+        filesystem's own count where they live on one of exactly the cap (mount_capped)."""
         if self.write_cap is None or not self.dirs:
+            return None
+        if self.capped_fs is not None:
+            try:
+                n, entries = fs_used(self.capped_fs)
+            except OSError:  # gone: the run is over
+                return None
+            self.written = max(self.written, n)
+            if n + PAGE > self.write_cap:
+                return f"write cap: the phase filled its filesystem of {self.write_cap:,} bytes"
+            if entries >= self.lim.max_entries:
+                return f"entry cap: the phase made {self.lim.max_entries:,} files and directories"
             return None
         n, entries = written_bytes(self.dirs, self.lim.max_entries)
         self.written = max(self.written, n)
@@ -327,11 +375,11 @@ class Sandbox:
         # one uid for the submission's phases (they share its files), another for our own probe
         self.uid, self.probe_uid = (UID_BASE + secrets.randbelow(UID_SPAN) for _ in range(2))
         if self.as_root and enabled:  # the sandboxed user must be able to write its outputs
-            for d in (layout.runtime_copy / "archive", layout.runtime_copy / "inflated", layout.out):
+            for d in (layout.writable_dir("archive"), layout.writable_dir("inflated"), layout.out):
                 if d.is_dir():
                     os.chown(d, self.uid, self.uid)
             # and owns what unzip made, as the user who runs `unzip -o` does (a 0600 entry stays readable)
-            for top, dirs, files in os.walk(layout.runtime_copy / "archive"):
+            for top, dirs, files in os.walk(layout.writable_dir("archive")):
                 for n in dirs + files:
                     os.lchown(os.path.join(top, n), self.uid, self.uid)
 
@@ -383,7 +431,10 @@ class Sandbox:
                     binds.append(("--ro-bind", str(f), str(f)))
         sub = str(l.submission)
         binds.append(("--ro-bind", str(l.runtime_copy), sub))
-        binds += [("--bind", str(l.runtime_copy / d), f"{sub}/{d}") for d in view.writable]
+        binds += [("--bind", str(l.writable_dir(d)), f"{sub}/{d}") for d in view.writable]
+        if l.writable is not None:  # what inflate wrote elsewhere, read-only to the phases after it
+            binds += [("--ro-bind", str(l.writable_dir(d)), f"{sub}/{d}") for d in ("archive", "inflated")
+                      if d not in view.writable and l.writable_dir(d).is_dir()]
         if view.out:
             binds.append(("--bind", str(l.out), l.inside_out))
         # bwrap makes missing mount points 0700, which the unprivileged user cannot cross
@@ -429,7 +480,17 @@ class Sandbox:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     def writable_dirs(self, view: View) -> list[Path]:
-        return [self.l.runtime_copy / d for d in view.writable] + ([self.l.out] if view.out else [])
+        return [self.l.writable_dir(d) for d in view.writable] + ([self.l.out] if view.out else [])
+
+    def capped_fs(self, view: View) -> Path | None:
+        """The filesystem of exactly the phase's cap that holds all it may write, if there is one."""
+        dirs = self.writable_dirs(view)
+        if not dirs:
+            return None
+        tops = {self.l.writable if d != self.l.out else self.l.out for d in dirs}
+        if len(tops) == 1 and None not in tops and os.path.ismount(next(iter(tops))):
+            return next(iter(tops))
+        return None
 
     # -- running a phase --------------------------------------------------------------------
     def run(self, name: str, argv: list[str], logs: Path, view: View | None = None) -> PhaseResult:
@@ -455,15 +516,16 @@ class Sandbox:
         out_path, err_path = logs / f"{name}.stdout", logs / f"{name}.stderr"
         start = time.monotonic()
         budget = max(0.0, self.deadline - start)
-        reason, dog = None, None
+        reason, dog, tails = None, None, []
         cg = Cgroup.make(name, self.limits.memory, self.limits.processes, self.limits.cpus)
         try:
-            with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            if True:  # logs come through pipes: a flood costs the host 1 MiB of each, never its disk
+                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=self.env, cwd=str(self.l.upstream), pass_fds=fds,
                                      preexec_fn=lambda: self._limits(file_size, cg))
+                tails = [_Tail(p.stdout), _Tail(p.stderr)]
                 dog = _Watchdog(p.pid, self.limits, self.writable_dirs(view), view.write_cap,
-                                lambda: self._kill(p, cg), self.enabled, cg)
+                                lambda: self._kill(p, cg), self.enabled, cg, self.capped_fs(view))
                 dog.start()
                 for fd in fds:  # the child has its copies; ours would keep the pipe open
                     os.close(fd)
@@ -492,12 +554,18 @@ class Sandbox:
                 dog.stop.set()
                 dog.join()
         finally:
+            if dog is not None:  # on every way out, before scratch goes
+                dog.stop.set()
+                if dog is not threading.current_thread():
+                    dog.join()
             if cg is not None:  # whatever the phase left running (a daemon, a fork) goes, then the check
                 cg.kill_all()
                 if dog is not None and dog.reason is None:
                     dog.reason = dog.oom() and f"{dog.oom()}; killed"
                     dog.peak_memory = max(dog.peak_memory, cg.peak_memory())
                 cg.remove()
+            for t in tails:  # every writer is gone now (the pid namespace or the cgroup took them)
+                t.finish()
             for fd in fds:
                 os.close(fd)
             if tmp_r is not None:
@@ -512,7 +580,9 @@ class Sandbox:
             reason = _explain(rc, file_size)
             if dog.peak_tmp >= self.limits.tmp_size - MiB:
                 reason += f"; /tmp reached its cap of {self.limits.tmp_size:,} bytes"
-        return PhaseResult(name, argv, rc, wall, reason, _tail(out_path), _tail(err_path),
+        out_path.write_bytes(tails[0].data)  # kept with the scratch for --keep-scratch
+        err_path.write_bytes(tails[1].data)
+        return PhaseResult(name, argv, rc, wall, reason, tails[0].data, tails[1].data,
                            dog.peak_memory, dog.written, "cgroup-v1" if cg is not None else "watchdog")
 
     def _kill(self, p: subprocess.Popen, cg: Cgroup | None = None) -> None:
@@ -559,9 +629,29 @@ def _explain(rc: int, file_size: int) -> str:
     return f"exited with status {rc}"
 
 
-def _tail(path: Path) -> bytes:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if size > LOG_TAIL:
-            f.seek(size - LOG_TAIL)
-        return f.read()
+class _Tail(threading.Thread):
+    """Reads a phase's pipe to its end, keeping the last LOG_TAIL bytes."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe, self.buf = pipe, bytearray()
+        self.start()
+
+    def run(self) -> None:
+        fd = self.pipe.fileno()
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                self.buf += chunk
+                if len(self.buf) > 2 * LOG_TAIL:
+                    del self.buf[:-LOG_TAIL]
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        # a writer that outlived the phase (no cgroup and no sandbox to end it) cannot hold us
+        self.join(5.0)
+        self.pipe.close()
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self.buf[-LOG_TAIL:])
