@@ -74,7 +74,8 @@ def pristine(mini):
 def test_inflate_cannot_see_ground_truth_or_weights_and_cannot_nest_namespaces(tmp_path, pristine):
     up = pristine / "upstream"
     attack = " ; ".join([
-        f'for p in "{up}/videos" "{up}/models" "{up}/videos/0.mkv" "{up}/models/posenet.safetensors"; do '
+        f'for p in "{up}/videos" "{up}/models" "{up}/videos/0.mkv" "{up}/models/posenet.safetensors" '
+        '/upstream/videos /upstream/models /upstream/scorers.py /upstream/evaluate.py; do '
         f'[ -e "$p" ] && {{ echo "{MARK}: $p visible" >&2; exit 99; }}; done',
         f'ls "{up}" | grep -qE "^(videos|models)$" && {{ echo "{MARK}: listed" >&2; exit 99; }}',
         f'unshare -U true 2>/dev/null && {{ echo "{MARK}: userns" >&2; exit 99; }}',
@@ -88,10 +89,17 @@ def test_inflate_cannot_see_ground_truth_or_weights_and_cannot_nest_namespaces(t
     rec = r.record
     assert rec["grade"] == "A++"  # the miniature's official environment is this machine
     views = rec["sandbox"]["phases"]
-    assert views["inflate"]["hidden"] == ["upstream/videos", "upstream/models"]
-    assert "upstream/videos" not in views["inflate"]["sees"] and "upstream/videos" in views["evaluate"]["sees"]
+    # allow-lists: inflate sees the names file of the upstream, evaluate the pinned files, nothing else
+    assert {"upstream/videos/0.mkv", "upstream/models/posenet.safetensors", "upstream/models/segnet.safetensors",
+            "upstream/evaluate.py", "upstream/scorers.py"} <= set(views["inflate"]["hidden"])
+    assert [s for s in views["inflate"]["sees"] if s.startswith("upstream/")] == ["upstream/public_test_video_names.txt"]
+    assert "upstream/videos/0.mkv" in views["evaluate"]["sees"]
     assert views["inflate"]["writes"] == ["submission/archive/", "submission/inflated/"]
-    assert views["evaluate"]["writes"] == ["output/"] and views["evaluate"]["hidden"] == []
+    assert views["evaluate"]["writes"] == ["output/"]
+    assert views["evaluate"]["hidden"] == ["upstream/comma_lab_profile", "upstream/evaluate.sh"]
+    assert "submission/ (read-only)" not in views["evaluate"]["sees"]  # only archive.zip and inflated/
+    assert views["probe"]["sees"][0].startswith("/usr")  # no upstream, no submission
+    assert len({v["sees_sha256"] for v in views.values()}) == 3
     assert rec["sandbox"]["no_new_user_namespaces"] is True
     assert rec["sandbox"]["limits"]["memory"] == Limits().memory
     import importlib.metadata
@@ -118,6 +126,7 @@ def test_phase_views_at_library_level(tmp_path, mini):
     rc = tmp_path / "sub"
     for d in ("archive", "inflated"):
         (rc / d).mkdir(parents=True)
+    (rc / "archive.zip").write_bytes(b"PK")
     (tmp_path / "out").mkdir()
     (tmp_path / "logs").mkdir()
     layout = Layout(upstream=mini / "upstream", name="probe_views", runtime_copy=rc, out=tmp_path / "out")

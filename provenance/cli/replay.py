@@ -12,8 +12,9 @@ from provenance.cli.common import emit, json_option, open_store, record_out
 @click.command("replay")
 @click.option("--archive", required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--runtime", required=True, type=click.Path(file_okay=False, exists=True))
-@click.option("--upstream", required=True, type=click.Path(file_okay=False, exists=True),
-              help="Upstream checkout (comma_video_compression_challenge, or a miniature's upstream/).")
+@click.option("--upstream", required=True,
+              help="Upstream checkout (comma_video_compression_challenge, or a miniature's upstream/), stored "
+                   "first (`prov upstream add`); or the digest or ref of a stored upstream.")
 @click.option("--name", help="Submission name: placed at <upstream>/submissions/<name>/ (default: from --runtime).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--compare", "compare_path", type=click.Path(dir_okay=False, exists=True),
@@ -92,4 +93,36 @@ def miniature_build(dest, as_json):
          f"built {out} (tree sha256 {d.sha256})")
 
 
-COMMANDS = [replay_cmd, miniature]
+@click.group("upstream")
+def upstream_group():
+    """The evaluator as evidence: a replay runs only the upstream the store holds."""
+
+
+@upstream_group.command("add")
+@click.argument("checkout", type=click.Path(file_okay=False, exists=True))
+@click.option("--commit", help="Store this commit's blobs (default HEAD, whose tracked files must be unmodified).")
+@click.option("--ref", "ref_name", help="Also point this ref at the stored upstream (e.g. upstream/official).")
+@json_option
+@click.pass_context
+def upstream_add(ctx, checkout, commit, ref_name, as_json):
+    """Store the evaluator of CHECKOUT: the blobs of its commit, git-LFS files resolved and checked
+    against their pointers (or kept as "pointer only"); never .git, __pycache__, *.pyc or *.pth.
+    A folder without git gives the files its profile lists.
+
+    Exit 0 stored, 1 an LFS object that is not what its pointer names, 2 bad input (a modified
+    tracked file among it).
+
+    Example: prov upstream add ../comma_video_compression_challenge --ref upstream/official
+    """
+    from provenance.replay.upstream import add
+    store = open_store(ctx, create=True)
+    up = add(store, checkout, commit)
+    if ref_name:
+        store.set_ref(ref_name, up.digest.blake3)
+    pointers = [p for p, s in up.lfs.items() if s == "pointer only"]
+    emit(up.as_json(), as_json, f"stored upstream {up.digest.sha256} ({len(up.files)} files"
+         + (f", commit {up.commit}" if up.commit else "") + (f"; LFS pointer only: {', '.join(pointers)}" if pointers
+                                                           else "") + ")")
+
+
+COMMANDS = [replay_cmd, miniature, upstream_group]

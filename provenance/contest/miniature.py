@@ -24,5 +24,7 @@ PROFILE = Profile(
         ("videos/0.mkv", 8_984, "48bcdefc11c45b94394e9e06f31e35da60c166fa00898ca9be6f17d78b9bba4b"),
     ),
     official_device="cpu",
+    upstream_extra=("evaluate.sh", "comma_lab_profile"),
+    importable_at_inflate=(),
     preview_frames=(0, 25, 47),  # made to be replayed on any lab machine: an exact CPU replay is its top grade
 )

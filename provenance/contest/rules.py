@@ -31,6 +31,12 @@ class Profile:
     evaluator: tuple[tuple[str, int, str], ...] = ()
     # ground truth and scorer artifacts: absent while a submission inflates (CONTEST.md, the rules)
     hidden_at_inflate: tuple[str, ...] = ("videos", "models")
+    # stored beside the pinned files from an upstream folder without git
+    upstream_extra: tuple[str, ...] = ("evaluate.sh", "submissions/__init__.py")
+    # the upstream's files a submission may import while it inflates (21 of the 35 real inflates
+    # import frame_utils, as `python -m submissions.<name>.inflate` from the upstream root); all an
+    # inflate sees of the upstream besides the names file
+    importable_at_inflate: tuple[str, ...] = ("submissions/__init__.py", "frame_utils.py")
     # the environment whose exact, sandboxed replay is the top grade: "cuda" (on official_gpu) for the
     # real contest; "cpu" (Linux x86_64) for a profile meant to be replayed on any lab machine
     official_device: str = "cuda"

@@ -91,7 +91,8 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
                       environment: Environment | None = None, timings: dict | None = None,
                       inflated: Digest | None = None, label: str | None = None,
                       extra_checks: list[Check] = (), logs: dict[str, Digest] | None = None,
-                      sandbox: SandboxRecord | None = None, frames: dict[str, Digest] | None = None
+                      sandbox: SandboxRecord | None = None, frames: dict[str, Digest] | None = None,
+                      upstream_facts: dict | None = None
                       ) -> tuple[EvalRecord, Digest, list[Check]]:
     """`report_path` is a path, or the report's bytes as a replay read them. `archive` None records a
     claim not bound to an archive: graded external at best, archive checks 'not checked' (the schema
@@ -109,6 +110,9 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
         runtime_d = _stored(store, runtime, "tree", "runtime")
         children.append(runtime_d.blake3)
     up = upstream_identity(upstream, store) if upstream is not None else Upstream()
+    if upstream_facts:  # what a replay knows of the stored upstream it exported (commit, tree, LFS, ignored)
+        facts = {k: v for k, v in upstream_facts.items() if v is not None or k != "commit"}
+        up = Upstream.model_validate({**up.model_dump(), **facts})
     report_d = store.put_bytes(report_bytes, "blob")
     children.append(report_d.blake3)
     if up.videos_tree:

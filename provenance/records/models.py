@@ -45,6 +45,10 @@ class Upstream(Strict):
     scorer_weights: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
     videos_tree: Optional[TreeDigest] = None
     uncompressed_size: Optional[int] = Field(default=None, ge=0)
+    tree: Optional[TreeDigest] = Field(default=None, description="the stored upstream the replay exported")
+    lfs: dict[str, str] = Field(default_factory=dict, description="path -> resolved | pointer only")
+    ignored: list[str] = Field(default_factory=list,
+                               description="files of the checkout no phase saw (and tracked files never stored)")
 
 
 class Environment(Strict):
@@ -65,6 +69,9 @@ class PhaseView(Strict):
     writes: list[str]
     hidden: list[str] = Field(default_factory=list, description="absent from the phase, not merely unreadable")
     write_cap: Optional[int] = Field(default=None, description="bytes the phase could leave in what it writes")
+    sees_sha256: Optional[str] = Field(default=None, pattern=HEX64,
+                                       description="sha256 of the canonical list of [path, sha256] of the upstream "
+                                                   "files the phase saw: two views of other bytes never match")
 
 
 class SandboxRecord(Strict):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 from provenance import contest
 from provenance.contest import rules
 from provenance.replay import intake
+from provenance.replay import upstream as upstream_mod
 from provenance.replay.cgroup import pid_alive
 from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file, stream
@@ -88,7 +89,8 @@ def default_name(runtime: Path) -> str:
 
 def _scratch_layout(scratch: Path, upstream: Path, name: str, sandboxed: bool) -> Layout:
     if sandboxed:
-        return Layout(upstream=upstream, name=name, runtime_copy=scratch / "sub", out=scratch / "out")
+        return Layout(upstream=upstream, name=name, runtime_copy=scratch / "sub", out=scratch / "out",
+                      inside="/upstream")
     view = scratch / "upstream"  # no mount namespace: build the same layout from symlinks
     (view / "submissions").mkdir(parents=True)
     for e in os.listdir(upstream):
@@ -148,6 +150,21 @@ def sweep_stale(scratch_base: str | None = None) -> list[str]:
     return gone
 
 
+def _files(root: Path) -> list[str]:
+    out = []
+    for top, dirs, names in os.walk(root):
+        out += [os.path.relpath(os.path.join(top, n), root) for n in names]
+    return sorted(out)
+
+
+def _upstream_facts(digest: Digest, info, files: list[str], views: dict[str, View]) -> dict:
+    """What the record says of the stored upstream: its tree, commit, LFS files, and what no phase saw."""
+    seen = {r for v in views.values() for r in v.upstream}
+    ignored = sorted(set(files) - seen) + (info.excluded if info else [])
+    return {"tree": {"sha256": digest.sha256, "blake3": digest.blake3, "size": digest.size},
+            "commit": info.commit if info else None, "lfs": info.lfs if info else {}, "ignored": ignored}
+
+
 def _place_writable(scratch: Path, layout: Layout, inflate_cap: int, entries: int, limits: Limits,
                     mounts: list[Path] | None) -> None:
     """archive/ and inflated/ on a filesystem of exactly inflate's cap, the report's directory on one
@@ -174,10 +191,12 @@ def _place_writable(scratch: Path, layout: Layout, inflate_cap: int, entries: in
 
 def phase_views(profile: rules.Profile, limits: Limits, inflate_writes: int) -> dict[str, View]:
     """The one place that says what each phase sees and writes (DESIGN.md, the replay's trust model)."""
-    hidden = profile.hidden_at_inflate
-    return {"probe": View("probe", hide=hidden, write_cap=0),
-            "inflate": View("inflate", hide=hidden, writable=("archive", "inflated"), write_cap=inflate_writes),
-            "evaluate": View("evaluate", out=True, write_cap=limits.evaluate_writes)}
+    pinned = tuple(r for r, _, _ in profile.evaluator) or (NAMES_FILE, "evaluate.py")
+    return {"probe": View("probe", submission="none", write_cap=0),
+            "inflate": View("inflate", upstream=(NAMES_FILE,) + profile.importable_at_inflate,
+                            writable=("archive", "inflated"), write_cap=inflate_writes),
+            "evaluate": View("evaluate", upstream=pinned, submission="outputs", out=True,
+                             write_cap=limits.evaluate_writes)}
 
 
 def check_outputs(inflated: Path, names: list[str], want: int, max_entries: int) -> Check:
@@ -256,12 +275,7 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
         if progress:
             with lock:
                 progress(msg)
-    upstream, runtime = Path(upstream).resolve(), Path(runtime)
-    if not (upstream / "evaluate.py").is_file():
-        raise ProvError(f"{upstream}: not an upstream checkout (no evaluate.py)")
-    names_file = upstream / NAMES_FILE
-    if not names_file.is_file():
-        raise ProvError(f"{upstream}: no {NAMES_FILE}")
+    runtime = Path(runtime)
     if device not in ("cpu", "cuda"):
         raise ProvError(f"--device {device}: must be cpu or cuda")
     name = name or default_name(runtime)
@@ -270,17 +284,13 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
     for reserved in ("archive", "inflated", "archive.zip"):
         if os.path.lexists(runtime / reserved):
             raise ProvError(f"{runtime}: runtime tree ships {reserved!r}, which the evaluator writes")
-    profile = detect_profile(upstream)
-    names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
-    want = profile.frames * profile.height * profile.width * 3
-
     with terminate_on_signals():  # SIGTERM and SIGHUP clean up as Ctrl-C does
-        return _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, say, scratch_base,
-                       keep_scratch, intake_limits, profile, names, want)
+        return _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, say,
+                       scratch_base, keep_scratch, intake_limits)
 
 
-def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, say, scratch_base, keep_scratch,
-            intake_limits, profile, names, want) -> ReplayResult:
+def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, limits, say, scratch_base,
+            keep_scratch, intake_limits) -> ReplayResult:
     sweep_stale(scratch_base)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-", dir=scratch_base))
     mounts: list[Path] = []
@@ -289,6 +299,18 @@ def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, 
         staged = scratch / "archive.zip"
         _stage(archive, staged)
         intake.extract(staged, scratch / "unzipped", intake_limits, label=str(archive))
+        say("storing the upstream's evaluator (only what the store holds runs)")
+        up_digest, up_info = upstream_mod.obtain(store, upstream_spec, str(scratch))
+        upstream = scratch / "up"
+        upstream_mod.export_read_only(store, up_digest, upstream)  # fresh, re-hashed on the way out
+        if not (upstream / "evaluate.py").is_file():
+            raise ProvError(f"upstream {up_digest.sha256[:12]}: not an upstream checkout (no evaluate.py)")
+        names_file = upstream / NAMES_FILE
+        if not names_file.is_file():
+            raise ProvError(f"upstream {up_digest.sha256[:12]}: no {NAMES_FILE}")
+        profile = detect_profile(upstream)
+        names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+        want = profile.frames * profile.height * profile.width * 3
         say(f"hashing archive and runtime into {store.root}")
         runtime_d = store.add_as(runtime, "tree", "runtime")
         archive_d = store.add_as(staged, "file", "archive")
@@ -302,7 +324,7 @@ def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, 
         logs_dir.mkdir()
         views = phase_views(profile, limits, inflate_cap)
         box = Sandbox(layout, device, limits, sandboxed)
-        sub, up = str(layout.submission), str(layout.upstream)
+        sub, up = str(layout.submission), str(layout.upstream_inside)
         inflated_dir = layout.writable_dir("inflated")
 
         def run(label: str, argv: list[str]) -> PhaseResult:
@@ -322,7 +344,7 @@ def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, 
         # record's code (pydantic: a tenth of a second) loads while the sandbox works.
         threading.Thread(target=_load_record_code, daemon=True).start()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            probe_argv = [sys.executable, "-s", "-c", PROBE, device]
+            probe_argv = [sys.executable, "-I", "-c", PROBE, device]
             probe_job = pool.submit(run, "probe", probe_argv)
             inflate = require(run("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated",
                                               f"{up}/{NAMES_FILE}"]))
@@ -359,8 +381,9 @@ def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, 
                           platform=env_seen.get("platform"), sandboxed=sandboxed,
                           # the allow-list as used, with this machine's Python location left out
                           sandbox_env={k: v.replace(box.python_bin, "${PYTHON_BIN}") for k, v in box.env.items()})
+        files = _files(upstream)
         sandbox = SandboxRecord(
-            phases={k: PhaseView(**v.describe(upstream)) for k, v in views.items()} if sandboxed else {},
+            phases={k: PhaseView(**v.describe(upstream, files)) for k, v in views.items()} if sandboxed else {},
             limits={k: v for k, v in limits.as_dict().items() if v is not None},
             no_new_user_namespaces=box.seccomp is not None, kept_by={r.name: r.kept_by for r in phases})
         kernel = [r.name for r in phases if r.kept_by != "watchdog"]
@@ -375,7 +398,7 @@ def _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, 
             extra_checks=[raw_check, kept] + ([] if sandboxed else [Check("sandboxed", False,
                                                                     "replayed with --no-sandbox: grade capped below A",
                                                                     "flag")]),
-            logs=log_blobs, sandbox=sandbox,
+            logs=log_blobs, sandbox=sandbox, upstream_facts=_upstream_facts(up_digest, up_info, files, views),
             frames=keep_frames(store, profile, upstream, inflated_dir, names, pngs))
         return ReplayResult(record, digest, checks, phases)
     finally:

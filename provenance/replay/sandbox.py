@@ -75,21 +75,35 @@ class Limits:
 
 @dataclass(frozen=True)
 class View:
-    """What one phase sees besides the system: the upstream less `hide`, the runtime copy read-only,
-    `writable` subdirectories of the runtime copy, and (`out`) its own output directory."""
+    """What one phase sees besides the system, as an allow-list: the `upstream` files it lists (each
+    bound alone, read-only), of the submission all of its runtime copy ("all"), only archive.zip and
+    inflated/ ("outputs") or nothing ("none"), `writable` subdirectories of the runtime copy, and
+    (`out`) its own output directory. A file that no list names is in no phase."""
     name: str
-    hide: tuple[str, ...] = ()
+    upstream: tuple[str, ...] = ()
+    submission: str = "all"
     writable: tuple[str, ...] = ()
     out: bool = False
     write_cap: int | None = None  # bytes the phase may leave in what it writes
 
-    def describe(self, upstream: Path) -> dict:
-        entries = sorted(e for e in os.listdir(upstream) if e != "submissions")
-        return {"sees": [f"upstream/{e}" for e in entries if e not in self.hide]
-                + ["submission/ (read-only)", "/usr, /etc (loader files), python (read-only)", "/tmp (private tmpfs)"],
+    def seen(self, upstream: Path) -> list[str]:
+        return sorted(r for r in self.upstream if os.path.lexists(upstream / r))
+
+    def describe(self, upstream: Path, files: list[str] | None = None) -> dict:
+        """In symbolic paths; `files` (every file of the exported upstream) gives what it did not see."""
+        import hashlib
+        import json
+        from provenance.core.digest import hash_file
+        seen = self.seen(upstream)
+        listing = [[r, hash_file(upstream / r).sha256] for r in seen if os.path.isfile(upstream / r)]
+        sub = {"all": ["submission/ (read-only)"], "outputs": ["submission/archive.zip (read-only)",
+                                                                 "submission/inflated/ (read-only)"]}.get(self.submission, [])
+        return {"sees": [f"upstream/{r}" for r in seen] + sub
+                + ["/usr, /etc (loader files), python (read-only)", "/tmp (private tmpfs)"],
                 "writes": [f"submission/{d}/" for d in self.writable] + (["output/"] if self.out else []),
-                "hidden": [f"upstream/{e}" for e in self.hide],
-                "write_cap": self.write_cap}
+                "hidden": [f"upstream/{r}" for r in sorted(set(files or ()) - set(seen))],
+                "write_cap": self.write_cap,
+                "sees_sha256": hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()}
 
 
 @dataclass
@@ -114,19 +128,25 @@ class PhaseResult:
 class Layout:
     """Where things are, outside and inside. Without a sandbox, `upstream` is a scratch view of
     the checkout (a symlink per entry) with the runtime copy really at submissions/<name>."""
-    upstream: Path  # the real checkout (read-only inside, at the same path)
+    upstream: Path  # the fresh export of the stored upstream (read-only inside, at `inside`)
     name: str
     runtime_copy: Path  # scratch copy of the runtime tree; holds archive/ and inflated/
     out: Path  # scratch dir for the report (writable inside at /prov-out, by the evaluate phase only)
     inside_out: str = "/prov-out"
     writable: Path | None = None  # where archive/ and inflated/ really live (a capped filesystem), if not in runtime_copy
+    inside: str | None = None  # the upstream's fixed path inside ("/upstream"): reports alike on every machine
 
     def writable_dir(self, d: str) -> Path:
         return (self.writable or self.runtime_copy) / d
 
     @property
+    def upstream_inside(self) -> Path:
+        return Path(self.inside) if self.inside else self.upstream
+
+    @property
     def submission(self) -> Path:
-        return self.upstream / "submissions" / self.name
+        """The runtime's place as the phases see it: <upstream>/submissions/<name>."""
+        return self.upstream_inside / "submissions" / self.name
 
 
 def bwrap_path() -> str:
@@ -420,21 +440,19 @@ class Sandbox:
         a += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(self.limits.tmp_size),
               "--tmpfs", "/tmp"]
         binds: list[tuple[str, str, str]] = [("--ro-bind", r, r) for r in _python_roots()]
-        up = str(l.upstream)
-        for entry in sorted(os.listdir(up)):
-            if entry != "submissions" and entry not in view.hide:
-                binds.append(("--ro-bind", f"{up}/{entry}", f"{up}/{entry}"))
-        subs = l.upstream / "submissions"
-        if subs.is_dir():  # shared files (e.g. __init__.py) stay; other submissions stay out of sight
-            for f in sorted(subs.iterdir()):
-                if f.is_file() and not f.is_symlink():
-                    binds.append(("--ro-bind", str(f), str(f)))
+        up_in = str(l.upstream_inside)
+        for rel in view.seen(l.upstream):  # each allowed file alone: nothing beside it comes along
+            binds.append(("--ro-bind", str(l.upstream / rel), f"{up_in}/{rel}"))
         sub = str(l.submission)
-        binds.append(("--ro-bind", str(l.runtime_copy), sub))
-        binds += [("--bind", str(l.writable_dir(d)), f"{sub}/{d}") for d in view.writable]
-        if l.writable is not None:  # what inflate wrote elsewhere, read-only to the phases after it
-            binds += [("--ro-bind", str(l.writable_dir(d)), f"{sub}/{d}") for d in ("archive", "inflated")
-                      if d not in view.writable and l.writable_dir(d).is_dir()]
+        if view.submission == "all":
+            binds.append(("--ro-bind", str(l.runtime_copy), sub))
+            binds += [("--bind", str(l.writable_dir(d)), f"{sub}/{d}") for d in view.writable]
+            if l.writable is not None:  # what inflate wrote elsewhere, read-only to the phases after it
+                binds += [("--ro-bind", str(l.writable_dir(d)), f"{sub}/{d}") for d in ("archive", "inflated")
+                          if d not in view.writable and l.writable_dir(d).is_dir()]
+        elif view.submission == "outputs":  # the evaluator reads these two and nothing else of the submission
+            binds += [("--ro-bind", str(l.runtime_copy / "archive.zip"), f"{sub}/archive.zip"),
+                      ("--ro-bind", str(l.writable_dir("inflated")), f"{sub}/inflated")]
         if view.out:
             binds.append(("--bind", str(l.out), l.inside_out))
         # bwrap makes missing mount points 0700, which the unprivileged user cannot cross
@@ -456,7 +474,7 @@ class Sandbox:
         a += ["--clearenv"]
         for k, v in self.env.items():
             a += ["--setenv", k, v]
-        a += ["--chdir", up, "--"]
+        a += ["--chdir", up_in if view.upstream or view.submission != "none" else "/tmp", "--"]
         if self.as_root:
             uid = self.probe_uid if view.name == "probe" else self.uid
             a += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",

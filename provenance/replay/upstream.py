@@ -1,0 +1,198 @@
+"""The upstream is evidence: the evaluator a replay runs comes from the store, never a live checkout.
+
+`add` stores the blobs of a checkout's commit (HEAD unless named; a modified tracked file is
+refused, untracked files are never looked at), each git-LFS pointer resolved to its content and
+checked against the pointer's oid and size, or kept as "pointer only" where the content was never
+fetched. A folder without git gives the files its profile lists. Never stored: `.git`,
+`__pycache__`, `*.pyc`, `*.pth` (bytecode runs instead of its source; a .pth runs at start-up).
+Every phase then sees a fresh, read-only export of that tree (re-hashed on the way out), and of it
+only the files its view lists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provenance.contest import rules
+from provenance.core.digest import Digest, hash_file
+from provenance.core.errors import ProvError, VerificationFailed
+
+PROFILE_MARKER = "comma_lab_profile"  # the miniature names its profile; a real checkout has none
+NAMES_FILE = "public_test_video_names.txt"
+LFS_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.M)
+LFS_SIZE = re.compile(rb"^size (\d+)$", re.M)
+
+
+@dataclass
+class StoredUpstream:
+    digest: Digest
+    commit: str | None
+    files: list[str]
+    excluded: list[str] = field(default_factory=list)  # tracked, never stored (bytecode, .pth, .git)
+    lfs: dict[str, str] = field(default_factory=dict)  # path -> "resolved" | "pointer only"
+
+    def as_json(self) -> dict:
+        return {"sha256": self.digest.sha256, "blake3": self.digest.blake3, "commit": self.commit,
+                "files": self.files, "excluded": self.excluded, "lfs": self.lfs}
+
+
+def never_stored(rel: str) -> bool:
+    parts = rel.split("/")
+    return (any(p in (".git", "__pycache__") for p in parts) or rel.endswith((".pyc", ".pyo", ".pth"))
+            or parts[-1] == "")
+
+
+def profile_of(files: dict[str, bytes | None], checkout: Path) -> rules.Profile:
+    from provenance import contest
+    marker = checkout / PROFILE_MARKER
+    if PROFILE_MARKER in files and files[PROFILE_MARKER] is not None:
+        return contest.get_profile(files[PROFILE_MARKER].decode().strip())
+    return contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
+
+
+def _git(checkout: Path, *args: str, input: bytes | None = None) -> bytes:
+    r = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, input=input)
+    if r.returncode != 0:
+        raise ProvError(f"{checkout}: git {args[0]} failed: {r.stderr.decode(errors='replace').strip()[:200]}")
+    return r.stdout
+
+
+def _lfs_pointer(data: bytes) -> tuple[str, int] | None:
+    if len(data) > 1024 or not data.startswith(rules.LFS_POINTER):
+        return None
+    oid, size = LFS_OID.search(data), LFS_SIZE.search(data)
+    return (oid.group(1).decode(), int(size.group(1))) if oid and size else None
+
+
+def _stage_git(checkout: Path, commit: str | None, stage: Path) -> StoredUpstream:
+    rev = _git(checkout, "rev-parse", "--verify", f"{commit or 'HEAD'}^{{commit}}").decode().strip()
+    if commit is None:
+        dirty = _git(checkout, "status", "--porcelain=v1", "-z", "--untracked-files=no").split(b"\0")
+        dirty = [d[3:].decode(errors="replace") for d in dirty if d]
+        if dirty:
+            raise ProvError(f"{checkout}: tracked files differ from HEAD ({', '.join(dirty[:5])}"
+                            f"{', ...' if len(dirty) > 5 else ''}): commit them, or name --commit")
+    common = Path(_git(checkout, "rev-parse", "--git-common-dir").decode().strip())
+    lfs_dir = (common if common.is_absolute() else checkout / common) / "lfs" / "objects"
+    entries = []
+    for line in _git(checkout, "ls-tree", "-r", "-z", "--full-tree", rev).split(b"\0"):
+        if not line:
+            continue
+        meta, path = line.split(b"\t", 1)
+        mode, kind, oid = meta.decode().split()
+        entries.append((mode, kind, oid, path.decode("utf-8", "surrogateescape")))
+    out = StoredUpstream(Digest("", "", 0), rev, [])
+    blobs = [(m, o, p) for m, k, o, p in entries if k == "blob"]
+    wanted = [(m, o, p) for m, o, p in blobs if not never_stored(p)]
+    out.excluded = sorted(p for _, _, p in blobs if never_stored(p))
+    batch = _git(checkout, "cat-file", "--batch", input="".join(f"{o}\n" for _, o, _ in wanted).encode())
+    pos = 0
+    for mode, oid, rel in wanted:
+        header_end = batch.index(b"\n", pos)
+        size = int(batch[pos:header_end].split()[2])
+        data = batch[header_end + 1:header_end + 1 + size]
+        pos = header_end + 2 + size
+        target = stage / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "120000":
+            os.symlink(data, target)
+            out.files.append(rel)
+            continue
+        pointer = _lfs_pointer(data)
+        if pointer is not None:
+            sha, want = pointer
+            obj = lfs_dir / sha[:2] / sha[2:4] / sha
+            if obj.is_file():
+                d = hash_file(obj)
+                if d.sha256 != sha or d.size != want:
+                    raise VerificationFailed(f"{checkout}: {rel}: the git-LFS object for oid {sha[:12]}... holds "
+                                             f"{d.size:,} bytes with sha256 {d.sha256[:12]}..., not what the "
+                                             "pointer names")
+                shutil.copyfile(obj, target)
+                out.lfs[rel] = "resolved"
+            else:
+                target.write_bytes(data)
+                out.lfs[rel] = "pointer only"
+        else:
+            target.write_bytes(data)
+        os.chmod(target, 0o755 if mode == "100755" else 0o644)
+        out.files.append(rel)
+    return out
+
+
+def _stage_folder(checkout: Path, profile: rules.Profile, stage: Path) -> StoredUpstream:
+    out = StoredUpstream(Digest("", "", 0), None, [])
+    for rel in sorted({r for r, _, _ in profile.evaluator} | set(profile.upstream_extra)):
+        src = checkout / rel
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise ProvError(f"{src}: not a regular file (an upstream without git stores only its profile's files)")
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, stage / rel)
+        os.chmod(stage / rel, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
+        out.files.append(rel)
+        if rules.LFS_POINTER in (stage / rel).read_bytes()[:len(rules.LFS_POINTER)]:
+            out.lfs[rel] = "pointer only"
+    return out
+
+
+def add(store, checkout: str | Path, commit: str | None = None, scratch_base: str | None = None) -> StoredUpstream:
+    """Store an upstream checkout's evaluator (see the module's docstring) as a tree of kind upstream."""
+    checkout = Path(checkout)
+    if not checkout.is_dir():
+        raise ProvError(f"{checkout}: not a directory")
+    stage = Path(tempfile.mkdtemp(prefix="prov-upstream-", dir=scratch_base))
+    try:
+        if (checkout / ".git").exists():
+            out = _stage_git(checkout, commit, stage)
+        else:
+            if commit is not None:
+                raise ProvError(f"{checkout}: --commit needs a git checkout")
+            marker = checkout / PROFILE_MARKER
+            from provenance import contest
+            profile = contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
+            out = _stage_folder(checkout, profile, stage)
+        if not (stage / "evaluate.py").is_file():
+            raise ProvError(f"{checkout}: not an upstream checkout (no evaluate.py)")
+        out.digest = store.add_as(stage, "tree", "upstream")
+        out.files.sort()
+        return out
+    finally:
+        from provenance.core.files import remove_tree
+        remove_tree(stage)
+
+
+def obtain(store, spec: str | Path, scratch_base: str | None = None) -> tuple[Digest, StoredUpstream | None]:
+    """A folder is added first; anything else names a stored upstream tree (digest, prefix or ref)."""
+    if os.path.isdir(spec):
+        up = add(store, spec, scratch_base=scratch_base)
+        return up.digest, up
+    try:
+        info = store.resolve(str(spec))
+    except ProvError:
+        raise ProvError(f"--upstream {spec}: neither a folder nor a stored upstream (digest or ref)") from None
+    if info.kind != "tree":
+        raise ProvError(f"--upstream {spec}: names a {info.kind}, not an upstream tree")
+    return Digest(info.sha256, info.blake3, info.size), None
+
+
+def export_read_only(store, digest: Digest, dest: Path) -> None:
+    """A fresh copy of the stored upstream (re-hashed on the way out), then no write bit anywhere."""
+    store.export(digest.blake3, dest)
+    for top, dirs, files in os.walk(dest):
+        for n in files:
+            p = os.path.join(top, n)
+            if not os.path.islink(p):
+                os.chmod(p, os.lstat(p).st_mode & 0o555)
+    for top, dirs, files in os.walk(dest, topdown=False):
+        os.chmod(top, 0o555)
