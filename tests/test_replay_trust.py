@@ -353,7 +353,11 @@ def test_large_binary_outside_the_archive_is_flagged(tmp_path, pristine):
     assert c["ok"] is False and c["severity"] == "flag"
     assert f"weights.bin ({3 << 20:,} bytes)" in c["detail"] and "big_source.py" not in c["detail"]
     assert f"runtime tree holds {r.record['runtime']['tree']['size']:,} bytes" in c["detail"]
-    assert r.record["grade"] == "A++"  # a flag for the judge, not a verdict
+    # the artifact check is a flag for the judge; what caps the grade is custody (issue 24): 3 MiB of
+    # random bytes are far past the allowance, whatever the file is called
+    custody = next(c for c in r.record["checks"] if c["name"] == "runtime_custody")
+    assert not custody["ok"] and "weights.bin" in custody["detail"].split("largest: ")[1].split(",")[0]
+    assert r.record["grade"] == "B"
 
 
 def test_the_tmp_cap_never_counts_the_hosts_disk():
@@ -552,3 +556,44 @@ def test_what_a_killed_replay_left_is_removed_at_the_next_start(tmp_path, pristi
     assert r.returncode == 0, r.err
     assert not [m for m in open("/proc/self/mountinfo").read().splitlines() if str(scratch) in m]
     assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 1
+
+
+# -- custody is a rule: information carried in the runtime, however encoded ---------------------------
+
+def _clip(mini) -> bytes:
+    return (mini / "upstream/videos/0.mkv").read_bytes()
+
+
+CARRIERS = {
+    "base64": lambda clip, rt: (rt / "frames.b64").write_bytes(__import__("base64").b64encode(clip)),
+    "fake_elf": lambda clip, rt: (rt / "libcodec.so").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(9) + clip),
+    "behind_text": lambda clip, rt: (rt / "README.txt").write_bytes(b"notes\n" * 1400 + clip.hex().encode()),
+    "file_names": lambda clip, rt: [(rt / "n" / __import__("base64").b32encode(clip[i:i + 120]).decode().rstrip("="))
+                                     .parent.mkdir(exist_ok=True) or
+                                     (rt / "n" / __import__("base64").b32encode(clip[i:i + 120]).decode().rstrip("="))
+                                     .write_bytes(b"") for i in range(0, len(clip), 120)],
+}
+
+
+@pytest.mark.parametrize("carrier", sorted(CARRIERS))
+def test_ground_truth_carried_in_the_runtime_caps_the_grade(tmp_path, pristine, carrier):
+    rt = hostile(tmp_path, pristine, "")
+    CARRIERS[carrier](_clip(pristine), rt)
+    r = replay(tmp_path, rt, pristine / "upstream", mini=pristine)
+    assert r.returncode == 0, r.err
+    rec = r.record
+    assert rec["grade"] == "B", rec["grade"]
+    check = next(c for c in rec["checks"] if c["name"] == "runtime_custody")
+    assert not check["ok"] and "grade capped at B" in check["detail"] and "allowance 2,048" in check["detail"]
+    assert rec["runtime"]["information"] > PROFILE.custody_allowance
+    assert rec["runtime"]["information_compressor"] == "zlib-9"
+    # the allowance is not free score: the adjusted rate counts what the runtime carries
+    assert rec["result"]["custody_adjusted_rate"] > rec["result"]["rate"]
+
+
+def test_an_honest_runtime_is_within_custody_and_pays_nothing(tmp_path, pristine):
+    r = replay(tmp_path, sample(pristine, "half")[1], pristine / "upstream", archive=sample(pristine, "half")[0])
+    assert r.returncode == 0, r.err
+    assert r.record["grade"] == "A++"
+    assert r.record["runtime"]["information"] <= PROFILE.custody_allowance
+    assert r.record["result"]["custody_adjusted_rate"] == r.record["archive"]["size"] / PROFILE.uncompressed_size

@@ -37,6 +37,12 @@ class Profile:
     # import frame_utils, as `python -m submissions.<name>.inflate` from the upstream root); all an
     # inflate sees of the upstream besides the names file
     importable_at_inflate: tuple[str, ...] = ("submissions/__init__.py", "frame_utils.py")
+    # custody: the runtime's information (CUSTODY_COMPRESSOR over its canonical listing and bytes) a
+    # score-bearing replay may carry, calibrated on the 35 real runtimes (largest 33,440 bytes);
+    # what the custody-adjusted rate leaves free; and the reviewed tools (sha256) exempt as binaries
+    custody_allowance: int = 64 << 10
+    custody_free: int = 8 << 10
+    custody_tools: tuple[str, ...] = ()
     # the environment whose exact, sandboxed replay is the top grade: "cuda" (on official_gpu) for the
     # real contest; "cpu" (Linux x86_64) for a profile meant to be replayed on any lab machine
     official_device: str = "cuda"
@@ -287,12 +293,14 @@ GRADE_TABLE = {
 def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str | None,
           samples: int, platform: str | None, custody_complete: bool, canonical_env: bool,
           sandboxed: bool = True, contradicted: bool = False,
-          evaluator_pinned: bool | None = None, limits_kept: bool = True) -> tuple[str, str, str]:
+          evaluator_pinned: bool | None = None, limits_kept: bool = True,
+          custody_ok: bool = True) -> tuple[str, str, str]:
     """(grade, axis, allowed_use) from the facts. The only place grades are decided.
     An evaluator that differs from the profile's pin produces a report, never a score-bearing grade;
-    so does a replay whose limits no kernel kept (a watchdog can be outrun)."""
+    so does a replay whose limits no kernel kept (a watchdog can be outrun), and a runtime that carries
+    more information than the profile allows (the ground truth can hide in it)."""
     def out(g: str) -> tuple[str, str, str]:
-        if (evaluator_pinned is False or not limits_kept) and g in ("A++", "A", "contest-CPU"):
+        if (evaluator_pinned is False or not limits_kept or not custody_ok) and g in ("A++", "A", "contest-CPU"):
             g = "B"
         return (g, *GRADE_TABLE[g])
 
@@ -356,6 +364,26 @@ def check_runtime_artifacts(total: int, files: int, large_binaries: list[tuple[s
     return Check("runtime_artifacts", False,
                  f"{head}; non-text files over {ARTIFACT_BYTES:,} bytes: {listed}{more} "
                  "(large artifacts must ship inside the archive)", "flag")
+
+
+CUSTODY_COMPRESSOR = "zlib-9"  # the one pinned compressor: zlib level 9, one stream over the whole tree
+
+
+def custody_check(profile: Profile, information: int, contributors: list[tuple[str, int]]) -> Check:
+    """`runtime_custody`: a runtime above the profile's allowance cannot bear a score (the grade is capped
+    at B), whatever encoding hides its payload; the figure and the largest contributors are named."""
+    head = (f"runtime information {information:,} bytes ({CUSTODY_COMPRESSOR} of its canonical listing and "
+            f"bytes), allowance {profile.custody_allowance:,}")
+    if information <= profile.custody_allowance:
+        return Check("runtime_custody", True, head, "flag")
+    top = ", ".join(f"{n} ({s:,})" for n, s in contributors[:5])
+    return Check("runtime_custody", False, f"{head}: over it, grade capped at B; largest: {top}", "flag")
+
+
+def custody_adjusted_rate(profile: Profile, archive_size: int, information: int, uncompressed: int) -> float:
+    """(archive + the runtime's information past the free part) / uncompressed size: the allowance is
+    not free score. The canonical score keeps the official formula; the lab promotes by this."""
+    return (archive_size + max(0, information - profile.custody_free)) / uncompressed
 
 
 def is_text(head: bytes) -> bool:

@@ -162,6 +162,17 @@ def frontier(store: Store, write: bool = True) -> Run | None:
     return _run_by_b3(store, b3, write)
 
 
+def promotion_score(record: EvalRecord) -> float:
+    """What the lab ranks by: the official formula with the custody-adjusted rate, so a runtime's
+    information past the profile's free part costs as archive bytes do (the canonical score where a
+    record has no custody figure, e.g. an imported claim)."""
+    r = record.result
+    if r.custody_adjusted_rate is None:
+        return r.canonical_score
+    from provenance.contest import get_profile
+    return get_profile(record.profile).score(r.posenet, r.segnet, r.custody_adjusted_rate)
+
+
 def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, str, list[str]]:
     """(allowed, why, flags). Only A++ sets the frontier; A may, flagged as needing confirmation
     on the official GPU; nothing promotes unless it beats the current frontier."""
@@ -176,9 +187,10 @@ def promotion(candidate: EvalRecord, current: EvalRecord | None) -> tuple[bool, 
     if current is not None and candidate.profile != current.profile:
         return False, (f"profile {candidate.profile} is not the frontier's ({current.profile}): "
                        "their scores do not compare"), flags
-    if current is not None and not candidate.result.canonical_score < current.result.canonical_score:
-        return False, (f"score {candidate.result.canonical_score!r} does not beat the frontier "
-                       f"{current.result.canonical_score!r}"), flags
+    if current is not None and not promotion_score(candidate) < promotion_score(current):
+        return False, (f"score {candidate.result.canonical_score!r} (custody-adjusted "
+                       f"{promotion_score(candidate)!r}) does not beat the frontier's "
+                       f"{current.result.canonical_score!r} (custody-adjusted {promotion_score(current)!r})"), flags
     return True, "beats the frontier" if current else "first frontier", flags
 
 

@@ -85,6 +85,45 @@ def runtime_artifacts(store: Store, tree_b3: str) -> Check:
     return rules.check_runtime_artifacts(total, files, sorted(large))
 
 
+def runtime_information(store: Store, tree_b3: str, profile: Profile) -> tuple[int, list[tuple[str, int]]]:
+    """(information, largest contributors) of a stored runtime tree: one zlib-9 stream over its
+    canonical listing (kind, path, link target, in path order) and then every file's bytes, except
+    the profile's reviewed tools (by sha256). Each file's own compressed size ranks the contributors."""
+    import zlib
+    from provenance.core import tree as treemod
+    listing, files = [], []
+    todo = [("", tree_b3)]
+    while todo:
+        prefix, b3 = todo.pop()
+        rows = treemod.parse(store.read_bytes(b3), b3)
+        subtrees = []
+        for kind, name, size, child in rows:
+            path = prefix + name
+            if kind == "tree":
+                listing.append(f"tree {path}/")
+                subtrees.append((f"{path}/", child))
+            elif kind == "link":
+                listing.append(f"link {path} -> {store.read_bytes(child).decode('utf-8', 'replace')}")
+            else:
+                listing.append(f"{kind} {path}")
+                files.append((path, child))
+        todo += reversed(subtrees)
+    z = zlib.compressobj(9)
+    total = len(z.compress("\n".join(listing).encode() + b"\n"))
+    contributors = []
+    for path, b3 in files:
+        if store.info(b3).sha256 in profile.custody_tools:
+            continue
+        own, alone = zlib.compressobj(9), 0
+        with store.open(b3) as f:
+            while chunk := f.read(1 << 20):
+                total += len(z.compress(chunk))
+                alone += len(own.compress(chunk))
+        contributors.append((path, alone + len(own.flush())))
+    total += len(z.flush())
+    return total, sorted(contributors, key=lambda c: -c[1])
+
+
 def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: str | Path | Digest | None,
                       runtime: str | Path | Digest | None = None, upstream: str | Path | None = None,
                       profile: Profile = rules.OFFICIAL, source: str = "imported-report",
@@ -121,8 +160,11 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
     children += [d.blake3 for d in (frames or {}).values()]
 
     checks = rules.check_report(profile, rep, archive_d.size if archive_d else None) + list(extra_checks)
+    information = None
     if runtime_d is not None:
         checks.append(runtime_artifacts(store, runtime_d.blake3))
+        information, contributors = runtime_information(store, runtime_d.blake3, profile)
+        checks.append(rules.custody_check(profile, information, contributors))
     pinned = None
     if upstream is not None:
         pin = rules.check_evaluator(profile, upstream)
@@ -139,15 +181,20 @@ def adjudicate_report(store: Store, report_path: str | Path | bytes, archive: st
         platform=env.platform, custody_complete=runtime_d is not None,
         canonical_env=by_name["uncompressed_size_canonical"].ok, sandboxed=env.sandboxed is not False,
         contradicted=contradicted, evaluator_pinned=pinned,
-        limits_kept=by_name["kernel_limits"].ok if "kernel_limits" in by_name else True)
+        limits_kept=by_name["kernel_limits"].ok if "kernel_limits" in by_name else True,
+        custody_ok=by_name["runtime_custody"].ok if "runtime_custody" in by_name else True)
     record = EvalRecord(
         profile=profile.name, source=source, archive=blob_model(archive_d) if archive_d else None,
-        runtime=Runtime(tree=tree_model(runtime_d)) if runtime_d else Runtime(),
+        runtime=Runtime(tree=tree_model(runtime_d), information=information,
+                        information_compressor=rules.CUSTODY_COMPRESSOR) if runtime_d else Runtime(),
         upstream=up, environment=env,
         result=Result(samples=rep.samples, posenet=rep.posenet, segnet=rep.segnet, rate=rep.rate,
                       canonical_score=rules.canonical_score(profile, rep), printed_score=rep.printed_score,
                       printed=rep.printed, archive_size_reported=rep.archive_size,
-                      uncompressed_size_reported=rep.uncompressed_size),
+                      uncompressed_size_reported=rep.uncompressed_size,
+                      custody_adjusted_rate=rules.custody_adjusted_rate(
+                          profile, archive_d.size, information, profile.uncompressed_size)
+                      if archive_d is not None and information is not None else None),
         report=blob_model(report_d), inflated=tree_model(inflated) if inflated else None,
         logs={k: blob_model(v) for k, v in (logs or {}).items()},
         timings=timings or {}, sandbox=sandbox, checks=[CheckResult(**c.as_dict()) for c in checks],

@@ -37,6 +37,10 @@ class Runtime(Strict):
                                             description="comma-lab v1 runtime_tree_sha256, when imported")
     legacy_content_sha256: Optional[str] = Field(default=None, pattern=HEX64)
     file_count: Optional[int] = Field(default=None, ge=0)
+    information: Optional[int] = Field(default=None, ge=0,
+                                       description="bytes of the pinned compressor over the canonical listing "
+                                                   "and every file's bytes (custody)")
+    information_compressor: Optional[str] = None
 
 
 class Upstream(Strict):
@@ -92,6 +96,8 @@ class Result(Strict):
     printed: dict[str, str] = Field(default_factory=dict, description="result values exactly as printed")
     archive_size_reported: Optional[int] = None
     uncompressed_size_reported: Optional[int] = None
+    custody_adjusted_rate: Optional[float] = Field(
+        default=None, ge=0, description="(archive + max(0, runtime information - free part)) / uncompressed size")
 
 
 class CheckResult(Strict):
