@@ -165,3 +165,25 @@ def test_bad_upstream_specs_are_one_line(tmp_path, mini):
     empty.mkdir()
     r = run_prov("upstream", "add", empty, store=tmp_path / "store")
     assert r.returncode == 2 and "no evaluate.py" in r.err
+
+
+def test_the_python_environment_is_recorded(tmp_path, mini):
+    import importlib.metadata
+    rec = replay(tmp_path, mini / "upstream", mini=mini)
+    env = rec["environment"]
+    assert env["packages"]["torch"] == importlib.metadata.version("torch")
+    assert env["packages"]["av"] == importlib.metadata.version("av")
+    assert len(env["env_sha256"]) == 64
+    # this lab's venv holds comma-lab itself (an editable install, by a .pth): the record says so
+    assert "distribution comma-lab" in env["env_foreign"]
+    again = replay(tmp_path, mini / "upstream", mini=mini, tmpdir="again")
+    assert again["environment"]["env_sha256"] == env["env_sha256"]
+
+
+def test_a_hard_coded_root_venv_python_is_the_sandboxs(tmp_path, mini):
+    rt = tmp_path / "venv_user" / "runtime"
+    shutil.copytree(sample(mini, "copy")[1], rt, symlinks=True)
+    (rt / "inflate.sh").write_text('#!/usr/bin/env bash\nset -euo pipefail\nhere="$(cd "$(dirname "$0")" && pwd)"\n'
+                                   'exec "$here/../../.venv/bin/python" "$here/inflate.py" "$@"\n')
+    rec = replay(tmp_path, mini / "upstream", mini=mini, runtime=rt)
+    assert rec["grade"] == "A++"

@@ -65,6 +65,11 @@ class Environment(Strict):
     platform: Optional[str] = None
     sandboxed: Optional[bool] = None
     sandbox_env: Optional[dict[str, str]] = Field(default=None, description="the environment allow-list used")
+    packages: Optional[dict[str, str]] = Field(default=None, description="the Python environment's distributions")
+    env_sha256: Optional[str] = Field(default=None, pattern=HEX64,
+                                      description="sha256 of the sorted [name, version, sha256 of RECORD] rows")
+    env_foreign: Optional[list[str]] = Field(default=None,
+                                             description="what of the lab (comma-lab) or start-up hooks (.pth) it holds")
 
 
 class PhaseView(Strict):

@@ -55,6 +55,24 @@ try:
     out["cuda"] = m.group(1) if m else None
 except Exception as e:
     out["torch_error"] = type(e).__name__
+# the environment evaluate runs in, as evidence: every distribution with the digest of its RECORD
+# (the installer's list of files and their hashes), and what of the lab or a checkout it holds
+import hashlib, os, site
+pkgs, rows, foreign = {}, [], []
+for d in metadata.distributions():
+    name = (d.metadata["Name"] or "?").lower().replace("_", "-")
+    rec = d.read_text("RECORD") or ""
+    pkgs[name] = d.version
+    rows.append([name, d.version, hashlib.sha256(rec.encode()).hexdigest()])
+    if name == "comma-lab":
+        foreign.append("distribution comma-lab")
+for sp in site.getsitepackages():
+    for n in sorted(os.listdir(sp)) if os.path.isdir(sp) else ():
+        if n.endswith(".pth"):
+            foreign.append(n)
+out["packages"] = dict(sorted(pkgs.items()))
+out["env_sha256"] = hashlib.sha256(json.dumps(sorted(rows), separators=(",", ":")).encode()).hexdigest()
+out["env_foreign"] = sorted(set(foreign))
 if sys.argv[1] == "cuda" and shutil.which("nvidia-smi"):
     r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                        capture_output=True, text=True)
@@ -379,6 +397,8 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
         env = Environment(device=device, gpu_model=env_seen.get("gpu_model"), driver=env_seen.get("driver"),
                           cuda=env_seen.get("cuda"), torch=env_seen.get("torch"), python=env_seen.get("python"),
                           platform=env_seen.get("platform"), sandboxed=sandboxed,
+                          packages=env_seen.get("packages"), env_sha256=env_seen.get("env_sha256"),
+                          env_foreign=env_seen.get("env_foreign"),
                           # the allow-list as used, with this machine's Python location left out
                           sandbox_env={k: v.replace(box.python_bin, "${PYTHON_BIN}") for k, v in box.env.items()})
         files = _files(upstream)

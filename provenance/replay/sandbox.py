@@ -466,6 +466,12 @@ class Sandbox:
                     a += ["--perms", "0755", "--dir", anc]
         for flag, src, dst in binds:
             a += [flag, src, dst]
+        if view.submission == "all" and l.inside:  # two real inflates run <root>/.venv/bin/python: ours
+            if sys.prefix != sys.base_prefix:  # a venv: the same one, read-only, where they look
+                a += ["--ro-bind", sys.prefix, f"{up_in}/.venv"]
+            else:
+                a += ["--perms", "0755", "--dir", f"{up_in}/.venv", "--perms", "0755", "--dir", f"{up_in}/.venv/bin",
+                      "--symlink", sys.executable, f"{up_in}/.venv/bin/python"]
         if self.device == "cuda":
             for dev in sorted(Path("/dev").glob("nvidia*")):
                 a += ["--dev-bind", str(dev), str(dev)]
