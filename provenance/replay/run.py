@@ -56,19 +56,25 @@ try:
 except Exception as e:
     out["torch_error"] = type(e).__name__
 # the environment evaluate runs in, as evidence: every distribution with the digest of its RECORD
-# (the installer's list of files and their hashes), and what of the lab or a checkout it holds
+# (the installer's list of files and their hashes), and what of the lab or a checkout it holds.
+# From the .dist-info names, not importlib.metadata: parsing every METADATA would slow inflate beside it.
 import hashlib, os, site
 pkgs, rows, foreign = {}, [], []
-for d in metadata.distributions():
-    name = (d.metadata["Name"] or "?").lower().replace("_", "-")
-    rec = d.read_text("RECORD") or ""
-    pkgs[name] = d.version
-    rows.append([name, d.version, hashlib.sha256(rec.encode()).hexdigest()])
-    if name == "comma-lab":
-        foreign.append("distribution comma-lab")
 for sp in site.getsitepackages():
     for n in sorted(os.listdir(sp)) if os.path.isdir(sp) else ():
-        if n.endswith(".pth"):
+        if n.endswith(".dist-info"):
+            name, _, version = n[:-len(".dist-info")].partition("-")
+            name = name.lower().replace("_", "-")
+            try:
+                with open(os.path.join(sp, n, "RECORD"), "rb") as f:
+                    rec = f.read()
+            except OSError:
+                rec = b""
+            pkgs[name] = version
+            rows.append([name, version, hashlib.sha256(rec).hexdigest()])
+            if name == "comma-lab":
+                foreign.append("distribution comma-lab")
+        elif n.endswith(".pth"):
             foreign.append(n)
 out["packages"] = dict(sorted(pkgs.items()))
 out["env_sha256"] = hashlib.sha256(json.dumps(sorted(rows), separators=(",", ":")).encode()).hexdigest()
