@@ -61,3 +61,23 @@ def test_a_reviewed_tool_is_exempt_by_digest_alone(tmp_path):
     (rt / "ffmpeg").write_bytes(b"x" + (rt / "ffmpeg").read_bytes()[1:])
     _, d2 = store.add(rt)
     assert runtime_information(store, d2.blake3, reviewed)[0] > 50_000
+
+
+def test_an_imported_record_is_held_to_custody_too(tmp_path):
+    """import-legacy of a runtime that carries 2 MB of incompressible bytes: no A++ (it was before)."""
+    import json
+    import os
+    from conftest import RUNTIME_SPEC, make_tree, prov_json, v1_record
+    rt = make_tree(tmp_path / "runtime", RUNTIME_SPEC)
+    arch = tmp_path / "archive.zip"
+    arch.write_bytes(b"PK\x05\x06" + bytes(18))
+    honest = tmp_path / "honest.json"
+    honest.write_text(json.dumps(v1_record(rt, arch)))
+    out = prov_json("import-legacy", honest, "--archive", arch, "--runtime", rt, store=tmp_path / "s1")
+    assert out["record"]["grade"] == "A++"
+    (rt / "weights.bin").write_bytes(os.urandom(2 << 20))
+    heavy = tmp_path / "heavy.json"
+    heavy.write_text(json.dumps(v1_record(rt, arch)))
+    out = prov_json("import-legacy", heavy, "--archive", arch, "--runtime", rt, store=tmp_path / "s2")
+    custody = next(c for c in out["checks"] if c["name"] == "runtime_custody")
+    assert not custody["ok"] and out["record"]["grade"] == "B"

@@ -187,3 +187,71 @@ def test_a_hard_coded_root_venv_python_is_the_sandboxs(tmp_path, mini):
                                    'exec "$here/../../.venv/bin/python" "$here/inflate.py" "$@"\n')
     rec = replay(tmp_path, mini / "upstream", mini=mini, runtime=rt)
     assert rec["grade"] == "A++"
+
+
+# -- a hostile checkout (review of #24): its tree, its config, its links --------------------------------
+
+def test_a_tree_path_that_leaves_the_stage_is_refused(tmp_path, mini):
+    co = checkout(tmp_path, mini)
+    oid = subprocess.run(["git", "-C", str(co), "hash-object", "-w", "--stdin"], input=b"pwned\n",
+                         capture_output=True, check=True).stdout.decode().strip()
+    head_tree = git(co, "rev-parse", "HEAD^{tree}").strip()
+    listing = git(co, "ls-tree", head_tree)
+    evil = subprocess.run(["git", "-C", str(co), "mktree"], input=(listing + f"100644 blob {oid}\t..\n").encode(),
+                          capture_output=True)
+    if evil.returncode != 0:
+        pytest.skip("this git refuses to write a tree entry named '..'")
+    commit = git(co, "commit-tree", evil.stdout.decode().strip(), "-m", "evil").strip()
+    r = run_prov("upstream", "add", co, "--commit", commit, store=tmp_path / "store")
+    assert r.returncode == 2 and "'..'" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert not list(tmp_path.glob("**/PWNED*")) and not (tmp_path / "..").resolve().joinpath("pwned").exists()
+
+
+def test_the_checkouts_own_git_config_runs_nothing(tmp_path, mini):
+    co = checkout(tmp_path, mini)
+    marker = tmp_path / "fsmonitor-ran"
+    git(co, "config", "core.fsmonitor", f"touch {marker}; false")
+    git(co, "config", "core.hooksPath", str(tmp_path))
+    out = prov_json("upstream", "add", co, store=tmp_path / "store")
+    assert out["lfs"] and not marker.exists()
+    (co / "scorers.py").write_text("# edited\n")  # the worktree check is ours, and still sees this
+    r = run_prov("upstream", "add", co, store=tmp_path / "store")
+    assert r.returncode == 2 and "scorers.py" in r.err and not marker.exists()
+
+
+def test_an_allowed_name_that_is_a_link_shows_nothing(tmp_path, mini):
+    """A stored upstream whose names file is a link to the clip: bwrap would bind the clip there; the
+    view passes the link over, so inflate never reads the ground truth through it."""
+    co = tmp_path / "linked"
+    shutil.copytree(mini / "upstream", co)
+    (co / "public_test_video_names.txt").unlink()
+    os.symlink("videos/0.mkv", co / "public_test_video_names.txt")
+    git(co, "init", "-q")
+    git(co, "add", "-A")
+    git(co, "commit", "-qm", "linked")
+    from provenance.replay.sandbox import View
+    up = tmp_path / "export"
+    from provenance.replay import upstream as upstream_mod
+    from provenance.store.objects import Store
+    st = Store(tmp_path / "store", create=True)
+    stored = upstream_mod.add(st, co)
+    upstream_mod.export_read_only(st, stored.digest, up)
+    assert View("inflate", upstream=("public_test_video_names.txt",)).seen(up) == []
+    assert View("evaluate", upstream=("videos/0.mkv",)).seen(up) == ["videos/0.mkv"]
+
+
+def test_keep_scratch_is_kept_out_of_the_sweep(tmp_path, mini):
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    a, rt = sample(mini, "copy")
+    r = run_prov("replay", "--archive", a, "--runtime", rt, "--upstream", mini / "upstream", "--keep-scratch",
+                 "--json", store=tmp_path / "store", env={"TMPDIR": str(scratch)})
+    assert r.returncode == 0, r.err
+    rec = json.loads(r.out)["record"]
+    assert rec["grade"] == "B"  # no filesystem of the cap: the record says the watchdog kept the writes
+    kept = os.listdir(scratch)
+    assert len(kept) == 1 and kept[0].startswith("prov-kept-")
+    replay(tmp_path, mini / "upstream", mini=mini, tmpdir="tmpdir2")
+    r2 = run_prov("replay", "--archive", a, "--runtime", rt, "--upstream", mini / "upstream", "--json",
+                  store=tmp_path / "store", env={"TMPDIR": str(scratch)})
+    assert r2.returncode == 0 and os.listdir(scratch) == kept  # the next replay left it alone

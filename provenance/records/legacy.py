@@ -17,7 +17,7 @@ from pathlib import Path
 from provenance.core import canonical
 from provenance.contest import rules
 from provenance.core.clock import now_rfc3339
-from provenance.records.adjudicate import blob_model, save_record, tree_model
+from provenance.records.adjudicate import blob_model, runtime_information, save_record, tree_model
 from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file
 from provenance.core.errors import ProvError
@@ -142,8 +142,14 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
             tree_d = store.add_as(runtime, "tree", "runtime")
             checks.append(_compare_rows(Path(runtime), rows))
             children.append(tree_d.blake3)
+        information = None
+        if tree_d is not None:  # custody is a rule for imports too: the runtime's information, not its name
+            information, contributors = runtime_information(store, tree_d.blake3, profile)
+            checks.append(rules.custody_check(profile, information, contributors))
         runtime_model = Runtime(tree=tree_model(tree_d) if tree_d else None, legacy_v1_sha256=v1 if ok_v1 else None,
-                                legacy_content_sha256=content if ok_v1 else None, file_count=len(rows))
+                                legacy_content_sha256=content if ok_v1 else None, file_count=len(rows),
+                                information=information,
+                                information_compressor=rules.CUSTODY_COMPRESSOR if information is not None else None)
     else:
         checks.append(Check("runtime_manifest_present", False, "no inflate_runtime_manifest: custody incomplete", "flag"))
 
@@ -158,7 +164,8 @@ def import_legacy(store: Store, path: str | Path, archive: str | Path | None = N
         profile, source="legacy-import", device=env.device, gpu_model=env.gpu_model, samples=samples,
         platform="linux-x86_64" if env.device and env.device.startswith("cuda") else None,
         custody_complete=custody, canonical_env=all(c.ok for c in checks if c.name == "rate_matches_size"),
-        contradicted=contradicted)
+        contradicted=contradicted, limits_kept=True,  # no replay here: no limits to keep
+        custody_ok=all(c.ok for c in checks if c.name == "runtime_custody"))
     final = doc.get("final_score")
     record = EvalRecord(
         profile=profile.name, source="legacy-import", archive=archive_model, runtime=runtime_model,

@@ -87,6 +87,8 @@ class Cgroup:
             _write(mem / "memory.limit_in_bytes", memory)
             if (mem / "memory.memsw.limit_in_bytes").exists():  # swap counts too, where it is accounted
                 _write(mem / "memory.memsw.limit_in_bytes", memory)
+            else:  # where it is not, the phase may not swap at all
+                _write(mem / "memory.swappiness", 0)
             if (mem / "memory.kmem.tcp.limit_in_bytes").exists():  # v1 charges socket buffers only once set
                 _write(mem / "memory.kmem.tcp.limit_in_bytes", min(memory // 4, 256 << 20))
             _write(dirs["pids"] / "pids.max", processes)
@@ -197,7 +199,8 @@ def sweep_stale(parents: dict[str, Path | None] | None = None) -> int:
     them first. Returns how many were removed."""
     parents = parents or {c: _parent(c) for c in CONTROLLERS}
     removed = 0
-    for c, p in parents.items():
+    # the freezer first: a leftover frozen there would stall the kill in every other controller
+    for c, p in sorted(parents.items(), key=lambda cp: cp[0] != "freezer"):
         if p is None:
             continue
         try:

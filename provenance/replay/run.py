@@ -148,9 +148,11 @@ def sweep_stale(scratch_base: str | None = None) -> list[str]:
     filesystems, wherever they were mounted, and their scratch in this run's scratch base."""
     gone, unmounted = [], set()
     pattern = re.compile(rf"^(.*/{SCRATCH}(\d+)-[^/]+)/(w|out)$")
+    octal = re.compile(rb"\\([0-7]{3})")
     try:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+        with open("/proc/self/mountinfo", "rb") as f:  # bytes: a mount point may be any name
+            points = [os.fsdecode(octal.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), line.split()[4]))
+                      for line in f if len(line.split()) > 4]
     except OSError:
         points = []
     for mp in points:
@@ -413,10 +415,13 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
             limits={k: v for k, v in limits.as_dict().items() if v is not None},
             no_new_user_namespaces=box.seccomp is not None, kept_by={r.name: r.kept_by for r in phases})
         kernel = [r.name for r in phases if r.kept_by != "watchdog"]
-        kept = Check("kernel_limits", len(kernel) == len(phases),
-                     "memory and processes kept by the kernel (cgroup-v1) in every phase" if len(kernel) == len(phases)
-                     else "no cgroup could be made (run as root on a machine with cgroups): limits were kept by a "
-                          "watchdog only; grade capped at B", "flag")
+        capped_fs = layout.writable is not None and len(mounts) == 2
+        kept = Check("kernel_limits", len(kernel) == len(phases) and capped_fs,
+                     "memory and processes kept by the kernel (cgroup-v1) in every phase, writes on filesystems of "
+                     "exactly their caps" if len(kernel) == len(phases) and capped_fs
+                     else ("no cgroup could be made (run as root on a machine with cgroups)" if len(kernel) < len(phases)
+                           else "writes were not on filesystems of their caps (not root, or --keep-scratch)")
+                     + ": limits were kept by a watchdog only; grade capped at B", "flag")
         say("adjudicating")
         record, digest, checks = adjudicate_report(
             store, report, archive_d, runtime_d, upstream, profile, source="replay", environment=env,
@@ -432,6 +437,10 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
             unmount(m)
         if not keep_scratch:
             remove_tree(scratch)
+        else:  # out of the stale sweep's way (it takes prov-replay-<dead pid>-*), and said where
+            keep_at = scratch.with_name("prov-kept-" + scratch.name[len(SCRATCH):])
+            os.rename(scratch, keep_at)
+            say(f"scratch kept at {keep_at}")
 
 
 # -- comparison -----------------------------------------------------------------------------

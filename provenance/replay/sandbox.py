@@ -28,6 +28,7 @@ import resource
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -87,7 +88,10 @@ class View:
     write_cap: int | None = None  # bytes the phase may leave in what it writes
 
     def seen(self, upstream: Path) -> list[str]:
-        return sorted(r for r in self.upstream if os.path.lexists(upstream / r))
+        """The listed files the upstream holds as regular files, under real directories: bwrap would
+        bind a link's target, so a listed name that is a link (frame_utils.py -> videos/0.mkv) is
+        in no phase."""
+        return sorted(r for r in self.upstream if _plain_file(upstream, r))
 
     def describe(self, upstream: Path, files: list[str] | None = None) -> dict:
         """In symbolic paths; `files` (every file of the exported upstream) gives what it did not see."""
@@ -104,6 +108,20 @@ class View:
                 "hidden": [f"upstream/{r}" for r in sorted(set(files or ()) - set(seen))],
                 "write_cap": self.write_cap,
                 "sees_sha256": hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()}
+
+
+def _plain_file(root: Path, rel: str) -> bool:
+    p = root
+    parts = rel.split("/")
+    for i, part in enumerate(parts):
+        p = p / part
+        try:
+            mode = os.lstat(p).st_mode
+        except OSError:
+            return False
+        if not (stat.S_ISREG(mode) if i == len(parts) - 1 else stat.S_ISDIR(mode)):
+            return False
+    return True
 
 
 @dataclass

@@ -57,8 +57,17 @@ def profile_of(files: dict[str, bytes | None], checkout: Path) -> rules.Profile:
     return contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
 
 
+# The checkout is untrusted: its .git/config may name programs (core.fsmonitor, filters, hooks). Only
+# commands that read the object database run, never one that scans the worktree; and no config of
+# the host's own applies.
+GIT_SAFE = ["-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null", "--no-optional-locks"]
+GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_NO_LAZY_FETCH": "1",
+           "GIT_TERMINAL_PROMPT": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"}
+
+
 def _git(checkout: Path, *args: str, input: bytes | None = None) -> bytes:
-    r = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, input=input)
+    r = subprocess.run(["git", *GIT_SAFE, "-C", str(checkout), *args], capture_output=True, input=input,
+                       env=GIT_ENV)
     if r.returncode != 0:
         raise ProvError(f"{checkout}: git {args[0]} failed: {r.stderr.decode(errors='replace').strip()[:200]}")
     return r.stdout
@@ -71,14 +80,48 @@ def _lfs_pointer(data: bytes) -> tuple[str, int] | None:
     return (oid.group(1).decode(), int(size.group(1))) if oid and size else None
 
 
+def _safe_rel(checkout: Path, rel: str) -> str:
+    """A tree path as git writes it, never one that leaves the stage (a hand-made tree may hold '..')."""
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+        raise ProvError(f"{checkout}: the commit's tree holds the path {rel!r}, which no checkout could write")
+    return rel
+
+
+def _blob_id(path: Path, algo: str) -> str | None:
+    """The git blob id of a worktree file (no git code runs: the checkout's config is not ours)."""
+    import hashlib
+    try:
+        st = os.lstat(path)
+        data = os.readlink(path).encode() if stat.S_ISLNK(st.st_mode) else path.read_bytes()
+    except OSError:
+        return None
+    h = hashlib.new(algo)
+    h.update(b"blob %d\0" % len(data) + data)
+    return h.hexdigest()
+
+
+def _modified(checkout: Path, entries, lfs_dir: Path) -> list[str]:
+    """Tracked files whose worktree bytes are not the commit's: the blob's, or for an LFS pointer the
+    pointer or the content it names."""
+    bad = []
+    for mode, kind, oid, rel in entries:
+        if kind != "blob":
+            continue
+        algo = "sha1" if len(oid) == 40 else "sha256"
+        if _blob_id(checkout / rel, algo) == oid:
+            continue
+        pointer = _lfs_pointer(_git(checkout, "cat-file", "blob", oid)) if len(oid) else None
+        if pointer is not None and (checkout / rel).is_file() and not (checkout / rel).is_symlink():
+            d = hash_file(checkout / rel)
+            if (d.sha256, d.size) == pointer:
+                continue
+        bad.append(rel)
+    return bad
+
+
 def _stage_git(checkout: Path, commit: str | None, stage: Path) -> StoredUpstream:
     rev = _git(checkout, "rev-parse", "--verify", f"{commit or 'HEAD'}^{{commit}}").decode().strip()
-    if commit is None:
-        dirty = _git(checkout, "status", "--porcelain=v1", "-z", "--untracked-files=no").split(b"\0")
-        dirty = [d[3:].decode(errors="replace") for d in dirty if d]
-        if dirty:
-            raise ProvError(f"{checkout}: tracked files differ from HEAD ({', '.join(dirty[:5])}"
-                            f"{', ...' if len(dirty) > 5 else ''}): commit them, or name --commit")
     common = Path(_git(checkout, "rev-parse", "--git-common-dir").decode().strip())
     lfs_dir = (common if common.is_absolute() else checkout / common) / "lfs" / "objects"
     entries = []
@@ -87,20 +130,36 @@ def _stage_git(checkout: Path, commit: str | None, stage: Path) -> StoredUpstrea
             continue
         meta, path = line.split(b"\t", 1)
         mode, kind, oid = meta.decode().split()
-        entries.append((mode, kind, oid, path.decode("utf-8", "surrogateescape")))
+        entries.append((mode, kind, oid, _safe_rel(checkout, path.decode("utf-8", "surrogateescape"))))
+    paths = [p for _, _, _, p in entries]
+    if len(set(paths)) != len(paths):
+        raise ProvError(f"{checkout}: the commit's tree names a path twice")
+    if commit is None:
+        dirty = _modified(checkout, entries, lfs_dir)
+        if dirty:
+            raise ProvError(f"{checkout}: tracked files differ from HEAD ({', '.join(dirty[:5])}"
+                            f"{', ...' if len(dirty) > 5 else ''}): commit them, or name --commit")
     out = StoredUpstream(Digest("", "", 0), rev, [])
+    out.excluded += sorted(p for _, k, _, p in entries if k == "commit")  # submodules: never stored
     blobs = [(m, o, p) for m, k, o, p in entries if k == "blob"]
     wanted = [(m, o, p) for m, o, p in blobs if not never_stored(p)]
-    out.excluded = sorted(p for _, _, p in blobs if never_stored(p))
+    out.excluded = sorted(out.excluded + [p for _, _, p in blobs if never_stored(p)])
     batch = _git(checkout, "cat-file", "--batch", input="".join(f"{o}\n" for _, o, _ in wanted).encode())
     pos = 0
     for mode, oid, rel in wanted:
         header_end = batch.index(b"\n", pos)
-        size = int(batch[pos:header_end].split()[2])
+        header = batch[pos:header_end].split()
+        if len(header) != 3:  # "<oid> missing": a partial clone, or a damaged object database
+            raise ProvError(f"{checkout}: {rel}: the object {oid} is missing from the repository")
+        size = int(header[2])
         data = batch[header_end + 1:header_end + 1 + size]
         pos = header_end + 2 + size
         target = stage / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        for anc in list(target.parents)[::-1]:  # made here, never through a link staged before
+            if len(anc.parts) > len(stage.parts):
+                if os.path.lexists(anc) and (os.path.islink(anc) or not anc.is_dir()):
+                    raise ProvError(f"{checkout}: the commit's tree puts {rel!r} under a link or a file")
+                anc.mkdir(exist_ok=True)
         if mode == "120000":
             os.symlink(data, target)
             out.files.append(rel)
@@ -110,12 +169,12 @@ def _stage_git(checkout: Path, commit: str | None, stage: Path) -> StoredUpstrea
             sha, want = pointer
             obj = lfs_dir / sha[:2] / sha[2:4] / sha
             if obj.is_file():
-                d = hash_file(obj)
+                shutil.copyfile(obj, target, follow_symlinks=False)
+                d = hash_file(target)  # the copy is what is stored: check the copy
                 if d.sha256 != sha or d.size != want:
                     raise VerificationFailed(f"{checkout}: {rel}: the git-LFS object for oid {sha[:12]}... holds "
                                              f"{d.size:,} bytes with sha256 {d.sha256[:12]}..., not what the "
                                              "pointer names")
-                shutil.copyfile(obj, target)
                 out.lfs[rel] = "resolved"
             else:
                 target.write_bytes(data)
