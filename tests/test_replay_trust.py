@@ -121,18 +121,24 @@ def _tiny_zip(tmp_path) -> Path:
     return p
 
 
-def test_phase_views_at_library_level(tmp_path, mini):
-    """The evaluate phase sees the submission read-only; inflate cannot write it or the output."""
+def library_box(tmp_path, mini, name, **limits):
+    """A Sandbox over the miniature's upstream with an empty runtime copy (archive/, inflated/ and an
+    archive.zip), for phases run directly; its phase views and its layout."""
     rc = tmp_path / "sub"
     for d in ("archive", "inflated"):
         (rc / d).mkdir(parents=True)
     (rc / "archive.zip").write_bytes(b"PK")
     (tmp_path / "out").mkdir()
     (tmp_path / "logs").mkdir()
-    layout = Layout(upstream=mini / "upstream", name="probe_views", runtime_copy=rc, out=tmp_path / "out")
-    box = Sandbox(layout, limits=Limits(timeout=600))
-    views = phase_views(PROFILE, box.limits, 1 << 20)
-    sub = layout.submission
+    layout = Layout(upstream=mini / "upstream", name=name, runtime_copy=rc, out=tmp_path / "out")
+    box = Sandbox(layout, limits=Limits(timeout=600, **limits))
+    return box, phase_views(PROFILE, box.limits, 1 << 20), layout
+
+
+def test_phase_views_at_library_level(tmp_path, mini):
+    """The evaluate phase sees the submission read-only; inflate cannot write it or the output."""
+    box, views, layout = library_box(tmp_path, mini, "probe_views")
+    rc, sub = layout.runtime_copy, layout.submission
 
     def sh(view, script):
         return box.run(view, ["bash", "-c", script], tmp_path / "logs", views[view])
@@ -371,14 +377,7 @@ def test_the_tmp_cap_never_counts_the_hosts_disk():
 # -- what a legitimate program needs of /etc, and no more ------------------------------------------
 
 def test_etc_holds_the_loader_and_an_account_for_the_phase_and_nothing_else(tmp_path, mini):
-    rc = tmp_path / "sub"
-    for d in ("archive", "inflated"):
-        (rc / d).mkdir(parents=True)
-    (tmp_path / "out").mkdir()
-    (tmp_path / "logs").mkdir()
-    box = Sandbox(Layout(upstream=mini / "upstream", name="etc_view", runtime_copy=rc, out=tmp_path / "out"),
-                  limits=Limits(timeout=600))
-    views = phase_views(PROFILE, box.limits, 1 << 20)
+    box, views, _ = library_box(tmp_path, mini, "etc_view")
     r = box.run("inflate", ["bash", "-c", "stat -c %a /etc; head -c 4 /etc/ld.so.cache | od -An -c | tr -d ' '; "
                             "id -un; ls -A /etc | tr '\\n' ' '; echo; ffmpeg -version >/dev/null 2>&1; echo ffmpeg $?"],
                 tmp_path / "logs", views["inflate"])
@@ -464,14 +463,7 @@ def test_an_oom_kill_ends_the_phase_whichever_process_the_killer_chose(tmp_path,
 
 @needs_cgroup
 def test_every_descendant_is_in_the_phase_cgroup_and_sees_its_cpus(tmp_path, mini):
-    rc = tmp_path / "sub"
-    for d in ("archive", "inflated"):
-        (rc / d).mkdir(parents=True)
-    (tmp_path / "out").mkdir()
-    (tmp_path / "logs").mkdir()
-    box = Sandbox(Layout(upstream=mini / "upstream", name="cg_view", runtime_copy=rc, out=tmp_path / "out"),
-                  limits=Limits(timeout=600, cpus=1))
-    views = phase_views(PROFILE, box.limits, 1 << 20)
+    box, views, _ = library_box(tmp_path, mini, "cg_view", cpus=1)
     # a grandchild in a session of its own, started as fast as the phase can fork
     r = box.run("inflate", ["bash", "-c", "(setsid bash -c 'cat /proc/self/cgroup; nproc' &); "
                             "while [ ! -s /dev/null ] && pgrep -x setsid >/dev/null; do :; done; sleep 0.2"],

@@ -29,8 +29,6 @@ class Profile:
     height: int
     # the evaluator's identity: (path in the checkout, bytes, sha256) of every file that decides a score
     evaluator: tuple[tuple[str, int, str], ...] = ()
-    # ground truth and scorer artifacts: absent while a submission inflates (CONTEST.md, the rules)
-    hidden_at_inflate: tuple[str, ...] = ("videos", "models")
     # stored beside the pinned files from an upstream folder without git
     upstream_extra: tuple[str, ...] = ("evaluate.sh", "submissions/__init__.py")
     # the upstream's files a submission may import while it inflates (21 of the 35 real inflates

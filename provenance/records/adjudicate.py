@@ -63,51 +63,37 @@ def _stored(store: Store, x, kind: str, what: str) -> Digest:
 
 
 def runtime_artifacts(store: Store, tree_b3: str) -> Check:
-    """Walk a stored runtime tree (iteratively) for its size and its large non-text files."""
-    from provenance.core import tree as treemod
+    """Walk a stored runtime tree for its size and its large non-text files."""
     total = files = 0
     large: list[tuple[str, int]] = []
-    todo = [("", tree_b3)]
-    while todo:
-        prefix, b3 = todo.pop()
-        for kind, name, size, child in treemod.parse(store.read_bytes(b3), b3):
-            if kind == "tree":
-                todo.append((f"{prefix}{name}/", child))
-                continue
-            total += size
-            if kind == "link":
-                continue
-            files += 1
-            if size > rules.ARTIFACT_BYTES:
-                with store.open(child) as f:
-                    if not rules.is_text(f.read(8192)):
-                        large.append((prefix + name, size))
+    for kind, path, size, child in store.walk_tree(tree_b3):
+        if kind == "tree":
+            continue
+        total += size
+        if kind == "link":
+            continue
+        files += 1
+        if size > rules.ARTIFACT_BYTES:
+            with store.open(child) as f:
+                if not rules.is_text(f.read(8192)):
+                    large.append((path, size))
     return rules.check_runtime_artifacts(total, files, sorted(large))
 
 
 def runtime_information(store: Store, tree_b3: str, profile: Profile) -> tuple[int, list[tuple[str, int]]]:
     """(information, largest contributors) of a stored runtime tree: one zlib-9 stream over its
-    canonical listing (kind, path, link target, in path order) and then every file's bytes, except
-    the profile's reviewed tools (by sha256). Each file's own compressed size ranks the contributors."""
+    canonical listing (kind, path, link target, in Store.walk_tree's order) and then every file's bytes,
+    except the profile's reviewed tools (by sha256). Each file's own compressed size ranks the
+    contributors."""
     import zlib
-    from provenance.core import tree as treemod
     listing, files = [], []
-    todo = [("", tree_b3)]
-    while todo:
-        prefix, b3 = todo.pop()
-        rows = treemod.parse(store.read_bytes(b3), b3)
-        subtrees = []
-        for kind, name, size, child in rows:
-            path = prefix + name
-            if kind == "tree":
-                listing.append(f"tree {path}/")
-                subtrees.append((f"{path}/", child))
-            elif kind == "link":
-                listing.append(f"link {path} -> {store.read_bytes(child).decode('utf-8', 'replace')}")
-            else:
-                listing.append(f"{kind} {path}")
+    for kind, path, size, child in store.walk_tree(tree_b3):
+        if kind == "link":
+            listing.append(f"link {path} -> {store.read_bytes(child).decode('utf-8', 'replace')}")
+        else:
+            listing.append(f"{kind} {path}")
+            if kind != "tree":
                 files.append((path, child))
-        todo += reversed(subtrees)
     z = zlib.compressobj(9)
     total = len(z.compress("\n".join(listing).encode() + b"\n"))
     contributors = []

@@ -124,16 +124,6 @@ class Cgroup:
         except (OSError, ValueError):
             return 0
 
-    def pids_refused(self) -> bool:
-        """Whether a fork failed at pids.max (v1 has no counter: a fork that failed shows in `events`)."""
-        try:
-            return int(_read(self.dirs["pids"] / "pids.events").split()[1]) > 0
-        except (OSError, ValueError, IndexError):
-            return False
-
-    def describe(self) -> dict:
-        return {"mechanism": "cgroup-v1", "memory": self.memory, "pids": self.processes, "cpus": self.cpus}
-
     # -- the end ------------------------------------------------------------------------------
     def kill_all(self, patience: float = 60.0) -> bool:
         """Freeze, SIGKILL every member, thaw, and wait until the cgroup is empty. True when it is."""

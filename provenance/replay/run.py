@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from provenance import contest
 from provenance.contest import rules
 from provenance.replay import intake
 from provenance.replay import upstream as upstream_mod
+from provenance.replay.upstream import NAMES_FILE, detect_profile
 from provenance.replay.cgroup import pid_alive
 from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file, stream
@@ -38,8 +38,6 @@ from provenance.replay.sandbox import (PAGE, Layout, Limits, PhaseResult, Sandbo
 if TYPE_CHECKING:
     from provenance.records.models import EvalRecord
 
-NAMES_FILE = "public_test_video_names.txt"
-PROFILE_MARKER = "comma_lab_profile"  # the miniature names its profile; a real checkout has none
 MAX_OUTPUT_DEPTH = 64  # levels under inflated/ the host will walk
 
 # Versions from package metadata and nvidia-smi: importing torch here would cost seconds.
@@ -99,11 +97,6 @@ class ReplayResult:
     digest: Digest
     checks: list[Check]
     phases: list[PhaseResult] = field(default_factory=list)
-
-
-def detect_profile(upstream: Path) -> rules.Profile:
-    marker = upstream / PROFILE_MARKER
-    return contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
 
 
 def default_name(runtime: Path) -> str:
@@ -176,14 +169,7 @@ def sweep_stale(scratch_base: str | None = None) -> list[str]:
     return gone
 
 
-def _files(root: Path) -> list[str]:
-    out = []
-    for top, dirs, names in os.walk(root):
-        out += [os.path.relpath(os.path.join(top, n), root) for n in names]
-    return sorted(out)
-
-
-def _upstream_facts(digest: Digest, info, files: list[str], views: dict[str, View]) -> dict:
+def _upstream_facts(digest: Digest, info, files, views: dict[str, View]) -> dict:
     """What the record says of the stored upstream: its tree, commit, LFS files, and what no phase saw."""
     seen = {r for v in views.values() for r in v.upstream}
     ignored = sorted(set(files) - seen) + (info.excluded if info else [])
@@ -409,19 +395,19 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
                           env_foreign=env_seen.get("env_foreign"),
                           # the allow-list as used, with this machine's Python location left out
                           sandbox_env={k: v.replace(box.python_bin, "${PYTHON_BIN}") for k, v in box.env.items()})
-        files = _files(upstream)
+        files = upstream_mod.file_digests(store, up_digest)
         sandbox = SandboxRecord(
             phases={k: PhaseView(**v.describe(upstream, files)) for k, v in views.items()} if sandboxed else {},
             limits={k: v for k, v in limits.as_dict().items() if v is not None},
             no_new_user_namespaces=box.seccomp is not None, kept_by={r.name: r.kept_by for r in phases})
         kernel = [r.name for r in phases if r.kept_by != "watchdog"]
         capped_fs = layout.writable is not None and len(mounts) == 2
-        kept = Check("kernel_limits", len(kernel) == len(phases) and capped_fs,
+        why_not = ("no cgroup could be made (run as root on a machine with cgroups)" if len(kernel) < len(phases)
+                   else None if capped_fs else "writes were not on filesystems of their caps (not root, or --keep-scratch)")
+        kept = Check("kernel_limits", why_not is None,
+                     why_not + ": limits were kept by a watchdog only; grade capped at B" if why_not else
                      "memory and processes kept by the kernel (cgroup-v1) in every phase, writes on filesystems of "
-                     "exactly their caps" if len(kernel) == len(phases) and capped_fs
-                     else ("no cgroup could be made (run as root on a machine with cgroups)" if len(kernel) < len(phases)
-                           else "writes were not on filesystems of their caps (not root, or --keep-scratch)")
-                     + ": limits were kept by a watchdog only; grade capped at B", "flag")
+                     "exactly their caps", "flag")
         say("adjudicating")
         record, digest, checks = adjudicate_report(
             store, report, archive_d, runtime_d, upstream, profile, source="replay", environment=env,

@@ -93,19 +93,19 @@ class View:
         in no phase."""
         return sorted(r for r in self.upstream if _plain_file(upstream, r))
 
-    def describe(self, upstream: Path, files: list[str] | None = None) -> dict:
-        """In symbolic paths; `files` (every file of the exported upstream) gives what it did not see."""
+    def describe(self, upstream: Path, digests: dict[str, str]) -> dict:
+        """In symbolic paths. `digests` (path -> sha256 of every file of the stored upstream, as the
+        store knows them: the export was re-hashed on its way out) gives what it saw and did not."""
         import hashlib
         import json
-        from provenance.core.digest import hash_file
         seen = self.seen(upstream)
-        listing = [[r, hash_file(upstream / r).sha256] for r in seen if os.path.isfile(upstream / r)]
+        listing = [[r, digests[r]] for r in seen]
         sub = {"all": ["submission/ (read-only)"], "outputs": ["submission/archive.zip (read-only)",
                                                                  "submission/inflated/ (read-only)"]}.get(self.submission, [])
         return {"sees": [f"upstream/{r}" for r in seen] + sub
                 + ["/usr, /etc (loader files), python (read-only)", "/tmp (private tmpfs)"],
                 "writes": [f"submission/{d}/" for d in self.writable] + (["output/"] if self.out else []),
-                "hidden": [f"upstream/{r}" for r in sorted(set(files or ()) - set(seen))],
+                "hidden": [f"upstream/{r}" for r in sorted(set(digests) - set(seen))],
                 "write_cap": self.write_cap,
                 "sees_sha256": hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()}
 

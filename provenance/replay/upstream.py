@@ -49,12 +49,16 @@ def never_stored(rel: str) -> bool:
             or parts[-1] == "")
 
 
-def profile_of(files: dict[str, bytes | None], checkout: Path) -> rules.Profile:
+def detect_profile(upstream: Path) -> rules.Profile:
     from provenance import contest
-    marker = checkout / PROFILE_MARKER
-    if PROFILE_MARKER in files and files[PROFILE_MARKER] is not None:
-        return contest.get_profile(files[PROFILE_MARKER].decode().strip())
+    marker = upstream / PROFILE_MARKER
     return contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
+
+
+def file_digests(store, digest: Digest) -> dict[str, str]:
+    """path -> sha256 of every entry of a stored upstream that is not a directory, from the store's index."""
+    return {path: store.info(child).sha256 for kind, path, _, child in store.walk_tree(digest.blake3)
+            if kind != "tree"}
 
 
 # The checkout is untrusted: its .git/config may name programs (core.fsmonitor, filters, hooks). Only
@@ -91,13 +95,19 @@ def _safe_rel(checkout: Path, rel: str) -> str:
 def _blob_id(path: Path, algo: str) -> str | None:
     """The git blob id of a worktree file (no git code runs: the checkout's config is not ours)."""
     import hashlib
+    h = hashlib.new(algo)
     try:
         st = os.lstat(path)
-        data = os.readlink(path).encode() if stat.S_ISLNK(st.st_mode) else path.read_bytes()
+        if stat.S_ISLNK(st.st_mode):
+            data = os.fsencode(os.readlink(path))
+            h.update(b"blob %d\0" % len(data) + data)
+        else:
+            with open(path, "rb") as f:  # streamed: the clip and the weights are tens of megabytes
+                h.update(b"blob %d\0" % os.fstat(f.fileno()).st_size)
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
     except OSError:
         return None
-    h = hashlib.new(algo)
-    h.update(b"blob %d\0" % len(data) + data)
     return h.hexdigest()
 
 
@@ -217,10 +227,7 @@ def add(store, checkout: str | Path, commit: str | None = None, scratch_base: st
         else:
             if commit is not None:
                 raise ProvError(f"{checkout}: --commit needs a git checkout")
-            marker = checkout / PROFILE_MARKER
-            from provenance import contest
-            profile = contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
-            out = _stage_folder(checkout, profile, stage)
+            out = _stage_folder(checkout, detect_profile(checkout), stage)
         if not (stage / "evaluate.py").is_file():
             raise ProvError(f"{checkout}: not an upstream checkout (no evaluate.py)")
         out.digest = store.add_as(stage, "tree", "upstream")

@@ -440,6 +440,20 @@ class Store:
         bytes leave the store for a user (cat, export)."""
         return VerifiedReader(self.open(b3), b3, size, self.path_of(b3))
 
+    def walk_tree(self, b3: str) -> Iterator[tuple[str, str, int, str]]:
+        """(kind, path, size, blake3) of every entry under a stored tree, iteratively: each directory's
+        entries in name order, then its subdirectories in name order (a directory's path ends in /)."""
+        todo = [("", b3)]
+        while todo:
+            prefix, d = todo.pop()
+            subtrees = []
+            for kind, name, size, child in treemod.parse(self.read_bytes(d), d):
+                path = prefix + name + ("/" if kind == "tree" else "")
+                yield kind, path, size, child
+                if kind == "tree":
+                    subtrees.append((path, child))
+            todo += reversed(subtrees)
+
     def ls(self, b3: str) -> list[dict]:
         rows = []
         for kind, name, size, child in treemod.parse(self.read_bytes(b3), b3):
