@@ -109,12 +109,14 @@ def test_demo_has_a_frontier_promotions_and_rejections(demo):
 def test_sweep_annotations_and_the_rule(demo):
     runs = {r["label"]: r for r in demo["runs"]}
     assert runs["half_crf30"]["parent"] == runs["half"]["record"] and runs["half_crf30"]["axis"] == "crf 36 -> 30"
-    assert "does not beat the frontier half" in runs["half_crf30"]["reason"]
+    assert runs["half_crf30"]["verdict"] == "promote", "the block's detail pays for its bytes"
+    assert runs["half_bilinear"]["parent"] == runs["half"]["record"]
+    assert "does not beat the frontier half_crf30" in runs["half_bilinear"]["reason"]
     # the rule, not the sweep, decides: a grade that may not set the frontier is refused by name
     from provenance.lab import ledger
     from provenance.records.models import load_record
     repo = demo["repo"]
-    rec = load_record((repo / "evidence/releases/quarter_bilinear/record.json").read_bytes())
+    rec = load_record((repo / "evidence/releases/half_crf30/record.json").read_bytes())
     prev = load_record((repo / "evidence/releases/copy/record.json").read_bytes())
     assert ledger.promotion(rec, prev)[0] is True
     ok, why, _ = ledger.promotion(rec.model_copy(update={"grade": "contest-CPU"}), prev)

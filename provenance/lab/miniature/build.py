@@ -1,10 +1,16 @@
 """Build the miniature contest deterministically (byte-identical on every machine with the
 pinned PyAV): DIR/upstream/ (clip, scorer weights, evaluator) and DIR/submissions/<name>/
-(archive.zip + runtime/) for a near-lossless and a lossy sample."""
+(archive.zip + runtime/) for a near-lossless and a lossy sample.
+
+The clip's scored detail and the scorers' weights derive from miniature/block.bin, 12 KiB of
+committed random bytes outside the package (so no environment a phase runs in holds it): the
+generator alone, without those bytes, cannot rebuild what is scored. A runtime that tries must
+carry the block, six times the profile's custody allowance."""
 
 from __future__ import annotations
 
 import array
+import hashlib
 import io
 import json
 import math
@@ -19,14 +25,29 @@ from pathlib import Path
 import av
 import numpy as np
 
-from provenance.contest.miniature import FRAMES, HEIGHT, PROFILE, WIDTH
+from provenance.contest.miniature import BLOCK_SHA256, FRAMES, HEIGHT, PROFILE, WIDTH
+from provenance.core.errors import ProvError
 
 HERE = Path(__file__).parent
+BLOCK = HERE.parents[2] / "miniature" / "block.bin"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+CELL, SHADE, GRAIN = 8, 96, 6  # block cells of 8x8 px shaded +-96; public grain +-6
+SOURCE_CRF = 18  # the original is a high-quality encode, so rate weighs as in the real contest
 
 
-def frames() -> np.ndarray:
-    """A driving-like clip: sky, a road with moving lane dashes, a car drifting across."""
+def read_block(path: str | Path = BLOCK) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ProvError(f"{path}: the miniature's block cannot be read ({e.strerror}); "
+                        "the miniature is built from a checkout of comma-lab") from None
+    if hashlib.sha256(data).hexdigest() != BLOCK_SHA256:
+        raise ProvError(f"{path}: not the miniature's block (sha256 differs from the pinned one)")
+    return data
+
+
+def scene() -> np.ndarray:
+    """The public part of the clip: sky, a road with moving lane dashes, a car drifting across."""
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
     out = np.empty((FRAMES, HEIGHT, WIDTH, 3), np.uint8)
     horizon = HEIGHT * 2 // 5
@@ -49,6 +70,19 @@ def frames() -> np.ndarray:
         img += (texture - 8)[..., None]
         out[t] = np.clip(img, 0, 255).astype(np.uint8)
     return out
+
+
+def frames(block: bytes) -> np.ndarray:
+    """The clip: the public scene, each frame's 8x8 cells shaded by one byte of the block (what
+    the scorers see), and a public per-pixel grain (what they pool away, but a copy must carry)."""
+    gh, gw = HEIGHT // CELL, WIDTH // CELL
+    cells = np.frombuffer(block[:FRAMES * gh * gw], np.uint8).reshape(FRAMES, gh, gw)
+    shade = np.rint((cells.astype(np.float32) - 127.5) * (SHADE / 127.5)).astype(np.int16)
+    shade = shade.repeat(CELL, 1).repeat(CELL, 2)
+    t, y, x = np.mgrid[0:FRAMES, 0:HEIGHT, 0:WIDTH].astype(np.int64)
+    grain = ((((x * 73856093) ^ (y * 19349663) ^ (t * 83492791)) * 2654435761 >> 7) % (2 * GRAIN + 1) - GRAIN)
+    img = scene().astype(np.int16) + (shade + grain.astype(np.int16))[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def encode(clip: np.ndarray, path: Path, crf: int = 24) -> None:
@@ -88,23 +122,26 @@ def safetensors(tensors: dict[str, tuple[list[int], list[float]]]) -> bytes:
     return struct.pack("<Q", len(head)) + head + b"".join(blobs)
 
 
-def weights(seed: int, layers: dict[str, list[int]]) -> bytes:
-    """Seeded with the stdlib PRNG, so the bytes do not depend on the torch version."""
-    rng = random.Random(seed)
+def weights(name: str, block: bytes, layers: dict[str, list[int]], gain: dict[str, float]) -> bytes:
+    """The stdlib PRNG seeded by a digest of the name and the whole block, so the bytes depend on
+    neither the torch version nor anything public; gain sets how much each term weighs."""
+    rng = random.Random(hashlib.sha256(name.encode() + b"\0" + block).digest())
     out = {}
-    for name, shape in layers.items():
-        n = math.prod(shape)
-        if name.endswith(".bias"):
-            out[name] = (shape, [rng.uniform(-0.1, 0.1) for _ in range(n)])
+    for layer, shape in layers.items():
+        n, g = math.prod(shape), gain.get(layer, 1.0)
+        if layer.endswith(".bias"):
+            out[layer] = (shape, [g * rng.uniform(-0.1, 0.1) for _ in range(n)])
         else:
             fan_in = math.prod(shape[1:])
-            out[name] = (shape, [rng.gauss(0, 1 / math.sqrt(fan_in)) for _ in range(n)])
+            out[layer] = (shape, [g * rng.gauss(0, 1 / math.sqrt(fan_in)) for _ in range(n)])
     return safetensors(out)
 
 
 POSENET = {"conv1.weight": [16, 6, 5, 5], "conv1.bias": [16], "conv2.weight": [32, 16, 3, 3], "conv2.bias": [32],
            "head.weight": [12, 32], "head.bias": [12]}
 SEGNET = {"conv1.weight": [16, 3, 3, 3], "conv1.bias": [16], "conv2.weight": [5, 16, 1, 1], "conv2.bias": [5]}
+# At the frontier the terms weigh about as at the real one (rate ~.5, SegNet ~.3, PoseNet ~.2 of the score)
+POSENET_GAIN = {"head.weight": 200.0, "head.bias": 200.0}
 
 
 def write_zip(path: Path, members: dict[str, bytes]) -> None:
@@ -165,20 +202,20 @@ def build_sweep(work: Path, clip: np.ndarray) -> None:
         tmp.unlink()
 
 
-def build(dest: str | Path) -> Path:
+def build(dest: str | Path, block_path: str | Path = BLOCK) -> Path:
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
-        from provenance.core.errors import ProvError
         raise ProvError(f"{dest}: exists and is not empty")
+    block = read_block(block_path)
     work = dest.parent / f".{dest.name}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     up = work / "upstream"
     (up / "videos").mkdir(parents=True)
     (up / "models").mkdir()
-    encode(frames(), up / "videos/0.mkv")
+    encode(frames(block), up / "videos/0.mkv", crf=SOURCE_CRF)
     clip = decode(up / "videos/0.mkv")
-    (up / "models/posenet.safetensors").write_bytes(weights(1, POSENET))
-    (up / "models/segnet.safetensors").write_bytes(weights(2, SEGNET))
+    (up / "models/posenet.safetensors").write_bytes(weights("posenet", block, POSENET, POSENET_GAIN))
+    (up / "models/segnet.safetensors").write_bytes(weights("segnet", block, SEGNET, {}))
     for f in ("evaluate.py", "scorers.py"):
         shutil.copyfile(HERE / "upstream" / f, up / f)
     write_exec(up / "evaluate.sh", (HERE / "upstream/evaluate.sh").read_text())
