@@ -81,3 +81,18 @@ def test_an_imported_record_is_held_to_custody_too(tmp_path):
     out = prov_json("import-legacy", heavy, "--archive", arch, "--runtime", rt, store=tmp_path / "s2")
     custody = next(c for c in out["checks"] if c["name"] == "runtime_custody")
     assert not custody["ok"] and out["record"]["grade"] == "B"
+
+
+@pytest.mark.skipif(not OFFICIAL_TAR.exists(), reason="needs shared/official")
+def test_the_table_of_real_runtimes_in_docs_is_current():
+    """docs/OFFICIAL_RUNTIMES.md is what scripts/official_runtimes.py makes: each runtime stored, its digest,
+    bytes, custody figure and binaries."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("official_runtimes", REPO / "scripts/official_runtimes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    table = mod.rows(OFFICIAL_TAR)
+    assert len(table) >= 34 and all(len(r["sha256"]) == 64 for r in table)
+    assert any("(dangling)" in b for r in table for b in r["binaries"]), "the absent SVT-AV1 library is named"
+    assert (REPO / "docs/OFFICIAL_RUNTIMES.md").read_text() == mod.markdown(OFFICIAL_TAR, table), \
+        "docs/OFFICIAL_RUNTIMES.md is stale: run .venv/bin/python scripts/official_runtimes.py"

@@ -96,7 +96,7 @@ def test_inflate_cannot_see_ground_truth_or_weights_and_cannot_nest_namespaces(t
     assert "upstream/videos/0.mkv" in views["evaluate"]["sees"]
     assert views["inflate"]["writes"] == ["submission/archive/", "submission/inflated/"]
     assert views["evaluate"]["writes"] == ["output/"]
-    assert views["evaluate"]["hidden"] == ["upstream/comma_lab_profile", "upstream/evaluate.sh"]
+    assert views["evaluate"]["hidden"] == ["upstream/comma_lab_profile", "upstream/evaluate.sh", "upstream/pyproject.toml"]
     assert "submission/ (read-only)" not in views["evaluate"]["sees"]  # only archive.zip and inflated/
     assert views["probe"]["sees"][0].startswith("/usr")  # no upstream, no submission
     assert len({v["sees_sha256"] for v in views.values()}) == 3

@@ -31,10 +31,13 @@ from provenance.cli.common import emit, json_option, open_store, record_out
 @click.option("--max-expand", type=int, default=16 << 30, show_default=True,
               help="Total bytes archive.zip may expand to at intake.")
 @click.option("--keep-scratch", is_flag=True, help="Keep the scratch directory for inspection.")
+@click.option("--python", "python_path", type=click.Path(exists=True),
+              help="The Python inflate and evaluate run: a venv built from the upstream's own dependencies "
+                   "(`prov upstream env`) or its bin/python. Default: the Python prov runs in.")
 @json_option
 @click.pass_context
 def replay_cmd(ctx, archive, runtime, upstream, name, device, compare_path, no_sandbox, timeout, mem_limit,
-           memory, tmp_size, write_margin, max_expand, keep_scratch, as_json):
+           memory, tmp_size, write_margin, max_expand, keep_scratch, python_path, as_json):
     """Recompute the score of ARCHIVE + RUNTIME with the upstream evaluator, sandboxed.
 
     Inflate runs without the ground truth and the scorer weights in sight; evaluate runs with
@@ -42,11 +45,15 @@ def replay_cmd(ctx, archive, runtime, upstream, name, device, compare_path, no_s
 
     Exit 0 on a record (and REPRODUCED), 1 when the submission fails or MISMATCHes, or a stored
     object is corrupt, 2 on bad input (a refused archive among it), 3 when bubblewrap is missing.
+
+    Example: prov replay --archive submissions/half/archive.zip --runtime submissions/half/runtime
+    --upstream evidence/miniature/upstream --python evidence/miniature-env
     """
     from provenance.log.translog import log_object
     from provenance.replay import intake
     from provenance.replay.run import expected_from, replay, verdict
-    from provenance.replay.sandbox import Limits
+    from provenance.replay.sandbox import Interpreter, Limits
+    python = Interpreter.at(python_path) if python_path else None
     expected = expected_from(compare_path) if compare_path else None
     store = open_store(ctx, create=True)
     tty = sys.stderr.isatty()
@@ -54,7 +61,7 @@ def replay_cmd(ctx, archive, runtime, upstream, name, device, compare_path, no_s
     limits = Limits(timeout=timeout, address_space=None if device == "cuda" else mem_limit, memory=memory,
                     tmp_size=tmp_size, write_margin=write_margin)
     res = replay(store, archive, runtime, upstream, name, device, not no_sandbox, limits, say,
-                 keep_scratch=keep_scratch, intake_limits=intake.Limits(max_total_bytes=max_expand))
+                 keep_scratch=keep_scratch, intake_limits=intake.Limits(max_total_bytes=max_expand), python=python)
     log_object(store, res.digest.blake3)
     said, diff = verdict(res.record, expected) if expected else (None, None)
     if as_json:
@@ -123,6 +130,37 @@ def upstream_add(ctx, checkout, commit, ref_name, as_json):
     emit(up.as_json(), as_json, f"stored upstream {up.digest.sha256} ({len(up.files)} files"
          + (f", commit {up.commit}" if up.commit else "") + (f"; LFS pointer only: {', '.join(pointers)}" if pointers
                                                            else "") + ")")
+
+
+@upstream_group.command("env")
+@click.argument("upstream")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the venv (new or empty).")
+@click.option("--group", default="cpu", show_default=True,
+              help="The upstream's dependency group to install beside its dependencies (cpu, cu126, ...).")
+@click.option("--pin", "pins", multiple=True, metavar="NAME==VERSION",
+              help="Install this version of a package, whatever the upstream asks (repeatable).")
+@click.option("--base-python", type=click.Path(dir_okay=False, exists=True),
+              help="The interpreter the venv is made from (default: the one under prov's own).")
+@json_option
+@click.pass_context
+def upstream_env(ctx, upstream, out, group, pins, base_python, as_json):
+    """Build the upstream's own Python in OUT: a venv with the dependencies its pyproject.toml declares
+    (and GROUP's), nothing of comma-lab; replay with it by `prov replay --python OUT`.
+
+    UPSTREAM is a checkout (stored first) or the digest or ref of a stored upstream. Where the upstream
+    leaves torch or torchvision unpinned, the versions this machine's index holds apply (torch 2.14.1,
+    torchvision 0.29.1: CUDA builds, which run on CPU). OUT/prov-env.json names what was installed.
+
+    Exit 0 built, 2 bad input, 3 when pip cannot install (nothing is left in OUT).
+
+    Example: prov upstream env ../comma_video_compression_challenge --out ../official-env --group cpu
+    """
+    from provenance.replay.upstream_env import build, parse_pins
+    store = open_store(ctx, create=True)
+    say = (lambda m: click.echo(f"env: {m}", err=True)) if not as_json else (lambda m: None)
+    doc = build(store, upstream, out, group, parse_pins(pins), base_python, say)
+    emit(doc, as_json, f"built {out}: Python {doc['python']}, {len(doc['packages'])} packages "
+         f"({', '.join(f'{k} {v}' for k, v in doc['packages'].items() if k in ('torch', 'torchvision', 'numpy', 'av'))})")
 
 
 COMMANDS = [replay_cmd, miniature, upstream_group]

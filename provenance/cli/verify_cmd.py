@@ -23,6 +23,9 @@ FLAG_OPTIONS = {"--no-files": "no_files", "--key-signs-log": "key_signs_log", "-
 DIR_VALUED = {"--runtime", "--trust-chain"}  # click.Path(file_okay=False); the rest are dir_okay=False
 
 
+NOT_CHECKED_WHY = {"archive_bytes": "--archive is a git-LFS pointer: its oid and size were compared, not the bytes"}
+
+
 def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=None, runtime=None, record=None,
         at_time=None, state=None, since_path=None, no_files=False, chain_dir=None, as_json=False,
         key_signs_log=False) -> int:
@@ -58,10 +61,12 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
                           "trust_chain": trust_.chain}, indent=2, sort_keys=True))
         return 0 if out.ok else 1
     lines = [f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}" for c in out.checks]
-    lines += [f"- {n}: not checked (--no-files)" for n in out.not_checked]
+    lines += [f"- {n}: not checked ({NOT_CHECKED_WHY.get(n, '--no-files')})" for n in out.not_checked]
     if out.ok and out.statement:
         p = out.statement["predicate"]
-        what = "" if out.files_checked else " (signatures and score only: archive and runtime NOT checked)"
+        what = "" if out.files_checked else (
+            " (the archive's bytes NOT checked: a git-LFS pointer gave its digest and size)"
+            if out.not_checked == ["archive_bytes"] else " (signatures and score only: archive and runtime NOT checked)")
         lines.append(f"VERIFIED{what}: release {p['name']} v{p['version']}: score {p['score']['canonical']!r} "
                      f"({p['grade']}, {p['profile']})")
     else:

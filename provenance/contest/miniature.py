@@ -26,7 +26,7 @@ PROFILE = Profile(
         ("videos/0.mkv", 56_812, "5aad689c88071941c78dbaebfeefd4d5339bf45a8589c613c99da7ed08fb48b2"),
     ),
     official_device="cpu",
-    upstream_extra=("evaluate.sh", "comma_lab_profile"),
+    upstream_extra=("evaluate.sh", "comma_lab_profile", "pyproject.toml"),
     importable_at_inflate=(),
     custody_allowance=2048,  # the bundled runtimes carry 411-724 bytes; the block is 12,288 (6x)
     custody_free=1024,

@@ -29,8 +29,9 @@ class Profile:
     height: int
     # the evaluator's identity: (path in the checkout, bytes, sha256) of every file that decides a score
     evaluator: tuple[tuple[str, int, str], ...] = ()
-    # stored beside the pinned files from an upstream folder without git
-    upstream_extra: tuple[str, ...] = ("evaluate.sh", "submissions/__init__.py")
+    # stored beside the pinned files from an upstream folder without git (the declared dependencies
+    # build the evaluator's own Python: `prov upstream env`)
+    upstream_extra: tuple[str, ...] = ("evaluate.sh", "submissions/__init__.py", "pyproject.toml", "uv.lock")
     # the upstream's files a submission may import while it inflates (21 of the 35 real inflates
     # import frame_utils, as `python -m submissions.<name>.inflate` from the upstream root); all an
     # inflate sees of the upstream besides the names file
@@ -45,6 +46,9 @@ class Profile:
     # real contest; "cpu" (Linux x86_64) for a profile meant to be replayed on any lab machine
     official_device: str = "cuda"
     preview_frames: tuple[int, ...] = (0, 600, 1199)  # frames a replay keeps as PNG illustrations
+    # pinned files replaced by labelled stand-ins (STAND_INS_FILE in the upstream): the pins fail on them,
+    # so nothing replayed against them bears a score; samples and sizes are the stand-ins'
+    stand_ins: tuple[str, ...] = ()
 
     @property
     def official_environment(self) -> str:
@@ -326,6 +330,16 @@ def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str |
 # -- the evaluator's identity and the runtime's custody ----------------------------------------
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+LFS_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.M)
+LFS_SIZE = re.compile(rb"^size (\d+)$", re.M)
+
+
+def lfs_pointer(data: bytes) -> tuple[str, int] | None:
+    """(sha256, size) a git-LFS pointer names; None for anything else."""
+    if len(data) > 1024 or not data.startswith(LFS_POINTER):
+        return None
+    oid, size = LFS_OID.search(data), LFS_SIZE.search(data)
+    return (oid.group(1).decode(), int(size.group(1))) if oid and size else None
 
 
 def check_evaluator(profile: Profile, root: str | Path) -> Check:
@@ -345,7 +359,9 @@ def check_evaluator(profile: Profile, root: str | Path) -> Check:
                 bad.append(f"{rel}: a git-LFS pointer, not the file (run `git lfs pull`)")
                 continue
         seen = hash_file(p).sha256
-        if seen != sha:
+        if seen != sha and rel in profile.stand_ins:
+            bad.append(f"{rel}: stand-in: not the pinned oid {sha}")
+        elif seen != sha:
             bad.append(f"{rel}: expected sha256 {sha}, seen {seen}")
     detail = "; ".join(bad) if bad else f"{len(profile.evaluator)} files match the evaluator {profile.name} pins"
     return Check("evaluator_pinned", not bad, detail, "flag")

@@ -62,6 +62,8 @@ class Environment(Strict):
     cuda: Optional[str] = None
     torch: Optional[str] = None
     python: Optional[str] = None
+    interpreter: Optional[str] = Field(default=None, description="the Python inflate and evaluate ran: a venv or "
+                                                                 "a base install; prov's own or given with --python")
     platform: Optional[str] = None
     sandboxed: Optional[bool] = None
     sandbox_env: Optional[dict[str, str]] = Field(default=None, description="the environment allow-list used")

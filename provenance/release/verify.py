@@ -132,14 +132,25 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
         out.not_checked.append("runtime_tree")
     if archive is not None:
         from provenance.core.digest import hash_file
+        from provenance.contest.rules import lfs_pointer
         try:
-            d = hash_file(archive)
+            with open(archive, "rb") as f:
+                pointer = lfs_pointer(f.read(1025))
+            d = None if pointer else hash_file(archive)
         except OSError as e:
             raise ProvError(f"{archive}: {e.strerror}") from None
         want = subjects.get("archive.zip", (None, None))
-        out.add("archive_digest", (d.sha256, d.blake3) == want and d.size == pred["archive_size"],
-                f"sha256 {d.sha256[:16]}.. {'matches' if d.sha256 == want[0] else 'differs from'} "
-                f"the release ({str(want[0])[:16]}..), {d.size:,} bytes")
+        if pointer:  # a git-LFS pointer binds the release to a repository's commit without the bytes
+            sha, size = pointer
+            out.add("archive_digest", sha == want[0] and size == pred["archive_size"],
+                    f"git-LFS pointer: oid sha256 {sha[:16]}.. {'matches' if sha == want[0] else 'differs from'} "
+                    f"the release ({str(want[0])[:16]}..), size {size:,} "
+                    f"{'matches' if size == pred['archive_size'] else 'differs from'} {pred['archive_size']:,}")
+            out.not_checked.append("archive_bytes")
+        else:
+            out.add("archive_digest", (d.sha256, d.blake3) == want and d.size == pred["archive_size"],
+                    f"sha256 {d.sha256[:16]}.. {'matches' if d.sha256 == want[0] else 'differs from'} "
+                    f"the release ({str(want[0])[:16]}..), {d.size:,} bytes")
     if runtime is not None:
         from provenance.core import tree as treemod
         from provenance.core.digest import hash_file
@@ -161,7 +172,8 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
         again = profile.score(sc["posenet"], sc["segnet"], sc["rate"])
         out.add("score_recomputes", again == sc["canonical"] and sc["samples"] == profile.samples,
                 f"{again!r} from components under {profile.name}; statement says {sc['canonical']!r}, "
-                f"{sc['samples']} samples")
+                f"{sc['samples']} samples" + ("" if sc["samples"] == profile.samples else
+                                              f" (the profile's evaluation has {profile.samples}: not its score)"))
     except ProvError as e:
         out.add("score_recomputes", False, str(e))
     # 8. the record behind it

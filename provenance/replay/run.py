@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +31,8 @@ from provenance.core.digest import Digest, hash_file, stream
 from provenance.core.errors import ProvError, VerificationFailed, terminate_on_signals
 from provenance.core.files import remove_tree
 from provenance.replay.frames import frame_pngs, keep_frames
-from provenance.replay.sandbox import (PAGE, Layout, Limits, PhaseResult, Sandbox, View, mount_capped, unmount,
-                                      written_bytes)
+from provenance.replay.sandbox import (PAGE, Interpreter, Layout, Limits, PhaseResult, Sandbox, View, mount_capped,
+                                      unmount, written_bytes)
 
 if TYPE_CHECKING:
     from provenance.records.models import EvalRecord
@@ -57,9 +56,12 @@ except Exception as e:
 # (the installer's list of files and their hashes), and what of the lab or a checkout it holds.
 # From the .dist-info names, not importlib.metadata: parsing every METADATA would slow inflate beside it.
 import hashlib, os, site
+# A .pth a recorded distribution installed (setuptools' distutils hook) is part of it; any other is foreign.
 pkgs, rows, foreign = {}, [], []
 for sp in site.getsitepackages():
-    for n in sorted(os.listdir(sp)) if os.path.isdir(sp) else ():
+    names = sorted(os.listdir(sp)) if os.path.isdir(sp) else []
+    owned = set()
+    for n in names:
         if n.endswith(".dist-info"):
             name, _, version = n[:-len(".dist-info")].partition("-")
             name = name.lower().replace("_", "-")
@@ -72,8 +74,9 @@ for sp in site.getsitepackages():
             rows.append([name, version, hashlib.sha256(rec).hexdigest()])
             if name == "comma-lab":
                 foreign.append("distribution comma-lab")
-        elif n.endswith(".pth"):
-            foreign.append(n)
+            else:
+                owned.update(l.split(b",")[0].decode("utf-8", "replace") for l in rec.splitlines() if b".pth," in l)
+    foreign += [n for n in names if n.endswith(".pth") and n not in owned]
 out["packages"] = dict(sorted(pkgs.items()))
 out["env_sha256"] = hashlib.sha256(json.dumps(sorted(rows), separators=(",", ":")).encode()).hexdigest()
 out["env_foreign"] = sorted(set(foreign))
@@ -280,7 +283,10 @@ def _frame_pngs_beside(*args) -> dict:
 def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path, name: str | None = None,
            device: str = "cpu", sandboxed: bool = True, limits: Limits = Limits(),
            progress: Callable[[str], None] | None = None, scratch_base: str | None = None,
-           keep_scratch: bool = False, intake_limits: intake.Limits = intake.Limits()) -> ReplayResult:
+           keep_scratch: bool = False, intake_limits: intake.Limits = intake.Limits(),
+           python: Interpreter | None = None) -> ReplayResult:
+    """`python`: the interpreter inflate and evaluate run (the upstream's own environment, `prov upstream
+    env`); ours by default."""
     lock = threading.Lock()  # two phases may report at once
 
     def say(msg: str) -> None:
@@ -298,11 +304,11 @@ def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path
             raise ProvError(f"{runtime}: runtime tree ships {reserved!r}, which the evaluator writes")
     with terminate_on_signals():  # SIGTERM and SIGHUP clean up as Ctrl-C does
         return _replay(store, archive, runtime, upstream, name, device, sandboxed, limits, say,
-                       scratch_base, keep_scratch, intake_limits)
+                       scratch_base, keep_scratch, intake_limits, python or Interpreter.current())
 
 
 def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, limits, say, scratch_base,
-            keep_scratch, intake_limits) -> ReplayResult:
+            keep_scratch, intake_limits, python: Interpreter) -> ReplayResult:
     sweep_stale(scratch_base)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-", dir=scratch_base))
     mounts: list[Path] = []
@@ -321,6 +327,11 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
         if not names_file.is_file():
             raise ProvError(f"upstream {up_digest.sha256[:12]}: no {NAMES_FILE}")
         profile = detect_profile(upstream)
+        pointers = upstream_mod.lfs_pointers(profile, upstream)
+        if pointers:
+            raise ProvError(f"upstream {up_digest.sha256[:12]}: git-LFS pointers, not the files: {', '.join(pointers)} "
+                            "(run `git lfs pull` in the checkout and store it again; for tests, labelled stand-ins: "
+                            "scripts/official_standins.py)")
         names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
         want = profile.frames * profile.height * profile.width * 3
         say(f"hashing archive and runtime into {store.root}")
@@ -335,7 +346,7 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
         logs_dir = scratch / "logs"
         logs_dir.mkdir()
         views = phase_views(profile, limits, inflate_cap)
-        box = Sandbox(layout, device, limits, sandboxed)
+        box = Sandbox(layout, device, limits, sandboxed, python)
         sub, up = str(layout.submission), str(layout.upstream_inside)
         inflated_dir = layout.writable_dir("inflated")
 
@@ -356,7 +367,7 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
         # record's code (pydantic: a tenth of a second) loads while the sandbox works.
         threading.Thread(target=_load_record_code, daemon=True).start()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            probe_argv = [sys.executable, "-I", "-c", PROBE, device]
+            probe_argv = [python.executable, "-I", "-c", PROBE, device]
             probe_job = pool.submit(run, "probe", probe_argv)
             inflate = require(run("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated",
                                               f"{up}/{NAMES_FILE}"]))
@@ -369,7 +380,7 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
             raw_check = check_outputs(inflated_dir, names, want, limits.max_entries)
             frames_job = pool.submit(_frame_pngs_beside, profile, upstream, inflated_dir, names)
             evaluate = require(run("evaluate", [
-                sys.executable, "-s", "evaluate.py", "--submission-dir", sub, "--uncompressed-dir", f"{up}/videos",
+                python.executable, "-s", "evaluate.py", "--submission-dir", sub, "--uncompressed-dir", f"{up}/videos",
                 "--report", f"{box.out_inside}/report.txt", "--video-names-file", f"{up}/{NAMES_FILE}",
                 "--device", device]))
             pngs = frames_job.result()
@@ -390,6 +401,8 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
         from provenance.records.models import Environment, PhaseView, SandboxRecord
         env = Environment(device=device, gpu_model=env_seen.get("gpu_model"), driver=env_seen.get("driver"),
                           cuda=env_seen.get("cuda"), torch=env_seen.get("torch"), python=env_seen.get("python"),
+                          interpreter=("a venv" if python.is_venv else "a base install")
+                          + (", the one prov runs in" if python == Interpreter.current() else ", given with --python"),
                           platform=env_seen.get("platform"), sandboxed=sandboxed,
                           packages=env_seen.get("packages"), env_sha256=env_seen.get("env_sha256"),
                           env_foreign=env_seen.get("env_foreign"),

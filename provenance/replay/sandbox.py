@@ -23,6 +23,7 @@ wall-clock budget covers the whole evaluation, as the official runner's 30 minut
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import secrets
@@ -36,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from provenance.core.errors import MissingEnvironment
+from provenance.core.errors import MissingEnvironment, ProvError
 from provenance.replay.cgroup import Cgroup
 
 # uids no account uses (above systemd's container ranges, below the 32-bit overflow uid)
@@ -184,9 +185,45 @@ def env_allowlist(device: str, python_bin: str) -> dict[str, str]:
     return env
 
 
-def _python_roots() -> list[str]:
-    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)))}
-    return sorted(r for r in roots if not r.startswith("/usr/"))
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python the phases run: ours by default, or the upstream's own environment (`--python`)."""
+    executable: str  # as found in the venv's bin (not resolved: resolving it would lose site-packages)
+    prefix: str
+    base_prefix: str
+
+    @property
+    def bin_dir(self) -> str:
+        return os.path.dirname(self.executable)
+
+    @property
+    def is_venv(self) -> bool:
+        return os.path.realpath(self.prefix) != os.path.realpath(self.base_prefix)
+
+    def roots(self) -> list[str]:
+        """What the sandbox binds read-only at the same paths for this Python to run (never /usr: bound whole)."""
+        roots = {os.path.realpath(p) for p in (self.prefix, self.base_prefix,
+                                               os.path.dirname(os.path.realpath(self.executable)))}
+        return sorted(r for r in roots if not r.startswith("/usr/"))
+
+    @classmethod
+    def current(cls) -> "Interpreter":
+        return cls(sys.executable, sys.prefix, sys.base_prefix)
+
+    @classmethod
+    def at(cls, path: str | os.PathLike) -> "Interpreter":
+        """A venv folder or an interpreter, asked where it lives (in isolated mode: nothing of ours runs)."""
+        path = os.path.abspath(path)
+        exe = os.path.join(path, "bin", "python") if os.path.isdir(path) else path
+        if not os.path.isfile(exe) or not os.access(exe, os.X_OK):
+            raise ProvError(f"--python {path}: no Python interpreter there (give a venv folder or its bin/python)")
+        r = subprocess.run([exe, "-I", "-c", "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix]))"],
+                           capture_output=True, text=True, timeout=120)
+        try:
+            prefix, base = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise ProvError(f"--python {path}: does not run as Python (exit {r.returncode})") from None
+        return cls(exe, prefix, base)
 
 
 # -- no new user namespaces inside: a classic-BPF seccomp filter for bwrap --seccomp ---------------
@@ -401,10 +438,12 @@ class _Watchdog(threading.Thread):
 
 
 class Sandbox:
-    def __init__(self, layout: Layout, device: str = "cpu", limits: Limits = Limits(), enabled: bool = True):
+    def __init__(self, layout: Layout, device: str = "cpu", limits: Limits = Limits(), enabled: bool = True,
+                 python: Interpreter | None = None):
         self.l, self.device, self.limits, self.enabled = layout, device, limits, enabled
         self.as_root = os.geteuid() == 0
-        self.python_bin = os.path.dirname(sys.executable)  # the venv's bin (not resolved: keeps site-packages)
+        self.python = python or Interpreter.current()
+        self.python_bin = self.python.bin_dir
         self.env = env_allowlist(device, self.python_bin)
         self.seccomp = seccomp_program() if enabled else None
         if enabled:
@@ -457,7 +496,7 @@ class Sandbox:
             a += ["--perms", "0644", "--ro-bind-data", str(fd), dest]
         a += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(self.limits.tmp_size),
               "--tmpfs", "/tmp"]
-        binds: list[tuple[str, str, str]] = [("--ro-bind", r, r) for r in _python_roots()]
+        binds: list[tuple[str, str, str]] = [("--ro-bind", r, r) for r in self.python.roots()]
         up_in = str(l.upstream_inside)
         for rel in view.seen(l.upstream):  # each allowed file alone: nothing beside it comes along
             binds.append(("--ro-bind", str(l.upstream / rel), f"{up_in}/{rel}"))
@@ -484,12 +523,13 @@ class Sandbox:
                     a += ["--perms", "0755", "--dir", anc]
         for flag, src, dst in binds:
             a += [flag, src, dst]
-        if view.submission == "all" and l.inside:  # two real inflates run <root>/.venv/bin/python: ours
-            if sys.prefix != sys.base_prefix:  # a venv: the same one, read-only, where they look
-                a += ["--ro-bind", sys.prefix, f"{up_in}/.venv"]
+        if view.submission == "all" and l.inside:  # two real inflates run <root>/.venv/bin/python: the phases'
+            py = self.python
+            if py.is_venv:  # a venv: the same one, read-only, where they look
+                a += ["--ro-bind", py.prefix, f"{up_in}/.venv"]
             else:
                 a += ["--perms", "0755", "--dir", f"{up_in}/.venv", "--perms", "0755", "--dir", f"{up_in}/.venv/bin",
-                      "--symlink", sys.executable, f"{up_in}/.venv/bin/python"]
+                      "--symlink", py.executable, f"{up_in}/.venv/bin/python"]
         if self.device == "cuda":
             for dev in sorted(Path("/dev").glob("nvidia*")):
                 a += ["--dev-bind", str(dev), str(dev)]

@@ -11,8 +11,9 @@ only the files its view lists.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -26,8 +27,7 @@ from provenance.core.errors import ProvError, VerificationFailed
 
 PROFILE_MARKER = "comma_lab_profile"  # the miniature names its profile; a real checkout has none
 NAMES_FILE = "public_test_video_names.txt"
-LFS_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.M)
-LFS_SIZE = re.compile(rb"^size (\d+)$", re.M)
+STAND_INS_FILE = "STAND-INS.json"  # labels stand-ins for the LFS files (scripts/official_standins.py)
 
 
 @dataclass
@@ -52,7 +52,36 @@ def never_stored(rel: str) -> bool:
 def detect_profile(upstream: Path) -> rules.Profile:
     from provenance import contest
     marker = upstream / PROFILE_MARKER
-    return contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
+    profile = contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
+    return with_stand_ins(profile, upstream)
+
+
+def with_stand_ins(profile: rules.Profile, upstream: Path) -> rules.Profile:
+    """The profile as an upstream of labelled stand-ins (STAND_INS_FILE) is judged: its clip's frames,
+    samples and size, and those files named as stand-ins. Only listed files that are present, hold the
+    listed bytes and differ from their pins count, the clip among them: a real file is never a stand-in."""
+    label = upstream / STAND_INS_FILE
+    if not label.is_file():
+        return profile
+    try:
+        doc = json.loads(label.read_text())
+        frames, listed = int(doc["frames"]), dict(doc["files"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ProvError(f"upstream: {STAND_INS_FILE} is not a stand-in label ({type(e).__name__})") from None
+    pins = {rel: sha for rel, _, sha in profile.evaluator}
+    stand = []
+    for rel, sha in sorted(listed.items()):
+        p = upstream / rel
+        if rel in pins and p.is_file() and not p.is_symlink():
+            seen = hash_file(p).sha256
+            if seen == sha and seen != pins[rel]:
+                stand.append(rel)
+    clip = next((rel for rel in pins if rel.startswith("videos/")), None)
+    if clip not in stand or frames < 2:
+        return profile
+    size = sum(f.stat().st_size for f in (upstream / "videos").rglob("*") if f.is_file())
+    return dataclasses.replace(profile, frames=frames, samples=frames // 2, uncompressed_size=size,
+                               preview_frames=(0, frames // 2, frames - 1), stand_ins=tuple(stand))
 
 
 def file_digests(store, digest: Digest) -> dict[str, str]:
@@ -75,13 +104,6 @@ def _git(checkout: Path, *args: str, input: bytes | None = None) -> bytes:
     if r.returncode != 0:
         raise ProvError(f"{checkout}: git {args[0]} failed: {r.stderr.decode(errors='replace').strip()[:200]}")
     return r.stdout
-
-
-def _lfs_pointer(data: bytes) -> tuple[str, int] | None:
-    if len(data) > 1024 or not data.startswith(rules.LFS_POINTER):
-        return None
-    oid, size = LFS_OID.search(data), LFS_SIZE.search(data)
-    return (oid.group(1).decode(), int(size.group(1))) if oid and size else None
 
 
 def _safe_rel(checkout: Path, rel: str) -> str:
@@ -121,7 +143,7 @@ def _modified(checkout: Path, entries, lfs_dir: Path) -> list[str]:
         algo = "sha1" if len(oid) == 40 else "sha256"
         if _blob_id(checkout / rel, algo) == oid:
             continue
-        pointer = _lfs_pointer(_git(checkout, "cat-file", "blob", oid)) if len(oid) else None
+        pointer = rules.lfs_pointer(_git(checkout, "cat-file", "blob", oid)) if len(oid) else None
         if pointer is not None and (checkout / rel).is_file() and not (checkout / rel).is_symlink():
             d = hash_file(checkout / rel)
             if (d.sha256, d.size) == pointer:
@@ -174,7 +196,7 @@ def _stage_git(checkout: Path, commit: str | None, stage: Path) -> StoredUpstrea
             os.symlink(data, target)
             out.files.append(rel)
             continue
-        pointer = _lfs_pointer(data)
+        pointer = rules.lfs_pointer(data)
         if pointer is not None:
             sha, want = pointer
             obj = lfs_dir / sha[:2] / sha[2:4] / sha
@@ -198,7 +220,7 @@ def _stage_git(checkout: Path, commit: str | None, stage: Path) -> StoredUpstrea
 
 def _stage_folder(checkout: Path, profile: rules.Profile, stage: Path) -> StoredUpstream:
     out = StoredUpstream(Digest("", "", 0), None, [])
-    for rel in sorted({r for r, _, _ in profile.evaluator} | set(profile.upstream_extra)):
+    for rel in sorted({r for r, _, _ in profile.evaluator} | set(profile.upstream_extra) | {STAND_INS_FILE}):
         src = checkout / rel
         try:
             st = os.lstat(src)
@@ -250,6 +272,17 @@ def obtain(store, spec: str | Path, scratch_base: str | None = None) -> tuple[Di
     if info.kind != "tree":
         raise ProvError(f"--upstream {spec}: names a {info.kind}, not an upstream tree")
     return Digest(info.sha256, info.blake3, info.size), None
+
+
+def lfs_pointers(profile: rules.Profile, upstream: Path) -> list[str]:
+    """The pinned files that are git-LFS pointers, not the files: no phase can run on them."""
+    out = []
+    for rel, _, _ in profile.evaluator:
+        p = upstream / rel
+        if p.is_file() and not p.is_symlink() and p.stat().st_size <= 1024:
+            if p.read_bytes().startswith(rules.LFS_POINTER):
+                out.append(rel)
+    return out
 
 
 def export_read_only(store, digest: Digest, dest: Path) -> None:

@@ -144,6 +144,20 @@ SEGNET = {"conv1.weight": [16, 3, 3, 3], "conv1.bias": [16], "conv2.weight": [5,
 POSENET_GAIN = {"head.weight": 200.0, "head.bias": 200.0}
 
 
+# The evaluator's own dependencies, as the official upstream declares its: `prov upstream env` builds
+# a venv from them that holds nothing of comma-lab.
+PYPROJECT = """[project]
+name = "comma-miniature-upstream"
+version = "1"
+requires-python = ">=3.11"
+dependencies = ["numpy", "av==18.1.0"]
+
+[dependency-groups]
+cpu = ["torch==2.13.0"]
+cuda = ["torch==2.14.1"]
+"""
+
+
 def write_zip(path: Path, members: dict[str, bytes]) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -221,6 +235,7 @@ def build(dest: str | Path, block_path: str | Path = BLOCK) -> Path:
     write_exec(up / "evaluate.sh", (HERE / "upstream/evaluate.sh").read_text())
     (up / "public_test_video_names.txt").write_text("0.mkv\n")
     (up / "comma_lab_profile").write_text(PROFILE.name + "\n")
+    (up / "pyproject.toml").write_text(PYPROJECT)
 
     copy = work / "submissions/copy"
     (copy / "runtime").mkdir(parents=True)

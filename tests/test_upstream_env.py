@@ -1,0 +1,236 @@
+"""The evaluator in its own environment (issue 25): `prov upstream env` builds a venv from the
+upstream's declared dependencies (nothing of comma-lab), `prov replay --python` runs inflate and
+evaluate in it; LFS pointers are named before any phase runs; labelled stand-ins cap the grade at B;
+a release binds to a git-LFS pointer without the bytes. The official evaluator itself runs where its
+environment has been built (scripts/official.sh), and is skipped with the reason elsewhere."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, prov_json, run_prov, sample
+
+pytest.importorskip("torch")
+pytest.importorskip("av")
+
+from provenance.contest.miniature import PROFILE  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mini_env(tmp_path_factory, mini):
+    """The miniature evaluator's own Python, from its pyproject.toml, by real pip (about 30 s)."""
+    out = tmp_path_factory.mktemp("env") / "mini-env"
+    doc = prov_json("upstream", "env", mini / "upstream", "--out", out, store=tmp_path_factory.mktemp("envstore"))
+    return out, doc
+
+
+def replay(tmp_path, upstream, mini, *extra, name="copy", check=0):
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir(exist_ok=True)
+    a, rt = sample(mini, name)
+    r = run_prov("replay", "--archive", a, "--runtime", rt, "--upstream", upstream, *extra, "--json",
+                 store=tmp_path / "store", env={"TMPDIR": str(scratch)})
+    assert r.returncode == check, r.out + r.err
+    assert os.listdir(scratch) == [], "scratch left behind"
+    return json.loads(r.out)["record"] if r.returncode == 0 else r
+
+
+# -- the upstream's own Python --------------------------------------------------------------
+
+def test_the_env_holds_the_upstreams_dependencies_and_nothing_of_the_lab(mini_env):
+    out, doc = mini_env
+    assert doc["requirements"] == ["av==18.1.0", "numpy", "torch==2.13.0"] and doc["group"] == "cpu"
+    assert doc["packages"]["torch"].startswith("2.13.0") and doc["packages"]["av"] == "18.1.0"
+    assert "comma-lab" not in doc["packages"]
+    assert json.loads((out / "prov-env.json").read_text()) == doc
+    r = subprocess.run([out / "bin/python", "-c", "import provenance"], capture_output=True, cwd=out)
+    assert r.returncode != 0, "the lab's package is importable from the evaluator's environment"
+    assert subprocess.run([out / "bin/python", "-c", "import av, numpy"], cwd=out).returncode == 0
+
+
+def test_a_replay_with_the_upstreams_python_records_it_and_reproduces(tmp_path, mini, mini_env):
+    out, doc = mini_env
+    ours = replay(tmp_path, mini / "upstream", mini, name="half")
+    theirs = replay(tmp_path, mini / "upstream", mini, "--python", out, name="half")
+    env = theirs["environment"]
+    assert env["interpreter"] == "a venv, given with --python" and env["env_foreign"] == []
+    assert env["packages"] == {k: v for k, v in env["packages"].items()} and env["packages"]["torch"] == doc["packages"]["torch"]
+    assert "distribution comma-lab" in ours["environment"]["env_foreign"]
+    assert env["env_sha256"] != ours["environment"]["env_sha256"]
+    assert theirs["grade"] == "A++"
+    for k in ("posenet", "segnet", "rate", "canonical_score"):
+        assert theirs["result"][k] == ours["result"][k], k  # the same torch, the same bytes
+
+
+def test_env_and_python_bad_input_is_one_line(tmp_path, mini):
+    store = tmp_path / "store"
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    cases = [
+        (("upstream", "env", mini / "upstream", "--out", full), "exists and is not empty"),
+        (("upstream", "env", mini / "upstream", "--out", tmp_path / "e", "--group", "gpu9"), "declares cpu, cuda"),
+        (("upstream", "env", mini / "upstream", "--out", tmp_path / "e", "--pin", "torch"), "NAME==VERSION"),
+    ]
+    bare = tmp_path / "bare"
+    shutil.copytree(mini / "upstream", bare)
+    (bare / "pyproject.toml").unlink()
+    cases.append((("upstream", "env", bare, "--out", tmp_path / "e"), "no pyproject.toml"))
+    notpy = tmp_path / "notpy"
+    notpy.write_text("#!/bin/sh\nexit 0\n")
+    notpy.chmod(0o755)
+    a, rt = sample(mini, "copy")
+    cases.append((("replay", "--archive", a, "--runtime", rt, "--upstream", mini / "upstream", "--python", notpy),
+                  "does not run as Python"))
+    cases.append((("replay", "--archive", a, "--runtime", rt, "--upstream", mini / "upstream", "--python", full),
+                  "no Python interpreter there"))
+    for args, words in cases:
+        r = run_prov(*args, store=store)
+        errors = [l for l in r.err.splitlines() if not l.startswith("env: ")]  # the rest is progress
+        assert r.returncode == 2 and len(errors) == 1 and words in errors[0], (args, r.err)
+    assert not (tmp_path / "e").exists(), "nothing half-built"
+
+
+def test_a_failed_install_leaves_nothing(tmp_path, mini):
+    r = run_prov("upstream", "env", mini / "upstream", "--out", tmp_path / "e", "--pin", "numpy==0.0.1",
+                 store=tmp_path / "store")
+    errors = [l for l in r.err.splitlines() if not l.startswith("env: ")]  # the rest is progress
+    assert r.returncode == 3 and len(errors) == 1 and "pip install failed" in errors[0] and "numpy==0.0.1" in errors[0], r.err
+    assert not (tmp_path / "e").exists()
+
+
+# -- LFS pointers, stand-ins --------------------------------------------------------------------
+
+def test_lfs_pointers_are_named_before_any_phase_runs(tmp_path, mini):
+    up = tmp_path / "up"
+    shutil.copytree(mini / "upstream", up)
+    for rel, size, sha in PROFILE.evaluator:
+        if rel.startswith(("models/", "videos/")):
+            (up / rel).write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n")
+    r = replay(tmp_path, up, mini, check=2)
+    line = r.err.strip()
+    assert len(line.splitlines()) == 1 and "git-LFS pointers, not the files" in line and "git lfs pull" in line
+    for rel in ("models/posenet.safetensors", "models/segnet.safetensors", "videos/0.mkv"):
+        assert rel in line
+    assert "inflate" not in line and "probe" not in line, "no phase ran"
+
+
+def _stand_in_upstream(tmp_path, mini, clip_from="half") -> Path:
+    """The miniature with a stand-in clip (the half sample's re-encode: other bytes, same geometry)
+    and the label naming it."""
+    import hashlib
+    up = tmp_path / "standin"
+    shutil.copytree(mini / "upstream", up)
+    from provenance.lab.miniature.build import decode, encode
+    frames = decode(mini / "upstream/videos/0.mkv")[:16]
+    encode(frames, up / "videos/0.mkv", crf=30)
+    sha = hashlib.sha256((up / "videos/0.mkv").read_bytes()).hexdigest()
+    (up / "STAND-INS.json").write_text(json.dumps({"label": "comma-lab stand-in (test)", "frames": 16,
+                                                   "files": {"videos/0.mkv": sha}}))
+    return up
+
+
+def test_stand_ins_are_named_and_cap_the_grade_at_b(tmp_path, mini):
+    up = _stand_in_upstream(tmp_path, mini)
+    rt = tmp_path / "rt"
+    shutil.copytree(sample(mini, "copy")[1], rt)
+    r = run_prov("replay", "--archive", _zip_of(tmp_path, up / "videos/0.mkv"), "--runtime", rt, "--upstream", up,
+                 "--json", store=tmp_path / "store")
+    assert r.returncode == 0, r.err
+    rec = json.loads(r.out)["record"]
+    checks = {c["name"]: c for c in rec["checks"]}
+    assert rec["grade"] == "B" and rec["result"]["samples"] == 8
+    pin = checks["evaluator_pinned"]
+    assert not pin["ok"] and pin["detail"].startswith("videos/0.mkv: stand-in: not the pinned oid")
+    assert pin["detail"].count(";") == 0, "only the stand-in fails its pin"
+    failing = sorted(n for n, c in checks.items() if not c["ok"])
+    assert failing == ["evaluator_pinned"], failing
+
+
+def _zip_of(tmp_path, clip: Path) -> Path:
+    import zipfile
+    z = tmp_path / "archive.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.write(clip, "0.mkv")
+    return z
+
+
+def test_a_label_never_makes_a_real_file_a_stand_in(tmp_path, mini):
+    """A STAND-INS.json naming the pinned file itself (or nothing that is there) changes nothing."""
+    import hashlib
+    up = tmp_path / "up"
+    shutil.copytree(mini / "upstream", up)
+    real = hashlib.sha256((up / "videos/0.mkv").read_bytes()).hexdigest()
+    (up / "STAND-INS.json").write_text(json.dumps({"frames": 4, "files": {"videos/0.mkv": real}}))
+    rec = replay(tmp_path, up, mini)
+    assert rec["grade"] == "A++" and rec["result"]["samples"] == PROFILE.samples
+    (up / "STAND-INS.json").write_text("{not json")
+    r = replay(tmp_path, up, mini, check=2)
+    assert "STAND-INS.json is not a stand-in label" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+# -- a release bound to a git-LFS pointer ---------------------------------------------------------
+
+def _pointer(path: Path, sha: str, size: int) -> Path:
+    path.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n")
+    return path
+
+
+@pytest.mark.parametrize("case", ["match", "wrong_oid", "wrong_size"])
+def test_verify_binds_a_release_to_an_lfs_pointer(tmp_path, lab, case):
+    import hashlib
+    data = Path(lab["archive"]).read_bytes()
+    sha, size = hashlib.sha256(data).hexdigest(), len(data)
+    if case == "wrong_oid":
+        sha = hashlib.sha256(data + b"x").hexdigest()
+    if case == "wrong_size":
+        size += 1
+    ptr = _pointer(tmp_path / "archive.zip", sha, size)
+    r = run_prov("verify", lab["manifest"], "--trust", lab["trust"], "--archive", ptr, "--runtime", lab["rt"], "--json")
+    out = json.loads(r.out)
+    check = next(c for c in out["checks"] if c["name"] == "archive_digest")
+    assert check["detail"].startswith("git-LFS pointer: oid sha256")
+    assert out["not_checked"] == ["archive_bytes"], "the bytes themselves were not checked, and it says so"
+    if case == "match":
+        assert r.returncode == 0 and check["ok"] and out["ok"]
+        human = run_prov("verify", lab["manifest"], "--trust", lab["trust"], "--archive", ptr, "--runtime", lab["rt"])
+        assert "archive's bytes NOT checked" in human.out.splitlines()[-1] and human.returncode == 0
+    else:
+        assert r.returncode == 1 and not check["ok"]
+        assert ("differs from the release" if case == "wrong_oid" else f"differs from {len(data):,}") in check["detail"]
+
+
+# -- the official evaluator itself --------------------------------------------------------------
+
+OFFICIAL_TAR = REPO.parent / "shared/official/official-d0013db.tar.gz"
+OFFICIAL_ENV = Path(os.environ.get("PROV_OFFICIAL_ENV", REPO / ".cache/official/env"))
+
+
+@pytest.mark.skipif(not (OFFICIAL_ENV / "prov-env.json").is_file(),
+                    reason=f"the official evaluator's environment is not built ({OFFICIAL_ENV}): bash scripts/official.sh")
+@pytest.mark.skipif(not OFFICIAL_TAR.is_file(), reason=f"{OFFICIAL_TAR}: the official tree is not at hand")
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (compress.sh needs it)")
+def test_the_official_evaluator_replays_a_real_submission_on_stand_ins(tmp_path):
+    up = tmp_path / "official"
+    up.mkdir()
+    subprocess.run(["tar", "-xzf", OFFICIAL_TAR, "-C", up], check=True)
+    py = OFFICIAL_ENV / "bin/python"
+    subprocess.run([py, REPO / "scripts/official_standins.py", up, "--frames", "4"], check=True, capture_output=True)
+    rt = tmp_path / "no_compress"
+    shutil.copytree(up / "submissions/no_compress", rt)
+    env = dict(os.environ, PATH=f"{OFFICIAL_ENV / 'bin'}:{os.environ['PATH']}")
+    subprocess.run(["bash", "submissions/no_compress/compress.sh"], cwd=up, env=env, check=True, capture_output=True)
+    archive = up / "submissions/no_compress/archive.zip"
+    r = run_prov("replay", "--archive", archive, "--runtime", rt, "--upstream", up, "--python", OFFICIAL_ENV,
+                 "--name", "no_compress", "--json", store=tmp_path / "store")
+    assert r.returncode == 0, r.err
+    rec = json.loads(r.out)["record"]
+    assert rec["grade"] == "B" and rec["result"]["samples"] == 2 and rec["environment"]["env_foreign"] == []
+    pin = next(c for c in rec["checks"] if c["name"] == "evaluator_pinned")
+    assert pin["detail"].count("stand-in: not the pinned oid") == 3 and pin["detail"].count(";") == 2
+    assert [c["name"] for c in rec["checks"] if not c["ok"]] == ["evaluator_pinned"]
+    assert rec["result"]["posenet"] == 0.0 and rec["result"]["segnet"] == 0.0  # the clip itself, decoded
