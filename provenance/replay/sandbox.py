@@ -217,12 +217,12 @@ class Interpreter:
         exe = os.path.join(path, "bin", "python") if os.path.isdir(path) else path
         if not os.path.isfile(exe) or not os.access(exe, os.X_OK):
             raise ProvError(f"--python {path}: no Python interpreter there (give a venv folder or its bin/python)")
-        r = subprocess.run([exe, "-I", "-c", "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix]))"],
-                           capture_output=True, text=True, timeout=120)
         try:
+            r = subprocess.run([exe, "-I", "-c", "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix]))"],
+                               capture_output=True, text=True)
             prefix, base = json.loads(r.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise ProvError(f"--python {path}: does not run as Python (exit {r.returncode})") from None
+        except (ValueError, IndexError, OSError):
+            raise ProvError(f"--python {path}: does not run as Python") from None
         return cls(exe, prefix, base)
 
 
