@@ -192,7 +192,7 @@ def test_verify_binds_a_release_to_an_lfs_pointer(tmp_path, lab, case):
     ptr = _pointer(tmp_path / "archive.zip", sha, size)
     r = run_prov("verify", lab["manifest"], "--trust", lab["trust"], "--archive", ptr, "--runtime", lab["rt"], "--json")
     out = json.loads(r.out)
-    check = next(c for c in out["checks"] if c["name"] == "archive_digest")
+    check = next(c for c in out["checks"] if c["name"] == "archive_pointer")
     assert check["detail"].startswith("git-LFS pointer: oid sha256")
     assert out["not_checked"] == ["archive_bytes"], "the bytes themselves were not checked, and it says so"
     if case == "match":
@@ -234,3 +234,53 @@ def test_the_official_evaluator_replays_a_real_submission_on_stand_ins(tmp_path)
     assert pin["detail"].count("stand-in: not the pinned oid") == 3 and pin["detail"].count(";") == 2
     assert [c["name"] for c in rec["checks"] if not c["ok"]] == ["evaluator_pinned"]
     assert rec["result"]["posenet"] == 0.0 and rec["result"]["segnet"] == 0.0  # the clip itself, decoded
+
+
+def test_a_pointer_header_before_other_bytes_is_no_pointer(tmp_path, lab):
+    """A file that starts as a pointer naming the release's oid but goes on (a small zip after it, which
+    zip readers accept) is hashed as the file it is, and fails."""
+    import hashlib
+    data = Path(lab["archive"]).read_bytes()
+    ptr = _pointer(tmp_path / "archive.zip", hashlib.sha256(data).hexdigest(), len(data))
+    with open(ptr, "ab") as f:
+        f.write(b"PK\x05\x06" + bytes(18))
+    r = run_prov("verify", lab["manifest"], "--trust", lab["trust"], "--archive", ptr, "--runtime", lab["rt"], "--json")
+    out = json.loads(r.out)
+    assert r.returncode == 1 and out["not_checked"] == []
+    assert [c["name"] for c in out["checks"] if not c["ok"]] == ["archive_digest"]
+
+
+def test_requirements_follow_groups_keep_markers_and_refuse_urls():
+    from provenance.core.errors import ProvError
+    from provenance.replay.upstream_env import requirements
+    doc = b"""[project]
+dependencies = ["numpy", "foo[bar]>=1", "Zope.Interface", "torch; sys_platform == 'linux'"]
+[dependency-groups]
+base = ["av"]
+cpu = [{include-group = "base"}, "torch", "torchvision"]
+"""
+    reqs = requirements(doc, "cpu", {})
+    assert reqs == ["av", "foo[bar]>=1", "numpy", "torch; sys_platform == 'linux'", "torch==2.14.1",
+                    "torchvision==0.29.1", "Zope.Interface"]
+    assert requirements(doc, "cpu", {"torch": "torch==2.13.0"}).count("torch==2.13.0") == 1
+    assert not any(r.startswith("torch;") for r in requirements(doc, "cpu", {"torch": "torch==2.13.0"}))
+    for bad in (b'[project]\ndependencies = ["x @ https://evil/x.whl"]', b'[project]\ndependencies = [3]',
+                b'[dependency-groups]\ncpu = [{include-group = "cpu"}]', b"not toml ["):
+        with pytest.raises(ProvError):
+            requirements(bad, "cpu" if b"groups" in bad else None, {})
+
+
+def test_a_python_installed_over_the_home_is_refused(tmp_path, monkeypatch):
+    """--python whose installation would bind the home, the working or the temporary directory into
+    every phase is refused before anything runs."""
+    from provenance.core.errors import ProvError
+    from provenance.replay.sandbox import Interpreter
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    (home / "lib").mkdir()
+    monkeypatch.setenv("HOME", str(home / "lib" / "x"))
+    py = Interpreter(str(home / "bin/python"), str(home), str(home))
+    with pytest.raises(ProvError, match="holds the home"):
+        py.roots()
+    assert "/" not in Interpreter("/bin/python", "/", "/").roots(), "of a base installation, its bin/ and lib/ only"
+    assert Interpreter.current().roots(), "ours binds"

@@ -46,9 +46,17 @@ class Profile:
     # real contest; "cpu" (Linux x86_64) for a profile meant to be replayed on any lab machine
     official_device: str = "cuda"
     preview_frames: tuple[int, ...] = (0, 600, 1199)  # frames a replay keeps as PNG illustrations
-    # pinned files replaced by labelled stand-ins (STAND_INS_FILE in the upstream): the pins fail on them,
-    # so nothing replayed against them bears a score; samples and sizes are the stand-ins'
+    # pinned LFS files replaced by labelled stand-ins (a STAND-INS.json in the upstream): the profile is
+    # then named NAME+stand-ins, its pins fail on them and nothing replayed against them bears a score
     stand_ins: tuple[str, ...] = ()
+
+    def as_stand_ins(self, files: tuple[str, ...], frames: int, uncompressed_size: int) -> "Profile":
+        """This profile as an upstream of stand-ins is judged: by another name, the stand-in clip's
+        frames, samples and size (so a run's own checks hold) and those files named."""
+        from dataclasses import replace
+        return replace(self, name=self.name + STAND_IN_SUFFIX, frames=frames, samples=frames // 2,
+                       uncompressed_size=uncompressed_size, preview_frames=(0, frames // 2, frames - 1),
+                       stand_ins=files)
 
     @property
     def official_environment(self) -> str:
@@ -329,17 +337,30 @@ def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str |
 
 # -- the evaluator's identity and the runtime's custody ----------------------------------------
 
+STAND_IN_SUFFIX = "+stand-ins"  # never a registered profile: verify refuses any score under it
+LFS_FILES = ("models/", "videos/")  # where the pinned git-LFS files live: the only ones a stand-in may replace
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 LFS_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.M)
 LFS_SIZE = re.compile(rb"^size (\d+)$", re.M)
 
 
 def lfs_pointer(data: bytes) -> tuple[str, int] | None:
-    """(sha256, size) a git-LFS pointer names; None for anything else."""
-    if len(data) > 1024 or not data.startswith(LFS_POINTER):
+    """(sha256, size) a git-LFS pointer names; None for anything else. Strict, as the spec writes one:
+    LF-terminated `key value` lines, `version` first, each key once, nothing else (a pointer header
+    followed by other bytes, a zip for instance, is not a pointer)."""
+    if len(data) > 1024 or not data.startswith(LFS_POINTER + b"\n") or not data.endswith(b"\n"):
         return None
-    oid, size = LFS_OID.search(data), LFS_SIZE.search(data)
-    return (oid.group(1).decode(), int(size.group(1))) if oid and size else None
+    fields = {}
+    for line in data[:-1].split(b"\n"):
+        key, sep, value = line.partition(b" ")
+        if not sep or key in fields or not re.fullmatch(rb"[a-z0-9.-]+", key) or not value.isascii():
+            return None
+        fields[key] = value
+    oid, size = LFS_OID.fullmatch(b"oid " + fields.get(b"oid", b"")), fields.get(b"size", b"")
+    if oid is None or not size.isdigit() or set(fields) - {b"version", b"oid", b"size"} - \
+            {k for k in fields if k.startswith(b"ext-")}:
+        return None
+    return oid.group(1).decode(), int(size)
 
 
 def check_evaluator(profile: Profile, root: str | Path) -> Check:
@@ -360,7 +381,7 @@ def check_evaluator(profile: Profile, root: str | Path) -> Check:
                 continue
         seen = hash_file(p).sha256
         if seen != sha and rel in profile.stand_ins:
-            bad.append(f"{rel}: stand-in: not the pinned oid {sha}")
+            bad.append(f"{rel}: stand-in: not the pinned oid {sha} (seen {seen})")
         elif seen != sha:
             bad.append(f"{rel}: expected sha256 {sha}, seen {seen}")
     detail = "; ".join(bad) if bad else f"{len(profile.evaluator)} files match the evaluator {profile.name} pins"

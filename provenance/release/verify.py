@@ -142,7 +142,7 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
         want = subjects.get("archive.zip", (None, None))
         if pointer:  # a git-LFS pointer binds the release to a repository's commit without the bytes
             sha, size = pointer
-            out.add("archive_digest", sha == want[0] and size == pred["archive_size"],
+            out.add("archive_pointer", sha == want[0] and size == pred["archive_size"],
                     f"git-LFS pointer: oid sha256 {sha[:16]}.. {'matches' if sha == want[0] else 'differs from'} "
                     f"the release ({str(want[0])[:16]}..), size {size:,} "
                     f"{'matches' if size == pred['archive_size'] else 'differs from'} {pred['archive_size']:,}")
@@ -170,6 +170,9 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
     try:
         profile = contest.get_profile(pred["profile"])
         again = profile.score(sc["posenet"], sc["segnet"], sc["rate"])
+        if profile.stand_ins:
+            raise ProvError(f"profile {profile.name}: replayed against labelled stand-ins for "
+                            f"{', '.join(profile.stand_ins)}: never a score")
         out.add("score_recomputes", again == sc["canonical"] and sc["samples"] == profile.samples,
                 f"{again!r} from components under {profile.name}; statement says {sc['canonical']!r}, "
                 f"{sc['samples']} samples" + ("" if sc["samples"] == profile.samples else

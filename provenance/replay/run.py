@@ -56,7 +56,8 @@ except Exception as e:
 # (the installer's list of files and their hashes), and what of the lab or a checkout it holds.
 # From the .dist-info names, not importlib.metadata: parsing every METADATA would slow inflate beside it.
 import hashlib, os, site
-# A .pth a recorded distribution installed (setuptools' distutils hook) is part of it; any other is foreign.
+# A .pth a recorded distribution installed that only imports (setuptools' distutils hook) is part of it;
+# any other is foreign: one that adds a path (an editable install of a checkout) or that no RECORD lists.
 pkgs, rows, foreign = {}, [], []
 for sp in site.getsitepackages():
     names = sorted(os.listdir(sp)) if os.path.isdir(sp) else []
@@ -76,7 +77,16 @@ for sp in site.getsitepackages():
                 foreign.append("distribution comma-lab")
             else:
                 owned.update(l.split(b",")[0].decode("utf-8", "replace") for l in rec.splitlines() if b".pth," in l)
-    foreign += [n for n in names if n.endswith(".pth") and n not in owned]
+    for n in names:
+        if n.endswith(".pth"):
+            try:
+                with open(os.path.join(sp, n), "rb") as f:
+                    lines = [l.strip() for l in f.read().splitlines()]
+            except OSError:
+                lines = [b"?"]
+            adds_path = any(l and not l.startswith((b"#", b"import ", b"import\t")) for l in lines)
+            if n not in owned or adds_path:
+                foreign.append(n)
 out["packages"] = dict(sorted(pkgs.items()))
 out["env_sha256"] = hashlib.sha256(json.dumps(sorted(rows), separators=(",", ":")).encode()).hexdigest()
 out["env_foreign"] = sorted(set(foreign))

@@ -11,7 +11,6 @@ only the files its view lists.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -61,27 +60,26 @@ def with_stand_ins(profile: rules.Profile, upstream: Path) -> rules.Profile:
     samples and size, and those files named as stand-ins. Only listed files that are present, hold the
     listed bytes and differ from their pins count, the clip among them: a real file is never a stand-in."""
     label = upstream / STAND_INS_FILE
-    if not label.is_file():
+    if label.is_symlink() or not label.is_file():
         return profile
     try:
         doc = json.loads(label.read_text())
         frames, listed = int(doc["frames"]), dict(doc["files"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ProvError(f"upstream: {STAND_INS_FILE} is not a stand-in label ({type(e).__name__})") from None
-    pins = {rel: sha for rel, _, sha in profile.evaluator}
+    pins = {rel: sha for rel, _, sha in profile.evaluator if rel.startswith(rules.LFS_FILES)}
     stand = []
     for rel, sha in sorted(listed.items()):
         p = upstream / rel
-        if rel in pins and p.is_file() and not p.is_symlink():
+        if rel in pins and not p.is_symlink() and p.is_file():
             seen = hash_file(p).sha256
             if seen == sha and seen != pins[rel]:
                 stand.append(rel)
     clip = next((rel for rel in pins if rel.startswith("videos/")), None)
     if clip not in stand or frames < 2:
         return profile
-    size = sum(f.stat().st_size for f in (upstream / "videos").rglob("*") if f.is_file())
-    return dataclasses.replace(profile, frames=frames, samples=frames // 2, uncompressed_size=size,
-                               preview_frames=(0, frames // 2, frames - 1), stand_ins=tuple(stand))
+    size = sum(f.lstat().st_size for f in (upstream / "videos").rglob("*") if f.is_file() and not f.is_symlink())
+    return profile.as_stand_ins(tuple(stand), frames, size)
 
 
 def file_digests(store, digest: Digest) -> dict[str, str]:

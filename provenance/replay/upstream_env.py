@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from provenance.core.errors import MissingEnvironment, ProvError
+from provenance.core.errors import MissingEnvironment, ProvError, terminate_on_signals
 from provenance.core.files import remove_tree
 from provenance.replay import upstream as upstream_mod
 
@@ -33,29 +33,42 @@ def _name(req: str) -> str:
     m = _NAME.match(req)
     if not m:
         raise ProvError(f"pyproject.toml: {req!r} is not a requirement")
-    return m.group(1).lower().replace("_", "-").replace(".", "-")
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower()  # PEP 503
 
 
 def requirements(pyproject: bytes, group: str | None, pins: dict[str, str]) -> list[str]:
-    """The project's dependencies and the group's, each unpinned one given the index's pin, --pin last."""
+    """The project's dependencies and the group's (an include-group followed), each bare one given the
+    index's pin; --pin replaces every entry of its name. Entries with markers or extras are kept as
+    written; a direct reference (a URL) is refused: only the index's wheels are installed."""
     try:
         doc = tomllib.loads(pyproject.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ProvError(f"pyproject.toml: not TOML ({e})") from None
-    reqs = list(doc.get("project", {}).get("dependencies", []))
     groups = doc.get("dependency-groups", {})
-    if group is not None:
-        if group not in groups:
-            raise ProvError(f"--group {group}: the upstream declares {', '.join(sorted(groups)) or 'no groups'}")
-        reqs += [r for r in groups[group] if isinstance(r, str)]  # an include-group table is not followed
-    out: dict[str, str] = {}
+
+    def of_group(name: str, seen: tuple[str, ...]) -> list:
+        if name not in groups:
+            raise ProvError(f"--group {name}: the upstream declares {', '.join(sorted(groups)) or 'no groups'}")
+        if name in seen:
+            raise ProvError(f"pyproject.toml: dependency group {name} includes itself")
+        out = []
+        for r in groups[name]:
+            out += of_group(r["include-group"], seen + (name,)) if isinstance(r, dict) and "include-group" in r else [r]
+        return out
+
+    reqs = list(doc.get("project", {}).get("dependencies", [])) + (of_group(group, ()) if group is not None else [])
+    out = []
     for r in reqs:
+        if not isinstance(r, str):
+            raise ProvError(f"pyproject.toml: {r!r} is not a requirement")
+        if "@" in r.split(";")[0] or "://" in r:
+            raise ProvError(f"pyproject.toml: {r!r} is a direct reference; only the index's wheels are installed")
         name = _name(r)
-        bare = _NAME.match(r).group(2).strip() == ""
-        out[name] = INDEX_PINS.get(name, r) if bare else r
-    for name, spec in pins.items():
-        out[_name(name)] = spec
-    return [out[k] for k in sorted(out)]
+        if name in pins:
+            continue
+        out.append(INDEX_PINS.get(name, r) if _NAME.match(r).group(2).strip() == "" else r)
+    out += [pins[k] for k in sorted(pins)]
+    return sorted(dict.fromkeys(out), key=lambda r: (_name(r), r))
 
 
 def parse_pins(specs: tuple[str, ...]) -> dict[str, str]:
@@ -76,7 +89,9 @@ def build(store, upstream_spec: str | Path, out: str | Path, group: str | None =
           say: Callable[[str], None] = lambda m: None) -> dict:
     """Build the venv at OUT (it must not exist or be empty); on any failure nothing is left there."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ProvError(f"--out {out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
         raise ProvError(f"--out {out}: exists and is not empty")
     up_digest, _ = upstream_mod.obtain(store, upstream_spec)
     with tempfile.TemporaryDirectory(prefix="prov-upstream-env-") as tmp:
@@ -85,20 +100,31 @@ def build(store, upstream_spec: str | Path, out: str | Path, group: str | None =
         if not pyproject.is_file():
             raise ProvError(f"upstream {up_digest.sha256[:12]}: no pyproject.toml to take its dependencies from")
         reqs = requirements(pyproject.read_bytes(), group, pins or {})
+        lock = (Path(tmp) / "up" / "uv.lock").read_bytes() if (Path(tmp) / "up" / "uv.lock").is_file() else None
     base = base_python or getattr(sys, "_base_executable", sys.executable)
     made = not out.exists()
+    with terminate_on_signals():  # SIGTERM and SIGHUP clean up as Ctrl-C does
+        return _build(out, made, base, reqs, lock, up_digest, group, say)
+
+
+def _build(out, made, base, reqs, lock, up_digest, group, say) -> dict:
     try:
         say(f"creating a venv at {out} from {base}")
         _run([base, "-m", "venv", "--without-pip", str(out)], "python -m venv")
         python = out / "bin" / "python"
         say(f"installing {len(reqs)} requirements with pip: {' '.join(reqs)}")
-        _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-input",
+        # wheels only: an sdist's build would run the upstream's code here, outside any sandbox
+        _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-input", "--only-binary", ":all:",
               "--disable-pip-version-check", "--no-warn-script-location", *reqs], "pip install")
-        r = subprocess.run([str(python), "-I", "-c", PACKAGES], capture_output=True, text=True)
-        packages = dict(sorted(json.loads(r.stdout).items()))
+        r = subprocess.run([str(python), "-I", "-c", PACKAGES + "; import platform; print(platform.python_version())"],
+                           capture_output=True, text=True)
+        try:
+            listed, version = r.stdout.strip().splitlines()[-2:]
+            packages = dict(sorted(json.loads(listed).items()))
+        except ValueError:
+            raise MissingEnvironment(f"{out}: the new environment does not list its packages (exit {r.returncode})") from None
         doc = {"upstream": up_digest.sha256, "group": group, "requirements": reqs, "packages": packages,
-               "python": subprocess.run([str(python), "-I", "-c", "import platform; print(platform.python_version())"],
-                                        capture_output=True, text=True).stdout.strip()}
+               "python": version, "lock": lock_differences(lock, packages)}
         if "comma-lab" in packages:
             raise ProvError("the upstream's requirements pulled in comma-lab: the evaluator's environment must not hold it")
         tmp_file = out / f".{ENV_FILE}.{os.getpid()}"
@@ -112,6 +138,24 @@ def build(store, upstream_spec: str | Path, out: str | Path, group: str | None =
             for p in list(out.iterdir()):
                 remove_tree(p)
         raise
+
+
+def lock_differences(lock: bytes | None, packages: dict[str, str]) -> dict:
+    """What the upstream's uv.lock says beside what was installed: this machine's index does not hold
+    every locked version, so the environment is the declared one, not the locked one, and says so."""
+    if lock is None:
+        return {"file": None}
+    try:
+        doc = tomllib.loads(lock.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {"file": "uv.lock", "readable": False}
+    locked: dict[str, set[str]] = {}
+    for pkg in doc.get("package", []):
+        if isinstance(pkg, dict) and "name" in pkg and "version" in pkg:
+            locked.setdefault(re.sub(r"[-_.]+", "-", str(pkg["name"])).lower(), set()).add(str(pkg["version"]))
+    differs = {name: {"locked": sorted(locked[name]), "installed": version}
+               for name, version in packages.items() if name in locked and version not in locked[name]}
+    return {"file": "uv.lock", "followed": not differs, "differs": differs}
 
 
 def _run(argv: list[str], what: str) -> None:
