@@ -123,6 +123,11 @@ def test_no_import_time_module_cycle():
     assert not cycles(graph(top_level_only=True)), cycles(graph(top_level_only=True))
 
 
+def test_no_module_cycle_through_function_level_imports_either():
+    """A cycle hidden in a function's import is still two modules that need each other."""
+    assert not cycles(graph()), cycles(graph())
+
+
 def test_the_checker_catches_what_it_is_for():
     g = {"provenance.store.objects": {"provenance.log.translog"}, "provenance.log.translog": {"provenance.core.errors"},
          "provenance.core.errors": set()}
@@ -139,6 +144,12 @@ def test_the_checker_catches_what_it_is_for():
         assert imports("provenance.store.m", p) >= {"provenance.core.errors", "provenance.log.translog",
                                                     "provenance.lab.ledger"}
         assert "provenance.lab.ledger" not in imports("provenance.store.m", p, top_level_only=True)
+        # a cycle through a function-level import is one (release/trust and release/verify had one)
+        m2, n2 = Path(d) / "m2.py", Path(d) / "n2.py"
+        m2.write_text("def f():\n    from provenance.store import n2\n")
+        n2.write_text("def g():\n    from provenance.store import m2\n")
+        g = {"provenance.store.m2": imports("provenance.store.m2", m2), "provenance.store.n2": imports("provenance.store.n2", n2)}
+        assert cycles(g) == [["provenance.store.m2", "provenance.store.n2"]]
 
 
 # each stage's command is one library call: the function it enters the library through

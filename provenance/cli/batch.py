@@ -71,7 +71,7 @@ def batch_replay(ctx, names, folder, params_path, upstream, device, engine, addr
     if params_path:
         if names:
             raise ProvError("give NAMES or --params, not both")
-        from provenance.lab.pipeline import submissions_param
+        from provenance.lab.params import submissions_param
         names = submissions_param(Path(params_path))
     subs = collect(folder, list(names))
     if address:

@@ -31,7 +31,7 @@ def lab_replay_cmd(name, submissions, upstream, out, metrics, device, engine, pa
     """Replay one submission into its own store (OUT/store) and record (OUT/record.json)."""
     from pathlib import Path
     from provenance.lab.batch import lab_replay
-    from provenance.lab.pipeline import submissions_param
+    from provenance.lab.params import submissions_param
     fan_out = submissions_param(Path(params_path)) if params_path and engine == "ray" else None
     r = lab_replay(name, Path(submissions), Path(upstream), Path(out), Path(metrics), device, engine, fan_out=fan_out)
     emit(r, as_json, f"{name}: {r['canonical_score']!r} ({r['grade']}), record {r['record']}")
@@ -51,7 +51,8 @@ def lab_replay_cmd(name, submissions, upstream, out, metrics, device, engine, pa
 def lab_release(params_path, replays, submissions, store_dir, out, trust_path, keys, plot, as_json):
     """Merge the replay stores, log every record, sign a release per submission with log proofs."""
     from pathlib import Path
-    from provenance.lab.pipeline import release_all, submissions_param
+    from provenance.lab.params import submissions_param
+    from provenance.lab.pipeline import release_all
     from provenance.lab.sweep import sweep_param
     rows = release_all(submissions_param(Path(params_path)), Path(replays), Path(submissions), Path(store_dir), Path(out),
                        Path(trust_path), Path(keys), Path(plot), sweep=sweep_param(Path(params_path)))
@@ -69,7 +70,8 @@ def lab_release(params_path, replays, submissions, store_dir, out, trust_path, k
 def lab_verify(params_path, releases, submissions, trust_path, out, as_json):
     """prov verify every release against its files; exit 1 (failing the pipeline) on any failed check."""
     from pathlib import Path
-    from provenance.lab.pipeline import submissions_param, verify_all
+    from provenance.lab.params import submissions_param
+    from provenance.lab.pipeline import verify_all
     ok = verify_all(submissions_param(Path(params_path)), Path(releases), Path(submissions), Path(trust_path), Path(out))
     emit({"ok": ok, "report": out}, as_json, f"{'all releases verified' if ok else 'VERIFICATION FAILED'} ({out})")
     if not ok:

@@ -135,7 +135,7 @@ def verify(manifest, trust_path, key_path, log_key_path, archive, runtime, recor
     Example:
       prov verify manifest.json --trust trust.json --archive archive.zip --runtime runtime/
     """
-    from provenance.cli.verify_cmd import run
+    from provenance.cli.output import run
     sys.exit(run(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time, state, since_path,
                  no_files, chain_dir, as_json, key_signs_log))
 

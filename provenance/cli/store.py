@@ -8,7 +8,7 @@ import sys
 import click
 
 from provenance.cli.common import emit, json_option, open_store
-from provenance.cli.verify_cmd import digest_out, print_digest
+from provenance.cli.output import digest_out, print_digest
 from provenance.core.errors import ProvError
 
 

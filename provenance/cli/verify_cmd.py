@@ -5,7 +5,7 @@ alone is a large share of that. So `main` parses the clean, common form of `prov
 itself (the options below, each once, no --help) and hands every other command line, including
 every malformed one, to the click CLI, which stays the one definition of the interface: a test
 keeps these tables equal to the click command's options. `prov add DIR` of a tree stored and not
-changed since is answered here too, by store/statcheck; what it prints has its one home here.
+changed since is answered here too, by store/statcheck; what both print has its home in `output`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from provenance.cli.output import digest_out, print_digest, run
 from provenance.core.errors import ProvError
 
 VALUE_OPTIONS = {"--trust": "trust_path", "--key": "key_path", "--log-key": "log_key_path", "--archive": "archive",
@@ -21,58 +22,6 @@ VALUE_OPTIONS = {"--trust": "trust_path", "--key": "key_path", "--log-key": "log
                  "--since": "since_path", "--trust-chain": "chain_dir"}
 FLAG_OPTIONS = {"--no-files": "no_files", "--key-signs-log": "key_signs_log", "--json": "as_json"}
 DIR_VALUED = {"--runtime", "--trust-chain"}  # click.Path(file_okay=False); the rest are dir_okay=False
-
-
-NOT_CHECKED_WHY = {"archive_bytes": "--archive is a git-LFS pointer: its oid and size were compared, not the bytes"}
-
-
-def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=None, runtime=None, record=None,
-        at_time=None, state=None, since_path=None, no_files=False, chain_dir=None, as_json=False,
-        key_signs_log=False) -> int:
-    """Verify, print the checklist (or JSON); the exit code. Raises ProvError on bad input."""
-    from provenance.core.clock import parse_time
-    from provenance.release.verify import verify_manifest
-    from provenance.release.trust import load_trust
-    if no_files and (archive or runtime):
-        raise ProvError("--no-files contradicts --archive/--runtime: drop one")
-    if not no_files and not (archive and runtime):
-        raise ProvError("give --archive archive.zip and --runtime DIR: the release binds both "
-                        "(or --no-files to check signatures and score only)")
-    for p in (manifest, archive, record, since_path):
-        if p and not os.path.exists(p):
-            raise ProvError(f"{p}: no such file")
-    if (log_key_path or key_signs_log) and not key_path:
-        raise ProvError("--log-key and --key-signs-log go with --key (a trust policy names its own log keys)")
-    if chain_dir and not trust_path:
-        raise ProvError("--trust-chain walks from a pinned --trust trust.json")
-    trust_ = load_trust(trust_path, key_path, log_key_path, chain_dir, key_signs_log)
-    if state and trust_.chain:
-        from provenance.release.trust import check_trust_state
-        check_trust_state(state, trust_)
-    at = parse_time(at_time, "--at") if at_time else None
-    since = None
-    if since_path:
-        from provenance.log.logbook import read_note
-        since = read_note(since_path)
-    out = verify_manifest(manifest, trust_, archive, runtime, record, at, state, since)
-    if as_json:
-        print(json.dumps({"ok": out.ok, "checks": [c.brief() for c in out.checks], "files_checked": out.files_checked,
-                          "not_checked": out.not_checked, "trust_version": trust_.version,
-                          "trust_chain": trust_.chain}, indent=2, sort_keys=True))
-        return 0 if out.ok else 1
-    lines = [f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}" for c in out.checks]
-    lines += [f"- {n}: not checked ({NOT_CHECKED_WHY.get(n, '--no-files')})" for n in out.not_checked]
-    if out.ok and out.statement:
-        p = out.statement["predicate"]
-        what = "" if out.files_checked else (
-            " (the archive's bytes NOT checked: a git-LFS pointer gave its digest and size)"
-            if out.not_checked == ["archive_bytes"] else " (signatures and score only: archive and runtime NOT checked)")
-        lines.append(f"VERIFIED{what}: release {p['name']} v{p['version']}: score {p['score']['canonical']!r} "
-                     f"({p['grade']}, {p['profile']})")
-    else:
-        lines.append("FAILED")
-    print("\n".join(lines))
-    return 0 if out.ok else 1
 
 
 def parse_fast(args: list[str]) -> dict | None:
@@ -104,15 +53,6 @@ def parse_fast(args: list[str]) -> dict | None:
     if len(positional) != 1 or os.path.isdir(positional[0]):
         return None
     return {"manifest": positional[0], **opts}
-
-
-def digest_out(kind: str, sha256: str, blake3: str, size: int) -> dict:
-    """What `prov add` and `prov hash` print with --json."""
-    return {"kind": kind, "sha256": sha256, "blake3": blake3, "size": size}
-
-
-def print_digest(path, out: dict) -> str:
-    return f"{out['kind']}  {path}\n  sha256 {out['sha256']}\n  blake3 {out['blake3']}\n  size   {out['size']}"
 
 
 def parse_add(args: list[str]) -> tuple[str | None, str, bool] | None:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from provenance.core.clock import format_time
-from provenance.core.errors import ProvError
 from provenance.core.files import write_atomic, write_json
 from provenance.store.objects import Store
 from provenance.log.translog import log_object
@@ -118,24 +116,3 @@ def verify_all(names: list[str], releases: Path, submissions: Path, trust: Path,
     return ok
 
 
-def load_params(params: Path):
-    """params.yaml as read with ruamel.yaml (which DVC brings); JSON also works."""
-    text = params.read_text()
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        try:
-            from ruamel.yaml import YAML
-        except ImportError:
-            raise ProvError(f"{params}: YAML needs ruamel.yaml (installed with dvc), or write it as JSON") from None
-        doc = YAML(typ="safe").load(text)
-    return doc
-
-
-def submissions_param(params: Path) -> list[str]:
-    """The `submissions` list of params.yaml."""
-    doc = load_params(params)
-    names = doc.get("submissions") if isinstance(doc, dict) else None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.isidentifier() for n in names):
-        raise ProvError(f"{params}: 'submissions' must be a non-empty list of names")
-    return names

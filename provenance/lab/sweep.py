@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from provenance.lab import ledger
+from provenance.lab.params import load_params, submissions_param
 from provenance.core.errors import ProvError
 from provenance.records.models import load_record
 from provenance.store.objects import Store
@@ -19,7 +20,6 @@ FIELDS = {"parent", "axis", "track", "notes"}
 
 def sweep_param(params: Path) -> dict[str, dict]:
     """params.yaml's `sweep` mapping (name -> {parent, axis, track, notes}); {} when absent."""
-    from provenance.lab.pipeline import load_params, submissions_param
     names = submissions_param(params)
     doc = load_params(params)
     sweep = doc.get("sweep") or {}

@@ -306,8 +306,8 @@ def sign_policy(doc: dict, key_paths: list[str], passphrase_file=None, previous:
 def check_trust_state(state: str, trust) -> None:
     """Refuse a trust chain older than one this verifier walked before; remember the newest."""
     from provenance.core.files import write_json
-    from provenance.release.verify import _read_state
-    doc = _read_state(state)
+    from provenance.release.state import read_state
+    doc = read_state(state)
     seen = doc.get("trust", {}).get("version", 0)
     if trust.version < seen:
         raise VerificationFailed(f"rollback: trust chain ends at v{trust.version}, but v{seen} was seen before")

@@ -8,7 +8,6 @@ is believed before enough trusted keys have signed exactly those bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,10 +17,10 @@ from provenance.records import jsonschema_lite
 from provenance.records.envelope import payload_of, read_envelope, subject_digests
 from provenance.core import signing
 from provenance.core.canonical import loads_tracking
-from provenance.core.files import write_json
 from provenance.core.checks import Check
 from provenance.core.clock import format_time, parse_time
 from provenance.core.errors import ProvError
+from provenance.release.state import read_state, remember
 from provenance.release.trust import Trust
 
 
@@ -205,7 +204,7 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
     if state is not None:
         out.checks.append(_check_state(state, pred, digest))
     if out.ok and state is not None:
-        _remember(state, pred, digest)
+        remember(state, pred, digest)
 
 
 def _ssh_signers(sigs: list[str], payload: bytes, release_keys: dict) -> tuple[set[str], int]:
@@ -262,7 +261,7 @@ def _check_record(record: str, pred: dict) -> Check:
 
 
 def _check_state(state: str, pred: dict, digest: str) -> Check:
-    seen = _read_state(state).get("releases", {}).get(pred["name"])
+    seen = read_state(state).get("releases", {}).get(pred["name"])
     if not seen:
         return Check("rollback", True, f"first sight of {pred['name']} (v{pred['version']}); remembered in {state}")
     v = pred["version"]
@@ -271,26 +270,3 @@ def _check_state(state: str, pred: dict, digest: str) -> Check:
     if v == seen["version"] and digest != seen["statement_sha256"]:
         return Check("rollback", False, f"a different statement for v{v} was seen before: fork")
     return Check("rollback", True, f"v{v} >= v{seen['version']} seen before")
-
-
-def _read_state(state: str) -> dict:
-    if not os.path.exists(state):
-        return {}
-    try:
-        doc = json.loads(Path(state).read_bytes())
-    except (OSError, ValueError) as e:
-        raise ProvError(f"{state}: unreadable verifier state ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("releases", {}), dict) or not all(
-            isinstance(v, dict) and type(v.get("version")) is int and isinstance(v.get("statement_sha256"), str)
-            for v in doc.get("releases", {}).values()):
-        raise ProvError(f"{state}: not a verifier state file (releases: name -> version, statement_sha256)")
-    return doc
-
-
-def _remember(state: str, pred: dict, digest: str) -> None:
-    doc = _read_state(state)
-    rel = doc.setdefault("releases", {})
-    cur = rel.get(pred["name"])
-    if not cur or pred["version"] >= cur["version"]:
-        rel[pred["name"]] = {"version": pred["version"], "statement_sha256": digest}
-    write_json(state, doc)
