@@ -247,3 +247,18 @@ def test_dvc_stages_depend_on_every_package_they_run(stage):
 def test_the_lab_package_runs_nothing_on_import():
     body = ast.parse((PKG / "lab" / "__init__.py").read_text()).body
     assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def test_every_leaf_command_ends_its_help_with_an_example():
+    """A newcomer's first question of a command is how to call it: each leaf's --help answers."""
+    import click
+    from provenance.cli.app import cli
+
+    def leaves(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in sorted(cmd.commands.items()):
+                yield from leaves(sub, path + [name])
+        else:
+            yield " ".join(path), cmd
+    missing = [name for name, cmd in leaves(cli, []) if "Example" not in (cmd.help or "").rsplit("\n\n", 1)[-1]]
+    assert not missing, f"leaf commands whose --help ends without an example: {missing}"

@@ -65,6 +65,10 @@ def batch_replay(ctx, names, folder, params_path, upstream, device, engine, addr
 
     Exit 0 when all replayed, 1 when any failed (each failure is reported with its
     reason), 2 on bad input, 3 when Ray, bubblewrap or the cluster is missing, 130 on Ctrl-C.
+
+    \b
+    Example:
+      prov batch replay --params params.yaml --submissions submissions --upstream evidence/miniature/upstream
     """
     from provenance.lab.batch import Batch, collect, dvc_remote, run
     from provenance.core.files import write_atomic, write_json

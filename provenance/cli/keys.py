@@ -19,7 +19,12 @@ def key():
 @_passphrase
 @json_option
 def key_generate(out_dir, passphrase_file, as_json):
-    """Generate an Ed25519 key pair; never overwrites an existing key."""
+    """Generate an Ed25519 key pair; never overwrites an existing key.
+
+    \b
+    Example:
+      prov key generate --out keys/release
+    """
     from provenance.core.signing import generate_key
     priv, pub, kid = generate_key(out_dir, passphrase_file)
     emit({"private_key": str(priv), "public_key": str(pub), "keyid": kid}, as_json,

@@ -28,7 +28,12 @@ def lab():
                    "the later stages take their results (DVC runs stages one at a time).")
 @json_option
 def lab_replay_cmd(name, submissions, upstream, out, metrics, device, engine, params_path, as_json):
-    """Replay one submission into its own store (OUT/store) and record (OUT/record.json)."""
+    """Replay one submission into its own store (OUT/store) and record (OUT/record.json).
+
+    \b
+    Example:
+      prov lab replay half --submissions submissions --upstream evidence/miniature/upstream --out evidence/replays/half --metrics evidence/metrics/half.json
+    """
     from pathlib import Path
     from provenance.lab.batch import lab_replay
     from provenance.lab.params import submissions_param
@@ -49,7 +54,12 @@ def lab_replay_cmd(name, submissions, upstream, out, metrics, device, engine, pa
 @click.option("--plot", required=True, type=click.Path(dir_okay=False))
 @json_option
 def lab_release(params_path, replays, submissions, store_dir, out, trust_path, keys, plot, as_json):
-    """Merge the replay stores, log every record, sign a release per submission with log proofs."""
+    """Merge the replay stores, log every record, sign a release per submission with log proofs.
+
+    \b
+    Example:
+      prov lab release --params params.yaml --replays evidence/replays --submissions submissions --store-dir evidence/store --out evidence/releases --trust evidence/trust.json --keys evidence/keys
+    """
     from pathlib import Path
     from provenance.lab.params import submissions_param
     from provenance.lab.pipeline import release_all
@@ -68,7 +78,12 @@ def lab_release(params_path, replays, submissions, store_dir, out, trust_path, k
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @json_option
 def lab_verify(params_path, releases, submissions, trust_path, out, as_json):
-    """prov verify every release against its files; exit 1 (failing the pipeline) on any failed check."""
+    """prov verify every release against its files; exit 1 (failing the pipeline) on any failed check.
+
+    \b
+    Example:
+      prov lab verify --params params.yaml --releases evidence/releases --submissions submissions --trust evidence/trust.json --out evidence/verify.json
+    """
     from pathlib import Path
     from provenance.lab.params import submissions_param
     from provenance.lab.pipeline import verify_all
@@ -95,7 +110,12 @@ def _run_row(r) -> dict:
 @json_option
 @click.pass_context
 def ledger_show(ctx, as_json, limit=None):
-    """Every run with its grade, score and verdict."""
+    """Every run with its grade, score and verdict.
+
+    \b
+    Example:
+      prov --store evidence/store ledger show --limit 20
+    """
     from provenance.lab.ledger import runs
     rows = [_run_row(r) for r in runs(open_store(ctx), limit, write=False)]  # a reader writes nothing
     emit(rows, as_json, lambda: "\n".join(
@@ -117,7 +137,12 @@ def _verdict(ctx, record, reason, action, as_json):
 @json_option
 @click.pass_context
 def ledger_promote(ctx, record, reason, as_json):
-    """Promote a run to the frontier (only A++, or A flagged; only if it beats the frontier). Exit 1 if refused."""
+    """Promote a run to the frontier (only A++, or A flagged; only if it beats the frontier). Exit 1 if refused.
+
+    \b
+    Example:
+      prov ledger promote RECORD --reason 'beats the frontier by 4.3 at 6,666 more bytes'
+    """
     _verdict(ctx, record, reason, "promote", as_json)
 
 
@@ -127,7 +152,12 @@ def ledger_promote(ctx, record, reason, as_json):
 @json_option
 @click.pass_context
 def ledger_reject(ctx, record, reason, as_json):
-    """Record that a run was rejected, and why."""
+    """Record that a run was rejected, and why.
+
+    \b
+    Example:
+      prov ledger reject RECORD --reason 'SegNet regressed'
+    """
     _verdict(ctx, record, reason, "reject", as_json)
 
 
@@ -141,7 +171,12 @@ def ledger_reject(ctx, record, reason, as_json):
 @json_option
 @click.pass_context
 def ledger_annotate(ctx, record, label, track, notes, parent, axis, as_json):
-    """Give a run a label, a track, notes, a parent and an axis (stored and logged)."""
+    """Give a run a label, a track, notes, a parent and an axis (stored and logged).
+
+    \b
+    Example:
+      prov ledger annotate RECORD --label half_crf30 --parent RECORD_OF_HALF --axis 'crf 36 -> 30'
+    """
     from provenance.lab.ledger import annotate
     sha = annotate(open_store(ctx), record, label, track, notes, parent=parent, axis=axis)
     emit({"note_record": sha}, as_json, sha)
@@ -151,7 +186,12 @@ def ledger_annotate(ctx, record, label, track, notes, parent, axis, as_json):
 @json_option
 @click.pass_context
 def frontier_cmd(ctx, as_json):
-    """The best promoted run and its release."""
+    """The best promoted run and its release.
+
+    \b
+    Example:
+      prov --store evidence/store frontier --json
+    """
     from provenance.lab.ledger import frontier, release_of
     store = open_store(ctx)
     r = frontier(store, write=False)  # a reader writes nothing: the rows are used when current
@@ -193,7 +233,12 @@ def site_build(ctx, out, releases, trust_path, as_json, cache=False):
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @json_option
 def site_check(bundle, as_json):
-    """Re-scan a bundle with the hygiene rules and re-check its file manifest."""
+    """Re-scan a bundle with the hygiene rules and re-check its file manifest.
+
+    \b
+    Example:
+      prov site check evidence/site
+    """
     from provenance.lab.site.build import check_site
     problems = check_site(bundle)
     emit({"ok": not problems, "problems": problems}, as_json, "\n".join(problems) or f"{bundle}: clean")

@@ -19,7 +19,12 @@ def log_group():
 @json_option
 @click.pass_context
 def log_append(ctx, digest, as_json):
-    """Append a stored object (record, statement, verdict...) to the log; idempotent."""
+    """Append a stored object (record, statement, verdict...) to the log; idempotent.
+
+    \b
+    Example:
+      prov log append RECORD_SHA256
+    """
     from provenance.log.translog import log_object, open_log
     store = open_store(ctx)
     info = store.resolve(digest)
@@ -35,7 +40,12 @@ def log_append(ctx, digest, as_json):
 @json_option
 @click.pass_context
 def log_checkpoint(ctx, key_path, passphrase_file, out, as_json):
-    """Sign a checkpoint (origin, size, root) of the log as it is now."""
+    """Sign a checkpoint (origin, size, root) of the log as it is now.
+
+    \b
+    Example:
+      prov log checkpoint --key keys/log/key.pem --out checkpoint.note
+    """
     from provenance.log.logbook import checkpoint
     from provenance.core.signing import load_private
     store = open_store(ctx)
@@ -54,7 +64,12 @@ def log_checkpoint(ctx, key_path, passphrase_file, out, as_json):
 @json_option
 @click.pass_context
 def log_prove(ctx, digest, size, as_json):
-    """Inclusion proof of a logged object."""
+    """Inclusion proof of a logged object.
+
+    \b
+    Example:
+      prov log prove RECORD_SHA256 --json
+    """
     from provenance.log.logbook import prove_inclusion
     p = prove_inclusion(open_store(ctx), digest, size)
     emit(p, as_json, f"leaf {p['index']} of {p['size']}, root {p['root']}\n" + "\n".join(p["proof"]))
@@ -67,7 +82,12 @@ def log_prove(ctx, digest, size, as_json):
 @json_option
 @click.pass_context
 def log_consistency(ctx, old, new, trust_path, as_json):
-    """Prove from the store's log that checkpoint NEW extends checkpoint OLD."""
+    """Prove from the store's log that checkpoint NEW extends checkpoint OLD.
+
+    \b
+    Example:
+      prov log consistency old.note checkpoint.note --trust trust.json
+    """
     from provenance.log.logbook import checkpoint_pair, prove_consistency, read_note
     trusted = None
     if trust_path:
@@ -83,7 +103,12 @@ def log_consistency(ctx, old, new, trust_path, as_json):
 @json_option
 @click.pass_context
 def log_verify(ctx, as_json):
-    """Recompute every node and checkpoint root from the leaves. Exit 1 on any mismatch."""
+    """Recompute every node and checkpoint root from the leaves. Exit 1 on any mismatch.
+
+    \b
+    Example:
+      prov --store evidence/store log verify
+    """
     from provenance.log.translog import open_log
     store = open_store(ctx)
     problems = open_log(store).recompute()

@@ -62,6 +62,10 @@ def import_legacy(ctx, record_file, archive, runtime, as_json):
 
     Recomputes the canonical score and the v1 runtime_tree_sha256; with --runtime and
     --archive compares the real bytes. Exit 1 when any check fails.
+
+    \b
+    Example:
+      prov import-legacy v1-record.json --archive archive.zip --runtime runtime/
     """
     from provenance.log.translog import log_object
     from provenance.records import legacy

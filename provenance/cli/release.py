@@ -74,7 +74,12 @@ def release_create(ctx, record_ref, archive, runtime, name, key_path, passphrase
 @_passphrase
 @json_option
 def release_sign(manifest, key_path, passphrase_file, as_json):
-    """Add a co-signature to an existing manifest (in place, atomically)."""
+    """Add a co-signature to an existing manifest (in place, atomically).
+
+    \b
+    Example:
+      prov release sign manifest.json --key keys/second/key.pem
+    """
     from provenance.core.files import write_json
     from provenance.release.create import cosign
     from provenance.records.envelope import read_envelope

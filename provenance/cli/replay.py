@@ -90,7 +90,12 @@ def miniature():
 @click.argument("dest", type=click.Path(file_okay=False))
 @json_option
 def miniature_build(dest, as_json):
-    """Generate the miniature contest into DEST (deterministic: same bytes on every machine)."""
+    """Generate the miniature contest into DEST (deterministic: same bytes on every machine).
+
+    \b
+    Example:
+      prov miniature build mini/
+    """
     from provenance.lab.miniature.build import build
     from provenance.core.tree import walk
     from provenance.core.digest import hash_file

@@ -64,7 +64,12 @@ def add(ctx, path, ref_name, allow_unsafe_links, as_json):
 def cat(ctx, digest, as_json):
     """Write a stored object's bytes to stdout (sha256 or blake3, unique prefix, or ref).
 
-    With --json: the object's digests and its bytes in base64."""
+    With --json: the object's digests and its bytes in base64.
+
+    \b
+    Example:
+      prov cat RECORD_SHA256 > record.json
+    """
     from provenance.core.digest import CHUNK
     store = open_store(ctx)
     info = store.resolve(digest)
@@ -86,7 +91,12 @@ def cat(ctx, digest, as_json):
 @json_option
 @click.pass_context
 def ls(ctx, digest, as_json):
-    """List the entries of a stored tree."""
+    """List the entries of a stored tree.
+
+    \b
+    Example:
+      prov ls RUNTIME_SHA256
+    """
     store = open_store(ctx)
     info = store.resolve(digest)
     if info.kind != "tree":
@@ -102,7 +112,12 @@ def ls(ctx, digest, as_json):
 @json_option
 @click.pass_context
 def export(ctx, digest, dest, as_json):
-    """Materialize a stored tree as a new directory DEST (bytes, exec bits, symlinks)."""
+    """Materialize a stored tree as a new directory DEST (bytes, exec bits, symlinks).
+
+    \b
+    Example:
+      prov export RUNTIME_SHA256 runtime-copy/
+    """
     store = open_store(ctx)
     info = store.resolve(digest)
     store.export(info.blake3, dest)
@@ -121,7 +136,12 @@ def ref():
 @json_option
 @click.pass_context
 def ref_set(ctx, name, digest, expect, as_json):
-    """Point NAME at an object; with --expect, only if it still points where you last saw it."""
+    """Point NAME at an object; with --expect, only if it still points where you last saw it.
+
+    \b
+    Example:
+      prov ref set submissions/mine/archive SHA256_OR_BLAKE3
+    """
     store = open_store(ctx)
     info = store.resolve(digest)
     if expect:
@@ -135,7 +155,12 @@ def ref_set(ctx, name, digest, expect, as_json):
 @json_option
 @click.pass_context
 def ref_get(ctx, name, as_json):
-    """Print the object a ref points at."""
+    """Print the object a ref points at.
+
+    \b
+    Example:
+      prov ref get submissions/mine/archive
+    """
     store = open_store(ctx)
     target = store.get_ref(name)
     if target is None:
@@ -148,7 +173,12 @@ def ref_get(ctx, name, as_json):
 @json_option
 @click.pass_context
 def ref_list(ctx, as_json):
-    """List every ref and its target."""
+    """List every ref and its target.
+
+    \b
+    Example:
+      prov ref list --json
+    """
     store = open_store(ctx)
     refs = store.list_refs()
     emit([{"name": n, "blake3": t} for n, t in refs], as_json, "\n".join(f"{t}  {n}" for n, t in refs))
@@ -160,7 +190,12 @@ def ref_list(ctx, as_json):
 @json_option
 @click.pass_context
 def ref_delete(ctx, name, expect, as_json):
-    """Remove a ref (the objects stay until gc)."""
+    """Remove a ref (the objects stay until gc).
+
+    \b
+    Example:
+      prov ref delete submissions/old --expect BLAKE3
+    """
     store = open_store(ctx)
     store.delete_ref(name, store.resolve(expect).blake3 if expect else None)
     emit({"deleted": name}, as_json, f"deleted {name}")
@@ -173,7 +208,12 @@ def ref_delete(ctx, name, expect, as_json):
 @click.pass_context
 def fsck(ctx, repair, ack_repair, as_json):
     """Re-hash every object and cross-check the index (SQLite integrity, schema), trees and refs.
-    Exit 1 on any fault, naming how to recover."""
+    Exit 1 on any fault, naming how to recover.
+
+    \b
+    Example:
+      prov --store evidence/store fsck --json
+    """
     from pathlib import Path
     from provenance.core.progress import Progress
     from provenance.log.translog import repair_store
@@ -211,7 +251,12 @@ def fsck(ctx, repair, ack_repair, as_json):
 @json_option
 @click.pass_context
 def gc(ctx, grace, dry_run, as_json):
-    """Remove objects unreachable from any ref."""
+    """Remove objects unreachable from any ref.
+
+    \b
+    Example:
+      prov --store evidence/store gc --grace 3600
+    """
     store = open_store(ctx)
     report = store.gc(grace, dry_run)
     emit(report, as_json, f"{'would remove' if dry_run else 'removed'} {report['removed']} object(s)")
