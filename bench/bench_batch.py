@@ -50,7 +50,7 @@ def main() -> None:
     from provenance.lab import batch as B
     from provenance.store.objects import Store
     lab = Store(work / "store-local")
-    b = B.Batch(lab, B.collect(subs, ["s1"]), mini / "upstream")
+    b = B.ReplayBatch(lab, B.collect(subs, ["s1"]), mini / "upstream")
     meet = {"kind": "dir", "path": str(fresh(work / "meet"))}
     t = time.perf_counter()
     task = b.tasks(meet)[0]  # hash (cached) and publish the inputs

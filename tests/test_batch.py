@@ -282,7 +282,7 @@ def test_worker_without_the_checkout_exports_it_from_the_store(mini, tmp_path):
     shutil.copytree(mini / "submissions" / "copy", subs / "early", symlinks=True)
     (subs / "early" / "runtime" / "archive").mkdir()  # refused after the inputs arrive, before any phase
     store = Store(tmp_path / "store", create=True)
-    b = B.Batch(store, B.collect(subs, ["early"]), mini / "upstream")
+    b = B.ReplayBatch(store, B.collect(subs, ["early"]), mini / "upstream")
     meet = {"kind": "dir", "path": str(tmp_path / "meet")}
     task = b.tasks(meet)[0]
     task["upstream_path"] = str(tmp_path / "not-here")

@@ -70,7 +70,7 @@ def batch_replay(ctx, names, folder, params_path, upstream, device, engine, addr
     Example:
       prov batch replay --params params.yaml --submissions submissions --upstream evidence/miniature/upstream
     """
-    from provenance.lab.batch import Batch, collect, dvc_remote, run
+    from provenance.lab.batch import ReplayBatch, collect, dvc_remote, run
     from provenance.core.files import write_atomic, write_json
     if params_path:
         if names:
@@ -85,7 +85,7 @@ def batch_replay(ctx, names, folder, params_path, upstream, device, engine, addr
     meet = {"kind": "dvc", "conf": dvc_remote(repo, remote_name)} if (remote_name or address) else None
     store = open_store(ctx, create=True)
     limits = {"timeout": timeout, "address_space": None if device == "cuda" else mem_limit}
-    b = Batch(store, subs, Path(upstream).resolve(), device, not no_sandbox, limits, meet, _progress(len(subs)))
+    b = ReplayBatch(store, subs, Path(upstream).resolve(), device, not no_sandbox, limits, meet, _progress(len(subs)))
     try:
         chosen, outcomes = run(b, engine, address=address, cpus=cpus_per_task, retries=retries,
                              **({"node_ip": node_ip} if node_ip else {}))

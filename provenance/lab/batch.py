@@ -44,7 +44,7 @@ class Submission:
 
 
 @dataclass
-class Outcome:
+class ReplayOutcome:
     """One submission's result. `record` is the record's SHA-256 when it replayed; otherwise
     `reason` says why not (and `exit_code` which kind of failure, as the CLI would exit)."""
     name: str
@@ -315,7 +315,7 @@ def work(task: dict) -> dict:
 # -- the head ----------------------------------------------------------------------------------------
 
 @dataclass
-class Batch:
+class ReplayBatch:
     store: Store
     submissions: list[Submission]
     upstream: Path
@@ -323,7 +323,7 @@ class Batch:
     sandboxed: bool = True
     limits: dict = field(default_factory=dict)
     meeting: dict | None = None  # None: a scratch directory on the head's disk
-    progress: Callable[[str, str, Outcome | None], None] | None = None  # (name, state, outcome)
+    progress: Callable[[str, str, ReplayOutcome | None], None] | None = None  # (name, state, outcome)
 
     def tasks(self, meet: dict) -> list[dict]:
         up = self.upstream
@@ -345,12 +345,12 @@ class Batch:
                         "sandboxed": self.sandboxed, "limits": self.limits, "meeting": meet})
         return out
 
-    def _say(self, name: str, state: str, o: Outcome | None = None) -> None:
+    def _say(self, name: str, state: str, o: ReplayOutcome | None = None) -> None:
         if self.progress:
             self.progress(name, state, o)
 
 
-def _merge(b: Batch, where, res: dict, results: dict[str, Outcome], order: list[str], logged: list[int]) -> None:
+def _merge(b: ReplayBatch, where, res: dict, results: dict[str, ReplayOutcome], order: list[str], logged: list[int]) -> None:
     """Take one worker's answer: fetch its objects (verified), then log every record whose turn has come."""
     name = res["name"]
     if res["ok"]:
@@ -359,7 +359,7 @@ def _merge(b: Batch, where, res: dict, results: dict[str, Outcome], order: list[
         except ProvError as e:
             res = {"name": name, "ok": False, "reason": f"results did not arrive intact: {e}",
                    "exit_code": e.exit_code, "host": res.get("host"), "wall": res.get("wall")}
-    o = Outcome(**{k: v for k, v in res.items() if k != "rows"})
+    o = ReplayOutcome(**{k: v for k, v in res.items() if k != "rows"})
     results[name] = o
     b._say(name, "done" if o.ok else "failed", o)
     while logged[0] < len(order) and order[logged[0]] in results:
@@ -369,13 +369,13 @@ def _merge(b: Batch, where, res: dict, results: dict[str, Outcome], order: list[
         logged[0] += 1
 
 
-def run_local(b: Batch) -> list[Outcome]:
+def run_local(b: ReplayBatch) -> list[ReplayOutcome]:
     """One after another in this process: the same work() a Ray worker runs."""
     with tempfile.TemporaryDirectory(prefix="prov-meet-") as tmp:
         meet = b.meeting or {"kind": "dir", "path": tmp}
         tasks = b.tasks(meet)
         where = meeting(meet)
-        results: dict[str, Outcome] = {}
+        results: dict[str, ReplayOutcome] = {}
         order, logged = [t["name"] for t in tasks], [0]
         for t in tasks:
             b._say(t["name"], "running")
@@ -399,15 +399,15 @@ def ray_available(address: str | None = None) -> bool:
     return True
 
 
-def run_ray(b: Batch, address: str | None = None, cpus: float = 1.0, retries: int = 3,
-            node_ip: str | None = None) -> list[Outcome]:
+def run_ray(b: ReplayBatch, address: str | None = None, cpus: float = 1.0, retries: int = 3,
+            node_ip: str | None = None) -> list[ReplayOutcome]:
     import contextlib
     import sys
     with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' deaths: stdout is our answer's
         return _run_ray(b, address, cpus, retries, node_ip)
 
 
-def _run_ray(b: Batch, address: str | None, cpus: float, retries: int, node_ip: str | None) -> list[Outcome]:
+def _run_ray(b: ReplayBatch, address: str | None, cpus: float, retries: int, node_ip: str | None) -> list[ReplayOutcome]:
     """Fan out as Ray tasks (num_gpus=1 with --device cuda). Without an address, an embedded Ray
     on this machine. At most as many tasks are in flight as the cluster has slots, so 'running'
     means running."""
@@ -439,7 +439,7 @@ def _run_ray(b: Batch, address: str | None, cpus: float, retries: int, node_ip: 
         gpu = b.device == "cuda"
         remote = ray.remote(work).options(num_cpus=0 if gpu else cpus, num_gpus=1 if gpu else 0,
                                           max_retries=retries, retry_exceptions=False, name="prov_replay")
-        results: dict[str, Outcome] = {}
+        results: dict[str, ReplayOutcome] = {}
         order, logged = [t["name"] for t in tasks], [0]
         queue = list(tasks)
 
@@ -475,7 +475,7 @@ def _run_ray(b: Batch, address: str | None, cpus: float, retries: int, node_ip: 
             ray.shutdown()
 
 
-def run(b: Batch, engine: str | None = None, **kw) -> tuple[str, list[Outcome]]:
+def run(b: ReplayBatch, engine: str | None = None, **kw) -> tuple[str, list[ReplayOutcome]]:
     """(the engine used, one outcome per submission in the order given)."""
     engine = engine or ("ray" if ray_available(kw.get("address")) else "local")
     if engine not in ENGINES:
@@ -512,7 +512,7 @@ def _ray_replay(name: str, submissions: Path, upstream: Path, out: Path, metrics
         shutil.rmtree(out)
     store = Store(out / "store", create=True)
     try:
-        b = Batch(store, collect(submissions, [name]), upstream.resolve(), device, meeting=meet)
+        b = ReplayBatch(store, collect(submissions, [name]), upstream.resolve(), device, meeting=meet)
         _, (o,) = run(b, "ray")
         if not o.ok:
             raise (ReplayFailed if o.exit_code == 1 else ProvError)(f"{name}: {o.reason}")
@@ -585,7 +585,7 @@ def _from_fan_out(name: str, submissions: Path, upstream: Path, out: Path, metri
 
 
 def _fan_out(todo: list[str], keys: dict[str, str], submissions: Path, upstream: Path, device: str, repo: Path,
-             cache: Path) -> dict[str, "Outcome"]:
+             cache: Path) -> dict[str, "ReplayOutcome"]:
     """One Ray batch of `todo`; each result becomes cache/KEY/out/ (its own store, logged, and
     record.json), exactly what a replay stage writes. Returns the failures."""
     from provenance.core.files import write_atomic
@@ -596,7 +596,7 @@ def _fan_out(todo: list[str], keys: dict[str, str], submissions: Path, upstream:
     try:
         head = Store(work_dir / "head", create=True)
         try:
-            b = Batch(head, collect(submissions, todo), upstream.resolve(), device, meeting=meet)
+            b = ReplayBatch(head, collect(submissions, todo), upstream.resolve(), device, meeting=meet)
             _, outcomes = run(b, "ray")
             hand = meeting({"kind": "dir", "path": str(work_dir / "hand")})
             for o in outcomes:
