@@ -150,3 +150,17 @@ def test_compare_with_a_hollow_claim_is_one_line(tmp_path, doc):
                  "--compare", claim, store=tmp_path / "store", check=2)
     assert r.err.startswith(f"prov: error: {claim}: ") and len(r.err.strip().splitlines()) == 1, r.err
     assert "internal error" not in r.err and not (tmp_path / "store").exists()
+
+
+def test_appraisal_has_no_side_effects_the_caller_saves_the_state(lab, tmp_path):
+    """appraise reads the verifier's state and writes nothing; verify_manifest, its caller, remembers."""
+    from provenance.release.verify import verify_manifest
+    env, dupes = read_envelope(lab["manifest"])
+    trust = load_trust(str(lab["trust"]), None)
+    state = tmp_path / "state.json"
+    out = Outcome()
+    v = authenticate(env, trust, out, dupes)
+    appraise(v, trust, out, archive=str(lab["archive"]), runtime=str(lab["rt"]), state=str(state))
+    assert out.ok and "rollback" in {c.name for c in out.checks} and not state.exists()
+    assert verify_manifest(lab["manifest"], trust, str(lab["archive"]), str(lab["rt"]), state=str(state)).ok
+    assert json.loads(state.read_text())["releases"]["demo"]["version"] == 1

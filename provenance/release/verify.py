@@ -54,6 +54,8 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
     if verified is not None:
         appraise(verified, trust, out, archive=archive, runtime=runtime, record=record, at=at, state=state,
                  since=since)
+        if out.ok and state is not None:  # what this verifier saw: the caller's to save, not the policy's
+            remember(state, out.statement["predicate"], hashlib.sha256(verified.payload).hexdigest())
     return out
 
 
@@ -120,7 +122,7 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
              since: str | None = None) -> None:
     """Policy (sigstore's Policy): what an authenticated statement says, held against the files the
     judge has, the contest's score formula, the record, time, the evidence log and what this
-    verifier saw before."""
+    verifier saw before. It reads the state file and writes nothing."""
     env, payload, stmt = v.envelope, v.payload, v.statement
     pred = stmt["predicate"]
     subjects = subject_digests(stmt)
@@ -203,8 +205,6 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
     digest = hashlib.sha256(payload).hexdigest()
     if state is not None:
         out.checks.append(_check_state(state, pred, digest))
-    if out.ok and state is not None:
-        remember(state, pred, digest)
 
 
 def _ssh_signers(sigs: list[str], payload: bytes, release_keys: dict) -> tuple[set[str], int]:
