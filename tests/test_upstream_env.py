@@ -58,7 +58,7 @@ def test_a_replay_with_the_upstreams_python_records_it_and_reproduces(tmp_path, 
     theirs = replay(tmp_path, mini / "upstream", mini, "--python", out, name="half")
     env = theirs["environment"]
     assert env["interpreter"] == "a venv, given with --python" and env["env_foreign"] == []
-    assert env["packages"] == {k: v for k, v in env["packages"].items()} and env["packages"]["torch"] == doc["packages"]["torch"]
+    assert env["packages"] == doc["packages"], "the record and prov-env.json name the same packages"
     assert "distribution comma-lab" in ours["environment"]["env_foreign"]
     assert env["env_sha256"] != ours["environment"]["env_sha256"]
     assert theirs["grade"] == "A++"

@@ -363,6 +363,15 @@ def lfs_pointer(data: bytes) -> tuple[str, int] | None:
     return oid.group(1).decode(), int(size)
 
 
+def is_lfs_pointer_file(path: str | Path) -> bool:
+    """A file small enough to be a git-LFS pointer that starts as one: the file was never fetched."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size > 1024:
+        return False
+    with open(p, "rb") as f:
+        return f.read(len(LFS_POINTER)) == LFS_POINTER
+
+
 def check_evaluator(profile: Profile, root: str | Path) -> Check:
     """`evaluator_pinned`: every file the profile pins, with expected and seen digests where they differ."""
     from provenance.core.digest import hash_file
@@ -374,11 +383,9 @@ def check_evaluator(profile: Profile, root: str | Path) -> Check:
         if not p.is_file():
             bad.append(f"{rel}: missing (expected sha256 {sha})")
             continue
-        if p.stat().st_size < 1024:
-            head = p.read_bytes()
-            if head.startswith(LFS_POINTER):
-                bad.append(f"{rel}: a git-LFS pointer, not the file (run `git lfs pull`)")
-                continue
+        if is_lfs_pointer_file(p):
+            bad.append(f"{rel}: a git-LFS pointer, not the file (run `git lfs pull`)")
+            continue
         seen = hash_file(p).sha256
         if seen != sha and rel in profile.stand_ins:
             bad.append(f"{rel}: stand-in: not the pinned oid {sha} (seen {seen})")

@@ -336,7 +336,8 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
         names_file = upstream / NAMES_FILE
         if not names_file.is_file():
             raise ProvError(f"upstream {up_digest.sha256[:12]}: no {NAMES_FILE}")
-        profile = detect_profile(upstream)
+        files = upstream_mod.file_digests(store, up_digest)  # the export's digests, as the store has them
+        profile = detect_profile(upstream, files)
         pointers = upstream_mod.lfs_pointers(profile, upstream)
         if pointers:
             raise ProvError(f"upstream {up_digest.sha256[:12]}: git-LFS pointers, not the files: {', '.join(pointers)} "
@@ -418,7 +419,6 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
                           env_foreign=env_seen.get("env_foreign"),
                           # the allow-list as used, with this machine's Python location left out
                           sandbox_env={k: v.replace(box.python_bin, "${PYTHON_BIN}") for k, v in box.env.items()})
-        files = upstream_mod.file_digests(store, up_digest)
         sandbox = SandboxRecord(
             phases={k: PhaseView(**v.describe(upstream, files)) for k, v in views.items()} if sandboxed else {},
             limits={k: v for k, v in limits.as_dict().items() if v is not None},

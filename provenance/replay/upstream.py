@@ -48,17 +48,19 @@ def never_stored(rel: str) -> bool:
             or parts[-1] == "")
 
 
-def detect_profile(upstream: Path) -> rules.Profile:
+def detect_profile(upstream: Path, digests: dict[str, str] | None = None) -> rules.Profile:
+    """`digests`: path -> sha256 of the upstream's files where the store already has them (an export)."""
     from provenance import contest
     marker = upstream / PROFILE_MARKER
     profile = contest.get_profile(marker.read_text().strip()) if marker.is_file() else rules.OFFICIAL
-    return with_stand_ins(profile, upstream)
+    return with_stand_ins(profile, upstream, digests)
 
 
-def with_stand_ins(profile: rules.Profile, upstream: Path) -> rules.Profile:
+def with_stand_ins(profile: rules.Profile, upstream: Path, digests: dict[str, str] | None = None) -> rules.Profile:
     """The profile as an upstream of labelled stand-ins (STAND_INS_FILE) is judged: its clip's frames,
     samples and size, and those files named as stand-ins. Only listed files that are present, hold the
-    listed bytes and differ from their pins count, the clip among them: a real file is never a stand-in."""
+    listed bytes and differ from their pins count, the clip among them: a real file is never a stand-in.
+    The files are hashed unless `digests` gives their sha256."""
     label = upstream / STAND_INS_FILE
     if label.is_symlink() or not label.is_file():
         return profile
@@ -72,7 +74,7 @@ def with_stand_ins(profile: rules.Profile, upstream: Path) -> rules.Profile:
     for rel, sha in sorted(listed.items()):
         p = upstream / rel
         if rel in pins and not p.is_symlink() and p.is_file():
-            seen = hash_file(p).sha256
+            seen = digests[rel] if digests and rel in digests else hash_file(p).sha256
             if seen == sha and seen != pins[rel]:
                 stand.append(rel)
     clip = next((rel for rel in pins if rel.startswith("videos/")), None)
@@ -80,6 +82,13 @@ def with_stand_ins(profile: rules.Profile, upstream: Path) -> rules.Profile:
         return profile
     size = sum(f.lstat().st_size for f in (upstream / "videos").rglob("*") if f.is_file() and not f.is_symlink())
     return profile.as_stand_ins(tuple(stand), frames, size)
+
+
+def read_files(store, digest: Digest, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The bytes of these regular files of a stored upstream, re-hashed as they leave the store; the
+    rest of the tree (the weights, the clip) is never read."""
+    return {path: store.read_bytes(child) for kind, path, _, child in store.walk_tree(digest.blake3)
+            if path in names and kind in ("file", "exec")}
 
 
 def file_digests(store, digest: Digest) -> dict[str, str]:
@@ -230,7 +239,7 @@ def _stage_folder(checkout: Path, profile: rules.Profile, stage: Path) -> Stored
         shutil.copyfile(src, stage / rel)
         os.chmod(stage / rel, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
         out.files.append(rel)
-        if rules.LFS_POINTER in (stage / rel).read_bytes()[:len(rules.LFS_POINTER)]:
+        if rules.is_lfs_pointer_file(stage / rel):
             out.lfs[rel] = "pointer only"
     return out
 
@@ -274,13 +283,7 @@ def obtain(store, spec: str | Path, scratch_base: str | None = None) -> tuple[Di
 
 def lfs_pointers(profile: rules.Profile, upstream: Path) -> list[str]:
     """The pinned files that are git-LFS pointers, not the files: no phase can run on them."""
-    out = []
-    for rel, _, _ in profile.evaluator:
-        p = upstream / rel
-        if p.is_file() and not p.is_symlink() and p.stat().st_size <= 1024:
-            if p.read_bytes().startswith(rules.LFS_POINTER):
-                out.append(rel)
-    return out
+    return [rel for rel, _, _ in profile.evaluator if rules.is_lfs_pointer_file(upstream / rel)]
 
 
 def export_read_only(store, digest: Digest, dest: Path) -> None:

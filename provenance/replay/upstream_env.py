@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Callable
@@ -29,11 +28,15 @@ INDEX_PINS = {"torch": "torch==2.14.1", "torchvision": "torchvision==0.29.1"}
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$")
 
 
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
 def _name(req: str) -> str:
     m = _NAME.match(req)
     if not m:
         raise ProvError(f"pyproject.toml: {req!r} is not a requirement")
-    return re.sub(r"[-_.]+", "-", m.group(1)).lower()  # PEP 503
+    return _normalize(m.group(1))
 
 
 def requirements(pyproject: bytes, group: str | None, pins: dict[str, str]) -> list[str]:
@@ -80,10 +83,6 @@ def parse_pins(specs: tuple[str, ...]) -> dict[str, str]:
     return pins
 
 
-PACKAGES = ("import json; from importlib import metadata; "
-            "print(json.dumps({d.metadata['Name'].lower(): d.version for d in metadata.distributions()}))")
-
-
 def build(store, upstream_spec: str | Path, out: str | Path, group: str | None = "cpu",
           pins: dict[str, str] | None = None, base_python: str | None = None,
           say: Callable[[str], None] = lambda m: None) -> dict:
@@ -94,13 +93,11 @@ def build(store, upstream_spec: str | Path, out: str | Path, group: str | None =
     if out.exists() and any(out.iterdir()):
         raise ProvError(f"--out {out}: exists and is not empty")
     up_digest, _ = upstream_mod.obtain(store, upstream_spec)
-    with tempfile.TemporaryDirectory(prefix="prov-upstream-env-") as tmp:
-        upstream_mod.export_read_only(store, up_digest, Path(tmp) / "up")
-        pyproject = Path(tmp) / "up" / "pyproject.toml"
-        if not pyproject.is_file():
-            raise ProvError(f"upstream {up_digest.sha256[:12]}: no pyproject.toml to take its dependencies from")
-        reqs = requirements(pyproject.read_bytes(), group, pins or {})
-        lock = (Path(tmp) / "up" / "uv.lock").read_bytes() if (Path(tmp) / "up" / "uv.lock").is_file() else None
+    declared = upstream_mod.read_files(store, up_digest, ("pyproject.toml", "uv.lock"))
+    if "pyproject.toml" not in declared:
+        raise ProvError(f"upstream {up_digest.sha256[:12]}: no pyproject.toml to take its dependencies from")
+    reqs = requirements(declared["pyproject.toml"], group, pins or {})
+    lock = declared.get("uv.lock")
     base = base_python or getattr(sys, "_base_executable", sys.executable)
     made = not out.exists()
     with terminate_on_signals():  # SIGTERM and SIGHUP clean up as Ctrl-C does
@@ -116,12 +113,13 @@ def _build(out, made, base, reqs, lock, up_digest, group, say) -> dict:
         # wheels only: an sdist's build would run the upstream's code here, outside any sandbox
         _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-input", "--only-binary", ":all:",
               "--disable-pip-version-check", "--no-warn-script-location", *reqs], "pip install")
-        r = subprocess.run([str(python), "-I", "-c", PACKAGES + "; import platform; print(platform.python_version())"],
-                           capture_output=True, text=True)
+        # listed by the replay's own probe, so prov-env.json and every record name the packages alike
+        from provenance.replay.run import PROBE
+        r = subprocess.run([str(python), "-I", "-c", PROBE, "cpu"], capture_output=True, text=True)
         try:
-            listed, version = r.stdout.strip().splitlines()[-2:]
-            packages = dict(sorted(json.loads(listed).items()))
-        except ValueError:
+            seen = json.loads(r.stdout.strip().splitlines()[-1])
+            packages, version = seen["packages"], seen["python"]
+        except (ValueError, IndexError, KeyError, TypeError):
             raise MissingEnvironment(f"{out}: the new environment does not list its packages (exit {r.returncode})") from None
         doc = {"upstream": up_digest.sha256, "group": group, "requirements": reqs, "packages": packages,
                "python": version, "lock": lock_differences(lock, packages)}
@@ -152,7 +150,7 @@ def lock_differences(lock: bytes | None, packages: dict[str, str]) -> dict:
     locked: dict[str, set[str]] = {}
     for pkg in doc.get("package", []):
         if isinstance(pkg, dict) and "name" in pkg and "version" in pkg:
-            locked.setdefault(re.sub(r"[-_.]+", "-", str(pkg["name"])).lower(), set()).add(str(pkg["version"]))
+            locked.setdefault(_normalize(str(pkg["name"])), set()).add(str(pkg["version"]))
     differs = {name: {"locked": sorted(locked[name]), "installed": version}
                for name, version in packages.items() if name in locked and version not in locked[name]}
     return {"file": "uv.lock", "followed": not differs, "differs": differs}
