@@ -119,17 +119,16 @@ def test_lfs_pointers_are_named_before_any_phase_runs(tmp_path, mini):
     assert "inflate" not in line and "probe" not in line, "no phase ran"
 
 
-def _stand_in_upstream(tmp_path, mini, clip_from="half") -> Path:
-    """The miniature with a stand-in clip (the half sample's re-encode: other bytes, same geometry)
-    and the label naming it."""
+def _stand_in_upstream(tmp_path, mini, frames=16) -> Path:
+    """The miniature with a stand-in clip (its first FRAMES frames re-encoded: other bytes, same
+    geometry) and the label naming it."""
     import hashlib
     up = tmp_path / "standin"
     shutil.copytree(mini / "upstream", up)
     from provenance.lab.miniature.build import decode, encode
-    frames = decode(mini / "upstream/videos/0.mkv")[:16]
-    encode(frames, up / "videos/0.mkv", crf=30)
+    encode(decode(mini / "upstream/videos/0.mkv")[:frames], up / "videos/0.mkv", crf=30)
     sha = hashlib.sha256((up / "videos/0.mkv").read_bytes()).hexdigest()
-    (up / "STAND-INS.json").write_text(json.dumps({"label": "comma-lab stand-in (test)", "frames": 16,
+    (up / "STAND-INS.json").write_text(json.dumps({"label": "comma-lab stand-in (test)", "frames": frames,
                                                    "files": {"videos/0.mkv": sha}}))
     return up
 
@@ -171,6 +170,28 @@ def test_a_label_never_makes_a_real_file_a_stand_in(tmp_path, mini):
     (up / "STAND-INS.json").write_text("{not json")
     r = replay(tmp_path, up, mini, check=2)
     assert "STAND-INS.json is not a stand-in label" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_a_release_made_against_stand_ins_never_verifies(tmp_path, mini):
+    """Whatever its frame count, a stand-in run is judged under NAME+stand-ins, and verify refuses any
+    score under it: a release of one fails score_recomputes, naming why."""
+    up = _stand_in_upstream(tmp_path, mini, frames=PROFILE.frames)  # the profile's own sample count
+    rt = tmp_path / "rt"
+    shutil.copytree(sample(mini, "copy")[1], rt)
+    archive = _zip_of(tmp_path, up / "videos/0.mkv")
+    store = tmp_path / "store"
+    out = prov_json("replay", "--archive", archive, "--runtime", rt, "--upstream", up, store=store)
+    assert out["record"]["profile"] == PROFILE.name + "+stand-ins"
+    run_prov("key", "generate", "--out", tmp_path / "k", check=0)
+    run_prov("trust", "init", "--release-key", tmp_path / "k/key.pub.pem", "--expires", "2099-01-01T00:00:00Z",
+             "--out", tmp_path / "trust.json", check=0)
+    run_prov("release", "create", "--record", out["digest"]["sha256"], "--archive", archive, "--runtime", rt,
+             "--name", "standin", "--key", tmp_path / "k/key.pem", "--out", tmp_path / "m.json", store=store, check=0)
+    r = run_prov("verify", tmp_path / "m.json", "--trust", tmp_path / "trust.json", "--archive", archive,
+                 "--runtime", rt, "--json")
+    res = json.loads(r.out)
+    assert r.returncode == 1 and [c["name"] for c in res["checks"] if not c["ok"]] == ["score_recomputes"]
+    assert "stand-ins" in next(c["detail"] for c in res["checks"] if c["name"] == "score_recomputes")
 
 
 # -- a release bound to a git-LFS pointer ---------------------------------------------------------
