@@ -302,7 +302,8 @@ cpu = [{include-group = "base"}, "torch", "torchvision"]
     assert requirements(doc, "cpu", {"torch": "torch==2.13.0"}).count("torch==2.13.0") == 1
     assert not any(r.startswith("torch;") for r in requirements(doc, "cpu", {"torch": "torch==2.13.0"}))
     for bad in (b'[project]\ndependencies = ["x @ https://evil/x.whl"]', b'[project]\ndependencies = [3]',
-                b'[dependency-groups]\ncpu = [{include-group = "cpu"}]', b"not toml ["):
+                b'[dependency-groups]\ncpu = [{include-group = "cpu"}]', b"not toml [",
+                b'[project]\ndependencies = "numpy"', b'[dependency-groups]\ncpu = "torch"', b'project = 3'):
         with pytest.raises(ProvError):
             requirements(bad, "cpu" if b"groups" in bad else None, {})
 

@@ -47,19 +47,26 @@ def requirements(pyproject: bytes, group: str | None, pins: dict[str, str]) -> l
         doc = tomllib.loads(pyproject.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ProvError(f"pyproject.toml: not TOML ({e})") from None
-    groups = doc.get("dependency-groups", {})
+    project, groups = doc.get("project", {}), doc.get("dependency-groups", {})
+    if not isinstance(project, dict) or not isinstance(groups, dict):
+        raise ProvError("pyproject.toml: [project] and [dependency-groups] must be tables")
 
     def of_group(name: str, seen: tuple[str, ...]) -> list:
         if name not in groups:
             raise ProvError(f"--group {name}: the upstream declares {', '.join(sorted(groups)) or 'no groups'}")
         if name in seen:
             raise ProvError(f"pyproject.toml: dependency group {name} includes itself")
+        if not isinstance(groups[name], list):
+            raise ProvError(f"pyproject.toml: dependency group {name} is not a list")
         out = []
         for r in groups[name]:
             out += of_group(r["include-group"], seen + (name,)) if isinstance(r, dict) and "include-group" in r else [r]
         return out
 
-    reqs = list(doc.get("project", {}).get("dependencies", [])) + (of_group(group, ()) if group is not None else [])
+    deps = project.get("dependencies", [])
+    if not isinstance(deps, list):
+        raise ProvError("pyproject.toml: project.dependencies is not a list")
+    reqs = deps + (of_group(group, ()) if group is not None else [])
     out = []
     for r in reqs:
         if not isinstance(r, str):
