@@ -43,19 +43,17 @@ def rel(tmp_path_factory):
              "--name", "demo", "--key", d / "a/key.pem", "--out", manifest, store=store)
     for k in "bc":
         inproc("release", "sign", manifest, "--key", d / k / "key.pem")
-    run_prov("export-checksums", manifest, "--runtime", rt, "--archive", archive, "--out", out, check=0)
+    run_prov("export-checksums", manifest, "--runtime", rt, "--archive", archive, "--trust", trust, "--out", out,
+             check=0)
     inproc("trust", "allowed-signers", trust, "--out", d / "allowed_signers")
     return dict(dir=d, rt=rt, archive=archive, trust=trust, out=out, manifest=manifest, store=store)
 
 
 def judge_folder(rel, dest: Path) -> Path:
-    """What a judge holds: the published release folder beside archive.zip and runtime/."""
-    dest.mkdir()
-    for f in rel["out"].iterdir():
-        shutil.copyfile(f, dest / f.name)
+    """What a judge holds: the published release folder (nothing from elsewhere) beside archive.zip and runtime/."""
+    shutil.copytree(rel["out"], dest)
     shutil.copyfile(rel["archive"], dest / "archive.zip")
     shutil.copytree(rel["rt"], dest / "runtime", symlinks=True)
-    shutil.copyfile(rel["dir"] / "allowed_signers", dest / "allowed_signers")
     return dest
 
 
@@ -68,30 +66,42 @@ def identities(rel) -> list[str]:
     return [line.split(" ", 1)[0] for line in (rel["dir"] / "allowed_signers").read_text().splitlines()]
 
 
-def ssh_verify(cwd, ident, sig="statement.json.sig", ns="comma-lab-release"):
-    return sh(["ssh-keygen", "-Y", "verify", "-f", "allowed_signers", "-I", ident, "-n", ns, "-s", sig],
-              cwd, stdin=Path(cwd) / "statement.json")
+def ssh_verify(cwd, ident, sig=None, ns="comma-lab-release", file="statement.json"):
+    return sh(["ssh-keygen", "-Y", "verify", "-f", "allowed_signers", "-I", ident, "-n", ns,
+               "-s", sig or f"{file}.{ident}.sig"], cwd, stdin=Path(cwd) / file)
 
 
 def stock_checks(j: Path) -> dict:
-    return {"sha256sum": sh(["sha256sum", "--quiet", "-c", "SHA256SUMS"], j).returncode,
+    ident = (j / "allowed_signers").read_text().split(" ", 1)[0]
+    return {"ssh_sums": ssh_verify(j, ident, file="SHA256SUMS").returncode,
+            "ssh_statement": ssh_verify(j, ident).returncode,
+            "sha256sum": sh(["sha256sum", "--quiet", "-c", "SHA256SUMS"], j).returncode,
             "b3sum": sh(["b3sum", "--quiet", "-c", "B3SUMS"], j).returncode,
             "tree_digest": sh([STOCK_PY, "tree_digest.py", "--check", "statement.json"], j).returncode}
+
+
+def regenerate_sums(j: Path) -> None:
+    """What a forger does after swapping files: checksum files made afresh for what is there now."""
+    names = [line.split("  ", 1)[1] for line in (j / "B3SUMS").read_text().splitlines()]
+    (j / "B3SUMS").write_text(sh(["b3sum", *names], j).stdout)
+    (j / "SHA256SUMS").write_text(sh(["sha256sum", *names, "B3SUMS"], j).stdout)
 
 
 def test_stock_tools_on_a_published_release(rel, tmp_path):
     j = judge_folder(rel, tmp_path / "judge")
     names = {line.split("  ", 1)[1] for line in (j / "SHA256SUMS").read_text().splitlines()}
     assert "archive.zip" in names and "runtime/inflate.sh" in names and all(
-        n == "archive.zip" or n.startswith("runtime/") for n in names)
-    assert stock_checks(j) == {"sha256sum": 0, "b3sum": 0, "tree_digest": 0}
+        n in ("archive.zip", "statement.json", "B3SUMS", "tree_digest.py") or n.startswith("runtime/") for n in names)
+    assert {"statement.json", "B3SUMS", "tree_digest.py"} <= names  # bound to the signature over SHA256SUMS
+    assert set(stock_checks(j).values()) == {0}
     st = json.loads((j / "statement.json").read_bytes())
     tree = next(s for s in st["subject"] if s["name"] == "runtime/")["digest"]["prov-tree-v1-sha256"]
     r = sh([STOCK_PY, "tree_digest.py", "runtime"], j)
     assert r.returncode == 0 and r.stdout.strip() == tree
     assert prov_json("hash", j / "runtime")["sha256"] == tree
     creator = sshsig.identity(signing.keyid(signing.load_public(rel["dir"] / "a/key.pub.pem")))
-    assert ssh_verify(j, creator).returncode == 0  # statement.json.sig: the creating key's
+    assert ssh_verify(j, creator).returncode == 0
+    assert not (j / "statement.json.sig").exists()  # one .sig per distinct key, nothing doubled
     # and prov agrees, reading the same folder
     out = prov_json("verify", j / "manifest.json", "--trust", rel["trust"], "--archive", j / "archive.zip",
                     "--runtime", j / "runtime")
@@ -104,6 +114,10 @@ def test_stock_tools_on_a_published_release(rel, tmp_path):
     ("archive", {"sha256sum", "b3sum", "tree_digest"}),
     ("exec_bit", {"tree_digest"}),        # checksum files cannot express modes
     ("symlink", {"tree_digest"}),         # sha256sum follows links; the tree records their target text
+    # the archive swapped and both checksum files made afresh: OpenSSH's check of SHA256SUMS fails
+    ("swap_and_regenerate", {"ssh_sums", "tree_digest"}),
+    ("tool", {"sha256sum", "b3sum"}),     # a tree_digest.py that always says OK is not the signed one
+    ("everything", {"ssh_sums"}),         # swap, an always-OK tool, fresh checksums: the signature still fails
 ])
 def test_stock_tools_catch_tampering(rel, tmp_path, tamper, caught_by):
     j = judge_folder(rel, tmp_path / "judge")
@@ -120,12 +134,121 @@ def test_stock_tools_catch_tampering(rel, tmp_path, tamper, caught_by):
             f.write(bytes([b[0] ^ 0x80]))
     elif tamper == "exec_bit":
         os.chmod(j / "runtime/inflate.sh", 0o644)
-    else:  # same bytes behind it, a different link
+    elif tamper == "symlink":  # same bytes behind it, a different link
         link = j / "runtime/lib/libSvtAv1Enc.so.2"
         link.unlink()
         os.symlink("./libSvtAv1Enc.so.2.3.0", link)
+    else:
+        if tamper in ("swap_and_regenerate", "everything"):
+            (j / "archive.zip").write_bytes(os.urandom(1000))
+        if tamper in ("tool", "everything"):
+            (j / "tree_digest.py").write_text("print('all OK')\n")
+        if tamper != "tool":
+            regenerate_sums(j)
     got = stock_checks(j)
     assert {k for k, rc in got.items() if rc != 0} == caught_by, got
+
+
+def signed_by_two(rel, statement: dict, out: Path) -> bytes:
+    """A DSSE manifest of `statement` signed by keys a and b (no SSHSIG), written to `out`; its payload."""
+    payload = rfc8785.dumps(statement)
+    out.write_text(json.dumps({"payload": base64.b64encode(payload).decode(), "payloadType": signing.IN_TOTO,
+                               "signatures": [signing.sign(signing.load_private(rel["dir"] / k / "key.pem"),
+                                                           signing.IN_TOTO, payload) for k in "ab"]}))
+    return payload
+
+
+def readme_commands(j: Path) -> list[str]:
+    return [line.strip() for line in (j / "README").read_text().splitlines()
+            if line.startswith("  ") and line.split()[0] in ("ssh-keygen", "sha256sum", "b3sum", "python3", "prov")]
+
+
+def test_the_packet_stands_alone_and_its_readme_commands_run(rel, tmp_path):
+    j = judge_folder(rel, tmp_path / "judge")
+    ids = identities(rel)
+    assert (j / "allowed_signers").read_text() == (rel["dir"] / "allowed_signers").read_text()
+    assert (j / "trust.json").read_bytes() == rel["trust"].read_bytes()
+    sigs = sorted(p.name for p in j.glob("*.sig"))
+    assert sigs == sorted([f"statement.json.{i}.sig" for i in ids] + [f"SHA256SUMS.{i}.sig" for i in ids])
+    from provenance.release.packet import FILES
+    assert {p.name for p in rel["out"].iterdir()} == set(FILES) - {"log.vkey"} | set(sigs)
+    readme = (j / "README").read_text()
+    st = json.loads((j / "statement.json").read_bytes())
+    assert hashlib.sha256((j / "statement.json").read_bytes()).hexdigest() in readme
+    assert st["subject"][0]["digest"]["sha256"] in readme and all(i in readme for i in ids)
+    cmds = readme_commands(j)
+    assert [c.split()[0] for c in cmds] == ["ssh-keygen"] * 6 + ["sha256sum", "b3sum", "python3", "prov"]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for c in cmds:
+        r = subprocess.run(["bash", "-c", c], cwd=j, capture_output=True, text=True, env=env)
+        assert r.returncode == 0, (c, r.stdout, r.stderr)
+    (j / "archive.zip").write_bytes(os.urandom(1000))
+    regenerate_sums(j)
+    r = subprocess.run(["bash", "-c", cmds[0]], cwd=j, capture_output=True, text=True)
+    assert r.returncode != 0  # the first command the README gives fails for the forged checksums
+    out = prov_json("verify", j / "manifest.json", "--trust", j / "trust.json", "--archive", j / "archive.zip",
+                    "--runtime", j / "runtime", check=1)
+    bad = {c["name"]: c["detail"] for c in out["checks"] if not c["ok"]}
+    assert set(bad) == {"judge_files", "archive_digest"} and "SHA256SUMS is not the checksums" in bad["judge_files"]
+
+
+@pytest.mark.parametrize("kind,line", [
+    ("mode", "runtime/inflate.sh: mode differs (exec bit clear here, set in the release)"),
+    ("target", "runtime/lib/libSvtAv1Enc.so.2: target differs (-> ./libSvtAv1Enc.so.2.3.0 here, "
+               "-> libSvtAv1Enc.so.2.3.0 in the release)"),
+    ("content", "runtime/model.bin: content differs"),
+    ("missing", "runtime/src/codec.py: missing (released as file)"),
+    ("extra", "runtime/src/extra.py: extra (a file not in the release)"),
+])
+def test_both_checkers_name_the_path_that_differs(rel, tmp_path, kind, line):
+    j = judge_folder(rel, tmp_path / "judge")
+    rt = j / "runtime"
+    if kind == "mode":
+        os.chmod(rt / "inflate.sh", 0o644)
+    elif kind == "target":
+        (rt / "lib/libSvtAv1Enc.so.2").unlink()
+        os.symlink("./libSvtAv1Enc.so.2.3.0", rt / "lib/libSvtAv1Enc.so.2")
+    elif kind == "content":
+        (rt / "model.bin").write_bytes(b"other")
+    elif kind == "missing":
+        (rt / "src/codec.py").unlink()
+    else:
+        (rt / "src/extra.py").write_text("x")
+    r = sh([STOCK_PY, "tree_digest.py", "--check", "statement.json"], j)
+    named = [x.strip() for x in r.stdout.splitlines() if x.startswith("  ")]
+    assert r.returncode == 1 and len(named) == 1 and named[0].startswith(line), r.stdout
+    out = prov_json("verify", j / "manifest.json", "--trust", j / "trust.json", "--archive", j / "archive.zip",
+                    "--runtime", rt, check=1)
+    bad = {c["name"]: c["detail"] for c in out["checks"] if not c["ok"]}
+    assert set(bad) == {"runtime_tree"} and line.split(": ", 1)[1] in bad["runtime_tree"] \
+        and line.split(":")[0].removeprefix("runtime/") in bad["runtime_tree"], bad
+
+
+def test_a_listing_that_does_not_describe_the_signed_tree_fails(rel, tmp_path):
+    """A signer cannot list one tree and sign another's digest: both checkers recompute it."""
+    env = json.loads(rel["manifest"].read_text())
+    st = json.loads(base64.b64decode(env["payload"]))
+    entry = next(e for e in st["predicate"]["runtime_listing"] if e["path"] == "model.bin")
+    entry["sha256"] = "0" * 64
+    payload = signed_by_two(rel, st, tmp_path / "m.json")
+    out = prov_json("verify", tmp_path / "m.json", "--trust", rel["trust"], "--archive", rel["archive"],
+                    "--runtime", rel["rt"], check=1)
+    bad = {c["name"]: c["detail"] for c in out["checks"] if not c["ok"]}
+    assert set(bad) == {"runtime_listing"} and "does not reproduce" in bad["runtime_listing"]
+    j = judge_folder(rel, tmp_path / "judge")
+    (j / "statement.json").write_bytes(payload)
+    r = sh([STOCK_PY, "tree_digest.py", "--check", "statement.json"], j)
+    assert r.returncode == 1 and "listing does not reproduce" in r.stdout
+
+
+def test_export_refuses_checksums_the_release_did_not_sign(rel, tmp_path, monkeypatch):
+    """An export by a prov whose tree_digest.py differs would publish checksums nobody signed."""
+    from provenance.core.errors import VerificationFailed
+    from provenance.release import packet
+    env = json.loads(rel["manifest"].read_text())
+    monkeypatch.setattr(packet, "tool_bytes", lambda: b"print('another version')\n")
+    with pytest.raises(VerificationFailed, match="tree_digest.py is not the one"):
+        packet.write_packet(env, rel["rt"], tmp_path / "out", rel["archive"])
 
 
 def test_ssh_keygen_verifies_every_key_of_a_2_of_3_release(rel, tmp_path):
@@ -136,6 +259,7 @@ def test_ssh_keygen_verifies_every_key_of_a_2_of_3_release(rel, tmp_path):
         r = ssh_verify(j, ident, f"statement.json.{ident}.sig")
         assert r.returncode == 0 and "Good" in r.stdout + r.stderr, r.stderr
         assert ssh_verify(j, ident, f"statement.json.{ident}.sig", ns="other").returncode != 0
+        assert ssh_verify(j, ident, file="SHA256SUMS").returncode == 0
     assert ssh_verify(j, ids[1], f"statement.json.{ids[0]}.sig").returncode != 0  # wrong signer identity
     data = bytearray((j / "statement.json").read_bytes())
     for at in (0, len(data) // 2, len(data) - 1):
@@ -206,11 +330,7 @@ def test_runtime_subject_names_its_algorithm_and_old_releases_verify(rel, tmp_pa
     assert set(arch["digest"]) == {"sha256", "blake3"}
     # a release made before the rename: plain sha256/blake3 keys on the tree
     rt["digest"] = {"sha256": rt["digest"]["prov-tree-v1-sha256"], "blake3": rt["digest"]["prov-tree-v1-blake3"]}
-    payload = rfc8785.dumps(st)
-    old = {"payload": base64.b64encode(payload).decode(), "payloadType": signing.IN_TOTO,
-           "signatures": [signing.sign(signing.load_private(rel["dir"] / k / "key.pem"), signing.IN_TOTO, payload)
-                          for k in "ab"]}
-    (tmp_path / "old.json").write_text(json.dumps(old))
+    signed_by_two(rel, st, tmp_path / "old.json")
     out = prov_json("verify", tmp_path / "old.json", "--trust", rel["trust"], "--archive", rel["archive"],
                     "--runtime", rel["rt"])
     assert out["ok"] and "ssh_signatures" not in {c["name"] for c in out["checks"]}

@@ -94,22 +94,33 @@ def release_sign(manifest, key_path, passphrase_file, as_json):
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--runtime", required=True, type=click.Path(file_okay=False))
 @click.option("--archive", type=click.Path(dir_okay=False), help="Where archive.zip lies (default: OUT/archive.zip).")
+@click.option("--trust", "trust_path", type=click.Path(dir_okay=False),
+              help="The trust policy the release was signed under: copied in, with its allowed_signers and log key.")
+@click.option("--trust-chain", "chain_dir", type=click.Path(file_okay=False),
+              help="With --trust: its later versions (N.trust.json), copied into trust-chain/.")
 @click.option("--out", "out_dir", default=".", type=click.Path(file_okay=False), show_default=True)
 @json_option
-def export_checksums(manifest, runtime, archive, out_dir, as_json):
-    """Write the judge's files: SHA256SUMS, B3SUMS, statement.json(.sig) and tree_digest.py.
+def export_checksums(manifest, runtime, archive, trust_path, chain_dir, out_dir, as_json):
+    """Write the judge's packet: README, statement.json and one .sig per key, SHA256SUMS (signed by
+    the same keys) and B3SUMS, tree_digest.py, and with --trust: trust.json, allowed_signers, log.vkey.
 
-    Names are `archive.zip` and `runtime/...`: run the stock tools in a folder holding both.
+    Names are `archive.zip` and `runtime/...`: run the stock tools in a folder holding both,
+    in the order the README gives.
 
     \b
     Example:
-      prov export-checksums manifest.json --runtime runtime/ --archive archive.zip --out release/
-      cd judge/ && sha256sum -c SHA256SUMS && b3sum -c B3SUMS && python3 tree_digest.py --check statement.json
+      prov export-checksums manifest.json --runtime runtime/ --archive archive.zip --trust trust.json --out release/
+      cd release/ && cat README
     """
-    from provenance.release.create import write_judge_files
+    from provenance.release.packet import write_packet
     from provenance.records.envelope import read_envelope
+    if chain_dir and not trust_path:
+        raise ProvError("--trust-chain needs --trust (the version it walks from)")
+    for p in (trust_path, chain_dir):
+        if p and not os.path.exists(p):
+            raise ProvError(f"{p}: no such file or directory")
     env, _ = read_envelope(manifest)
-    files = [str(f) for f in write_judge_files(env, runtime, out_dir, archive)]
+    files = [str(f) for f in write_packet(env, runtime, out_dir, archive, trust_path, chain_dir)]
     emit({"written": files}, as_json, "\n".join(f"wrote {f}" for f in files))
 
 

@@ -274,3 +274,52 @@ def hash_path(path: str | os.PathLike, progress=None, allow_unsafe_links: bool =
                 raise TreeError(f"{os.fsdecode(p)}: cannot read file ({e.strerror})") from None
         return "tree", walk(path, file_digest, allow_unsafe_links=allow_unsafe_links)
     raise ProvError(f"{path}: not a regular file or directory")
+
+
+def listing(root: str | os.PathLike) -> tuple[Digest, list[dict]]:
+    """(digest, listing) of a tree: every entry by its path, directories before what they hold,
+    names in prov-tree-v1 order; files and links with size, sha256 and blake3, links with their
+    target. A release signs it, so a checker can name each path that differs."""
+    from provenance.core.digest import hash_file
+    from provenance.core.tree_digest import Refused
+    seen: dict[bytes, Digest] = {}
+
+    def file_digest(p, s):
+        seen[p] = d = hash_file(p)
+        return d
+    d = walk(root, file_digest)
+    out: list[dict] = []
+
+    def visit(path: bytes, prefix: str) -> None:
+        for raw in sorted(os.listdir(path)):
+            full, rel = path + b"/" + raw, prefix + raw.decode("utf-8")
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
+                out.append({"path": rel, "type": "tree"})
+                visit(full, rel + "/")
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(full)
+                ld = digest_bytes(target)
+                out.append({"path": rel, "type": "link", "size": ld.size, "sha256": ld.sha256, "blake3": ld.blake3,
+                            "target": target.decode("utf-8", "replace")})
+            else:
+                fd = seen.get(full)
+                if fd is None:
+                    raise TreeError(f"{os.fsdecode(full)}: appeared while the tree was read")
+                out.append({"path": rel, "type": "exec" if st.st_mode & S_IXUSR else "file", "size": fd.size,
+                            "sha256": fd.sha256, "blake3": fd.blake3})
+    visit(os.fsencode(root).rstrip(b"/") or b"/", "")
+    try:
+        again = listing_digest(out)
+    except Refused as e:
+        raise TreeError(f"{os.fsdecode(root)}: {e}") from None
+    if again != (d.sha256, d.blake3):
+        raise TreeError(f"{os.fsdecode(root)}: changed while it was read")
+    return d, out
+
+
+def listing_digest(entries: list[dict]) -> tuple[str, str]:
+    """(sha256, blake3) prov-tree-v1 digests a listing describes; tree_digest.Refused if it is not one tree."""
+    from provenance.core.tree_digest import listing_sha256
+    return (listing_sha256(entries),
+            listing_sha256(entries, "blake3", lambda rows: blake3(rows).hexdigest()))

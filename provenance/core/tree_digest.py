@@ -5,7 +5,8 @@ A judge who trusts none of our code runs this file as published beside a release
 
     python3 tree_digest.py runtime/              # print the runtime tree's SHA-256
     python3 tree_digest.py --check statement.json [--archive archive.zip] [--runtime runtime/]
-        # compare archive.zip, runtime/ and the score against the signed statement
+        # compare archive.zip, runtime/ and the score against the signed statement, naming
+        # each path that differs (the statement lists the runtime: path, type, size, digest)
         # (check statement.json itself first: ssh-keygen -Y verify ... < statement.json)
 
 Symlinks count as their target text and are never followed; the owner exec bit counts;
@@ -47,31 +48,113 @@ def check_link(target, depth, where):
             level += 1
 
 
-def tree_sha256(path, depth=0):
-    """(hex SHA-256 tree digest, total size) of a directory, prov-tree-v1."""
+def tree_sha256(path, depth=0, listing=None, prefix=""):
+    """(hex SHA-256 tree digest, total size) of a directory, prov-tree-v1; with `listing`, every
+    entry is appended to it as the statement lists it (path, type, size, sha256, link target)."""
     rows, total = [b"prov-tree-v1 sha256\n"], 0
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
         where = full.decode("utf-8", "replace")
         if name in (b".", b"..") or b"\0" in name:
             raise Refused("%s: invalid entry name" % where)
-        name.decode("utf-8")  # UnicodeDecodeError: refused below
+        rel = prefix + name.decode("utf-8")  # UnicodeDecodeError: refused below
         st = os.lstat(full)
+        entry = {"path": rel}
+        if listing is not None:
+            listing.append(entry)
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(full)
             check_link(target, depth, where)
             kind, digest, size = b"link", hashlib.sha256(target).hexdigest(), len(target)
+            entry["target"] = target.decode("utf-8", "replace")
         elif stat.S_ISDIR(st.st_mode):
             kind = b"tree"
-            digest, size = tree_sha256(full, depth + 1)
+            digest, size = tree_sha256(full, depth + 1, listing, rel + "/")
         elif stat.S_ISREG(st.st_mode):
             kind = b"exec" if st.st_mode & stat.S_IXUSR else b"file"
             digest, size = file_sha256(full), st.st_size
         else:
             raise Refused("%s: special file (FIFO, socket or device) not allowed" % where)
+        entry["type"] = kind.decode()
+        if kind != b"tree":
+            entry.update(size=size, sha256=digest)
         rows.append(b"%s %d %s %s\0" % (kind, size, digest.encode(), name))
         total += size
     return hashlib.sha256(b"".join(rows)).hexdigest(), total
+
+
+KINDS = ("file", "exec", "link", "tree")
+
+
+def listing_children(listing):
+    """{directory path ("" for the root): [entries]} of a statement's runtime listing, or Refused
+    if it does not describe one tree (a duplicate path, an entry whose parent is not a listed
+    directory, a bad name or type)."""
+    if not isinstance(listing, list):
+        raise Refused("runtime_listing is not a list")
+    dirs, seen = {"": []}, set()
+    for e in listing:
+        if not isinstance(e, dict) or e.get("type") not in KINDS or not isinstance(e.get("path"), str):
+            raise Refused("runtime_listing: malformed entry %r" % (e,))
+        if e["type"] == "tree":
+            dirs.setdefault(e["path"], [])
+    for e in listing:
+        path = e["path"]
+        parent, _, name = path.rpartition("/")
+        if path in seen or not name or name in (".", "..") or "\0" in name or parent not in dirs:
+            raise Refused("runtime_listing: %r is not one entry of one tree" % path)
+        seen.add(path)
+        dirs[parent].append(e)
+    return dirs
+
+
+def listing_sha256(listing, key="sha256", hash_rows=None):
+    """The prov-tree-v1 digest a listing describes (it must reproduce the signed tree digest)."""
+    dirs = listing_children(listing)
+    hash_rows = hash_rows or (lambda rows: hashlib.sha256(rows).hexdigest())
+    header = b"prov-tree-v1 %s\n" % key.encode()
+
+    def digest(d):
+        rows, total = [header], 0
+        for e in sorted(dirs[d], key=lambda e: e["path"].rpartition("/")[2].encode()):
+            name = e["path"].rpartition("/")[2].encode()
+            if e["type"] == "tree":
+                h, size = digest(e["path"])
+            else:
+                h, size = e.get(key), e.get("size")
+                if not isinstance(h, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise Refused("runtime_listing: %r lacks its %s or size" % (e["path"], key))
+            rows.append(b"%s %d %s %s\0" % (e["type"].encode(), size, h.encode(), name))
+            total += size
+        return hash_rows(b"".join(rows)), total
+    return digest("")[0]
+
+
+def differences(released, here):
+    """One line per path whose entry differs between the released listing and the tree here:
+    missing, extra, mode (the exec bit), type, link target or content."""
+    want = {e["path"]: e for e in released}
+    got = {e["path"]: e for e in here}
+    out = []
+    for path in sorted(set(want) | set(got), key=lambda p: p.encode()):
+        w, g = want.get(path), got.get(path)
+        if g is None:
+            out.append("%s: missing (released as %s)" % (path, w["type"]))
+        elif w is None:
+            out.append("%s: extra (a %s not in the release)" % (path, g["type"]))
+        elif w["type"] != g["type"]:
+            if {w["type"], g["type"]} == {"file", "exec"}:
+                out.append("%s: mode differs (exec bit %s here, %s in the release)"
+                           % (path, "set" if g["type"] == "exec" else "clear", "set" if w["type"] == "exec" else "clear"))
+            else:
+                out.append("%s: type differs (a %s here, a %s in the release)" % (path, g["type"], w["type"]))
+        elif w["type"] == "link" and w.get("sha256") != g.get("sha256"):
+            out.append("%s: target differs (-> %s here, -> %s in the release)"
+                       % (path, g.get("target", "?"), w.get("target", "?")))
+        elif w["type"] != "tree" and (w.get("sha256"), w.get("size")) != (g.get("sha256"), g.get("size")):
+            out.append("%s: content differs (sha256 %s.. here, %s.. in the release; %s bytes, %s released)"
+                       % (path, g.get("sha256", "?")[:16], str(w.get("sha256"))[:16], g.get("size"), w.get("size")))
+    return out
 
 
 def subjects(statement):
@@ -87,16 +170,34 @@ def check(statement_path, archive, runtime):
     with open(statement_path, "rb") as f:
         st = json.loads(f.read().decode("utf-8"))
     want = subjects(st)
+    pred = st.get("predicate", {})
     ok = True
     got = file_sha256(archive)
     same = got == want.get("archive.zip")
     ok &= same
     print("%s: %s sha256 %s" % (archive, "OK" if same else "MISMATCH", got))
-    got = tree_sha256(os.fsencode(runtime))[0]
+    here = []
+    got = tree_sha256(os.fsencode(runtime), listing=here)[0]
     same = got == want.get("runtime/")
     ok &= same
     print("%s: %s prov-tree-v1 sha256 %s" % (runtime, "OK" if same else "MISMATCH", got))
-    sc = st.get("predicate", {}).get("score", {})
+    released = pred.get("runtime_listing")
+    if released is not None:
+        try:
+            consistent = listing_sha256(released) == want.get("runtime/")
+        except Refused as e:
+            consistent = False
+            print("statement: %s" % e)
+        ok &= consistent
+        if not consistent:
+            print("statement: MISMATCH its runtime listing does not reproduce its runtime tree digest")
+        elif not same:
+            lines = differences(released, here)
+            for line in lines[:50]:
+                print("  %s%s" % (runtime.rstrip("/") + "/", line))
+            if len(lines) > 50:
+                print("  ... and %d more" % (len(lines) - 50))
+    sc = pred.get("score", {})
     again = 100 * sc["segnet"] + math.sqrt(sc["posenet"] * 10) + 25 * sc["rate"]  # evaluate.py's order
     same = again == sc["canonical"]
     ok &= same

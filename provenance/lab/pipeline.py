@@ -60,7 +60,8 @@ def _trust(keys: Path, trust: Path) -> None:
 def release_all(names: list[str], replays: Path, submissions: Path, store_dir: Path, out: Path,
                 trust: Path, keys: Path, plot: Path, sweep: dict | None = None) -> list[dict]:
     from provenance.records.envelope import statement_of
-    from provenance.release.create import create_release, write_judge_files
+    from provenance.release.create import create_release
+    from provenance.release.packet import write_packet
     _ensure_key(keys / "release")
     _ensure_key(keys / "log")
     _trust(keys, trust)
@@ -85,9 +86,9 @@ def release_all(names: list[str], replays: Path, submissions: Path, store_dir: P
         env, stmt = create_release(store, str(replays / name / "record.json"), sub / "archive.zip", sub / "runtime",
                                    name, keys / "release/key.pem", log_key_path=keys / "log/key.pem")
         dest = out / name
-        write_json(dest / "manifest.json", env)
-        shutil.copyfile(replays / name / "record.json", dest / "record.json")
-        write_judge_files(env, sub / "runtime", dest, sub / "archive.zip")
+        dest.mkdir(parents=True)
+        shutil.copyfile(replays / name / "record.json", dest / "record.json")  # before the packet: its README names it
+        write_packet(env, sub / "runtime", dest, sub / "archive.zip", trust=trust)
         pred = statement_of(env)["predicate"]
         rows.append({"name": name, "archive_bytes": pred["archive_size"], "canonical_score": pred["score"]["canonical"],
                      "grade": pred["grade"], "statement": stmt.sha256})

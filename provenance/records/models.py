@@ -239,6 +239,16 @@ class Score(Strict):
     samples: int = Field(ge=0)
 
 
+class RuntimeEntry(Strict):
+    """One entry of the runtime tree as a release lists it (tree_digest.py reads the same)."""
+    path: str = Field(min_length=1)
+    type: Literal["file", "exec", "link", "tree"]
+    size: Optional[int] = Field(default=None, ge=0)
+    sha256: Optional[str] = Field(default=None, pattern=HEX64)
+    blake3: Optional[str] = Field(default=None, pattern=HEX64)
+    target: Optional[str] = None
+
+
 class ReleasePredicate(Strict):
     name: str = Field(pattern=REF_SAFE)
     version: int = Field(ge=1, description="monotonic per release name")
@@ -254,6 +264,8 @@ class ReleasePredicate(Strict):
     record: DigestSet
     upstream: Upstream
     log: Optional[dict[str, str]] = Field(default=None, description="where the evidence is logged (origin)")
+    runtime_listing: Optional[list[RuntimeEntry]] = Field(
+        default=None, description="every entry of runtime/ (prov-tree-v1 order); it reproduces the runtime subject")
 
 
 class Statement(Strict):

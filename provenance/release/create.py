@@ -1,19 +1,18 @@
-"""Release statements (in-toto Statement v1 in a DSSE envelope): create, co-sign, export checksums."""
+"""Release statements (in-toto Statement v1 in a DSSE envelope): create and co-sign (the packet: release.packet)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from provenance.core import canonical, signing, tree_digest
+from provenance.core import canonical, signing
 from provenance.core.clock import now_rfc3339
 from provenance.core.digest import Digest
 from provenance.core.errors import ProvError, VerificationFailed
-from provenance.core.files import write_atomic
 from provenance.records.models import (DigestSet, TreeDigestSet, EvalRecord, ReleasePredicate, Score, Statement, Subject, load_record)
 from provenance.store.objects import Store
 from provenance.log.translog import log_object, open_log
-from provenance.records.envelope import envelope_shape, payload_of, statement_bytes, statement_of, subject_digests
+from provenance.records.envelope import envelope_shape, payload_of, statement_bytes
 
 TREE_ANNOTATION = {"digestAlgorithm": "prov-tree-v1"}
 
@@ -40,6 +39,10 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     record, record_d = resolve_record(store, record_ref)
     archive_d = store.add_as(archive, "file", "archive")
     runtime_d = store.add_as(runtime, "tree", "runtime")
+    from provenance.core.tree import listing
+    listed_d, runtime_listing = listing(runtime)
+    if (listed_d.sha256, listed_d.blake3) != (runtime_d.sha256, runtime_d.blake3):
+        raise VerificationFailed(f"{runtime}: changed while it was released")
     ra, rt = record.archive, record.runtime.tree
     if ra is None:
         raise VerificationFailed("the record is a claim not bound to an archive: it cannot be released")
@@ -70,7 +73,7 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
                                                 segnet=res.segnet, rate=res.rate, samples=res.samples),
             archive_size=archive_d.size, grade=record.grade, axis=record.axis,
             record=DigestSet(sha256=record_d.sha256, blake3=record_d.blake3), upstream=record.upstream,
-            log={"origin": log_origin} if log_origin else None))
+            log={"origin": log_origin} if log_origin else None, runtime_listing=runtime_listing))
     payload = canonical.dumps(statement.to_json_obj())
     env = signing.envelope(payload, key)
     env["ssh"] = [ssh_signature(key, payload)]
@@ -99,59 +102,12 @@ def cosign(manifest: dict, key_path: str | Path, passphrase_file=None) -> dict:
 
 
 def ssh_signature(key, payload: bytes) -> dict:
-    """An SSHSIG of the statement bytes by the same key, carried outside the signed payload (as DSSE allows)."""
+    """SSHSIGs by the same key, carried outside the signed payload (as DSSE allows): of the statement
+    bytes, and of the packet's SHA256SUMS, which follows from them (release.packet)."""
     from provenance.core import sshsig
-    return {"keyid": signing.keyid(key.public_key()), "sshsig": sshsig.sign(key, payload)}
-
-
-def export_checksums(manifest: dict, runtime: str | Path, out_dir: str | Path,
-                     archive: str | Path | None = None) -> list[Path]:
-    """SHA256SUMS and B3SUMS naming `archive.zip` and `runtime/...` as they sit in a judge's folder,
-    so `sha256sum -c` / `b3sum -c` run there as published. Symlinks and exec bits are beyond
-    checksum files: tree_digest.py covers them."""
-    from provenance.core import tree as treemod
-    from provenance.core.digest import hash_file
-    subjects = subject_digests(statement_of(manifest))
-    if "archive.zip" not in subjects or "runtime/" not in subjects:
-        raise ProvError("manifest: statement lacks the archive.zip and runtime/ subjects")
-    if archive is not None and hash_file(archive).sha256 != subjects["archive.zip"][0]:
-        raise VerificationFailed(f"{archive}: is not the released archive.zip")
-    rt = treemod.walk(runtime, lambda p, s: hash_file(p))
-    if rt.sha256 != subjects["runtime/"][0]:
-        raise VerificationFailed(f"{runtime}: tree {rt.sha256} is not the released runtime "
-                                 f"{subjects['runtime/'][0]}")
-    out = Path(out_dir)
-    sha_lines = [f"{subjects['archive.zip'][0]}  archive.zip"]
-    b3_lines = [f"{subjects['archive.zip'][1]}  archive.zip"]
-    for rel, full in treemod.iter_files(os.fsencode(runtime)):
-        d = hash_file(full)
-        sha_lines.append(f"{d.sha256}  runtime/{rel}")
-        b3_lines.append(f"{d.blake3}  runtime/{rel}")
-    files = [out / "SHA256SUMS", out / "B3SUMS"]
-    write_atomic(files[0], ("\n".join(sha_lines) + "\n").encode())
-    write_atomic(files[1], ("\n".join(b3_lines) + "\n").encode())
-    return files
-
-
-def write_judge_files(manifest: dict, runtime: str | Path, out_dir: str | Path,
-                      archive: str | Path | None = None) -> list[Path]:
-    """Everything a judge needs beside archive.zip and runtime/ to check a release with stock tools:
-    checksums, the exact signed statement bytes, one SSHSIG per signing key, tree_digest.py."""
-    from provenance.core import sshsig
-    out = Path(out_dir)
-    files = export_checksums(manifest, runtime, out, archive)
-    payload = payload_of(manifest)
-    write_atomic(out / "statement.json", payload)
-    files.append(out / "statement.json")
-    for stale in out.glob("statement.json*.sig"):  # a signer of an earlier export must not linger
-        stale.unlink()
-    for i, s in enumerate(manifest.get("ssh", [])):
-        names = [f"statement.json.{sshsig.identity(s['keyid'])}.sig"] + (["statement.json.sig"] if i == 0 else [])
-        for n in names:
-            write_atomic(out / n, s["sshsig"].encode())
-            files.append(out / n)
-    write_atomic(out / "tree_digest.py", Path(tree_digest.__file__).read_bytes())
-    files.append(out / "tree_digest.py")
-    return files
-
-
+    from provenance.release.packet import judge_sums
+    out = {"keyid": signing.keyid(key.public_key()), "sshsig": sshsig.sign(key, payload)}
+    sums = judge_sums(payload)
+    if sums is not None:
+        out["sums_sshsig"] = sshsig.sign(key, sums[0])
+    return out

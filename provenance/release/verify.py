@@ -152,6 +152,17 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
             out.add("archive_digest", (d.sha256, d.blake3) == want and d.size == pred["archive_size"],
                     f"sha256 {d.sha256[:16]}.. {'matches' if d.sha256 == want[0] else 'differs from'} "
                     f"the release ({str(want[0])[:16]}..), {d.size:,} bytes")
+    listing = pred.get("runtime_listing")
+    if listing is not None:  # the signed listing must describe the signed tree, or it could name anything
+        from provenance.core.tree import listing_digest
+        from provenance.core.tree_digest import Refused
+        want = subjects.get("runtime/", (None, None))
+        try:
+            same, why = listing_digest(listing) == want, "does not reproduce"
+        except Refused as e:
+            same, why = False, str(e)
+        out.add("runtime_listing", same, f"{len(listing)} entries reproduce the runtime tree digest" if same
+                else f"the statement's runtime listing {why} its runtime tree digest")
     if runtime is not None:
         from provenance.core import tree as treemod
         from provenance.core.digest import hash_file
@@ -160,9 +171,12 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
         try:
             t = treemod.walk(runtime, lambda p, s: hash_file(p))
             want = subjects.get("runtime/", (None, None))
-            out.add("runtime_tree", (t.sha256, t.blake3) == want,
-                    f"prov-tree-v1 {t.sha256[:16]}.. {'matches' if t.sha256 == want[0] else 'differs from'}"
-                    f" the release ({str(want[0])[:16]}..)")
+            same = (t.sha256, t.blake3) == want
+            detail = (f"prov-tree-v1 {t.sha256[:16]}.. {'matches' if same else 'differs from'}"
+                      f" the release ({str(want[0])[:16]}..)")
+            if not same and listing is not None:
+                detail += "; " + _tree_differences(listing, runtime)
+            out.add("runtime_tree", same, detail)
         except treemod.TreeError as e:
             out.add("runtime_tree", False, str(e))
     # 7. the score follows from its components under the record's profile
@@ -207,6 +221,15 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
         out.checks.append(_check_state(state, pred, digest))
 
 
+def _tree_differences(listing: list, runtime: str, most: int = 20) -> str:
+    """The paths that differ, as tree_digest.py --check prints them."""
+    from provenance.core.tree_digest import differences, tree_sha256
+    here: list = []
+    tree_sha256(os.fsencode(runtime), listing=here)
+    lines = differences(listing, here) or ["no path differs in type, mode, target or content"]
+    return "; ".join(lines[:most]) + (f"; and {len(lines) - most} more" if len(lines) > most else "")
+
+
 def _ssh_signers(sigs: list[str], payload: bytes, release_keys: dict) -> tuple[set[str], int]:
     from provenance.core import sshsig
     by_raw = {signing.raw_public(pub): kid for kid, pub in release_keys.items()}
@@ -231,16 +254,38 @@ def _check_ssh(ssh, payload: bytes, release_keys: dict, dsse_good: set[str], tru
 
 
 def _check_judge_files(statement: Path, payload: bytes, release_keys: dict, dsse_good: set[str]) -> Check:
-    """The files a judge checks with stock tools, when they lie beside the manifest."""
+    """The files a judge checks with stock tools, when they lie beside the manifest: the statement,
+    its .sig files and, for a release whose checksums are signed, SHA256SUMS, its .sig files and B3SUMS."""
+    folder = statement.parent
     if statement.read_bytes() != payload:
         return Check("judge_files", False, f"{statement} is not the signed statement bytes")
-    sig_files = sorted(statement.parent.glob("statement.json*.sig"))
+    sig_files = sorted(folder.glob("statement.json*.sig"))
     good, bad = _ssh_signers([p.read_text(errors="replace") for p in sig_files], payload, release_keys)
-    ok = not bad and good == dsse_good
-    return Check("judge_files", ok, (f"statement.json is the signed payload; {len(sig_files)} .sig file(s) verify "
-                                     "by the DSSE signers" if ok else
-                                     f"statement.json is the signed payload but {bad} .sig file(s) do not verify "
-                                     "or their signers differ from DSSE's"))
+    if bad or good != dsse_good:
+        return Check("judge_files", False, f"statement.json is the signed payload but {bad} .sig file(s) do not "
+                                           "verify or their signers differ from DSSE's")
+    said = f"statement.json is the signed payload; {len(sig_files)} .sig file(s) verify by the DSSE signers"
+    sums_path = folder / "SHA256SUMS"
+    if not sums_path.is_file():
+        return Check("judge_files", True, said)
+    from provenance.release.packet import B3SUMS, TOOL, judge_sums
+    try:
+        tool = (folder / TOOL).read_bytes()
+        want = judge_sums(payload, tool)
+        sums, b3 = sums_path.read_bytes(), (folder / B3SUMS).read_bytes()
+    except OSError as e:
+        return Check("judge_files", False, f"{said}; but {e.filename}: {e.strerror}")
+    if want is None:
+        return Check("judge_files", True, said + "; SHA256SUMS unsigned (a release from before signed checksums)")
+    sum_sigs = sorted(folder.glob("SHA256SUMS*.sig"))
+    sgood, sbad = _ssh_signers([p.read_text(errors="replace") for p in sum_sigs], sums, release_keys)
+    problems = ([] if sums == want[0] else ["SHA256SUMS is not the checksums of this statement and tree_digest.py"]) \
+        + ([] if b3 == want[1] else ["B3SUMS is not the checksums of this statement"]) \
+        + ([] if not sbad and sgood == dsse_good else
+           [f"{sbad} SHA256SUMS .sig file(s) do not verify or their signers differ from DSSE's"])
+    return Check("judge_files", not problems,
+                 "; ".join([said, *problems]) if problems else f"{said}; SHA256SUMS, signed by the same keys, "
+                 "names it, the archive, every runtime file, B3SUMS and tree_digest.py")
 
 
 def _check_record(record: str, pred: dict) -> Check:

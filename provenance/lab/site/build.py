@@ -215,8 +215,8 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         if releases:
             for d in sorted(Path(releases).iterdir()):
                 if (d / "manifest.json").is_file():
-                    judge = sorted(p.name for p in d.glob("statement.json*")) + ["tree_digest.py"]
-                    for f in ("manifest.json", "SHA256SUMS", "B3SUMS", *judge):
+                    from provenance.release.packet import FILES
+                    for f in (*FILES, *sorted(p.name for p in d.glob("*.sig"))):  # the packet, as it stands alone
                         if (d / f).is_file():
                             rel = f"evidence/releases/{d.name}/{f}"
                             sha = bundle.write(rel, (d / f).read_bytes())
@@ -280,15 +280,11 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             fview["environment"] = contest.get_profile(front.record.profile).official_environment
         best = min(views, key=lambda v: v["score"]) if views else None
         name = fview["release"] if fview and fview.get("release") else next(iter(release_links), "NAME")
+        from provenance.release.packet import stock_commands
         verify_commands = [
             "# 1. Stock tools only (OpenSSH, coreutils or b3sum, any Python 3), no trust in our code.",
-            f"#    Into one folder: archive.zip, runtime/, evidence/allowed_signers and evidence/releases/{name}/*",
-            f"ssh-keygen -Y verify -f allowed_signers -I {identity} -n comma-lab-release "
-            f"-s statement.json.{identity}.sig < statement.json   # one .sig per signing key",
-            "sha256sum -c SHA256SUMS         # archive.zip and every runtime/ file",
-            "b3sum -c B3SUMS",
-            "python3 tree_digest.py --check statement.json   # archive, runtime/ tree (symlinks, exec bits, "
-            "empty dirs) and score vs the signed statement",
+            f"#    Into one folder: archive.zip, runtime/ and evidence/releases/{name}/* (its README says the same)",
+            *stock_commands([identity]),
             "",
             "# 2. With prov (pip install ./comma-lab from a clone, or pip install comma_lab-*.whl):",
             f"prov verify evidence/releases/{name}/manifest.json --trust evidence/trust.json "

@@ -1,0 +1,219 @@
+"""The judge's packet: a release folder that stands alone.
+
+It holds the signed statement, one SSHSIG per signing key, the checksum files and
+`tree_digest.py` (bound to the signature: SHA256SUMS names every other file, statement.json
+included, and each release key signs SHA256SUMS in the same namespace, as distributions sign
+theirs), the trust policy it was signed under with its chain, `allowed_signers`, the log's
+note verifier key, and a README naming the commands in order with this release's identities.
+
+SHA256SUMS and B3SUMS follow from the statement alone (its runtime listing) and the bytes
+of `tree_digest.py`, so the signer signs them when it signs the statement, and an export
+later writes exactly the bytes that were signed, or refuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from provenance.core.errors import ProvError, VerificationFailed
+
+TOOL = "tree_digest.py"
+SUMS, B3SUMS, README = "SHA256SUMS", "B3SUMS", "README"
+# what a packet holds beside archive.zip and runtime/; the site publishes the same files
+FILES = ("README", "manifest.json", "statement.json", "SHA256SUMS", "B3SUMS", TOOL, "allowed_signers",
+         "trust.json", "log.vkey")
+
+
+def tool_bytes() -> bytes:
+    from provenance.core import tree_digest
+    return Path(tree_digest.__file__).read_bytes()
+
+
+def judge_sums(payload: bytes, tool: bytes | None = None) -> tuple[bytes, bytes] | None:
+    """(SHA256SUMS, B3SUMS) of a packet, from the statement's bytes and tree_digest.py's; None for a
+    statement made before releases listed their runtime (its checksums cannot be signed)."""
+    from blake3 import blake3
+    stmt = json.loads(payload)
+    listing = stmt["predicate"].get("runtime_listing")
+    if listing is None:
+        return None
+    tool = tool_bytes() if tool is None else tool
+    archive = next(s["digest"] for s in stmt["subject"] if s["name"] == "archive.zip")
+    files = [(e["path"], e["sha256"], e["blake3"]) for e in listing if e["type"] in ("file", "exec")]
+    sha = [(archive["sha256"], "archive.zip"), *((s, f"runtime/{p}") for p, s, _ in files),
+           (hashlib.sha256(payload).hexdigest(), "statement.json"), (hashlib.sha256(tool).hexdigest(), TOOL)]
+    b3 = [(archive["blake3"], "archive.zip"), *((b, f"runtime/{p}") for p, _, b in files),
+          (blake3(payload).hexdigest(), "statement.json"), (blake3(tool).hexdigest(), TOOL)]
+    b3sums = "".join(f"{d}  {n}\n" for d, n in b3).encode()
+    sha.append((hashlib.sha256(b3sums).hexdigest(), B3SUMS))
+    return "".join(f"{d}  {n}\n" for d, n in sha).encode(), b3sums
+
+
+def sig_name(file: str, keyid: str) -> str:
+    from provenance.core import sshsig
+    return f"{file}.{sshsig.identity(keyid)}.sig"
+
+
+def export_checksums(manifest: dict, runtime: str | Path, out_dir: str | Path,
+                     archive: str | Path | None = None) -> list[Path]:
+    """SHA256SUMS and B3SUMS naming `archive.zip` and `runtime/...` as they sit in a judge's folder,
+    after checking the files given are the released ones."""
+    from provenance.core import tree as treemod
+    from provenance.core.digest import hash_file
+    from provenance.core.files import write_atomic
+    from provenance.records.envelope import payload_of, statement_of, subject_digests
+    subjects = subject_digests(statement_of(manifest))
+    if "archive.zip" not in subjects or "runtime/" not in subjects:
+        raise ProvError("manifest: statement lacks the archive.zip and runtime/ subjects")
+    if archive is not None and hash_file(archive).sha256 != subjects["archive.zip"][0]:
+        raise VerificationFailed(f"{archive}: is not the released archive.zip")
+    rt = treemod.walk(runtime, lambda p, s: hash_file(p))
+    if rt.sha256 != subjects["runtime/"][0]:
+        raise VerificationFailed(f"{runtime}: tree {rt.sha256} is not the released runtime "
+                                 f"{subjects['runtime/'][0]}")
+    out = Path(out_dir)
+    sums = judge_sums(payload_of(manifest))
+    if sums is None:  # an older statement: checksums of the files themselves, unsigned
+        sha_lines = [f"{subjects['archive.zip'][0]}  archive.zip"]
+        b3_lines = [f"{subjects['archive.zip'][1]}  archive.zip"]
+        for rel, full in treemod.iter_files(os.fsencode(runtime)):
+            d = hash_file(full)
+            sha_lines.append(f"{d.sha256}  runtime/{rel}")
+            b3_lines.append(f"{d.blake3}  runtime/{rel}")
+        sums = (("\n".join(sha_lines) + "\n").encode(), ("\n".join(b3_lines) + "\n").encode())
+    files = [out / SUMS, out / B3SUMS]
+    write_atomic(files[0], sums[0])
+    write_atomic(files[1], sums[1])
+    return files
+
+
+def write_packet(manifest: dict, runtime: str | Path, out_dir: str | Path, archive: str | Path | None = None,
+                 trust: str | Path | None = None, chain_dir: str | Path | None = None) -> list[Path]:
+    """Everything a judge needs beside archive.zip and runtime/, and nothing else."""
+    from provenance.core import sshsig
+    from provenance.core.files import write_atomic
+    from provenance.records.envelope import payload_of, statement_of
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = payload_of(manifest)
+    stmt = statement_of(manifest)
+    tdoc = policy = chain = None
+    if trust is not None:  # read before anything is written: a bad policy leaves no half packet
+        from provenance.release.trust import read_trust_doc, walk_chain
+        tdoc = policy = read_trust_doc(trust)
+        if chain_dir is not None:
+            policy, _ = walk_chain(tdoc, chain_dir, str(trust))
+            chain = sorted(Path(chain_dir).glob("*.trust.json"))
+    signers = []  # distinct keys, in signing order
+    for s in manifest.get("ssh", []):
+        if s["keyid"] not in [k for k, _ in signers]:
+            signers.append((s["keyid"], s))
+    sums_signed = judge_sums(payload) is not None
+    for kid, s in signers:
+        if sums_signed and not s.get("sums_sshsig"):
+            raise ProvError(f"manifest: key {sshsig.identity(kid)} signed the statement but not its SHA256SUMS")
+    files = export_checksums(manifest, runtime, out, archive)
+    sums = files[0].read_bytes()
+    from provenance.core.files import write_json
+    write_json(out / "manifest.json", manifest)
+    files.append(out / "manifest.json")
+    for stale in [*out.glob("statement.json*.sig"), *out.glob(f"{SUMS}*.sig"), *out.glob("trust-chain/*.trust.json")]:
+        stale.unlink()  # a signer or policy of an earlier export must not linger
+    write_atomic(out / "statement.json", payload)
+    files.append(out / "statement.json")
+    for kid, s in signers:
+        write_atomic(out / sig_name("statement.json", kid), s["sshsig"].encode())
+        files.append(out / sig_name("statement.json", kid))
+        if sums_signed:
+            if sshsig.verify(s["sums_sshsig"], sums) is None:
+                raise VerificationFailed(
+                    f"manifest: the SSHSIG of {sshsig.identity(kid)} over SHA256SUMS does not cover the checksums "
+                    f"made here: this prov's {TOOL} is not the one the release was signed with")
+            write_atomic(out / sig_name(SUMS, kid), s["sums_sshsig"].encode())
+            files.append(out / sig_name(SUMS, kid))
+    write_atomic(out / TOOL, tool_bytes())
+    files.append(out / TOOL)
+    log_keys = []
+    if tdoc is not None:
+        from provenance.release.trust import allowed_signers
+        write_atomic(out / "trust.json", Path(trust).read_bytes())
+        files.append(out / "trust.json")
+        for p in chain or []:
+            write_atomic(out / "trust-chain" / p.name, p.read_bytes())
+            files.append(out / "trust-chain" / p.name)
+        write_atomic(out / "allowed_signers", allowed_signers(policy).encode())
+        files.append(out / "allowed_signers")
+        log_keys = [policy["keys"][n]["note_verifier"] for n in policy["roles"].get("log", {}).get("keys", [])
+                    if policy["keys"][n].get("note_verifier")]
+        if log_keys:
+            write_atomic(out / "log.vkey", ("\n".join(log_keys) + "\n").encode())
+            files.append(out / "log.vkey")
+    trust_sha = hashlib.sha256(Path(trust).read_bytes()).hexdigest() if tdoc is not None else None
+    text = readme(stmt, payload, [k for k, _ in signers], sums_signed, tdoc, trust_sha, policy, bool(chain),
+                  log_keys, has_record=(out / "record.json").is_file())
+    write_atomic(out / README, text.encode())
+    files.append(out / README)
+    return files
+
+
+def stock_commands(identities: list[str], sums_signed: bool = True) -> list[str]:
+    """The stock-tool checks in the order a judge runs them (the README's and the site's)."""
+    cmds = []
+    for ident in identities if sums_signed else []:
+        cmds.append(f"ssh-keygen -Y verify -f allowed_signers -I {ident} -n comma-lab-release "
+                    f"-s {SUMS}.{ident}.sig < {SUMS}")
+    for ident in identities:
+        cmds.append(f"ssh-keygen -Y verify -f allowed_signers -I {ident} -n comma-lab-release "
+                    f"-s statement.json.{ident}.sig < statement.json")
+    cmds += [f"sha256sum -c {SUMS}" + ("   # statement.json, archive.zip, every runtime/ file, B3SUMS, "
+                                       "tree_digest.py" if sums_signed else "   # archive.zip, every runtime/ file"),
+             f"b3sum -c {B3SUMS}",
+             f"python3 {TOOL} --check statement.json   # the runtime/ tree (links, exec bits, empty "
+             "directories) and the score against the statement; names each path that differs"]
+    return cmds
+
+
+def readme(stmt: dict, payload: bytes, keyids: list[str], sums_signed: bool, tdoc: dict | None,
+           trust_sha: str | None, policy: dict | None, chained: bool, log_keys: list[str], has_record: bool) -> str:
+    from provenance.core import sshsig
+    pred = stmt["predicate"]
+    sc = pred["score"]
+    subj = {s["name"]: s["digest"] for s in stmt["subject"]}
+    tree = subj["runtime/"].get("prov-tree-v1-sha256") or subj["runtime/"].get("sha256")
+    ids = [sshsig.identity(k) for k in keyids]
+    lines = [
+        f"Release {pred['name']} v{pred['version']}: the judge's packet (comma-lab provenance)",
+        "",
+        f"score           {sc['canonical']!r} = 100*segnet + sqrt(10*posenet) + 25*rate "
+        f"(segnet {sc['segnet']!r}, posenet {sc['posenet']!r}, rate {sc['rate']!r}; {sc['samples']} samples)",
+        f"profile, grade  {pred['profile']}, {pred['grade']}",
+        f"archive.zip     sha256 {subj['archive.zip']['sha256']}  ({pred['archive_size']:,} bytes)",
+        f"runtime/        prov-tree-v1 sha256 {tree}",
+        f"statement.json  sha256 {hashlib.sha256(payload).hexdigest()}",
+        f"signed by       {', '.join(ids) or 'no SSH signature'}",
+    ]
+    if tdoc is not None:
+        lines.append(f"trust policy    trust.json v{tdoc['version']}, sha256 {trust_sha}; "
+                     + (f"walked to v{policy['version']} by trust-chain/; " if chained else "")
+                     + "compare it with the policy the lab published before you trust this folder")
+    lines += ["", "Put archive.zip and runtime/ beside these files, then, with stock tools only",
+              "(OpenSSH, coreutils, b3sum, any Python 3; allowed_signers is trust.json's release keys):", ""]
+    lines += [f"  {c}" for c in stock_commands(ids, sums_signed)]
+    if not sums_signed:
+        lines += ["", "This release predates signed checksums: SHA256SUMS and B3SUMS are not signed, so they only",
+                  "show the files are intact; tree_digest.py --check and prov verify tie them to the statement."]
+    if tdoc is None:
+        lines += ["", "This folder was exported without the trust policy: get allowed_signers and trust.json from",
+                  "the lab (prov trust allowed-signers trust.json --out allowed_signers)."]
+    verify = ("prov verify manifest.json --trust trust.json" + (" --trust-chain trust-chain/" if chained else "")
+              + " --archive archive.zip --runtime runtime/" + (" --record record.json" if has_record else ""))
+    lines += ["", "Or with prov (pip install comma_lab-*.whl), which also checks the log and the record:", "",
+              f"  {verify}"]
+    if log_keys:
+        lines += ["", "The evidence log's checkpoints (manifest.json, field log) are C2SP signed notes; Go's",
+                  "golang.org/x/mod/sumdb/note reads them with the verifier key in log.vkey."]
+    return "\n".join(lines) + "\n"
+
