@@ -54,7 +54,7 @@ def main() -> None:
         "prov verify (full)": prov_cmd,
         "prov verify --no-files": prov_cmd[:5] + ["--no-files"],
         "ssh-keygen -Y verify": f"ssh-keygen -Y verify -f {rel}/allowed_signers -I {ident} -n comma-lab-release "
-                                f"-s {rel}/statement.json.sig < {rel}/statement.json",
+                                f"-s {rel}/statement.json.{ident}.sig < {rel}/statement.json",
     }
     # the same code entered through click, as every `prov verify` was before the fast entry
     tools_["prov verify via click"] = [sys.executable, "-c", f"import sys; sys.argv = {['prov'] + prov_cmd[1:]!r}; "

@@ -97,3 +97,31 @@ def test_flipped_byte_reruns_exactly_that_submission(lab):
         archive.write_bytes(original)
     r = sh(DVC, "repro", cwd=repo)
     assert "replay@copy" not in ran(r.stdout) and "miniature" not in ran(r.stdout)
+
+
+def test_dvc_plots_show_renders_with_no_network(lab, tmp_path):
+    """`dvc plots show` run where no network exists (a new network namespace): the page carries the
+    plot itself and loads nothing from elsewhere."""
+    import shutil
+    bwrap = shutil.which("bwrap")
+    assert bwrap, "bubblewrap is installed by .ci/setup"
+    out = tmp_path / "plots"
+    r = sh(bwrap, "--dev-bind", "/", "/", "--unshare-net", "--", DVC, "plots", "show", "-o", out, cwd=lab["repo"])
+    assert r.returncode == 0, r.stderr
+    page = (out / "index.html").read_text()
+    assert "score_vs_bytes.svg" in page and "<img" in page
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # no CDN, no fetch
+    imgs = [p for p in out.rglob("*.svg")]
+    assert imgs and "<svg" in imgs[0].read_text() and "score against archive bytes" in imgs[0].read_text()
+
+
+def test_the_demo_says_what_it_changed_last(lab):
+    r = sh("bash", "scripts/demo.sh", cwd=lab["repo"])  # the lab is built: its dvc repro runs nothing
+    last = r.stdout.strip().splitlines()[-1]
+    changed = [line[3:] for line in sh("git", "status", "--porcelain", "--", "dvc.lock", "evidence",
+                                       cwd=lab["repo"]).stdout.splitlines()]
+    assert last.startswith("git status: ")
+    if changed:
+        assert all(f"{f}: " in last for f in changed), (last, changed)
+    else:
+        assert last == "git status: clean (the committed evidence was reproduced)"

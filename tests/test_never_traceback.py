@@ -116,7 +116,7 @@ def test_verify_checkpoint_size_with_non_ascii_digits(world, size):
     lines = world["cp1"].read_text().split("\n")
     lines[1] = size
     note = case(world, "cp.note", "\n".join(lines).encode())
-    run(world, "verify", "--no-files", world["manifest"], "--trust", world["trust"], "--since", note, "--json", code=1)
+    run(world, "verify", "--no-files", world["manifest"], "--trust", world["trust"], "--since", note, "--json", code=2)
     run(world, "log", "consistency", note, world["cp1"], code=1)
 
 

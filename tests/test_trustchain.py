@@ -86,9 +86,9 @@ def test_revoked_key_fails_after_rotation(chain):
 
 
 def test_fork_refused(chain, tmp_path):
-    d = copy_chain(chain, tmp_path)
-    inproc("trust", "rotate", "--from", chain["v1"], "--key", chain["key"]("a"), "--key", chain["key"]("b"),
-           "--release-key", chain["pub"]("a"), "--expires", "2098-01-01T00:00:00Z", "--out", d / "other-2.json")
+    d = copy_chain(chain, tmp_path)  # the chain folder also holds a v1 that is not the pinned one
+    inproc("trust", "init", "--release-key", chain["pub"]("c"), "--expires", "2098-01-01T00:00:00Z",
+           "--out", d / "1.trust.json")
     rc, _, err = verify(chain, "by-c.json", chain_dir=d, subprocess=True)
     assert rc == 1 and "fork" in err and len(err.strip().splitlines()) == 1
 
@@ -114,7 +114,7 @@ def test_expired_middle_version_and_gaps_refused(chain, tmp_path):
     inproc("trust", "rotate", "--from", chain["v1"], "--key", key("a"), "--key", key("b"),
            "--expires", "2020-01-01T00:00:00Z", "--out", d / "2.trust.json")
     inproc("trust", "rotate", "--from", d / "2.trust.json", "--key", key("a"), "--key", key("b"),
-           "--release-key", pub("c"), "--expires", FAR, "--out", d / "3.trust.json")
+           "--release-key", pub("c"), "--expires", FAR, "--out", d / "3.trust.json", "--allow-expired")
     rc, _, err = verify(chain, "by-c.json", chain_dir=d)
     assert rc == 1 and "expired link" in err
     (tmp_path / "g").mkdir()
@@ -134,3 +134,39 @@ def test_rotation_needs_the_previous_root_threshold(chain, tmp_path):
     (d / "2.trust.json").write_text(json.dumps(forged))
     rc, _, err = verify(chain, "by-c.json", chain_dir=d)
     assert rc == 1 and "required root key" in err
+
+
+def test_a_chain_folder_is_read_for_its_policy_versions_only(chain, tmp_path):
+    d = copy_chain(chain, tmp_path)
+    shutil.copyfile(chain["dir"] / "by-a.json", d / "manifest.json")  # a manifest is not a policy
+    (d / "notes.json").write_text("{not json")
+    rc, out, err = verify(chain, "by-c.json", chain_dir=d, subprocess=True)
+    assert rc == 0 and out["trust_chain"] == [1, 2, 3], err
+
+
+def test_a_rotated_in_signer_without_the_chain_gets_a_hint(chain, tmp_path):
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    shutil.copyfile(chain["dir"] / "by-c.json", judge / "manifest.json")
+    shutil.copyfile(chain["v1"], judge / "trust.json")
+    shutil.copytree(chain["chain"], judge / "trust-chain")
+    r = run_prov("verify", judge / "manifest.json", "--trust", judge / "trust.json", "--no-files")
+    lines = r.out.splitlines()
+    assert r.returncode == 1 and lines[-1] == "FAILED: signatures"
+    assert lines[-2] == (f"hint: no key of the pinned policy (v1) signed it; later policy versions lie in "
+                         f"{judge / 'trust-chain'}: add --trust-chain {judge / 'trust-chain'}")
+    shutil.rmtree(judge / "trust-chain")  # no chain beside it: no hint, the same failure
+    r = run_prov("verify", judge / "manifest.json", "--trust", judge / "trust.json", "--no-files")
+    assert r.returncode == 1 and "hint" not in r.out and r.out.splitlines()[-1] == "FAILED: signatures"
+
+
+def test_rotating_from_an_expired_policy_refuses_unless_asked(chain, tmp_path):
+    old = tmp_path / "old.json"
+    run_prov("trust", "init", "--release-key", chain["pub"]("a"), "--expires", "2020-01-01T00:00:00Z",
+             "--out", old, check=0)
+    args = ["trust", "rotate", "--from", old, "--key", chain["key"]("a"), "--expires", FAR, "--out", tmp_path / "2.json"]
+    r = run_prov(*args)
+    assert r.returncode == 2 and len(r.err.splitlines()) == 1 and "expired at 2020-01-01T00:00:00Z" in r.err
+    assert "--allow-expired" in r.err and not (tmp_path / "2.json").exists()
+    r = run_prov(*args, "--allow-expired")
+    assert r.returncode == 0 and json.loads((tmp_path / "2.json").read_text())["version"] == 2

@@ -80,9 +80,11 @@ def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, r
 @click.option("--root-threshold", type=int, help="New root threshold.")
 @click.option("--expires", required=True, help="RFC 3339 time after which version N+1 is void.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write N+1 (e.g. chain/2.trust.json).")
+@click.option("--allow-expired", is_flag=True,
+              help="Rotate from a policy that has already expired (verifiers refuse that link: an expired link).")
 @json_option
 def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold, log_keys, root_keys,
-                 root_threshold, expires, out, as_json):
+                 root_threshold, expires, out, as_json, allow_expired=False):
     """Make version N+1 of a trust policy, signed by N's root keys (TUF root rotation).
 
     \b
@@ -95,7 +97,7 @@ def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold
     from provenance.core.files import write_json
     from provenance.release.trust import rotate
     doc = rotate(current, list(signing_keys), expires, list(release_keys) or None, threshold, list(log_keys) or None,
-                 list(root_keys) or None, root_threshold, passphrase_file)
+                 list(root_keys) or None, root_threshold, passphrase_file, allow_expired)
     write_json(out, doc)
     emit({"out": out, "version": doc["version"], "signatures": len(doc["signatures"]),
           "roles": {r: spec for r, spec in doc["roles"].items()}}, as_json,

@@ -37,9 +37,14 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
         check_trust_state(state, trust_)
     at = parse_time(at_time, "--at") if at_time else None
     since = None
-    if since_path:
+    if since_path:  # unreadable or not a checkpoint is bad input (2); a bad signature on one is a failed check
         from provenance.log.logbook import read_note
+        from provenance.log.translog import LogProofError, parse_checkpoint
         since = read_note(since_path)
+        try:
+            parse_checkpoint(since)
+        except LogProofError as e:
+            raise ProvError(f"{since_path}: not a log checkpoint ({e})") from None
     out = verify_manifest(manifest, trust_, archive, runtime, record, at, state, since)
     if as_json:
         print(json.dumps({"ok": out.ok, "checks": [c.brief() for c in out.checks], "files_checked": out.files_checked,
@@ -56,9 +61,28 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
         lines.append(f"VERIFIED{what}: release {p['name']} v{p['version']}: score {p['score']['canonical']!r} "
                      f"({p['grade']}, {p['profile']})")
     else:
-        lines.append("FAILED")
+        failed = [c.name for c in out.checks if not c.ok]
+        lines.append(f"FAILED: {', '.join(failed)}" if failed else "FAILED: no check could run")
+        hint = chain_hint(out, trust_, manifest, trust_path)
+        if hint:
+            lines.insert(-1, hint)
     print("\n".join(lines))
     return 0 if out.ok else 1
+
+
+def chain_hint(out, trust_, manifest, trust_path) -> str | None:
+    """When no trusted key signed and later policy versions lie beside the manifest or the pinned
+    policy, say where: a release signed by a rotated-in key needs --trust-chain."""
+    if trust_.chain or not trust_path or not any(c.name == "signatures" and not c.ok for c in out.checks):
+        return None
+    from pathlib import Path
+    from provenance.release.trust import chain_files
+    for base in dict.fromkeys((Path(manifest).parent, Path(trust_path).parent)):
+        for d in [base, *sorted(p for p in base.iterdir() if p.is_dir())]:
+            if chain_files(d):
+                return (f"hint: no key of the pinned policy (v{trust_.version}) signed it; later policy versions "
+                        f"lie in {d}: add --trust-chain {d}")
+    return None
 
 
 def digest_out(kind: str, sha256: str, blake3: str, size: int) -> dict:

@@ -145,7 +145,11 @@ def export_checksums(manifest, runtime, archive, trust_path, chain_dir, out_dir,
 @json_option
 def verify(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time, state, since_path,
            no_files, chain_dir, as_json, key_signs_log=False):
-    """Verify a release manifest offline. Exit 0 all checks pass, 1 any failed, 2 bad input.
+    """Verify a release manifest offline.
+
+    Exit 0 all checks pass; 1 a check failed (the last line names them); 2 bad or unreadable
+    input (a missing file, a malformed manifest, policy or --since checkpoint); 3 a tool or
+    library verify needs is missing.
 
     \b
     Example:

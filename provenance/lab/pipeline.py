@@ -98,8 +98,19 @@ def release_all(names: list[str], replays: Path, submissions: Path, store_dir: P
     for r in rows:
         w.writerow({k: r[k] for k in ("name", "archive_bytes", "canonical_score", "grade")})
     write_atomic(plot, buf.getvalue().encode())
+    write_atomic(plot.with_suffix(".svg"), _score_plot(store).encode())
     store.close()
     return rows
+
+
+def _score_plot(store: Store) -> str:
+    """The site's score-against-bytes scatter, for `dvc plots show`: an image renders offline, where
+    DVC's vega template fetches its renderer from a CDN."""
+    from provenance.lab import ledger
+    from provenance.lab.site import plots
+    runs = ledger.runs(store)
+    front = store.get_ref(ledger.FRONTIER_REF)
+    return plots.score_vs_bytes(runs, store.info(front).sha256 if front else None)
 
 
 def verify_all(names: list[str], releases: Path, submissions: Path, trust: Path, out: Path) -> bool:

@@ -102,11 +102,11 @@ def write_packet(manifest: dict, runtime: str | Path, out_dir: str | Path, archi
     stmt = statement_of(manifest)
     tdoc = policy = chain = None
     if trust is not None:  # read before anything is written: a bad policy leaves no half packet
-        from provenance.release.trust import read_trust_doc, walk_chain
+        from provenance.release.trust import chain_files, read_trust_doc, walk_chain
         tdoc = policy = read_trust_doc(trust)
         if chain_dir is not None:
             policy, _ = walk_chain(tdoc, chain_dir, str(trust))
-            chain = sorted(Path(chain_dir).glob("*.trust.json"))
+            chain = chain_files(Path(chain_dir))
     signers = []  # distinct keys, in signing order
     for s in manifest.get("ssh", []):
         if s["keyid"] not in [k for k, _ in signers]:

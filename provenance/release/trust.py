@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -189,17 +189,26 @@ def verify_delegate(delegator: dict, delegated: dict, where: str) -> set[str]:
     return good
 
 
+def chain_files(chain_dir: Path) -> list[Path]:
+    """The policy versions a chain folder holds: files named N.trust.json, and nothing else
+    (a manifest or a note beside them is not read as a policy)."""
+    try:
+        return sorted((p for p in chain_dir.iterdir() if _NAMED.match(p.name)), key=lambda p: int(p.name.split(".")[0]))
+    except OSError:
+        return []
+
+
 def walk_chain(pinned: dict, chain_dir: str | Path, pinned_where: str) -> tuple[dict, list[int]]:
-    """(newest trusted policy, versions walked) from the pinned policy through CHAIN_DIR/*.json."""
+    """(newest trusted policy, versions walked) from the pinned policy through CHAIN_DIR/N.trust.json."""
     d = Path(chain_dir)
     if not d.is_dir():
         raise ProvError(f"{chain_dir}: not a directory of trust policy versions")
     seen: dict[int, tuple[str, dict, Path | str]] = {pinned["version"]: (_id(pinned), pinned, pinned_where)}
-    for p in sorted(d.glob("*.json")):
+    for p in chain_files(d):
         doc = read_trust_doc(p)
         v = doc["version"]
         m = _NAMED.match(p.name)
-        if m and int(m.group(1)) != v:
+        if int(m.group(1)) != v:
             raise VerificationFailed(f"{p}: named v{m.group(1)} but holds v{v}: rollback or mislabel refused")
         if v in seen and seen[v][0] != _id(doc):
             raise VerificationFailed(f"fork: {p} and {seen[v][2]} are two different trust policies v{v}")
@@ -258,12 +267,19 @@ def _publish_note_verifiers(keys: dict, log_names: list[str]) -> None:
 
 def rotate(current: str | Path, signing_keys: list[str], expires: str, release_keys: list[str] | None = None,
            threshold: int | None = None, log_keys: list[str] | None = None, root_keys: list[str] | None = None,
-           root_threshold: int | None = None, passphrase_file=None) -> dict:
+           root_threshold: int | None = None, passphrase_file=None, allow_expired: bool = False) -> dict:
     """Version N+1 of a trust policy, signed by `signing_keys` (they must reach the root thresholds of
-    both version N and N+1). Roles not given are carried over; a key no role names is dropped (revoked)."""
+    both version N and N+1). Roles not given are carried over; a key no role names is dropped (revoked).
+    From a policy already expired it refuses unless `allow_expired`: verifiers refuse that link."""
+    from provenance.core.clock import format_time
     from provenance.records.models import TrustPolicy
     old = read_trust_doc(current)
     parse_time(expires, "--expires")
+    old_expiry = parse_time(old["expires"], f"{current}: expires")
+    if old_expiry <= datetime.now(timezone.utc) and not allow_expired:
+        raise ProvError(f"{current}: trust policy v{old['version']} expired at {format_time(old_expiry)}: it has no "
+                        "authority left to sign v{0}, and verifiers refuse a version issued after its predecessor "
+                        "expired; --allow-expired to write it anyway".format(old["version"] + 1))
     keys = {n: dict(k) for n, k in old["keys"].items()}
     roles = {r: dict(spec) for r, spec in old["roles"].items()}
     if "root" not in roles:  # make the implicit root explicit, so later release changes do not move it
