@@ -39,7 +39,7 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
     since = None
     if since_path:  # unreadable or not a checkpoint is bad input (2); a bad signature on one is a failed check
         from provenance.log.logbook import read_note
-        from provenance.log.translog import LogProofError, parse_checkpoint
+        from provenance.log.checkpoint import LogProofError, parse_checkpoint
         since = read_note(since_path)
         try:
             parse_checkpoint(since)

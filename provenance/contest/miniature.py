@@ -5,7 +5,7 @@ generated clip and small seeded scorer networks instead of the real video and we
 This module is light (no torch, av or numpy): verify needs only the profile.
 """
 
-from provenance.contest.rules import Profile
+from provenance.contest.profiles import Profile
 
 FRAMES, WIDTH, HEIGHT = 48, 128, 96
 # miniature/block.bin: the random bytes the clip's scored detail and the weights derive from

@@ -12,72 +12,16 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from provenance.contest import profiles
 from provenance.core.checks import NOT_CHECKED, Check
 from provenance.core.errors import ProvError
 
+# profiles (and the LFS pointers their pins may arrive as) live in contest.profiles, which verify
+# imports alone; the rules judge reports under them
+Profile, OFFICIAL = profiles.Profile, profiles.OFFICIAL
 MAX_REPORT_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    uncompressed_size: int  # canonical denominator of the rate
-    samples: int
-    official_gpu: str  # the GPU whose CUDA replays may set the frontier
-    frames: int
-    width: int
-    height: int
-    # the evaluator's identity: (path in the checkout, bytes, sha256) of every file that decides a score
-    evaluator: tuple[tuple[str, int, str], ...] = ()
-    # stored beside the pinned files from an upstream folder without git (the declared dependencies
-    # build the evaluator's own Python: `prov upstream env`)
-    upstream_extra: tuple[str, ...] = ("evaluate.sh", "submissions/__init__.py", "pyproject.toml", "uv.lock")
-    # the upstream's files a submission may import while it inflates (21 of the 35 real inflates
-    # import frame_utils, as `python -m submissions.<name>.inflate` from the upstream root); all an
-    # inflate sees of the upstream besides the names file
-    importable_at_inflate: tuple[str, ...] = ("submissions/__init__.py", "frame_utils.py")
-    # custody: the runtime's information (CUSTODY_COMPRESSOR over its canonical listing and bytes) a
-    # score-bearing replay may carry, calibrated on the 35 real runtimes (largest 33,440 bytes);
-    # what the custody-adjusted rate leaves free; and the reviewed tools (sha256) exempt as binaries
-    custody_allowance: int = 64 << 10
-    custody_free: int = 8 << 10
-    custody_tools: tuple[str, ...] = ()
-    # the environment whose exact, sandboxed replay is the top grade: "cuda" (on official_gpu) for the
-    # real contest; "cpu" (Linux x86_64) for a profile meant to be replayed on any lab machine
-    official_device: str = "cuda"
-    preview_frames: tuple[int, ...] = (0, 600, 1199)  # frames a replay keeps as PNG illustrations
-    # pinned LFS files replaced by labelled stand-ins (a STAND-INS.json in the upstream): the profile is
-    # then named NAME+stand-ins, its pins fail on them and nothing replayed against them bears a score
-    stand_ins: tuple[str, ...] = ()
-
-    def as_stand_ins(self, files: tuple[str, ...], frames: int, uncompressed_size: int) -> "Profile":
-        """This profile as an upstream of stand-ins is judged: by another name, the stand-in clip's
-        frames, samples and size (so a run's own checks hold) and those files named."""
-        from dataclasses import replace
-        return replace(self, name=self.name + STAND_IN_SUFFIX, frames=frames, samples=frames // 2,
-                       uncompressed_size=uncompressed_size, preview_frames=(0, frames // 2, frames - 1),
-                       stand_ins=files)
-
-    @property
-    def official_environment(self) -> str:
-        return f"CUDA on a {self.official_gpu}" if self.official_device == "cuda" else "CPU on Linux x86_64"
-
-    @staticmethod
-    def score(posenet: float, segnet: float, rate: float) -> float:
-        # exactly evaluate.py's expression and order, in IEEE doubles
-        return 100 * segnet + math.sqrt(posenet * 10) + 25 * rate
-
-
-OFFICIAL = Profile("comma-official-v1", 37_545_489, 600, "Tesla T4", 1200, 1164, 874, evaluator=(
-    # upstream commit 11ad728f563d8970929e8947a1cf6124ee6303e4 (CONTEST.md)
-    ("evaluate.py", 6_005, "7da71a84ce24286bc6b583470f9bbd25c998971da301320d0d4e9d6fd40baa4b"),
-    ("frame_utils.py", 9_345, "d689aca7d263997cb2fb980d6098d503f955e56e8642cd0a04cc437f0ffdab90"),
-    ("modules.py", 8_322, "065961ba97023e393e27818760b0dc8efaa8dd53c5d4cc70a2db8ee1b3cf49aa"),
-    ("public_test_video_names.txt", 6, "7ff99d08c8351dd8167ec09213b758da5bbb705dedabe361ba881217374029a8"),
-    ("models/posenet.safetensors", 55_835_560, "0f3a0874c5c387f990d7b88bd1d7e1f6de35d98b45f2a289989db2c77b9b6576"),
-    ("models/segnet.safetensors", 38_502_892, "68956e328d4c5d875389a1a444870e6bac1c052c9986123827af95c07c6991b6"),
-    ("videos/0.mkv", 37_545_489, "2611f5f3e186f3529777749f97bd4cce3a208d6b3559e137bd45d256980d2fa9"),
-))
 ARTIFACT_BYTES = 1 << 20  # a runtime file this large that is not source text is flagged (custody)
 
 
@@ -337,41 +281,6 @@ def grade(profile: Profile, *, source: str, device: str | None, gpu_model: str |
 
 # -- the evaluator's identity and the runtime's custody ----------------------------------------
 
-STAND_IN_SUFFIX = "+stand-ins"  # never a registered profile: verify refuses any score under it
-LFS_FILES = ("models/", "videos/")  # where the pinned git-LFS files live: the only ones a stand-in may replace
-LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
-LFS_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.M)
-LFS_SIZE = re.compile(rb"^size (\d+)$", re.M)
-
-
-def lfs_pointer(data: bytes) -> tuple[str, int] | None:
-    """(sha256, size) a git-LFS pointer names; None for anything else. Strict, as the spec writes one:
-    LF-terminated `key value` lines, `version` first, each key once, nothing else (a pointer header
-    followed by other bytes, a zip for instance, is not a pointer)."""
-    if len(data) > 1024 or not data.startswith(LFS_POINTER + b"\n") or not data.endswith(b"\n"):
-        return None
-    fields = {}
-    for line in data[:-1].split(b"\n"):
-        key, sep, value = line.partition(b" ")
-        if not sep or key in fields or not re.fullmatch(rb"[a-z0-9.-]+", key) or not value.isascii():
-            return None
-        fields[key] = value
-    oid, size = LFS_OID.fullmatch(b"oid " + fields.get(b"oid", b"")), fields.get(b"size", b"")
-    if oid is None or not size.isdigit() or set(fields) - {b"version", b"oid", b"size"} - \
-            {k for k in fields if k.startswith(b"ext-")}:
-        return None
-    return oid.group(1).decode(), int(size)
-
-
-def is_lfs_pointer_file(path: str | Path) -> bool:
-    """A file small enough to be a git-LFS pointer that starts as one: the file was never fetched."""
-    p = Path(path)
-    if not p.is_file() or p.stat().st_size > 1024:
-        return False
-    with open(p, "rb") as f:
-        return f.read(len(LFS_POINTER)) == LFS_POINTER
-
-
 def check_evaluator(profile: Profile, root: str | Path) -> Check:
     """`evaluator_pinned`: every file the profile pins, with expected and seen digests where they differ."""
     from provenance.core.digest import hash_file
@@ -383,7 +292,7 @@ def check_evaluator(profile: Profile, root: str | Path) -> Check:
         if not p.is_file():
             bad.append(f"{rel}: missing (expected sha256 {sha})")
             continue
-        if is_lfs_pointer_file(p):
+        if profiles.is_lfs_pointer_file(p):
             bad.append(f"{rel}: a git-LFS pointer, not the file (run `git lfs pull`)")
             continue
         seen = hash_file(p).sha256

@@ -4,22 +4,89 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from provenance.core.errors import ProvError
 
 
-def dumps(obj: Any) -> bytes:
-    import rfc8785  # here, not at import: the verify path only loads
-    return rfc8785.dumps(obj)
+def dumps(obj: object) -> bytes:
+    """RFC 8785 (JCS) bytes of a JSON value. Written here rather than taken from the rfc8785 package:
+    its import (typing) was a fifth of `prov verify`'s start-up; a test holds the two equal value
+    for value. Raises ValueError for what JCS cannot express (NaN, infinities, integers beyond
+    2**53, non-string keys, lone surrogates)."""
+    out: list[str] = []
+    _dump(obj, out.append)
+    try:
+        return "".join(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("input contains non-UTF-8 codepoints (a lone surrogate)") from None
+
+
+def _dump(obj, put) -> None:
+    if obj is None:
+        put("null")
+    elif obj is True or obj is False:
+        put("true" if obj else "false")
+    elif isinstance(obj, int):
+        if abs(obj) > MAX_SAFE_INT:
+            raise ValueError(f"{obj} exceeds safe integer domain for JSON floats")
+        put(str(int(obj)))
+    elif isinstance(obj, float):
+        put(_number(float(obj)))
+    elif isinstance(obj, str):
+        put(_string(str(obj)))  # JSON.stringify's escapes: quote, backslash, controls; nothing else
+    elif isinstance(obj, (list, tuple)):
+        put("[")
+        for i, v in enumerate(obj):
+            if i:
+                put(",")
+            _dump(v, put)
+        put("]")
+    elif isinstance(obj, dict):
+        if any(not isinstance(k, str) for k in obj):
+            raise ValueError("object keys must be strings")
+        put("{")
+        for i, k in enumerate(sorted(obj, key=lambda k: k.encode("utf-16-be", "surrogatepass"))):  # RFC 8785 3.2.3
+            if i:
+                put(",")
+            put(_string(k))
+            put(":")
+            _dump(obj[k], put)
+        put("}")
+    else:
+        raise ValueError(f"unsupported type: {type(obj)}")
+
+
+def _number(f: float) -> str:
+    """ECMAScript's Number::toString (ECMA-262 7.1.12.1), as RFC 8785 3.2.2.3 requires: the shortest
+    round-trip digits (Python's repr), in plain notation from 1e-6 to below 1e21."""
+    if f != f or f in (INF, -INF):
+        raise ValueError(f"{f} is not representable in JCS")
+    if f == 0:
+        return "0"
+    if f < 0:
+        return "-" + _number(-f)
+    mantissa, _, exp = repr(f).partition("e")
+    whole, _, frac = mantissa.partition(".")
+    s = whole + frac
+    digits = s.lstrip("0")
+    # f = 0.DIGITS x 10**point: the point sits `point` digits into `digits` (<= 0, or past its end)
+    point = len(whole) + int(exp or 0) - (len(s) - len(digits))
+    digits = digits.rstrip("0")
+    if 0 < point <= 21:  # 1 <= f < 1e21: integer part, then any fraction
+        return digits[:point] + "0" * (point - len(digits)) + ("." + digits[point:] if len(digits) > point else "")
+    if -6 < point <= 0:  # 1e-6 <= f < 1
+        return "0." + "0" * -point + digits
+    e = point - 1
+    return digits[0] + ("." + digits[1:] if len(digits) > 1 else "") + "e" + ("+" if e > 0 else "-") + str(abs(e))
 
 
 INF = float("inf")
-_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+_string = json.encoder.encode_basestring  # the C escaper json itself uses: exactly JSON.stringify's
+_SURROGATE = r"\\u[dD][89a-fA-F]"  # compiled on first use, not at import
 MAX_SAFE_INT = 2 ** 53 - 1
 
 
-def loads_tracking(data: bytes | str, what: str = "JSON") -> tuple[Any, list[str]]:
+def loads_tracking(data: bytes | str, what: str = "JSON") -> tuple[object, list[str]]:
     """Parse JSON, refusing NaN/Infinity; return the value and every duplicated key, so a
     verifier can report duplicates as a failed check rather than unreadable input."""
     dupes: list[str] = []
@@ -51,7 +118,7 @@ def loads_tracking(data: bytes | str, what: str = "JSON") -> tuple[Any, list[str
             data = bytes(data).decode("utf-8")
         obj = json.loads(data, object_pairs_hook=hook, parse_constant=no_constant, parse_float=finite,
                          parse_int=safe_int)
-        if _SURROGATE.search(data):  # a \ud800 escape: fine in a pair, not alone (RFC 8785 is UTF-8)
+        if re.search(_SURROGATE, data):  # a \ud800 escape: fine in a pair, not alone (RFC 8785 is UTF-8)
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         return obj, dupes
     except (ValueError, UnicodeError) as e:
@@ -60,14 +127,14 @@ def loads_tracking(data: bytes | str, what: str = "JSON") -> tuple[Any, list[str
         raise ProvError(f"{what}: JSON nested too deeply") from None
 
 
-def loads(data: bytes | str, what: str = "JSON") -> Any:
+def loads(data: bytes | str, what: str = "JSON") -> object:
     obj, dupes = loads_tracking(data, what)
     if dupes:
         raise ProvError(f"{what}: duplicate JSON key {dupes[0]!r}")
     return obj
 
 
-def load_file(path, what: str | None = None, limit: int = 16 << 20) -> Any:
+def load_file(path, what: str | None = None, limit: int = 16 << 20) -> object:
     from pathlib import Path
     p = Path(path)
     try:

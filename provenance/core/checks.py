@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from provenance.core.frozen import Frozen
 
 NOT_CHECKED = "not-checked"  # severity of a check that could not run (e.g. no archive given); ok is False
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    severity: str = "error"  # "error": contradicts the evidence; "flag": a softer finding; NOT_CHECKED
+class Check(Frozen):
+    __slots__ = ("name", "ok", "detail", "severity")
+
+    def __init__(self, name: str, ok: bool, detail: str, severity: str = "error") -> None:
+        # severity "error": contradicts the evidence; "flag": a softer finding; NOT_CHECKED
+        self._init(locals())
 
     def as_dict(self) -> dict:
         """As a record stores it (records.models.CheckResult)."""

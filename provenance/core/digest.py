@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
-import threading
-from dataclasses import dataclass
-from typing import Callable, BinaryIO
+from collections.abc import Callable
 
 from blake3 import blake3
+
+from provenance.core.frozen import Frozen
+
+TYPE_CHECKING = False  # typing stays off the verify path
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 CHUNK = 1 << 20  # 1 MiB: large enough to amortise per-call costs, small enough to pipeline
 POOL = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Digest:
-    sha256: str
-    blake3: str
-    size: int
+class Digest(Frozen):
+    __slots__ = ("sha256", "blake3", "size")
+
+    def __init__(self, sha256: str, blake3: str, size: int) -> None:
+        self._init(locals())
 
     def as_dict(self) -> dict:
         return {"sha256": self.sha256, "blake3": self.blake3, "size": self.size}
@@ -38,10 +41,12 @@ def digest_bytes(data: bytes) -> Digest:
 class _Sha256Worker:
     """SHA-256 on its own thread over buffers handed to it; returns each buffer to the pool."""
 
-    def __init__(self, pool: "queue.SimpleQueue[bytearray]"):
+    def __init__(self, pool):  # a queue.SimpleQueue of bytearrays
+        import queue
+        import threading
         self.h = hashlib.sha256()
         self.pool = pool
-        self.work: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.work = queue.SimpleQueue()
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
 
@@ -70,7 +75,8 @@ def stream(src: BinaryIO, sink: Callable[[memoryview], object] | None = None,
         if progress:
             progress(len(first))
         return digest_bytes(first)
-    pool: "queue.SimpleQueue[bytearray]" = queue.SimpleQueue()
+    import queue  # only a large blob needs the worker thread
+    pool = queue.SimpleQueue()
     for _ in range(POOL):
         pool.put(bytearray(CHUNK))
     sha = _Sha256Worker(pool)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 
-def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     """Temp file in the same directory, fsync, rename, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    path = os.fspath(path)
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
@@ -19,18 +19,18 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
 
 
-def write_json(path: str | Path, obj) -> None:
+def write_json(path: str | os.PathLike, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def remove_tree(path: str | Path) -> None:
+def remove_tree(path: str | os.PathLike) -> None:
     """Remove a directory tree that a sandboxed program made: at any depth (by directory fds, so
     no path grows past PATH_MAX and nothing recurses), without following links, making locked
     directories ours first. Best effort: never raises."""

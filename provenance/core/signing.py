@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from provenance.core.errors import ProvError
+
+TYPE_CHECKING = False  # cryptography's Python layer (typing, enum) stays off the verify path
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 IN_TOTO = "application/vnd.in-toto+json"
 
@@ -28,6 +28,27 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 # `serialization` is imported where keys are written or private keys read: the verify path
 # (public keys only) then starts without it.
 _ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")  # DER SubjectPublicKeyInfo header, RFC 8410
+
+
+def ed25519_public(raw: bytes) -> Ed25519PublicKey:
+    """The Ed25519 public key of 32 raw bytes, from cryptography's Rust core (the same object its
+    public API returns) without importing that API's Python layer."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust
+        return rust.ed25519.from_public_bytes(raw)
+    except ImportError:  # a cryptography whose layout differs: its public API, at its cost
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def verify_ed25519(pub: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    """The one Ed25519 check: DSSE, SSHSIG, log checkpoints and trust chains all call it. Any failure
+    (a bad signature, a malformed one) is False."""
+    try:
+        pub.verify(signature, message)
+        return True
+    except Exception:  # cryptography's InvalidSignature (importing it costs typing), or worse
+        return False
 
 
 def raw_public(pub: Ed25519PublicKey) -> bytes:
@@ -43,11 +64,16 @@ def public_pem(pub: Ed25519PublicKey) -> str:
     return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def _read_passphrase(passphrase_file: str | Path | None) -> bytes | None:
+def _read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_passphrase(passphrase_file: str | os.PathLike | None) -> bytes | None:
     if passphrase_file is None:
         return None
     try:
-        data = Path(passphrase_file).read_bytes().rstrip(b"\r\n")
+        data = _read(passphrase_file).rstrip(b"\r\n")
     except OSError as e:
         raise ProvError(f"{passphrase_file}: {e.strerror}") from None
     if not data:
@@ -55,14 +81,16 @@ def _read_passphrase(passphrase_file: str | Path | None) -> bytes | None:
     return data
 
 
-def generate_key(out_dir: str | Path, passphrase_file: str | Path | None = None) -> tuple[Path, Path, str]:
+def generate_key(out_dir: str | os.PathLike, passphrase_file: str | os.PathLike | None = None) -> tuple:
     """Write DIR/key.pem (PKCS#8, 0600, encrypted with a passphrase) and DIR/key.pub.pem; never overwrite."""
+    from pathlib import Path  # making keys, not the verify path
     out = Path(out_dir)
     priv_path, pub_path = out / "key.pem", out / "key.pub.pem"
     for p in (priv_path, pub_path):
         if os.path.lexists(p):
             raise ProvError(f"{p}: already exists; refusing to overwrite a key")
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     passphrase = _read_passphrase(passphrase_file)
     out.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
@@ -82,12 +110,13 @@ def generate_key(out_dir: str | Path, passphrase_file: str | Path | None = None)
     return priv_path, pub_path, keyid(key.public_key())
 
 
-def load_private(path: str | Path, passphrase_file: str | Path | None = None) -> Ed25519PrivateKey:
+def load_private(path: str | os.PathLike, passphrase_file: str | os.PathLike | None = None) -> Ed25519PrivateKey:
     try:
-        data = Path(path).read_bytes()
+        data = _read(path)
     except OSError as e:
         raise ProvError(f"{path}: {e.strerror}") from None
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     passphrase = _read_passphrase(passphrase_file)
     try:
         key = serialization.load_pem_private_key(data, passphrase)
@@ -110,8 +139,9 @@ def load_public_pem(data: bytes | str, where: str) -> Ed25519PublicKey:
         except ValueError:
             der = b""
         if len(der) == 44 and der.startswith(_ED25519_SPKI):
-            return Ed25519PublicKey.from_public_bytes(der[12:])
+            return ed25519_public(der[12:])
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
@@ -121,9 +151,9 @@ def load_public_pem(data: bytes | str, where: str) -> Ed25519PublicKey:
     return key
 
 
-def load_public(path: str | Path) -> Ed25519PublicKey:
+def load_public(path: str | os.PathLike) -> Ed25519PublicKey:
     try:
-        return load_public_pem(Path(path).read_bytes(), str(path))
+        return load_public_pem(_read(path), str(path))
     except OSError as e:
         raise ProvError(f"{path}: {e.strerror}") from None
 
@@ -161,12 +191,7 @@ def verified_keys(payload_type: str, payload: bytes, signatures: list,
         except (ValueError, UnicodeEncodeError):
             continue
         for kid, pub in trusted.items():
-            if kid in good:
-                continue
-            try:
-                pub.verify(raw, message)
+            if kid not in good and verify_ed25519(pub, raw, message):
                 good.add(kid)
                 break
-            except InvalidSignature:
-                pass
     return good

@@ -98,16 +98,12 @@ def parse(armored: str) -> tuple[bytes, str, str, bytes]:
 
 def verify(armored: str, message: bytes, namespace: str = NAMESPACE) -> bytes | None:
     """The raw public key whose valid SSHSIG this is over `message` in `namespace`, else None."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from provenance.core.signing import ed25519_public, verify_ed25519
     try:
         raw, ns, hash_alg, sig = parse(armored)
-    except ProvError:
+        pub = ed25519_public(raw)
+    except (ProvError, ValueError):
         return None
-    if ns != namespace:
-        return None
-    try:
-        Ed25519PublicKey.from_public_bytes(raw).verify(sig, _signed_data(message, namespace, hash_alg))
-    except InvalidSignature:
+    if ns != namespace or not verify_ed25519(pub, sig, _signed_data(message, namespace, hash_alg)):
         return None
     return raw

@@ -13,14 +13,14 @@ import hashlib
 import os
 import stat
 from stat import S_ISREG, S_IXUSR
-from dataclasses import dataclass
 from operator import attrgetter
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from blake3 import blake3
 
 from provenance.core.digest import Digest, digest_bytes
 from provenance.core.errors import ProvError
+from provenance.core.frozen import Frozen
 
 KINDS = ("file", "exec", "link", "tree")
 _KIND_BYTES = {k: k.encode() for k in KINDS}
@@ -32,13 +32,11 @@ class TreeError(ProvError):
     """A tree that prov-tree-v1 refuses to record, naming the offending path."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    kind: str
-    name: str
-    size: int
-    sha256: str
-    blake3: str
+class Entry(Frozen):
+    __slots__ = ("kind", "name", "size", "sha256", "blake3")
+
+    def __init__(self, kind: str, name: str, size: int, sha256: str, blake3: str) -> None:
+        self._init(locals())
 
 
 def check_name(name: bytes, where: str) -> str:

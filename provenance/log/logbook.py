@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from provenance.log import translog
+from provenance.log import checkpoint as notes, proofs  # pure: verify reads these; the store's log is imported where used
 from provenance.core.checks import Check
 from provenance.core.errors import ProvError
 
@@ -25,23 +25,25 @@ def unb64(s, what: str) -> bytes:
     try:
         return base64.b64decode(s, validate=True)
     except (ValueError, TypeError):
-        raise translog.LogProofError(f"{what}: not base64") from None
+        raise proofs.LogProofError(f"{what}: not base64") from None
 
 
 def checkpoint(store, key) -> str:
     """Sign a checkpoint of the log as it is now (only committed, hence durable, leaves)."""
+    from provenance.log import translog
     log = translog.open_log(store)
     size = log.size()
-    note = translog.sign_checkpoint(log.origin(), size, log.root(size), key, name=translog.NOTE_KEY_NAME)
+    note = notes.sign_checkpoint(log.origin(), size, log.root(size), key, name=notes.NOTE_KEY_NAME)
     log.record_checkpoint(size, note)
     return note
 
 
 def release_log_bundle(store, statement_b3: str, key, since_note: str | None = None) -> dict:
+    from provenance.log import translog
     log = translog.open_log(store)
     since = None
     if since_note is not None:  # checked before anything is logged or signed
-        since = translog.parse_checkpoint(since_note)
+        since = notes.parse_checkpoint(since_note)
         if since.origin != log.origin():
             raise ProvError(f"--since: a checkpoint of another log ({since.origin})")
         if since.size > log.size() or log.root(since.size) != since.root:
@@ -50,12 +52,12 @@ def release_log_bundle(store, statement_b3: str, key, since_note: str | None = N
     row = log.db.execute("SELECT MAX(size) FROM log_checkpoints").fetchone()
     previous = row[0] if row else None
     note = checkpoint(store, key)
-    cp = translog.parse_checkpoint(note)
+    cp = notes.parse_checkpoint(note)
     info = store.info(statement_b3)
     sizes = sorted({s for s in (previous, since.size if since else None) if s and 0 < s < cp.size})
     return {
         "checkpoint": note,
-        "leaf": b64(translog.entry_bytes("statement", info.sha256, info.blake3)),
+        "leaf": b64(proofs.entry_bytes("statement", info.sha256, info.blake3)),
         "index": index,
         "inclusion": [b64(h) for h in log.inclusion_proof(index, cp.size)],
         "consistency": {str(size): [b64(h) for h in log.consistency_proof(size, cp.size)] for size in sizes},
@@ -73,49 +75,49 @@ def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note
     if not trusted_log_keys:
         return [Check("log_checkpoint", False, "the trust policy names no log key")]
     try:
-        cp, good = translog.verify_checkpoint(bundle["checkpoint"], trusted_log_keys)
+        cp, good = notes.verify_checkpoint(bundle["checkpoint"], trusted_log_keys)
         if len(good) < threshold:
             return [Check("log_checkpoint", False, f"{cp.origin} size {cp.size} signed by {len(good)} of {threshold} "
                                                    "required distinct log key(s)")]
         out.append(Check("log_checkpoint", True, f"{cp.origin} size {cp.size} signed by {len(good)} trusted log key(s)"))
-    except translog.LogProofError as e:
+    except proofs.LogProofError as e:
         return [Check("log_checkpoint", False, str(e))]
     try:
         leaf = unb64(bundle.get("leaf"), "log leaf")
-        want = translog.entry_bytes("statement", hashlib.sha256(payload).hexdigest(), blake3(payload).hexdigest())
+        want = proofs.entry_bytes("statement", hashlib.sha256(payload).hexdigest(), blake3(payload).hexdigest())
         if leaf != want:
-            raise translog.LogProofError("logged entry is not this manifest's statement")
+            raise proofs.LogProofError("logged entry is not this manifest's statement")
         proof = [unb64(h, "inclusion proof") for h in _list(bundle.get("inclusion", []), "inclusion proof")]
-        translog.verify_inclusion(translog.leaf_hash(leaf), bundle.get("index"), cp.size, proof, cp.root)
+        proofs.verify_inclusion(proofs.leaf_hash(leaf), bundle.get("index"), cp.size, proof, cp.root)
         out.append(Check("log_inclusion", True, f"statement is leaf {bundle['index']} of {cp.size}"))
-    except translog.LogProofError as e:
+    except proofs.LogProofError as e:
         out.append(Check("log_inclusion", False, str(e)))
     if since_note is not None:
         try:
-            old, _ = translog.verify_checkpoint(since_note, trusted_log_keys)
+            old, _ = notes.verify_checkpoint(since_note, trusted_log_keys)
             if old.origin != cp.origin:
-                raise translog.LogProofError(f"old checkpoint is of another log ({old.origin})")
+                raise proofs.LogProofError(f"old checkpoint is of another log ({old.origin})")
             if old.size == cp.size or old.size == 0:
                 proof = []
             else:
-                proofs = bundle.get("consistency", {})
-                raw = proofs.get(str(old.size)) if isinstance(proofs, dict) else None
+                carried = bundle.get("consistency", {})
+                raw = carried.get(str(old.size)) if isinstance(carried, dict) else None
                 if raw is None:
-                    raise translog.LogProofError(
+                    raise proofs.LogProofError(
                         f"manifest has no consistency proof from size {old.size} (it carries one from the "
                         f"previous release's checkpoint); the lab proves any other with "
                         f"prov log consistency OLD NEW")
                 proof = [unb64(h, "consistency proof") for h in _list(raw, "consistency proof")]
-            translog.verify_consistency(old.size, cp.size, proof, old.root, cp.root)
+            proofs.verify_consistency(old.size, cp.size, proof, old.root, cp.root)
             out.append(Check("log_consistency", True, f"log grew from {old.size} to {cp.size} without rewriting"))
-        except translog.LogProofError as e:
+        except proofs.LogProofError as e:
             out.append(Check("log_consistency", False, str(e)))
     return out
 
 
 def _list(v, what: str) -> list:
     if not isinstance(v, list):  # the bundle sits outside the signed payload: any type may come
-        raise translog.LogProofError(f"{what}: not a list")
+        raise proofs.LogProofError(f"{what}: not a list")
     return v
 
 
@@ -129,11 +131,12 @@ def read_note(path: str) -> str:
 
 def prove_inclusion(store, ref: str, size: int | None = None) -> dict:
     """An inclusion proof of a stored, logged object (checked before it is returned)."""
+    from provenance.log import translog
     info = store.resolve(ref)
     log = translog.open_log(store)
     index = leaf = None
     for kind in (info.kind, *info.kinds):  # logged as whichever kind it was stored as
-        leaf = translog.leaf_hash(translog.entry_bytes(kind, info.sha256, info.blake3))
+        leaf = proofs.leaf_hash(proofs.entry_bytes(kind, info.sha256, info.blake3))
         index = log.index_of(leaf)
         if index is not None:
             break
@@ -143,15 +146,15 @@ def prove_inclusion(store, ref: str, size: int | None = None) -> dict:
     if not index < size <= log.size():
         raise ProvError(f"--size {size}: must be above the leaf's index {index} and at most {log.size()}")
     proof, root = log.inclusion_proof(index, size), log.root(size)
-    translog.verify_inclusion(leaf, index, size, proof, root)
+    proofs.verify_inclusion(leaf, index, size, proof, root)
     return {"index": index, "size": size, "leaf_hash": leaf.hex(), "root": root.hex(), "proof": [h.hex() for h in proof]}
 
 
 def checkpoint_pair(old_note: str, new_note: str, trusted: dict | None = None) -> tuple:
     """Two checkpoints of one log, parsed (and signed by a trusted log key when `trusted` is given)."""
-    notes = (old_note, new_note)
-    a, b = ([translog.verify_checkpoint(n, trusted)[0] for n in notes] if trusted is not None
-            else [translog.parse_checkpoint(n) for n in notes])
+    pair = (old_note, new_note)
+    a, b = ([notes.verify_checkpoint(n, trusted)[0] for n in pair] if trusted is not None
+            else [notes.parse_checkpoint(n) for n in pair])
     if a.origin != b.origin:
         raise ProvError(f"checkpoints are of different logs ({a.origin}, {b.origin})")
     return a, b
@@ -160,9 +163,10 @@ def checkpoint_pair(old_note: str, new_note: str, trusted: dict | None = None) -
 def prove_consistency(store, a, b, where: str = "new") -> dict:
     """A consistency proof, from this store's log, that checkpoint `b` extends checkpoint `a`
     (see checkpoint_pair); checked before it is returned."""
+    from provenance.log import translog
     log = translog.open_log(store)
     if b.size > log.size():
         raise ProvError(f"{where}: size {b.size} is beyond this store's log ({log.size()})")
     proof = log.consistency_proof(a.size, b.size)
-    translog.verify_consistency(a.size, b.size, proof, a.root, b.root)
+    proofs.verify_consistency(a.size, b.size, proof, a.root, b.root)
     return {"ok": True, "size1": a.size, "size2": b.size, "proof": [h.hex() for h in proof]}

@@ -4,159 +4,28 @@ Storage: every complete subtree hash is a row (level, index) in SQLite; level 0 
 leaf hashes. Appending leaf n adds it and the parents it completes, in one transaction, so
 a leaf is either wholly there or absent and any root or proof is O(log n) lookups.
 
-Verification (`verify_inclusion`, `verify_consistency`) is pure: it imports nothing from the
-store and follows RFC 9162 sections 2.1.3.2 and 2.1.4.2 step by step.
+Verification is pure and lives apart: `log.proofs` (RFC 9162 proofs) and `log.checkpoint`
+(signed notes), which import nothing from the store.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import sqlite3
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
-from provenance.core.errors import ProvError, VerificationFailed
+from provenance.core.errors import ProvError
+from provenance.log.checkpoint import (NOTE_KEY_NAME, Checkpoint, note_key_hash, note_verifier, parse_checkpoint,
+                                       sign_checkpoint, verify_checkpoint)
+from provenance.log.proofs import (EMPTY_ROOT, HASH_LEN, LogProofError, entry_bytes, leaf_hash, mth, node_hash,
+                                   verify_consistency, verify_inclusion, largest_pow2_below)
 
-HASH_LEN = 32
-
-
-class LogProofError(VerificationFailed):
-    """Any failure of a log proof or checkpoint, including malformed input. The one exception
-    `verify_inclusion` and `verify_consistency` raise."""
-
-
-def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-EMPTY_ROOT = hashlib.sha256(b"").digest()
-
-
-def _largest_pow2_below(n: int) -> int:
-    """k with k < n <= 2k (n > 1)."""
-    return 1 << ((n - 1).bit_length() - 1)
-
-
-def _check_hashes(what: str, *hashes) -> None:
-    for h in hashes:
-        if not isinstance(h, (bytes, bytearray)) or len(h) != HASH_LEN:
-            raise LogProofError(f"{what}: hash of wrong type or length")
-
-
-# -- pure verification (RFC 9162) ---------------------------------------------------------------
-
-def verify_inclusion(leaf_hash: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> None:
-    """RFC 9162 2.1.3.2. Returns None when `leaf_hash` is leaf `index` of the tree of `size` with `root`."""
-    _check_hashes("inclusion", leaf_hash, root, *proof)
-    if not isinstance(index, int) or not isinstance(size, int) or index < 0 or size < 0:
-        raise LogProofError("inclusion: index and size must be non-negative integers")
-    # 1. leaf_index must be below tree_size
-    if index >= size:
-        raise LogProofError(f"inclusion: index {index} not below size {size}")
-    # 2. fn = leaf_index, sn = tree_size - 1;  3. r = leaf_hash
-    fn, sn, r = index, size - 1, bytes(leaf_hash)
-    # 4. for each p in inclusion_path
-    for p in proof:
-        # a. if sn is 0, stop and fail
-        if sn == 0:
-            raise LogProofError("inclusion: proof too long")
-        # b. if LSB(fn) is set, or fn equals sn
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            # if LSB(fn) is not set, right-shift fn and sn equally until LSB(fn) is set or fn is 0
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = node_hash(r, p)
-        # c. right-shift both fn and sn one time
-        fn >>= 1
-        sn >>= 1
-    # 5. sn must be 0 and r must equal the root
-    if sn != 0:
-        raise LogProofError("inclusion: proof too short")
-    if r != root:
-        raise LogProofError("inclusion: computed root does not match")
-
-
-def verify_consistency(size1: int, size2: int, proof: list[bytes], root1: bytes, root2: bytes) -> None:
-    """RFC 9162 2.1.4.2. Returns None when the tree of size2/root2 extends the tree of size1/root1."""
-    _check_hashes("consistency", root1, root2, *proof)
-    if not isinstance(size1, int) or not isinstance(size2, int) or size1 < 0 or size2 < 0:
-        raise LogProofError("consistency: sizes must be non-negative integers")
-    if size2 < size1:
-        raise LogProofError(f"consistency: size2 {size2} below size1 {size1}")
-    if size1 == size2:  # nothing to prove beyond equality
-        if proof:
-            raise LogProofError("consistency: proof must be empty for equal sizes")
-        if root1 != root2:
-            raise LogProofError("consistency: equal sizes with different roots")
-        return
-    if size1 == 0:  # the empty tree is a prefix of every tree
-        if proof:
-            raise LogProofError("consistency: proof must be empty from size 0")
-        return
-    # 1. an empty consistency_path fails;  2. if first is an exact power of 2, prepend first_hash
-    path = list(proof)
-    if size1 & (size1 - 1) == 0:
-        path.insert(0, bytes(root1))
-    if not path:
-        raise LogProofError("consistency: empty proof")
-    # 3. fn = first - 1, sn = second - 1
-    fn, sn = size1 - 1, size2 - 1
-    # 4. if LSB(fn) is set, right-shift fn and sn equally until LSB(fn) is not set
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    # 5. fr = sr = first element of the path
-    fr = sr = path[0]
-    # 6. for each subsequent c
-    for c in path[1:]:
-        # a. if sn is 0, stop and fail
-        if sn == 0:
-            raise LogProofError("consistency: proof too long")
-        # b. if LSB(fn) is set, or fn equals sn
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            # if LSB(fn) is not set, right-shift fn and sn equally until either LSB(fn) is set or fn is 0
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            sr = node_hash(sr, c)
-        # c. right-shift both fn and sn one time
-        fn >>= 1
-        sn >>= 1
-    # 7. fr == first_hash, sr == second_hash and sn == 0
-    if sn != 0:
-        raise LogProofError("consistency: proof too short")
-    if fr != root1:
-        raise LogProofError("consistency: old root does not match")
-    if sr != root2:
-        raise LogProofError("consistency: new root does not match")
-
-
-# -- reference definitions (RFC 6962 2.1), over an in-memory list of leaf hashes ------------------
-
-def mth(leaves: list[bytes]) -> bytes:
-    n = len(leaves)
-    if n == 0:
-        return EMPTY_ROOT
-    if n == 1:
-        return leaves[0]
-    k = _largest_pow2_below(n)
-    return node_hash(mth(leaves[:k]), mth(leaves[k:]))
-
+# the proofs and checkpoints have their own homes (pure, what a verifier imports); the log's API names them
+__all__ = ["EMPTY_ROOT", "HASH_LEN", "LogProofError", "entry_bytes", "leaf_hash", "mth", "node_hash",
+           "verify_consistency", "verify_inclusion", "NOTE_KEY_NAME", "Checkpoint", "note_key_hash",
+           "note_verifier", "parse_checkpoint", "sign_checkpoint", "verify_checkpoint", "Log", "LOG_TABLES",
+           "open_log", "checkpoints_of", "log_object", "repair_store"]
 
 # -- the persistent log -------------------------------------------------------------------------
 
@@ -170,12 +39,6 @@ CREATE TABLE IF NOT EXISTS log_checkpoints(size INTEGER PRIMARY KEY, note TEXT N
 
 
 NODE_SHIFT = 40  # node (level, idx) is row level << 40 | idx: an integer key is SQLite's fastest path
-
-
-def entry_bytes(kind: str, sha256: str, blake3: str) -> bytes:
-    """The logged leaf data: canonical JSON naming what is logged."""
-    from provenance.core import canonical
-    return canonical.dumps({"kind": kind, "sha256": sha256, "blake3": blake3})
 
 
 class Log:
@@ -208,7 +71,7 @@ class Log:
             return EMPTY_ROOT
         if n & (n - 1) == 0 and start % n == 0:
             return self._node(n.bit_length() - 1, start // n)
-        k = _largest_pow2_below(n)
+        k = largest_pow2_below(n)
         return node_hash(self._mth(start, start + k), self._mth(start + k, end))
 
     def root(self, size: int | None = None) -> bytes:
@@ -226,7 +89,7 @@ class Log:
         proof: list[bytes] = []
         start, end, m = 0, size, index
         while end - start > 1:  # RFC 6962 PATH(m, D[start:end]), iteratively; collected leaf-first
-            k = _largest_pow2_below(end - start)
+            k = largest_pow2_below(end - start)
             if m < k:
                 proof.append(self._mth(start + k, end))
                 end = start + k
@@ -247,7 +110,7 @@ class Log:
                 if not b:
                     proof.append(self._mth(start, end))
                 break
-            k = _largest_pow2_below(end - start)
+            k = largest_pow2_below(end - start)
             if m <= k:
                 proof.append(self._mth(start + k, end))
                 end = start + k
@@ -358,97 +221,6 @@ class Log:
             if size > n_leaves or cp.size != size or cp.root != self.root(size):
                 problems.append(f"checkpoint at size {size} does not match the leaves")
         return problems
-
-
-# -- checkpoints (C2SP tlog-checkpoint, signed-note) --------------------------------------------
-
-@dataclass(frozen=True)
-class Checkpoint:
-    origin: str
-    size: int
-    root: bytes
-    body: str  # the signed text: origin, size, root, each ending in a newline
-    signatures: list[tuple[str, bytes, bytes]]  # (key name, 4-byte key hash, signature)
-
-
-def note_key_hash(name: str, raw_pub: bytes) -> bytes:
-    """signed-note key ID for Ed25519: SHA-256(name || "\\n" || 0x01 || key)[:4]."""
-    return hashlib.sha256(name.encode() + b"\n\x01" + raw_pub).digest()[:4]
-
-
-NOTE_KEY_NAME = "comma-lab.dev/provenance/log"  # stable, so a trust policy can publish the verifier key
-
-
-def note_verifier(name: str, raw_pub: bytes) -> str:
-    """The signed-note verifier key `name+hash+base64(0x01 || key)` (C2SP signed-note; Go's note.NewVerifier)."""
-    data = base64.b64encode(b"\x01" + raw_pub).decode()
-    return f"{name}+{note_key_hash(name, raw_pub).hex()}+{data}"
-
-
-def sign_checkpoint(origin: str, size: int, root: bytes, key, name: str | None = None) -> str:
-    from provenance.core import signing
-    body = f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
-    name = name or origin
-    kh = note_key_hash(name, signing.raw_public(key.public_key()))
-    sig = key.sign(body.encode())
-    return body + "\n" + f"\u2014 {name} {base64.b64encode(kh + sig).decode()}\n"
-
-
-def parse_checkpoint(text: str) -> Checkpoint:
-    if "\n\n" not in text or not text.endswith("\n"):
-        raise LogProofError("checkpoint: not a signed note (no blank line / trailing newline)")
-    body, sigs = text.split("\n\n", 1)
-    body += "\n"
-    lines = body.split("\n")[:-1]
-    if len(lines) < 3:
-        raise LogProofError("checkpoint: needs origin, size and root lines")
-    origin, size_s, root_s = lines[0], lines[1], lines[2]
-    if not origin or not (size_s.isascii() and size_s.isdigit()) or len(size_s) > 19 \
-            or (len(size_s) > 1 and size_s[0] == "0"):  # "١٢" and "²" are digits to str.isdigit
-        raise LogProofError("checkpoint: bad origin or size line")
-    try:
-        root = base64.b64decode(root_s, validate=True)
-    except ValueError:
-        raise LogProofError("checkpoint: root is not base64") from None
-    if len(root) != HASH_LEN:
-        raise LogProofError("checkpoint: root is not a SHA-256 hash")
-    signatures = []
-    for line in sigs.split("\n")[:-1]:
-        if not line.startswith("\u2014 "):
-            raise LogProofError("checkpoint: malformed signature line")
-        parts = line[2:].split(" ")
-        if len(parts) != 2:
-            raise LogProofError("checkpoint: malformed signature line")
-        try:
-            raw = base64.b64decode(parts[1], validate=True)
-        except ValueError:
-            raise LogProofError("checkpoint: signature is not base64") from None
-        if len(raw) < 5:
-            raise LogProofError("checkpoint: signature too short")
-        signatures.append((parts[0], raw[:4], raw[4:]))
-    if not signatures:
-        raise LogProofError("checkpoint: unsigned")
-    return Checkpoint(origin, int(size_s), root, body, signatures)
-
-
-def verify_checkpoint(text: str, trusted: dict) -> tuple[Checkpoint, set[str]]:
-    """Parse and check signatures against trusted log keys {keyid: public key}; raise unless one verifies."""
-    from cryptography.exceptions import InvalidSignature
-    from provenance.core import signing
-    cp = parse_checkpoint(text)
-    good = set()
-    for name, kh, sig in cp.signatures:
-        for kid, pub in trusted.items():
-            if note_key_hash(name, signing.raw_public(pub)) != kh:
-                continue
-            try:
-                pub.verify(sig, cp.body.encode())
-                good.add(kid)
-            except InvalidSignature:
-                pass
-    if not good:
-        raise LogProofError("checkpoint: no valid signature by a trusted log key")
-    return cp, good
 
 
 # -- the log of a store ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ before anything in the payload counts. Light: no pydantic (the verify path reads
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from provenance.core import canonical, signing
 from provenance.core.errors import ProvError
@@ -20,10 +20,11 @@ def envelope_shape(env, where: str) -> dict:
     return env
 
 
-def read_envelope(path: str | Path) -> tuple[dict, list[str]]:
+def read_envelope(path: str | os.PathLike) -> tuple[dict, list[str]]:
     """(envelope, duplicate keys found while parsing) of a manifest file; strict JSON."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise ProvError(f"{path}: {e.strerror}") from None
     env, dupes = canonical.loads_tracking(data, str(path))

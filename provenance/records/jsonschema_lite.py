@@ -11,11 +11,11 @@ minLength, pattern, minimum, maximum.
 from __future__ import annotations
 
 import json
+import os
 import re
 from functools import lru_cache
-from pathlib import Path
 
-SCHEMA_DIR = Path(__file__).parent / "schemas"
+SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schemas")
 _TYPES = {
     "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
@@ -27,7 +27,8 @@ _TYPES = {
 
 @lru_cache(maxsize=None)
 def load(name: str) -> dict:
-    return json.loads((SCHEMA_DIR / name).read_text())
+    with open(os.path.join(SCHEMA_DIR, name), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def errors(value, schema: dict, root: dict | None = None, path: str = "$") -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 from provenance.core.errors import ProvError, VerificationFailed
 
@@ -29,7 +28,8 @@ FILES = ("README", "manifest.json", "statement.json", "SHA256SUMS", "B3SUMS", TO
 
 def tool_bytes() -> bytes:
     from provenance.core import tree_digest
-    return Path(tree_digest.__file__).read_bytes()
+    with open(tree_digest.__file__, "rb") as f:
+        return f.read()
 
 
 def judge_sums(payload: bytes, tool: bytes | None = None) -> tuple[bytes, bytes] | None:
@@ -57,10 +57,11 @@ def sig_name(file: str, keyid: str) -> str:
     return f"{file}.{sshsig.identity(keyid)}.sig"
 
 
-def export_checksums(manifest: dict, runtime: str | Path, out_dir: str | Path,
-                     archive: str | Path | None = None) -> list[Path]:
+def export_checksums(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.PathLike,
+                     archive: str | os.PathLike | None = None) -> list:
     """SHA256SUMS and B3SUMS naming `archive.zip` and `runtime/...` as they sit in a judge's folder,
     after checking the files given are the released ones."""
+    from pathlib import Path  # the writing side only: verify imports judge_sums and no pathlib
     from provenance.core import tree as treemod
     from provenance.core.digest import hash_file
     from provenance.core.files import write_atomic
@@ -90,9 +91,10 @@ def export_checksums(manifest: dict, runtime: str | Path, out_dir: str | Path,
     return files
 
 
-def write_packet(manifest: dict, runtime: str | Path, out_dir: str | Path, archive: str | Path | None = None,
-                 trust: str | Path | None = None, chain_dir: str | Path | None = None) -> list[Path]:
+def write_packet(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.PathLike, archive: str | os.PathLike | None = None,
+                 trust: str | os.PathLike | None = None, chain_dir: str | os.PathLike | None = None) -> list:
     """Everything a judge needs beside archive.zip and runtime/, and nothing else."""
+    from pathlib import Path
     from provenance.core import sshsig
     from provenance.core.files import write_atomic
     from provenance.records.envelope import payload_of, statement_of
@@ -141,7 +143,7 @@ def write_packet(manifest: dict, runtime: str | Path, out_dir: str | Path, archi
         from provenance.release.trust import allowed_signers
         write_atomic(out / "trust.json", Path(trust).read_bytes())
         files.append(out / "trust.json")
-        for p in chain or []:
+        for p in map(Path, chain or []):
             write_atomic(out / "trust-chain" / p.name, p.read_bytes())
             files.append(out / "trust-chain" / p.name)
         write_atomic(out / "allowed_signers", allowed_signers(policy).encode())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from provenance.core.errors import ProvError
 from provenance.core.files import write_json
@@ -17,7 +16,8 @@ def read_state(state: str) -> dict:
     if not os.path.exists(state):
         return {}
     try:
-        doc = json.loads(Path(state).read_bytes())
+        with open(state, "rb") as f:
+            doc = json.loads(f.read())
     except (OSError, ValueError) as e:
         raise ProvError(f"{state}: unreadable verifier state ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("releases", {}), dict) or not all(

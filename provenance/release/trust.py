@@ -23,11 +23,9 @@ policy without its `signatures` field), the same DSSE pre-authentication encodin
 from __future__ import annotations
 
 import hashlib
-import re
-from dataclasses import dataclass, field
+import os
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing stays off the verify path
 
 from provenance.core import canonical, signing
 from provenance.core.canonical import loads_tracking
@@ -40,23 +38,25 @@ if TYPE_CHECKING:
 
 
 
-@dataclass
 class Trust:
-    keys: dict[str, tuple[str, object]]  # keyid -> (name, public key)
-    release: set[str]
-    threshold: int
-    log: set[str]
-    expires: datetime | None
-    source: str
-    log_required: bool = False
-    no_log_key: str = "the trust policy names no log key"  # why `log` is empty, for the failing check
-    version: int = 1
-    chain: list[int] = field(default_factory=list)  # versions walked from the pinned one (--trust-chain)
-    log_threshold: int = 1  # distinct log keys a checkpoint needs
+    """What a verifier trusts (a plain class: the judge's path imports no dataclasses)."""
 
-def read_trust_doc(trust_path: str | Path) -> dict:
+    def __init__(self, keys: dict[str, tuple[str, object]], release: set[str], threshold: int, log: set[str],
+                 expires: datetime | None, source: str, log_required: bool = False,
+                 no_log_key: str = "the trust policy names no log key", version: int = 1,
+                 chain: list[int] | None = None, log_threshold: int = 1) -> None:
+        self.keys = keys  # keyid -> (name, public key)
+        self.release, self.threshold, self.log = release, threshold, log
+        self.expires, self.source, self.log_required = expires, source, log_required
+        self.no_log_key = no_log_key  # why `log` is empty, for the failing check
+        self.version = version
+        self.chain = chain if chain is not None else []  # versions walked from the pinned one (--trust-chain)
+        self.log_threshold = log_threshold  # distinct log keys a checkpoint needs
+
+def read_trust_doc(trust_path: str | os.PathLike) -> dict:
     try:
-        data = Path(trust_path).read_bytes()
+        with open(trust_path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise ProvError(f"{trust_path}: {e.strerror}") from None
     doc, dupes = loads_tracking(data, str(trust_path))
@@ -93,7 +93,7 @@ def trust_from_doc(doc: dict, trust_path: str) -> Trust:
         if signing.keyid(pub) != k["keyid"]:
             raise ProvError(f"{trust_path}: key {name}: keyid does not match its public key")
         if k.get("note_verifier") is not None:
-            from provenance.log.translog import note_verifier
+            from provenance.log.checkpoint import note_verifier
             nv = k["note_verifier"]
             if note_verifier(nv.split("+", 1)[0], signing.raw_public(pub)) != nv:
                 raise ProvError(f"{trust_path}: key {name}: note_verifier does not match its public key")
@@ -114,13 +114,13 @@ def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str |
             raise ProvError("give --log-key or --key-signs-log, not both")
         pub = signing.load_public(key_path)
         kid = signing.keyid(pub)
-        keys = {kid: (Path(key_path).name, pub)}
+        keys = {kid: (os.path.basename(key_path), pub)}
         # roles stay apart: a release key is never taken for the log's unless the judge says so
         log = {kid} if key_signs_log else set()
         if log_key_path:
             lpub = signing.load_public(log_key_path)
             log = {signing.keyid(lpub)}
-            keys[signing.keyid(lpub)] = (Path(log_key_path).name, lpub)
+            keys[signing.keyid(lpub)] = (os.path.basename(log_key_path), lpub)
         return Trust(keys, {kid}, 1, log, None, str(key_path), log_required=bool(log_key_path or key_signs_log),
                      no_log_key="--key pins the release key only: give --log-key LOG.pub, or --key-signs-log "
                                 "if the release key also signs the log")
@@ -172,7 +172,13 @@ def allowed_signers(trust_doc: dict) -> str:
 # -- rotation ------------------------------------------------------------------------------------
 
 PAYLOAD_TYPE = "application/vnd.comma-lab.trust-policy+json"
-_NAMED = re.compile(r"^(\d+)\.trust\.json$")
+CHAIN_SUFFIX = ".trust.json"
+
+
+def _named_version(name: str) -> int | None:
+    """N of a file named N.trust.json (ASCII digits), else None."""
+    stem = name[:-len(CHAIN_SUFFIX)] if name.endswith(CHAIN_SUFFIX) else ""
+    return int(stem) if stem.isascii() and stem.isdigit() else None
 
 
 def signed_bytes(doc: dict) -> bytes:
@@ -189,27 +195,27 @@ def verify_delegate(delegator: dict, delegated: dict, where: str) -> set[str]:
     return good
 
 
-def chain_files(chain_dir: Path) -> list[Path]:
-    """The policy versions a chain folder holds: files named N.trust.json, and nothing else
-    (a manifest or a note beside them is not read as a policy)."""
+def chain_files(chain_dir: str | os.PathLike) -> list[str]:
+    """The policy versions a chain folder holds, in order: files named N.trust.json, and nothing
+    else (a manifest or a note beside them is not read as a policy)."""
     try:
-        return sorted((p for p in chain_dir.iterdir() if _NAMED.match(p.name)), key=lambda p: int(p.name.split(".")[0]))
+        named = [(v, n) for n in os.listdir(chain_dir) if (v := _named_version(n)) is not None]
     except OSError:
         return []
+    return [os.path.join(chain_dir, n) for _, n in sorted(named)]
 
 
-def walk_chain(pinned: dict, chain_dir: str | Path, pinned_where: str) -> tuple[dict, list[int]]:
+def walk_chain(pinned: dict, chain_dir: str | os.PathLike, pinned_where: str) -> tuple[dict, list[int]]:
     """(newest trusted policy, versions walked) from the pinned policy through CHAIN_DIR/N.trust.json."""
-    d = Path(chain_dir)
-    if not d.is_dir():
+    if not os.path.isdir(chain_dir):
         raise ProvError(f"{chain_dir}: not a directory of trust policy versions")
-    seen: dict[int, tuple[str, dict, Path | str]] = {pinned["version"]: (_id(pinned), pinned, pinned_where)}
-    for p in chain_files(d):
+    seen: dict[int, tuple[str, dict, str]] = {pinned["version"]: (_id(pinned), pinned, pinned_where)}
+    for p in chain_files(chain_dir):
         doc = read_trust_doc(p)
         v = doc["version"]
-        m = _NAMED.match(p.name)
-        if int(m.group(1)) != v:
-            raise VerificationFailed(f"{p}: named v{m.group(1)} but holds v{v}: rollback or mislabel refused")
+        named = _named_version(os.path.basename(p))
+        if named != v:
+            raise VerificationFailed(f"{p}: named v{named} but holds v{v}: rollback or mislabel refused")
         if v in seen and seen[v][0] != _id(doc):
             raise VerificationFailed(f"fork: {p} and {seen[v][2]} are two different trust policies v{v}")
         seen.setdefault(v, (_id(doc), doc, p))
@@ -251,7 +257,7 @@ def _named_keys(paths: list[str], keys: dict) -> list[str]:
         kid = signing.keyid(pub)
         name = next((n for n, k in keys.items() if k["keyid"] == kid), None)
         if name is None:
-            name = f"{Path(p).stem.replace('.pub', '')}-{kid[:8]}"
+            name = f"{os.path.splitext(os.path.basename(p))[0].replace('.pub', '')}-{kid[:8]}"
             keys[name] = TrustedKey(keyid=kid, public_key=signing.public_pem(pub)).model_dump(exclude_none=True)
         names.append(name)
     return sorted(set(names))
@@ -259,13 +265,13 @@ def _named_keys(paths: list[str], keys: dict) -> list[str]:
 
 def _publish_note_verifiers(keys: dict, log_names: list[str]) -> None:
     """What Go's note package needs to check our checkpoints, on every log key."""
-    from provenance.log.translog import NOTE_KEY_NAME, note_verifier
+    from provenance.log.checkpoint import NOTE_KEY_NAME, note_verifier
     for n in log_names:
         pub = signing.load_public_pem(keys[n]["public_key"], n)
         keys[n]["note_verifier"] = note_verifier(NOTE_KEY_NAME, signing.raw_public(pub))
 
 
-def rotate(current: str | Path, signing_keys: list[str], expires: str, release_keys: list[str] | None = None,
+def rotate(current: str | os.PathLike, signing_keys: list[str], expires: str, release_keys: list[str] | None = None,
            threshold: int | None = None, log_keys: list[str] | None = None, root_keys: list[str] | None = None,
            root_threshold: int | None = None, passphrase_file=None, allow_expired: bool = False) -> dict:
     """Version N+1 of a trust policy, signed by `signing_keys` (they must reach the root thresholds of

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 from provenance.records import jsonschema_lite
 from provenance.records.envelope import payload_of, read_envelope, subject_digests
@@ -24,11 +22,14 @@ from provenance.release.state import read_state, remember
 from provenance.release.trust import Trust
 
 
-@dataclass
 class Outcome:
-    checks: list[Check] = field(default_factory=list)
-    statement: dict | None = None
-    not_checked: list[str] = field(default_factory=list)  # file checks the caller did not ask for
+    """The checklist so far. Plain classes here, not dataclasses: the judge's path imports neither
+    inspect nor ast (a test lists what it may import)."""
+
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
+        self.statement: dict | None = None
+        self.not_checked: list[str] = []  # file checks the caller did not ask for
 
     @property
     def files_checked(self) -> bool:
@@ -43,14 +44,15 @@ class Outcome:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
 
-def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = None, runtime: str | None = None,
+def verify_manifest(manifest: str | os.PathLike, trust: Trust, archive: str | None = None, runtime: str | None = None,
                     record: str | None = None, at: datetime | None = None, state: str | None = None,
                     since: str | None = None) -> Outcome:
     """The judge's checklist: authenticate the envelope against the release keys, then appraise
     what it says against the trust policy and the files."""
     out = Outcome()
     env, env_dupes = read_envelope(manifest)
-    verified = authenticate(env, trust, out, env_dupes, judge_dir=Path(manifest).parent, where=str(manifest))
+    verified = authenticate(env, trust, out, env_dupes, judge_dir=os.path.dirname(os.fspath(manifest)) or ".",
+                            where=str(manifest))
     if verified is not None:
         appraise(verified, trust, out, archive=archive, runtime=runtime, record=record, at=at, state=state,
                  since=since)
@@ -59,17 +61,15 @@ def verify_manifest(manifest: str | Path, trust: Trust, archive: str | None = No
     return out
 
 
-@dataclass
 class Verified:
     """What authentication established: these payload bytes, signed by these trusted release keys,
     parse strictly into a statement of the release schema."""
-    envelope: dict
-    payload: bytes
-    statement: dict
-    signers: set[str]
+
+    def __init__(self, envelope: dict, payload: bytes, statement: dict, signers: set[str]) -> None:
+        self.envelope, self.payload, self.statement, self.signers = envelope, payload, statement, signers
 
 
-def authenticate(env: dict, trust: Trust, out: Outcome, env_dupes: list[str] = (), judge_dir: Path | None = None,
+def authenticate(env: dict, trust: Trust, out: Outcome, env_dupes: list[str] = (), judge_dir: str | None = None,
                  where: str = "manifest") -> Verified | None:
     """Mechanism (sigstore's Verifier): signatures over the PAE by the release role's keys, its
     threshold of distinct keys, the payload type, strict canonical JSON, the statement schema, and
@@ -111,8 +111,8 @@ def authenticate(env: dict, trust: Trust, out: Outcome, env_dupes: list[str] = (
     out.statement = stmt
     if "ssh" in env:  # the same keys' OpenSSH signatures over the same bytes must tell the same story
         out.checks.append(_check_ssh(env["ssh"], payload, release_keys, good, trust))
-    judge = judge_dir / "statement.json" if judge_dir is not None else None
-    if judge is not None and judge.is_file():
+    judge = os.path.join(judge_dir, "statement.json") if judge_dir is not None else None
+    if judge is not None and os.path.isfile(judge):
         out.checks.append(_check_judge_files(judge, payload, release_keys, good))
     return Verified(env, payload, stmt, good)
 
@@ -133,7 +133,7 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
         out.not_checked.append("runtime_tree")
     if archive is not None:
         from provenance.core.digest import hash_file
-        from provenance.contest.rules import lfs_pointer
+        from provenance.contest.profiles import lfs_pointer
         try:
             with open(archive, "rb") as f:
                 pointer = lfs_pointer(f.read(1025))
@@ -253,32 +253,42 @@ def _check_ssh(ssh, payload: bytes, release_keys: dict, dsse_good: set[str], tru
                                            f"SSH only {name(good - dsse_good)}; {bad} invalid or untrusted SSHSIG(s)"))
 
 
-def _check_judge_files(statement: Path, payload: bytes, release_keys: dict, dsse_good: set[str]) -> Check:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _sig_texts(folder: str, prefix: str) -> list[str]:
+    """The armored signatures in PREFIX*.sig files of a folder."""
+    names = sorted(n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(".sig"))
+    return [_read(os.path.join(folder, n)).decode("utf-8", "replace") for n in names]
+
+
+def _check_judge_files(statement: str, payload: bytes, release_keys: dict, dsse_good: set[str]) -> Check:
     """The files a judge checks with stock tools, when they lie beside the manifest: the statement,
     its .sig files and, for a release whose checksums are signed, SHA256SUMS, its .sig files and B3SUMS."""
-    folder = statement.parent
-    if statement.read_bytes() != payload:
+    folder = os.path.dirname(statement)
+    if _read(statement) != payload:
         return Check("judge_files", False, f"{statement} is not the signed statement bytes")
-    sig_files = sorted(folder.glob("statement.json*.sig"))
-    good, bad = _ssh_signers([p.read_text(errors="replace") for p in sig_files], payload, release_keys)
+    sig_files = _sig_texts(folder, "statement.json")
+    good, bad = _ssh_signers(sig_files, payload, release_keys)
     if bad or good != dsse_good:
         return Check("judge_files", False, f"statement.json is the signed payload but {bad} .sig file(s) do not "
                                            "verify or their signers differ from DSSE's")
     said = f"statement.json is the signed payload; {len(sig_files)} .sig file(s) verify by the DSSE signers"
-    sums_path = folder / "SHA256SUMS"
-    if not sums_path.is_file():
+    sums_path = os.path.join(folder, "SHA256SUMS")
+    if not os.path.isfile(sums_path):
         return Check("judge_files", True, said)
     from provenance.release.packet import B3SUMS, TOOL, judge_sums
     try:
-        tool = (folder / TOOL).read_bytes()
+        tool = _read(os.path.join(folder, TOOL))
         want = judge_sums(payload, tool)
-        sums, b3 = sums_path.read_bytes(), (folder / B3SUMS).read_bytes()
+        sums, b3 = _read(sums_path), _read(os.path.join(folder, B3SUMS))
     except OSError as e:
         return Check("judge_files", False, f"{said}; but {e.filename}: {e.strerror}")
     if want is None:
         return Check("judge_files", True, said + "; SHA256SUMS unsigned (a release from before signed checksums)")
-    sum_sigs = sorted(folder.glob("SHA256SUMS*.sig"))
-    sgood, sbad = _ssh_signers([p.read_text(errors="replace") for p in sum_sigs], sums, release_keys)
+    sgood, sbad = _ssh_signers(_sig_texts(folder, "SHA256SUMS"), sums, release_keys)
     problems = ([] if sums == want[0] else ["SHA256SUMS is not the checksums of this statement and tree_digest.py"]) \
         + ([] if b3 == want[1] else ["B3SUMS is not the checksums of this statement"]) \
         + ([] if not sbad and sgood == dsse_good else
@@ -291,7 +301,7 @@ def _check_judge_files(statement: Path, payload: bytes, release_keys: dict, dsse
 def _check_record(record: str, pred: dict) -> Check:
     from blake3 import blake3
     try:
-        data = Path(record).read_bytes()
+        data = _read(record)
     except OSError as e:
         raise ProvError(f"{record}: {e.strerror}") from None
     sha, b3 = hashlib.sha256(data).hexdigest(), blake3(data).hexdigest()

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provenance.contest import rules
+from provenance.contest import profiles, rules
 from provenance.core.digest import Digest, hash_file
 from provenance.core.errors import ProvError, VerificationFailed
 
@@ -69,7 +69,7 @@ def with_stand_ins(profile: rules.Profile, upstream: Path, digests: dict[str, st
         frames, listed = int(doc["frames"]), dict(doc["files"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ProvError(f"upstream: {STAND_INS_FILE} is not a stand-in label ({type(e).__name__})") from None
-    pins = {rel: sha for rel, _, sha in profile.evaluator if rel.startswith(rules.LFS_FILES)}
+    pins = {rel: sha for rel, _, sha in profile.evaluator if rel.startswith(profiles.LFS_FILES)}
     stand = []
     for rel, sha in sorted(listed.items()):
         p = upstream / rel
@@ -150,7 +150,7 @@ def _modified(checkout: Path, entries, lfs_dir: Path) -> list[str]:
         algo = "sha1" if len(oid) == 40 else "sha256"
         if _blob_id(checkout / rel, algo) == oid:
             continue
-        pointer = rules.lfs_pointer(_git(checkout, "cat-file", "blob", oid)) if len(oid) else None
+        pointer = profiles.lfs_pointer(_git(checkout, "cat-file", "blob", oid)) if len(oid) else None
         if pointer is not None and (checkout / rel).is_file() and not (checkout / rel).is_symlink():
             d = hash_file(checkout / rel)
             if (d.sha256, d.size) == pointer:
@@ -203,7 +203,7 @@ def _stage_git(checkout: Path, commit: str | None, stage: Path) -> StoredUpstrea
             os.symlink(data, target)
             out.files.append(rel)
             continue
-        pointer = rules.lfs_pointer(data)
+        pointer = profiles.lfs_pointer(data)
         if pointer is not None:
             sha, want = pointer
             obj = lfs_dir / sha[:2] / sha[2:4] / sha
@@ -239,7 +239,7 @@ def _stage_folder(checkout: Path, profile: rules.Profile, stage: Path) -> Stored
         shutil.copyfile(src, stage / rel)
         os.chmod(stage / rel, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
         out.files.append(rel)
-        if rules.is_lfs_pointer_file(stage / rel):
+        if profiles.is_lfs_pointer_file(stage / rel):
             out.lfs[rel] = "pointer only"
     return out
 
@@ -283,7 +283,7 @@ def obtain(store, spec: str | Path, scratch_base: str | None = None) -> tuple[Di
 
 def lfs_pointers(profile: rules.Profile, upstream: Path) -> list[str]:
     """The pinned files that are git-LFS pointers, not the files: no phase can run on them."""
-    return [rel for rel, _, _ in profile.evaluator if rules.is_lfs_pointer_file(upstream / rel)]
+    return [rel for rel, _, _ in profile.evaluator if profiles.is_lfs_pointer_file(upstream / rel)]
 
 
 def export_read_only(store, digest: Digest, dest: Path) -> None:

@@ -1,0 +1,93 @@
+"""Log checkpoints: C2SP tlog-checkpoint bodies in C2SP signed notes (Go's sumdb/note format), made,
+parsed and checked against trusted Ed25519 keys. Pure: no store."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from provenance.log.proofs import HASH_LEN, LogProofError
+
+class Checkpoint:
+    """A parsed checkpoint (a plain class: the verify path imports no dataclasses)."""
+
+    __slots__ = ("origin", "size", "root", "body", "signatures")
+
+    def __init__(self, origin: str, size: int, root: bytes, body: str, signatures: list[tuple[str, bytes, bytes]]):
+        self.origin, self.size, self.root = origin, size, root
+        self.body = body  # the signed text: origin, size, root, each ending in a newline
+        self.signatures = signatures  # (key name, 4-byte key hash, signature)
+
+
+def note_key_hash(name: str, raw_pub: bytes) -> bytes:
+    """signed-note key ID for Ed25519: SHA-256(name || "\\n" || 0x01 || key)[:4]."""
+    return hashlib.sha256(name.encode() + b"\n\x01" + raw_pub).digest()[:4]
+
+
+NOTE_KEY_NAME = "comma-lab.dev/provenance/log"  # stable, so a trust policy can publish the verifier key
+
+
+def note_verifier(name: str, raw_pub: bytes) -> str:
+    """The signed-note verifier key `name+hash+base64(0x01 || key)` (C2SP signed-note; Go's note.NewVerifier)."""
+    data = base64.b64encode(b"\x01" + raw_pub).decode()
+    return f"{name}+{note_key_hash(name, raw_pub).hex()}+{data}"
+
+
+def sign_checkpoint(origin: str, size: int, root: bytes, key, name: str | None = None) -> str:
+    from provenance.core import signing
+    body = f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
+    name = name or origin
+    kh = note_key_hash(name, signing.raw_public(key.public_key()))
+    sig = key.sign(body.encode())
+    return body + "\n" + f"\u2014 {name} {base64.b64encode(kh + sig).decode()}\n"
+
+
+def parse_checkpoint(text: str) -> Checkpoint:
+    if "\n\n" not in text or not text.endswith("\n"):
+        raise LogProofError("checkpoint: not a signed note (no blank line / trailing newline)")
+    body, sigs = text.split("\n\n", 1)
+    body += "\n"
+    lines = body.split("\n")[:-1]
+    if len(lines) < 3:
+        raise LogProofError("checkpoint: needs origin, size and root lines")
+    origin, size_s, root_s = lines[0], lines[1], lines[2]
+    if not origin or not (size_s.isascii() and size_s.isdigit()) or len(size_s) > 19 \
+            or (len(size_s) > 1 and size_s[0] == "0"):  # "١٢" and "²" are digits to str.isdigit
+        raise LogProofError("checkpoint: bad origin or size line")
+    try:
+        root = base64.b64decode(root_s, validate=True)
+    except ValueError:
+        raise LogProofError("checkpoint: root is not base64") from None
+    if len(root) != HASH_LEN:
+        raise LogProofError("checkpoint: root is not a SHA-256 hash")
+    signatures = []
+    for line in sigs.split("\n")[:-1]:
+        if not line.startswith("\u2014 "):
+            raise LogProofError("checkpoint: malformed signature line")
+        parts = line[2:].split(" ")
+        if len(parts) != 2:
+            raise LogProofError("checkpoint: malformed signature line")
+        try:
+            raw = base64.b64decode(parts[1], validate=True)
+        except ValueError:
+            raise LogProofError("checkpoint: signature is not base64") from None
+        if len(raw) < 5:
+            raise LogProofError("checkpoint: signature too short")
+        signatures.append((parts[0], raw[:4], raw[4:]))
+    if not signatures:
+        raise LogProofError("checkpoint: unsigned")
+    return Checkpoint(origin, int(size_s), root, body, signatures)
+
+
+def verify_checkpoint(text: str, trusted: dict) -> tuple[Checkpoint, set[str]]:
+    """Parse and check signatures against trusted log keys {keyid: public key}; raise unless one verifies."""
+    from provenance.core import signing
+    cp = parse_checkpoint(text)
+    good = set()
+    for name, kh, sig in cp.signatures:
+        for kid, pub in trusted.items():
+            if note_key_hash(name, signing.raw_public(pub)) == kh and signing.verify_ed25519(pub, sig, cp.body.encode()):
+                good.add(kid)
+    if not good:
+        raise LogProofError("checkpoint: no valid signature by a trusted log key")
+    return cp, good
