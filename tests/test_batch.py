@@ -329,3 +329,74 @@ def test_cli_and_verify_path_import_no_ray():
             "print(sorted(m for m in ('ray', 'dvc', 'torch') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def s3_repo(cluster, path: Path, creds_in_config: bool) -> Path:
+    """A DVC repo whose default remote is the cluster's bucket, with or without keys in DVC's config."""
+    path.mkdir()
+    dvc = str(BIN / "dvc")
+    cmds = [["init", "--no-scm", "-q"], ["remote", "add", "-d", "lab", "s3://lab/comma-lab"],
+            ["remote", "modify", "lab", "endpointurl", cluster["endpoint"]]]
+    if creds_in_config:
+        cmds += [["remote", "modify", "--local", "lab", k, "testing"] for k in ("access_key_id", "secret_access_key")]
+    for cmd in cmds:
+        subprocess.run([dvc, *cmd], cwd=path, env=cluster["env"], check=True, capture_output=True)
+    return path
+
+
+def test_credentials_from_the_head_environment_reach_the_workers(cluster, mini, tmp_path):
+    """The workers were started without AWS variables and DVC's config names no keys: the head's
+    AWS_* credentials reach them, and a failure names the submission by its path on the head."""
+    repo = s3_repo(cluster, tmp_path / "repo", creds_in_config=False)
+    subs = tmp_path / "subs"
+    shutil.copytree(mini / "submissions" / "copy", subs / "broken", symlinks=True)
+    (subs / "broken" / "runtime" / "inflated").mkdir()  # refused after its inputs arrive from S3, before any phase
+    env = dict(cluster["env"], AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_EC2_METADATA_DISABLED="true", PROV_STORE=str(tmp_path / "store"))
+    r = subprocess.run([PROV, "batch", "replay", "broken", "--submissions", subs, "--upstream", mini / "upstream",
+                        "--engine", "ray", "--address", cluster["address"], "--node-ip-address", IP, "--remote", "lab",
+                        "--repo", repo, "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 1, r.stderr
+    (res,) = json.loads(r.stdout)["results"]
+    assert "NoCredentials" not in res["reason"] and "ships 'inflated'" in res["reason"], res
+    assert res["path"] == str(subs / "broken") and "prov-batch-" not in res["reason"], res
+
+
+def test_no_credentials_anywhere_is_one_line_before_any_task(cluster, mini, tmp_path):
+    repo = s3_repo(cluster, tmp_path / "repo", creds_in_config=False)
+    env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+           "AWS_PROFILE": ""}
+    r = run_prov("batch", "replay", "copy", "--submissions", mini / "submissions", "--upstream", mini / "upstream",
+                 "--engine", "local", "--remote", "lab", "--repo", repo, store=tmp_path / "s", env=env)
+    assert r.returncode == 2 and len(r.err.splitlines()) == 1, r.err
+    assert "AWS_ACCESS_KEY_ID" in r.err and "access_key_id" in r.err and "'lab'" in r.err
+    assert not (tmp_path / "s").exists() or prov_json("log", "verify", store=tmp_path / "s")["size"] == 0
+
+
+@pytest.mark.parametrize("kind", ["dead", "silent"])
+def test_an_address_that_does_not_answer_ends_within_the_timeout(mini, tmp_path, kind):
+    """Nothing listening, or a port that accepts and never speaks: one line, exit 3, no hang."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["init", "--no-scm", "-q"], ["remote", "add", "-d", "lab", str(tmp_path / "remote")]):
+        subprocess.run([str(BIN / "dvc"), *cmd], cwd=repo, check=True, capture_output=True)
+    srv = None
+    if kind == "silent":
+        srv = socket.socket()
+        srv.bind((IP, 0))
+        srv.listen(8)  # the kernel completes the handshake; nobody ever answers
+        port = srv.getsockname()[1]
+    else:
+        port = free_port()
+    try:
+        r = subprocess.run([PROV, "batch", "replay", "copy", "--submissions", mini / "submissions", "--upstream",
+                            mini / "upstream", "--engine", "ray", "--address", f"{IP}:{port}", "--node-ip-address", IP,
+                            "--remote", "lab", "--repo", repo, "--connect-timeout", "5"],
+                           capture_output=True, text=True, timeout=300,  # Ray's import may be slow; no hang
+                           env=dict(os.environ, PROV_STORE=str(tmp_path / "s"), RAY_USAGE_STATS_ENABLED="0"))
+    finally:
+        if srv:
+            srv.close()
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (f"no cluster answers at {IP}:{port}" if kind == "dead" else "did not answer within 5 s") in r.stderr

@@ -45,6 +45,8 @@ def _progress(total: int):
               help="local: one after another here; ray: Ray tasks. Default: ray when installed, else local.")
 @click.option("--address", help="Join this Ray cluster (host:port) instead of starting one on this machine.")
 @click.option("--node-ip-address", "node_ip", help="This machine's address in the cluster (as for ray start).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds the --address cluster has to answer; then one line and exit 3.")
 @click.option("--remote", "remote_name", help="DVC remote (of --repo) as the meeting point; needed with --address.")
 @click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False),
               help="DVC repository whose remote configuration --remote names.")
@@ -60,7 +62,7 @@ def _progress(total: int):
 @json_option
 @click.pass_context
 def batch_replay(ctx, names, folder, params_path, upstream, device, engine, address, node_ip, remote_name, repo,
-                 cpus_per_task, retries, no_sandbox, timeout, mem_limit, out_dir, as_json):
+                 cpus_per_task, retries, no_sandbox, timeout, mem_limit, out_dir, as_json, connect_timeout=30.0):
     """Replay many submissions; merge every record into the store and log, in submission order.
 
     Exit 0 when all replayed, 1 when any failed (each failure is reported with its
@@ -88,7 +90,7 @@ def batch_replay(ctx, names, folder, params_path, upstream, device, engine, addr
     b = ReplayBatch(store, subs, Path(upstream).resolve(), device, not no_sandbox, limits, meet, _progress(len(subs)))
     try:
         chosen, outcomes = run(b, engine, address=address, cpus=cpus_per_task, retries=retries,
-                             **({"node_ip": node_ip} if node_ip else {}))
+                             connect_timeout=connect_timeout, **({"node_ip": node_ip} if node_ip else {}))
     except KeyboardInterrupt:
         click.echo("prov: interrupted: in-flight replays stopped; the store holds only complete results", err=True)
         sys.exit(130)

@@ -59,6 +59,7 @@ class ReplayOutcome:
     wall: float | None = None
     upstream_from: str | None = None  # "in place" (the head's path, same bytes) or "store"
     logged: int | None = None  # leaf index in the lab's log
+    path: str | None = None  # the submission's folder on the head (where its archive.zip lies)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "record_b3"}
@@ -152,11 +153,44 @@ def dvc_remote(repo: str | Path, name: str | None) -> dict:
         name = name or cfg["core"].get("remote")
         if not name:
             raise ProvError(f"{repo}: no default DVC remote; name one with --remote")
-        return dict(get_fs_config(cfg, name=name))
+        conf = dict(get_fs_config(cfg, name=name))
     except ProvError:
         raise
     except Exception as e:  # dvc's config errors: one line
         raise ProvError(f"{repo}: DVC remote {name!r}: {e}") from None
+    return _with_credentials(conf, name)
+
+
+S3_KEYS = ("access_key_id", "secret_access_key")
+
+
+def _with_credentials(conf: dict, name: str) -> dict:
+    """An S3 remote's credentials as the workers need them: DVC's config when it names keys, else the
+    ones this head resolves (AWS_* variables, a profile, an instance role), carried in the remote's
+    configuration as DVC's own config would carry them; a worker's environment is not the head's.
+    None anywhere is one line naming the settings, before any task starts."""
+    if not str(conf.get("url", "")).startswith("s3://") or all(conf.get(k) for k in S3_KEYS):
+        return conf
+    try:
+        import botocore.session
+    except ImportError:  # DVC without S3 support fails on its own, naming dvc-s3
+        return conf
+    session = botocore.session.get_session()
+    if conf.get("profile"):
+        session.set_config_variable("profile", conf["profile"])
+    try:
+        creds = session.get_credentials()
+    except Exception:  # a named profile that does not exist, a broken config file
+        creds = None
+    frozen = creds.get_frozen_credentials() if creds is not None else None
+    if frozen is None or not frozen.access_key or not frozen.secret_key:
+        raise ProvError(f"DVC remote {name!r} ({conf['url']}): no credentials for the workers: set access_key_id "
+                        f"and secret_access_key (dvc remote modify --local {name} access_key_id ...), or "
+                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY where prov runs")
+    out = {**conf, "access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key}
+    if frozen.token:
+        out["session_token"] = frozen.token
+    return out
 
 
 def meeting(spec: dict):
@@ -305,8 +339,10 @@ def work(task: dict) -> dict:
                     "wall": round(time.monotonic() - started, 3)}
         finally:
             store.close()
-    except ProvError as e:
-        return {**base, "ok": False, "reason": str(e), "exit_code": e.exit_code,
+    except ProvError as e:  # named as the head knows the submission, not by this worker's scratch
+        reason = str(e).replace(str(scratch / task["name"] / "archive.zip"), task["archive_path"]).replace(
+            str(scratch / task["name"] / "runtime"), task["runtime_path"]).replace(str(scratch), "(worker scratch)")
+        return {**base, "ok": False, "reason": reason, "exit_code": e.exit_code,
                 "wall": round(time.monotonic() - started, 3)}
     finally:
         remove_tree(scratch)  # a replay's scratch may hold whatever a submission made
@@ -325,6 +361,10 @@ class ReplayBatch:
     meeting: dict | None = None  # None: a scratch directory on the head's disk
     progress: Callable[[str, str, ReplayOutcome | None], None] | None = None  # (name, state, outcome)
 
+    def paths(self) -> dict[str, str]:
+        """Each submission's folder on the head, by name: what a result is named by."""
+        return {s.name: str(Path(s.archive).parent) for s in self.submissions}
+
     def tasks(self, meet: dict) -> list[dict]:
         up = self.upstream
         if not (up / "evaluate.py").is_file():
@@ -341,6 +381,7 @@ class ReplayBatch:
             rows = closure(self.store, [up_d.blake3, r.blake3, a.blake3])
             publish(self.store, rows, where)
             out.append({"name": s.name, "archive": a.blake3, "runtime": r.blake3, "upstream": up_d.blake3,
+                        "archive_path": str(s.archive), "runtime_path": str(s.runtime),
                         "inputs": rows, "upstream_rows": up_rows, "upstream_path": str(up), "device": self.device,
                         "sandboxed": self.sandboxed, "limits": self.limits, "meeting": meet})
         return out
@@ -359,7 +400,7 @@ def _merge(b: ReplayBatch, where, res: dict, results: dict[str, ReplayOutcome], 
         except ProvError as e:
             res = {"name": name, "ok": False, "reason": f"results did not arrive intact: {e}",
                    "exit_code": e.exit_code, "host": res.get("host"), "wall": res.get("wall")}
-    o = ReplayOutcome(**{k: v for k, v in res.items() if k != "rows"})
+    o = ReplayOutcome(**{k: v for k, v in res.items() if k != "rows"}, path=b.paths().get(name))
     results[name] = o
     b._say(name, "done" if o.ok else "failed", o)
     while logged[0] < len(order) and order[logged[0]] in results:
@@ -399,15 +440,56 @@ def ray_available(address: str | None = None) -> bool:
     return True
 
 
+CONNECT_TIMEOUT = 30.0  # seconds a cluster has to answer (--connect-timeout)
+
+
 def run_ray(b: ReplayBatch, address: str | None = None, cpus: float = 1.0, retries: int = 3,
-            node_ip: str | None = None) -> list[ReplayOutcome]:
+            node_ip: str | None = None, connect_timeout: float = CONNECT_TIMEOUT) -> list[ReplayOutcome]:
     import contextlib
     import sys
     with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' deaths: stdout is our answer's
-        return _run_ray(b, address, cpus, retries, node_ip)
+        return _run_ray(b, address, cpus, retries, node_ip, connect_timeout)
 
 
-def _run_ray(b: ReplayBatch, address: str | None, cpus: float, retries: int, node_ip: str | None) -> list[ReplayOutcome]:
+def _join(ray, address: str, node_ip: str | None, timeout: float, kw: dict) -> None:
+    """ray.init against a cluster, bounded: Ray itself retries a dead or silent address for minutes,
+    printing its own warnings. The address must take a TCP connection, then a throwaway driver in a
+    child process must join within `timeout` (its output and its retries die with it); otherwise one
+    line, exit 3. Only then does this process join."""
+    import subprocess
+    import sys
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise MissingEnvironment(f"Ray: no cluster answers at {address} ({getattr(e, 'strerror', None) or e}); "
+                                 "start one with `ray start --head`, or check --address") from None
+    code = ("import sys, ray; print('imported', flush=True); "
+            "ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False, "
+            "**({'_node_ip_address': sys.argv[2]} if sys.argv[2] else {})); ray.shutdown()")
+    probe = subprocess.Popen([sys.executable, "-c", code, address, node_ip or ""], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        probe.stdout.readline()  # the clock starts once Ray is imported: a slow import is not a dead cluster
+        try:
+            probe.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise MissingEnvironment(f"Ray: the cluster at {address} did not answer within {timeout:g} s "
+                                     "(--connect-timeout)") from None
+        if probe.returncode != 0:
+            why = [line for line in probe.stderr.read().splitlines() if line.strip()]
+            raise MissingEnvironment(f"Ray: cannot join the cluster at {address}: {why[-1] if why else probe.returncode}")
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+        probe.wait()
+        probe.stdout.close()
+        probe.stderr.close()
+    ray.init(address=address, **({"_node_ip_address": node_ip} if node_ip else {}), **kw)
+
+
+def _run_ray(b: ReplayBatch, address: str | None, cpus: float, retries: int, node_ip: str | None,
+             connect_timeout: float = CONNECT_TIMEOUT) -> list[ReplayOutcome]:
     """Fan out as Ray tasks (num_gpus=1 with --device cuda). Without an address, an embedded Ray
     on this machine. At most as many tasks are in flight as the cluster has slots, so 'running'
     means running."""
@@ -424,7 +506,7 @@ def _run_ray(b: ReplayBatch, address: str | None, cpus: float, retries: int, nod
         kw = dict(log_to_driver=False, configure_logging=False)
         try:
             if address:
-                ray.init(address=address, **({"_node_ip_address": node_ip} if node_ip else {}), **kw)
+                _join(ray, address, node_ip, connect_timeout, kw)
             else:  # this machine only: small object store (tasks pass digests, not data), no dashboard
                 ray.init(include_dashboard=False, object_store_memory=128 << 20, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
