@@ -177,15 +177,15 @@ def test_the_packet_stands_alone_and_its_readme_commands_run(rel, tmp_path):
     assert hashlib.sha256((j / "statement.json").read_bytes()).hexdigest() in readme
     assert st["subject"][0]["digest"]["sha256"] in readme and all(i in readme for i in ids)
     cmds = readme_commands(j)
-    assert [c.split()[0] for c in cmds] == ["ssh-keygen"] * 6 + ["sha256sum", "b3sum", "python3", "prov"]
+    assert [c.split()[0] for c in cmds] == ["python3"] + ["ssh-keygen"] * 6 + ["sha256sum", "b3sum", "python3", "prov"]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     for c in cmds:
         r = subprocess.run(["bash", "-c", c], cwd=j, capture_output=True, text=True, env=env)
         assert r.returncode == 0, (c, r.stdout, r.stderr)
     (j / "archive.zip").write_bytes(os.urandom(1000))
     regenerate_sums(j)
-    r = subprocess.run(["bash", "-c", cmds[0]], cwd=j, capture_output=True, text=True)
-    assert r.returncode != 0  # the first command the README gives fails for the forged checksums
+    r = subprocess.run(["bash", "-c", cmds[1]], cwd=j, capture_output=True, text=True)
+    assert r.returncode != 0  # the README's first signature check fails for the forged checksums
     out = prov_json("verify", j / "manifest.json", "--trust", j / "trust.json", "--archive", j / "archive.zip",
                     "--runtime", j / "runtime", check=1)
     bad = {c["name"]: c["detail"] for c in out["checks"] if not c["ok"]}
@@ -247,7 +247,7 @@ def test_export_refuses_checksums_the_release_did_not_sign(rel, tmp_path, monkey
     from provenance.release import packet
     env = json.loads(rel["manifest"].read_text())
     monkeypatch.setattr(packet, "tool_bytes", lambda: b"print('another version')\n")
-    with pytest.raises(VerificationFailed, match="tree_digest.py is not the one"):
+    with pytest.raises(VerificationFailed, match="made with another prov's tree_digest.py"):
         packet.write_packet(env, rel["rt"], tmp_path / "out", rel["archive"])
 
 
@@ -467,3 +467,123 @@ def test_fast_verify_entry_agrees_with_click(rel):
             "print(sorted(x for x in ('click', 'pydantic', 'torch') if x in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stderr
+
+
+# -- what a red-team review of the packet found (each failed before its fix) -------------------------
+
+def test_a_forged_allowed_signers_fails_the_first_stock_command(rel, tmp_path):
+    """allowed_signers naming another key under the lab's identity: the README's first command,
+    run with the pinned trust.json, refuses it before any signature is believed."""
+    j = judge_folder(rel, tmp_path / "judge")
+    first = readme_commands(j)[0]
+    assert first.startswith("python3 -I tree_digest.py --allowed-signers trust.json | cmp - allowed_signers")
+    assert subprocess.run(["bash", "-c", first], cwd=j, capture_output=True).returncode == 0
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "evil"], check=True)
+    evil = (tmp_path / "evil.pub").read_text().split()[1]
+    lines = (j / "allowed_signers").read_text().splitlines()
+    lines[0] = lines[0].rsplit(" ", 1)[0] + " " + evil
+    (j / "allowed_signers").write_text("\n".join(lines) + "\n")
+    assert subprocess.run(["bash", "-c", first], cwd=j, capture_output=True).returncode != 0
+
+
+def test_a_module_beside_tree_digest_cannot_stand_in_for_the_stdlib(rel, tmp_path):
+    j = judge_folder(rel, tmp_path / "judge")
+    os.chmod(j / "runtime/inflate.sh", 0o644)
+    (j / "json.py").write_text("import sys\nprint('runtime: OK, all fine')\nsys.exit(0)\n")
+    naive = sh([STOCK_PY, "tree_digest.py", "--check", "statement.json"], j)
+    assert naive.returncode == 0  # what -I is for: the folder's json.py ran instead of the stdlib's
+    r = sh([STOCK_PY, "-I", "tree_digest.py", "--check", "statement.json"], j)
+    assert r.returncode == 1 and "inflate.sh: mode differs" in r.stdout
+    assert all(" -I " in c for c in readme_commands(j) if c.startswith("python3"))
+
+
+def test_a_packet_short_of_the_threshold_is_refused(rel, tmp_path):
+    """2-of-3 policy, statement SSH-signed by one key: stock tools cannot count, so no packet."""
+    env = json.loads(rel["manifest"].read_text())
+    short = dict(env, ssh=env["ssh"][:1])
+    r = inproc_packet(short, rel, tmp_path / "out")
+    assert "1 of the 2 release keys" in r and not (tmp_path / "out").exists()
+
+
+def inproc_packet(manifest, rel, out):
+    from provenance.core.errors import ProvError
+    from provenance.release.packet import write_packet
+    try:
+        write_packet(manifest, rel["rt"], out, rel["archive"], rel["trust"])
+        return ""
+    except ProvError as e:
+        return str(e)
+
+
+def test_a_refused_export_leaves_the_folder_as_it_was(rel, tmp_path):
+    out = judge_folder(rel, tmp_path / "judge")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    env = json.loads(rel["manifest"].read_text())
+    bad = dict(env, ssh=[dict(env["ssh"][0], sums_sshsig=env["ssh"][1]["sums_sshsig"]), *env["ssh"][1:]])
+    assert "no SSHSIG over the SHA256SUMS" in inproc_packet(bad, rel, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # a chain exported into the packet's own trust-chain/ is read before anything is written
+    chain = out / "trust-chain"
+    chain.mkdir()
+    from provenance.release.packet import write_packet
+    inproc("trust", "rotate", "--from", rel["trust"], "--key", rel["dir"] / "a/key.pem", "--key",
+           rel["dir"] / "b/key.pem", "--expires", "2099-01-01T00:00:00Z", "--out", chain / "2.trust.json")
+    v2 = (chain / "2.trust.json").read_bytes()
+    write_packet(env, rel["rt"], out, rel["archive"], rel["trust"], chain)
+    assert (chain / "2.trust.json").read_bytes() == v2
+
+
+def test_control_characters_in_names_are_shown_escaped(rel, tmp_path):
+    j = judge_folder(rel, tmp_path / "judge")
+    evil = "\r\x1b[1A\x1b[2Kruntime: OK fake"
+    (j / "runtime" / evil).write_text("x")
+    r = sh([STOCK_PY, "-I", "tree_digest.py", "--check", "statement.json"], j)
+    assert r.returncode == 1 and "\x1b" not in r.stdout and "\r" not in r.stdout
+    assert "'\\r\\x1b[1A\\x1b[2Kruntime: OK fake': extra" in r.stdout
+    out = prov_json("verify", j / "manifest.json", "--trust", j / "trust.json", "--archive", j / "archive.zip",
+                    "--runtime", j / "runtime", check=1)
+    detail = next(c["detail"] for c in out["checks"] if c["name"] == "runtime_tree")
+    assert "\x1b" not in detail and "extra" in detail
+
+
+def test_a_newline_in_a_runtime_name_is_refused_at_release(rel, tmp_path):
+    rt = make_tree(tmp_path / "rt", {**RUNTIME_SPEC, "two\nlines": b"x"})
+    (tmp_path / "report.txt").write_bytes(report())
+    rec = json.loads(inproc("adjudicate", tmp_path / "report.txt", "--archive", rel["archive"], "--runtime", rt,
+                            "--json", store=rel["store"]).output)
+    r = run_prov("release", "create", "--record", rec["digest"]["sha256"], "--archive", rel["archive"], "--runtime",
+                 rt, "--name", "nl", "--key", rel["dir"] / "a/key.pem", "--out", tmp_path / "m.json", store=rel["store"])
+    assert r.returncode == 1 and "newline" in r.err and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("mutate,why", [
+    (lambda L: L.append({"path": "/src/codec.py", "type": "file", "size": 11, "sha256": L[-1].get("sha256"),
+                         "blake3": L[-1].get("blake3")}), "not one entry of one tree"),
+    (lambda L: next(e for e in L if e["type"] == "file").update(sha256="Z" * 64), "lacks its sha256"),
+    (lambda L: next(e for e in L if e["type"] == "file").pop("blake3"), None),  # stdlib has no BLAKE3: prov's alone
+])
+def test_a_listing_that_is_not_one_tree_is_refused_by_both(rel, tmp_path, mutate, why):
+    env = json.loads(rel["manifest"].read_text())
+    st = json.loads(base64.b64decode(env["payload"]))
+    mutate(st["predicate"]["runtime_listing"])
+    payload = signed_by_two(rel, st, tmp_path / "m.json")
+    r = run_prov("verify", tmp_path / "m.json", "--trust", rel["trust"], "--archive", rel["archive"],
+                 "--runtime", rel["rt"], "--json")
+    assert r.returncode == 1 and "Traceback" not in r.err, r.err
+    bad = {c["name"] for c in json.loads(r.out)["checks"] if not c["ok"]}
+    assert bad and bad <= {"runtime_listing", "statement_schema"}, bad
+    j = judge_folder(rel, tmp_path / "judge")
+    (j / "statement.json").write_bytes(payload)
+    r = sh([STOCK_PY, "-I", "tree_digest.py", "--check", "statement.json"], j)
+    assert r.returncode == (0 if why is None else 1) and (why is None or why in r.stdout), r.stdout
+
+
+def test_tree_digest_check_names_the_release_and_refuses_an_expired_one(rel, tmp_path):
+    j = judge_folder(rel, tmp_path / "judge")
+    r = sh([STOCK_PY, "-I", "tree_digest.py", "--check", "statement.json"], j)
+    assert r.returncode == 0 and r.stdout.startswith("release demo v1: profile comma-official-v1")
+    st = json.loads((j / "statement.json").read_bytes())
+    st["predicate"]["expires"] = "2020-01-01T00:00:00Z"
+    (j / "statement.json").write_bytes(rfc8785.dumps(st))
+    r = sh([STOCK_PY, "-I", "tree_digest.py", "--check", "statement.json"], j)
+    assert r.returncode == 1 and "EXPIRED at 2020-01-01T00:00:00Z" in r.stdout

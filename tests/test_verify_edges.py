@@ -81,7 +81,7 @@ _sre _struct _typing base64 binascii blake3 blake3.blake3 collections collection
 cryptography cryptography.__about__ cryptography.exceptions cryptography.hazmat cryptography.hazmat.bindings
 cryptography.hazmat.bindings._rust cryptography.hazmat.primitives cryptography.hazmat.primitives._serialization
 cryptography.hazmat.primitives.asymmetric cryptography.hazmat.primitives.asymmetric.ed25519
-cryptography.hazmat.primitives.hashes cryptography.utils datetime encodings.utf_16_be enum functools hashlib
+cryptography.hazmat.primitives.hashes cryptography.utils datetime enum functools hashlib
 itertools json json.decoder json.encoder json.scanner keyword math operator re re._casefix re._compiler
 re._constants re._parser reprlib rfc8785 rfc8785._impl struct types typing typing.io typing.re warnings
 provenance provenance.cli provenance.cli.output provenance.cli.verify_cmd provenance.contest

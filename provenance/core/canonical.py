@@ -45,7 +45,11 @@ def _dump(obj, put) -> None:
         if any(not isinstance(k, str) for k in obj):
             raise ValueError("object keys must be strings")
         put("{")
-        for i, k in enumerate(sorted(obj, key=lambda k: k.encode("utf-16-be", "surrogatepass"))):  # RFC 8785 3.2.3
+        # RFC 8785 3.2.3: by UTF-16 code units, which is code point order unless a key leaves ASCII
+        # (and the utf-16 codec's import is paid only then)
+        keys = sorted(obj) if all(k.isascii() for k in obj) else sorted(
+            obj, key=lambda k: k.encode("utf-16-be", "surrogatepass"))
+        for i, k in enumerate(keys):
             if i:
                 put(",")
             put(_string(k))

@@ -2,7 +2,7 @@
 
 So a judge can check a release with stock OpenSSH and no trust in our Python:
 
-    ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n comma-lab-release -s statement.json.sig < statement.json
+    ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n comma-lab-release -s statement.json.IDENTITY.sig < statement.json
 
 The signed message is the statement's exact bytes (the DSSE payload); the SSHSIG blob
 binds namespace and a SHA-512 of the message, so the signature cannot be replayed as a
@@ -35,10 +35,6 @@ def identity(keyid: str) -> str:
 
 def public_blob(raw32: bytes) -> bytes:
     return _s(KEY_TYPE) + _s(raw32)
-
-
-def allowed_signers_line(keyid: str, raw32: bytes, namespace: str = NAMESPACE) -> str:
-    return f'{identity(keyid)} namespaces="{namespace}" ssh-ed25519 {base64.b64encode(public_blob(raw32)).decode()}'
 
 
 def _signed_data(message: bytes, namespace: str, hash_alg: str) -> bytes:

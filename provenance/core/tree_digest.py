@@ -3,8 +3,10 @@
 
 A judge who trusts none of our code runs this file as published beside a release:
 
-    python3 tree_digest.py runtime/              # print the runtime tree's SHA-256
-    python3 tree_digest.py --check statement.json [--archive archive.zip] [--runtime runtime/]
+    python3 -I tree_digest.py runtime/              # print the runtime tree's SHA-256
+    python3 -I tree_digest.py --allowed-signers trust.json
+        # the OpenSSH allowed_signers of a trust policy's release keys (pin trust.json first)
+    python3 -I tree_digest.py --check statement.json [--archive archive.zip] [--runtime runtime/]
         # compare archive.zip, runtime/ and the score against the signed statement, naming
         # each path that differs (the statement lists the runtime: path, type, size, digest)
         # (check statement.json itself first: ssh-keygen -Y verify ... < statement.json)
@@ -12,15 +14,18 @@ A judge who trusts none of our code runs this file as published beside a release
 Symlinks count as their target text and are never followed; the owner exec bit counts;
 empty directories count. Like `prov`, it refuses FIFOs, sockets, devices and symlinks that
 are absolute or climb above the root. Exit 0 ok, 1 mismatch or refused tree, 2 usage.
-This file is self-contained on purpose: copy it, read it, run it with any Python 3.
+This file is self-contained on purpose: copy it, read it, run it with any Python 3, with -I
+(so no module beside it can stand in for the standard library's).
 """
 
+import base64
 import hashlib
 import json
 import math
 import os
 import stat
 import sys
+import time
 
 
 class Refused(Exception):
@@ -101,7 +106,7 @@ def listing_children(listing):
     for e in listing:
         path = e["path"]
         parent, _, name = path.rpartition("/")
-        if path in seen or not name or name in (".", "..") or "\0" in name or parent not in dirs:
+        if path in seen or "" in path.split("/") or name in (".", "..") or "\0" in name or parent not in dirs:
             raise Refused("runtime_listing: %r is not one entry of one tree" % path)
         seen.add(path)
         dirs[parent].append(e)
@@ -122,12 +127,19 @@ def listing_sha256(listing, key="sha256", hash_rows=None):
                 h, size = digest(e["path"])
             else:
                 h, size = e.get(key), e.get("size")
-                if not isinstance(h, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                if not isinstance(h, str) or len(h) != 64 or h.strip("0123456789abcdef") or \
+                        not isinstance(size, int) or isinstance(size, bool) or size < 0:
                     raise Refused("runtime_listing: %r lacks its %s or size" % (e["path"], key))
             rows.append(b"%s %d %s %s\0" % (e["type"].encode(), size, h.encode(), name))
             total += size
         return hash_rows(b"".join(rows)), total
     return digest("")[0]
+
+
+def shown(path):
+    """A path as it may be printed: one that holds control characters (a newline, an escape sequence
+    that would redraw the terminal) is shown escaped, as Python writes it."""
+    return ascii(path) if any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in path) else path
 
 
 def differences(released, here):
@@ -139,21 +151,21 @@ def differences(released, here):
     for path in sorted(set(want) | set(got), key=lambda p: p.encode()):
         w, g = want.get(path), got.get(path)
         if g is None:
-            out.append("%s: missing (released as %s)" % (path, w["type"]))
+            out.append("%s: missing (released as %s)" % (shown(path), w["type"]))
         elif w is None:
-            out.append("%s: extra (a %s not in the release)" % (path, g["type"]))
+            out.append("%s: extra (a %s not in the release)" % (shown(path), g["type"]))
         elif w["type"] != g["type"]:
             if {w["type"], g["type"]} == {"file", "exec"}:
                 out.append("%s: mode differs (exec bit %s here, %s in the release)"
-                           % (path, "set" if g["type"] == "exec" else "clear", "set" if w["type"] == "exec" else "clear"))
+                           % (shown(path), "set" if g["type"] == "exec" else "clear", "set" if w["type"] == "exec" else "clear"))
             else:
-                out.append("%s: type differs (a %s here, a %s in the release)" % (path, g["type"], w["type"]))
+                out.append("%s: type differs (a %s here, a %s in the release)" % (shown(path), g["type"], w["type"]))
         elif w["type"] == "link" and w.get("sha256") != g.get("sha256"):
             out.append("%s: target differs (-> %s here, -> %s in the release)"
-                       % (path, g.get("target", "?"), w.get("target", "?")))
+                       % (shown(path), shown(g.get("target", "?")), shown(w.get("target", "?"))))
         elif w["type"] != "tree" and (w.get("sha256"), w.get("size")) != (g.get("sha256"), g.get("size")):
             out.append("%s: content differs (sha256 %s.. here, %s.. in the release; %s bytes, %s released)"
-                       % (path, g.get("sha256", "?")[:16], str(w.get("sha256"))[:16], g.get("size"), w.get("size")))
+                       % (shown(path), g.get("sha256", "?")[:16], str(w.get("sha256"))[:16], g.get("size"), w.get("size")))
     return out
 
 
@@ -171,7 +183,13 @@ def check(statement_path, archive, runtime):
         st = json.loads(f.read().decode("utf-8"))
     want = subjects(st)
     pred = st.get("predicate", {})
+    print("release %s v%s: profile %s, grade %s, %s samples, issued %s, expires %s"
+          % (pred.get("name"), pred.get("version"), pred.get("profile"), pred.get("grade"),
+             pred.get("score", {}).get("samples"), pred.get("issued_at"), pred.get("expires") or "never"))
     ok = True
+    if pred.get("expires") and pred["expires"] <= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()):
+        ok = False  # RFC 3339 UTC times, as releases write them, compare as text
+        print("statement: EXPIRED at %s" % pred["expires"])
     got = file_sha256(archive)
     same = got == want.get("archive.zip")
     ok &= same
@@ -194,7 +212,7 @@ def check(statement_path, archive, runtime):
         elif not same:
             lines = differences(released, here)
             for line in lines[:50]:
-                print("  %s%s" % (runtime.rstrip("/") + "/", line))
+                print("  %s%s" % (shown(runtime.rstrip("/") + "/"), line))
             if len(lines) > 50:
                 print("  ... and %d more" % (len(lines) - 50))
     sc = pred.get("score", {})
@@ -206,6 +224,34 @@ def check(statement_path, archive, runtime):
     return ok
 
 
+SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")  # DER header of an Ed25519 public key (RFC 8410)
+
+
+def allowed_signers(trust_path):
+    """OpenSSH allowed_signers lines for a trust policy's release keys: what a judge compares with
+    the packet's allowed_signers after pinning trust.json by its digest."""
+    with open(trust_path, "rb") as f:
+        return allowed_signers_of(json.loads(f.read().decode("utf-8")), trust_path)
+
+
+def allowed_signers_of(doc, where="trust policy"):
+    """The same, of a policy already read (prov's `trust allowed-signers` and the packet use this)."""
+    lines = []
+    for name in doc["roles"]["release"]["keys"]:
+        key = doc["keys"][name]
+        pem = key["public_key"].strip().splitlines()
+        der = base64.b64decode("".join(pem[1:-1]))
+        if pem[0] != "-----BEGIN PUBLIC KEY-----" or len(der) != 44 or not der.startswith(SPKI_ED25519):
+            raise Refused("%s: key %s is not an Ed25519 public key" % (where, name))
+        raw = der[12:]
+        if hashlib.sha256(raw).hexdigest() != key["keyid"]:
+            raise Refused("%s: key %s: keyid does not match its public key" % (where, name))
+        blob = b"".join(len(x).to_bytes(4, "big") + x for x in (b"ssh-ed25519", raw))
+        lines.append('comma-lab-%s namespaces="comma-lab-release" ssh-ed25519 %s'
+                     % (key["keyid"][:16], base64.b64encode(blob).decode()))
+    return "".join(line + "\n" for line in lines)
+
+
 def main(argv):
     try:
         if len(argv) == 1 and not argv[0].startswith("-"):
@@ -213,6 +259,9 @@ def main(argv):
                 print("tree_digest: %s: not a directory" % argv[0], file=sys.stderr)
                 return 2
             print(tree_sha256(os.fsencode(argv[0]))[0])
+            return 0
+        if argv[:1] == ["--allowed-signers"] and len(argv) == 2:
+            sys.stdout.write(allowed_signers(argv[1]))
             return 0
         if argv[:1] == ["--check"] and len(argv) >= 2:
             opts = dict(zip(argv[2::2], argv[3::2]))

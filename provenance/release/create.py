@@ -43,6 +43,10 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     listed_d, runtime_listing = listing(runtime)
     if (listed_d.sha256, listed_d.blake3) != (runtime_d.sha256, runtime_d.blake3):
         raise VerificationFailed(f"{runtime}: changed while it was released")
+    odd = next((e["path"] for e in runtime_listing if any(c in e["path"] for c in "\n\r\\")), None)
+    if odd is not None:  # a checksum file's line cannot name it as sha256sum -c reads it
+        raise VerificationFailed(f"{runtime}: {odd!r}: a newline, carriage return or backslash in a name cannot "
+                                 "be listed in the release's checksum files")
     ra, rt = record.archive, record.runtime.tree
     if ra is None:
         raise VerificationFailed("the record is a claim not bound to an archive: it cannot be released")

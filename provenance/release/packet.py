@@ -93,68 +93,77 @@ def export_checksums(manifest: dict, runtime: str | os.PathLike, out_dir: str | 
 
 def write_packet(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.PathLike, archive: str | os.PathLike | None = None,
                  trust: str | os.PathLike | None = None, chain_dir: str | os.PathLike | None = None) -> list:
-    """Everything a judge needs beside archive.zip and runtime/, and nothing else."""
+    """Everything a judge needs beside archive.zip and runtime/, and nothing else. Everything is read
+    and checked before the first byte is written: a refused export leaves the folder as it was."""
     from pathlib import Path
     from provenance.core import sshsig
-    from provenance.core.files import write_atomic
+    from provenance.core.files import write_atomic, write_json
     from provenance.records.envelope import payload_of, statement_of
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     payload = payload_of(manifest)
     stmt = statement_of(manifest)
-    tdoc = policy = chain = None
-    if trust is not None:  # read before anything is written: a bad policy leaves no half packet
-        from provenance.release.trust import chain_files, read_trust_doc, walk_chain
-        tdoc = policy = read_trust_doc(trust)
-        if chain_dir is not None:
-            policy, _ = walk_chain(tdoc, chain_dir, str(trust))
-            chain = chain_files(Path(chain_dir))
     signers = []  # distinct keys, in signing order
     for s in manifest.get("ssh", []):
         if s["keyid"] not in [k for k, _ in signers]:
             signers.append((s["keyid"], s))
-    sums_signed = judge_sums(payload) is not None
-    for kid, s in signers:
-        if sums_signed and not s.get("sums_sshsig"):
-            raise ProvError(f"manifest: key {sshsig.identity(kid)} signed the statement but not its SHA256SUMS")
-    files = export_checksums(manifest, runtime, out, archive)
-    sums = files[0].read_bytes()
-    from provenance.core.files import write_json
+    sums = judge_sums(payload)
+    for kid, s in signers:  # each key's own signature over exactly these checksums
+        raw = sshsig.verify(s.get("sums_sshsig") or "", sums[0]) if sums is not None else b""
+        if sums is not None and (raw is None or hashlib.sha256(raw).hexdigest() != kid):
+            raise VerificationFailed(
+                f"manifest: key {sshsig.identity(kid)} has no SSHSIG over the SHA256SUMS made here (none, or made "
+                f"with another prov's {TOOL}): the export would publish checksums nobody signed")
+    tdoc = policy = None
+    chain: list[tuple[str, bytes]] = []
+    log_keys: list[str] = []
+    trust_bytes = b""
+    if trust is not None:
+        from provenance.release.trust import chain_files, read_trust_doc, walk_chain
+        tdoc = policy = read_trust_doc(trust)
+        trust_bytes = Path(trust).read_bytes()
+        if chain_dir is not None:
+            policy, _ = walk_chain(tdoc, chain_dir, str(trust))
+            chain = [(Path(p).name, Path(p).read_bytes()) for p in chain_files(chain_dir)]  # read before any write
+        release = policy["roles"]["release"]
+        ids = {policy["keys"][n]["keyid"] for n in release["keys"]}
+        have = len(ids & {k for k, _ in signers})
+        if have < release["threshold"]:
+            raise VerificationFailed(f"manifest: SSH-signed by {have} of the {release['threshold']} release keys "
+                                     f"the trust policy (v{policy['version']}) requires: a judge's stock tools "
+                                     "would not see the shortfall")
+        log_keys = [policy["keys"][n]["note_verifier"] for n in policy["roles"].get("log", {}).get("keys", [])
+                    if policy["keys"][n].get("note_verifier")]
+    files = export_checksums(manifest, runtime, out, archive)  # checks archive and runtime, then writes the sums
     write_json(out / "manifest.json", manifest)
     files.append(out / "manifest.json")
-    for stale in [*out.glob("statement.json*.sig"), *out.glob(f"{SUMS}*.sig"), *out.glob("trust-chain/*.trust.json")]:
-        stale.unlink()  # a signer or policy of an earlier export must not linger
+    keep = {sig_name(f, k) for k, _ in signers for f in ("statement.json", SUMS)}
+    for stale in [*out.glob("statement.json*.sig"), *out.glob(f"{SUMS}*.sig")]:
+        if stale.name not in keep:  # a signer of an earlier export must not linger
+            stale.unlink()
     write_atomic(out / "statement.json", payload)
     files.append(out / "statement.json")
     for kid, s in signers:
         write_atomic(out / sig_name("statement.json", kid), s["sshsig"].encode())
         files.append(out / sig_name("statement.json", kid))
-        if sums_signed:
-            if sshsig.verify(s["sums_sshsig"], sums) is None:
-                raise VerificationFailed(
-                    f"manifest: the SSHSIG of {sshsig.identity(kid)} over SHA256SUMS does not cover the checksums "
-                    f"made here: this prov's {TOOL} is not the one the release was signed with")
+        if sums is not None:
             write_atomic(out / sig_name(SUMS, kid), s["sums_sshsig"].encode())
             files.append(out / sig_name(SUMS, kid))
     write_atomic(out / TOOL, tool_bytes())
     files.append(out / TOOL)
-    log_keys = []
     if tdoc is not None:
         from provenance.release.trust import allowed_signers
-        write_atomic(out / "trust.json", Path(trust).read_bytes())
+        write_atomic(out / "trust.json", trust_bytes)
         files.append(out / "trust.json")
-        for p in map(Path, chain or []):
-            write_atomic(out / "trust-chain" / p.name, p.read_bytes())
-            files.append(out / "trust-chain" / p.name)
+        for name, data in chain:
+            write_atomic(out / "trust-chain" / name, data)
+            files.append(out / "trust-chain" / name)
         write_atomic(out / "allowed_signers", allowed_signers(policy).encode())
         files.append(out / "allowed_signers")
-        log_keys = [policy["keys"][n]["note_verifier"] for n in policy["roles"].get("log", {}).get("keys", [])
-                    if policy["keys"][n].get("note_verifier")]
         if log_keys:
             write_atomic(out / "log.vkey", ("\n".join(log_keys) + "\n").encode())
             files.append(out / "log.vkey")
-    trust_sha = hashlib.sha256(Path(trust).read_bytes()).hexdigest() if tdoc is not None else None
-    text = readme(stmt, payload, [k for k, _ in signers], sums_signed, tdoc, trust_sha, policy, bool(chain),
+    trust_sha = hashlib.sha256(trust_bytes).hexdigest() if tdoc is not None else None
+    text = readme(stmt, payload, [k for k, _ in signers], sums is not None, tdoc, trust_sha, policy, bool(chain),
                   log_keys, has_record=(out / "record.json").is_file())
     write_atomic(out / README, text.encode())
     files.append(out / README)
@@ -163,7 +172,7 @@ def write_packet(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.P
 
 def stock_commands(identities: list[str], sums_signed: bool = True) -> list[str]:
     """The stock-tool checks in the order a judge runs them (the README's and the site's)."""
-    cmds = []
+    cmds = [f"python3 -I {TOOL} --allowed-signers trust.json | cmp - allowed_signers   # the keys are trust.json's"]
     for ident in identities if sums_signed else []:
         cmds.append(f"ssh-keygen -Y verify -f allowed_signers -I {ident} -n comma-lab-release "
                     f"-s {SUMS}.{ident}.sig < {SUMS}")
@@ -173,7 +182,7 @@ def stock_commands(identities: list[str], sums_signed: bool = True) -> list[str]
     cmds += [f"sha256sum -c {SUMS}" + ("   # statement.json, archive.zip, every runtime/ file, B3SUMS, "
                                        "tree_digest.py" if sums_signed else "   # archive.zip, every runtime/ file"),
              f"b3sum -c {B3SUMS}",
-             f"python3 {TOOL} --check statement.json   # the runtime/ tree (links, exec bits, empty "
+             f"python3 -I {TOOL} --check statement.json   # the runtime/ tree (links, exec bits, empty "
              "directories) and the score against the statement; names each path that differs"]
     return cmds
 
@@ -197,12 +206,18 @@ def readme(stmt: dict, payload: bytes, keyids: list[str], sums_signed: bool, tdo
         f"statement.json  sha256 {hashlib.sha256(payload).hexdigest()}",
         f"signed by       {', '.join(ids) or 'no SSH signature'}",
     ]
+    if policy is not None:
+        rel = policy["roles"]["release"]
+        lines.append(f"required        {rel['threshold']} of the {len(rel['keys'])} release key(s) of trust policy "
+                     f"v{policy['version']}: check every identity above")
     if tdoc is not None:
         lines.append(f"trust policy    trust.json v{tdoc['version']}, sha256 {trust_sha}; "
-                     + (f"walked to v{policy['version']} by trust-chain/; " if chained else "")
+                     + (f"walked to v{policy['version']} by trust-chain/ (stock tools cannot walk a chain: "
+                        "prov verify --trust-chain does); " if chained else "")
                      + "compare it with the policy the lab published before you trust this folder")
-    lines += ["", "Put archive.zip and runtime/ beside these files, then, with stock tools only",
-              "(OpenSSH, coreutils, b3sum, any Python 3; allowed_signers is trust.json's release keys):", ""]
+    lines += ["", "Put archive.zip and runtime/ beside these files, then, with stock tools only (OpenSSH, coreutils,",
+              f"b3sum, any Python 3 run with -I; {TOOL} is stdlib only: read it once, its sha256 is "
+              f"{hashlib.sha256(tool_bytes()).hexdigest()}):", ""]
     lines += [f"  {c}" for c in stock_commands(ids, sums_signed)]
     if not sums_signed:
         lines += ["", "This release predates signed checksums: SHA256SUMS and B3SUMS are not signed, so they only",

@@ -286,6 +286,8 @@ def _check_judge_files(statement: str, payload: bytes, release_keys: dict, dsse_
         sums, b3 = _read(sums_path), _read(os.path.join(folder, B3SUMS))
     except OSError as e:
         return Check("judge_files", False, f"{said}; but {e.filename}: {e.strerror}")
+    except (KeyError, TypeError, ValueError, StopIteration) as e:  # a signed listing without what sums need
+        return Check("judge_files", False, f"{said}; but its checksums cannot be made from the statement ({e!r})")
     if want is None:
         return Check("judge_files", True, said + "; SHA256SUMS unsigned (a release from before signed checksums)")
     sgood, sbad = _ssh_signers(_sig_texts(folder, "SHA256SUMS"), sums, release_keys)
