@@ -23,6 +23,8 @@ BIN = Path(sys.executable).parent
 # Ray turns 127.0.0.1 into the machine's outward address; another loopback address it leaves be
 IP = "127.0.0.2"
 RUN_DESCRIBING = ("timings", "created_at")  # what a run is allowed to change in a record
+# the tests on the two-node cluster share one pytest worker, so one cluster is started, not one per worker
+ON_THE_CLUSTER = pytest.mark.xdist_group("ray_cluster")
 
 
 def free_port() -> int:
@@ -201,6 +203,7 @@ def ray_workers_replaying() -> list[int]:
     return out
 
 
+@ON_THE_CLUSTER
 def test_batch_on_cluster_survives_a_killed_worker_and_matches_sequential(cluster, mini, sequential_half, tmp_path):
     subs = mini / "submissions"
     store = tmp_path / "lab-store"
@@ -239,6 +242,7 @@ def test_batch_on_cluster_survives_a_killed_worker_and_matches_sequential(cluste
     assert record_without_run_fields(*sequential_half) == record_without_run_fields(store, res["results"][0]["record"])
 
 
+@ON_THE_CLUSTER
 def test_bad_cluster_input_is_one_line(cluster, mini, tmp_path):
     r = run_prov("batch", "replay", "copy", "--submissions", mini / "submissions", "--upstream", mini / "upstream",
                  "--engine", "local", "--address", cluster["address"], store=tmp_path / "s")
@@ -344,6 +348,7 @@ def s3_repo(cluster, path: Path, creds_in_config: bool) -> Path:
     return path
 
 
+@ON_THE_CLUSTER
 def test_credentials_from_the_head_environment_reach_the_workers(cluster, mini, tmp_path):
     """The workers were started without AWS variables and DVC's config names no keys: the head's
     AWS_* credentials reach them, and a failure names the submission by its path on the head."""
@@ -362,6 +367,7 @@ def test_credentials_from_the_head_environment_reach_the_workers(cluster, mini, 
     assert res["path"] == str(subs / "broken") and "prov-batch-" not in res["reason"], res
 
 
+@ON_THE_CLUSTER
 def test_no_credentials_anywhere_is_one_line_before_any_task(cluster, mini, tmp_path):
     repo = s3_repo(cluster, tmp_path / "repo", creds_in_config=False)
     env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),

@@ -4,7 +4,7 @@ cgroup v1 (what these machines mount, writable by root): `memory` charges everyt
 holds (resident pages, its tmpfs, memfds, SysV shared memory, and the kernel's own objects such as
 the inodes of a million empty files) against one limit, with swap (`memsw`) and socket buffers
 (`kmem.tcp`) too; `pids` caps processes and threads; `cpuset` gives the phase the official runner's
-CPU count; `freezer` stops everything at once, so the kill at the end reaches every process however
+CPU count, on CPUs no concurrent replay's phase holds (while there are free ones); `freezer` stops everything at once, so the kill at the end reaches every process however
 fast it forks. The memory cgroup's out-of-memory kill ends the whole phase (`oom_kill` counts it),
 whichever process the killer chose: `oom_score_adj` cannot steer a phase past its cap.
 
@@ -92,11 +92,7 @@ class Cgroup:
             if (mem / "memory.kmem.tcp.limit_in_bytes").exists():  # v1 charges socket buffers only once set
                 _write(mem / "memory.kmem.tcp.limit_in_bytes", min(memory // 4, 256 << 20))
             _write(dirs["pids"] / "pids.max", processes)
-            cs, parent_cs = dirs["cpuset"], parents["cpuset"]
-            allowed = _cpu_list(_read(parent_cs / "cpuset.effective_cpus"))
-            chosen = ",".join(str(c) for c in allowed[:max(1, cpus)])
-            _write(cs / "cpuset.cpus", chosen)
-            _write(cs / "cpuset.mems", _read(parent_cs / "cpuset.effective_mems").strip())
+            chosen = _claim_cpus(dirs["cpuset"], parents["cpuset"], cpus)
         except OSError:
             Cgroup(dirs, memory, processes, "").remove()
             return None
@@ -160,6 +156,34 @@ class Cgroup:
                 d.rmdir()
             except OSError:
                 pass
+
+
+def _claim_cpus(cs: Path, parent: Path, cpus: int) -> str:
+    """Give a phase `cpus` CPUs that no other replay's phase holds, so concurrent replays on one
+    machine do not share cores (and time each other). Siblings named prov-* are the claims; one
+    lock on the parent cpuset makes choosing and writing atomic across processes. When every CPU
+    is held, the least held ones are shared."""
+    import fcntl
+    lock = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        allowed = _cpu_list(_read(parent / "cpuset.effective_cpus"))
+        held = {c: 0 for c in allowed}
+        for d in parent.iterdir():
+            if d != cs and d.name.startswith(PREFIX) and d.is_dir():
+                try:
+                    for c in _cpu_list(_read(d / "cpuset.cpus")):
+                        if c in held:
+                            held[c] += 1
+                except (OSError, ValueError):
+                    continue
+        want = max(1, min(cpus, len(allowed)))
+        chosen = sorted(sorted(allowed, key=lambda c: (held[c], c))[:want])  # free ones first, in order
+        _write(cs / "cpuset.cpus", ",".join(map(str, chosen)))
+        _write(cs / "cpuset.mems", _read(parent / "cpuset.effective_mems").strip())
+        return ",".join(map(str, chosen))
+    finally:
+        os.close(lock)  # the lock goes with the descriptor
 
 
 def _cpu_list(text: str) -> list[int]:
