@@ -153,7 +153,7 @@ def test_the_checker_catches_what_it_is_for():
 
 
 # each stage's command is one library call: the function it enters the library through
-STAGE_ENTRY = {"miniature": ("provenance.lab.miniature.build", "build"), "replay": ("provenance.lab.batch", "lab_replay"),
+STAGE_ENTRY = {"miniature": ("provenance.lab.miniature.build", "build"), "replay": ("provenance.lab.fanout", "lab_replay"),
                "release": ("provenance.lab.pipeline", "release_all"), "verify": ("provenance.lab.pipeline", "verify_all"),
                "site": ("provenance.lab.site.build", "build_site")}
 TOP, WHOLE = "<top>", "<whole>"

@@ -280,7 +280,7 @@ def test_local_engine_without_ray_records_failures(mini, sequential_half, tmp_pa
 
 def test_worker_without_the_checkout_exports_it_from_the_store(mini, tmp_path):
     """A worker that lacks the head's upstream path gets the pinned tree by digest instead."""
-    from provenance.lab import batch as B
+    from provenance.lab import batch as B, meeting
     from provenance.store.objects import Store
     subs = tmp_path / "subs"
     shutil.copytree(mini / "submissions" / "copy", subs / "early", symlinks=True)
@@ -294,7 +294,7 @@ def test_worker_without_the_checkout_exports_it_from_the_store(mini, tmp_path):
     assert got["upstream_from"] == "store" and not got["ok"] and "ships 'archive'" in got["reason"]
     # a meeting point that corrupts an object: refused on arrival, nothing stored
     victim = next(r[0] for r in task["inputs"] if r[1] == "blob")
-    path = tmp_path / "meet" / B._rel(victim)
+    path = tmp_path / "meet" / meeting._rel(victim)
     path.chmod(0o644)
     path.write_bytes(path.read_bytes() + b"x")
     got = B.work(task)

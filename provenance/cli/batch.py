@@ -72,7 +72,8 @@ def batch_replay(ctx, names, folder, params_path, upstream, device, engine, addr
     Example:
       prov batch replay --params params.yaml --submissions submissions --upstream evidence/miniature/upstream
     """
-    from provenance.lab.batch import ReplayBatch, collect, dvc_remote, run
+    from provenance.lab.batch import ReplayBatch, collect, run
+    from provenance.lab.meeting import dvc_remote
     from provenance.core.files import write_atomic, write_json
     if params_path:
         if names:

@@ -35,7 +35,7 @@ def lab_replay_cmd(name, submissions, upstream, out, metrics, device, engine, pa
       prov lab replay half --submissions submissions --upstream evidence/miniature/upstream --out evidence/replays/half --metrics evidence/metrics/half.json
     """
     from pathlib import Path
-    from provenance.lab.batch import lab_replay
+    from provenance.lab.fanout import lab_replay
     from provenance.lab.params import submissions_param
     fan_out = submissions_param(Path(params_path)) if params_path and engine == "ray" else None
     r = lab_replay(name, Path(submissions), Path(upstream), Path(out), Path(metrics), device, engine, fan_out=fan_out)
