@@ -239,7 +239,7 @@ def site_check(bundle, as_json):
     Example:
       prov site check evidence/site
     """
-    from provenance.lab.site.build import check_site
+    from provenance.lab.site.hygiene import check_site
     problems = check_site(bundle)
     emit({"ok": not problems, "problems": problems}, as_json, "\n".join(problems) or f"{bundle}: clean")
     if problems:
