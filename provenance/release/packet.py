@@ -52,9 +52,9 @@ def judge_sums(payload: bytes, tool: bytes | None = None) -> tuple[bytes, bytes]
     return "".join(f"{d}  {n}\n" for d, n in sha).encode(), b3sums
 
 
-def sig_name(file: str, keyid: str) -> str:
-    from provenance.core import sshsig
-    return f"{file}.{sshsig.identity(keyid)}.sig"
+def sig_name(file: str, identity: str) -> str:
+    """A signature file's name: what the signer's identity signed, as the README's commands name it."""
+    return f"{file}.{identity}.sig"
 
 
 def export_checksums(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.PathLike,
@@ -102,12 +102,12 @@ def write_packet(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.P
     out = Path(out_dir)
     payload = payload_of(manifest)
     stmt = statement_of(manifest)
-    signers = []  # distinct keys, in signing order
+    signers: dict[str, dict] = {}  # distinct keys, in signing order
     for s in manifest.get("ssh", []):
-        if s["keyid"] not in [k for k, _ in signers]:
-            signers.append((s["keyid"], s))
-    sums = judge_sums(payload)
-    for kid, s in signers:  # each key's own signature over exactly these checksums
+        signers.setdefault(s["keyid"], s)
+    tool = tool_bytes()
+    sums = judge_sums(payload, tool)
+    for kid, s in signers.items():  # each key's own signature over exactly these checksums
         raw = sshsig.verify(s.get("sums_sshsig") or "", sums[0]) if sums is not None else b""
         if sums is not None and (raw is None or hashlib.sha256(raw).hexdigest() != kid):
             raise VerificationFailed(
@@ -118,37 +118,36 @@ def write_packet(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.P
     log_keys: list[str] = []
     trust_bytes = b""
     if trust is not None:
-        from provenance.release.trust import chain_files, read_trust_doc, walk_chain
+        from provenance.release.trust import chain_files, note_verifiers, read_trust_doc, role_keys, walk_chain
         tdoc = policy = read_trust_doc(trust)
         trust_bytes = Path(trust).read_bytes()
         if chain_dir is not None:
             policy, _ = walk_chain(tdoc, chain_dir, str(trust))
             chain = [(Path(p).name, Path(p).read_bytes()) for p in chain_files(chain_dir)]  # read before any write
-        release = policy["roles"]["release"]
-        ids = {policy["keys"][n]["keyid"] for n in release["keys"]}
-        have = len(ids & {k for k, _ in signers})
-        if have < release["threshold"]:
-            raise VerificationFailed(f"manifest: SSH-signed by {have} of the {release['threshold']} release keys "
+        release, threshold = role_keys(policy, "release", str(trust))
+        have = len(release.keys() & signers.keys())
+        if have < threshold:
+            raise VerificationFailed(f"manifest: SSH-signed by {have} of the {threshold} release keys "
                                      f"the trust policy (v{policy['version']}) requires: a judge's stock tools "
                                      "would not see the shortfall")
-        log_keys = [policy["keys"][n]["note_verifier"] for n in policy["roles"].get("log", {}).get("keys", [])
-                    if policy["keys"][n].get("note_verifier")]
+        log_keys = note_verifiers(policy)
     files = export_checksums(manifest, runtime, out, archive)  # checks archive and runtime, then writes the sums
     write_json(out / "manifest.json", manifest)
     files.append(out / "manifest.json")
-    keep = {sig_name(f, k) for k, _ in signers for f in ("statement.json", SUMS)}
+    ids = {kid: sshsig.identity(kid) for kid in signers}
+    keep = {sig_name(f, i) for i in ids.values() for f in ("statement.json", SUMS)}
     for stale in [*out.glob("statement.json*.sig"), *out.glob(f"{SUMS}*.sig")]:
         if stale.name not in keep:  # a signer of an earlier export must not linger
             stale.unlink()
     write_atomic(out / "statement.json", payload)
     files.append(out / "statement.json")
-    for kid, s in signers:
-        write_atomic(out / sig_name("statement.json", kid), s["sshsig"].encode())
-        files.append(out / sig_name("statement.json", kid))
+    for kid, s in signers.items():
+        write_atomic(out / sig_name("statement.json", ids[kid]), s["sshsig"].encode())
+        files.append(out / sig_name("statement.json", ids[kid]))
         if sums is not None:
-            write_atomic(out / sig_name(SUMS, kid), s["sums_sshsig"].encode())
-            files.append(out / sig_name(SUMS, kid))
-    write_atomic(out / TOOL, tool_bytes())
+            write_atomic(out / sig_name(SUMS, ids[kid]), s["sums_sshsig"].encode())
+            files.append(out / sig_name(SUMS, ids[kid]))
+    write_atomic(out / TOOL, tool)
     files.append(out / TOOL)
     if tdoc is not None:
         from provenance.release.trust import allowed_signers
@@ -163,8 +162,8 @@ def write_packet(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.P
             write_atomic(out / "log.vkey", ("\n".join(log_keys) + "\n").encode())
             files.append(out / "log.vkey")
     trust_sha = hashlib.sha256(trust_bytes).hexdigest() if tdoc is not None else None
-    text = readme(stmt, payload, [k for k, _ in signers], sums is not None, tdoc, trust_sha, policy, bool(chain),
-                  log_keys, has_record=(out / "record.json").is_file())
+    text = readme(stmt, payload, list(ids.values()), sums is not None, tdoc, trust_sha, policy, bool(chain),
+                  log_keys, has_record=(out / "record.json").is_file(), tool_sha=hashlib.sha256(tool).hexdigest())
     write_atomic(out / README, text.encode())
     files.append(out / README)
     return files
@@ -175,10 +174,10 @@ def stock_commands(identities: list[str], sums_signed: bool = True) -> list[str]
     cmds = [f"python3 -I {TOOL} --allowed-signers trust.json | cmp - allowed_signers   # the keys are trust.json's"]
     for ident in identities if sums_signed else []:
         cmds.append(f"ssh-keygen -Y verify -f allowed_signers -I {ident} -n comma-lab-release "
-                    f"-s {SUMS}.{ident}.sig < {SUMS}")
+                    f"-s {sig_name(SUMS, ident)} < {SUMS}")
     for ident in identities:
         cmds.append(f"ssh-keygen -Y verify -f allowed_signers -I {ident} -n comma-lab-release "
-                    f"-s statement.json.{ident}.sig < statement.json")
+                    f"-s {sig_name('statement.json', ident)} < statement.json")
     cmds += [f"sha256sum -c {SUMS}" + ("   # statement.json, archive.zip, every runtime/ file, B3SUMS, "
                                        "tree_digest.py" if sums_signed else "   # archive.zip, every runtime/ file"),
              f"b3sum -c {B3SUMS}",
@@ -187,14 +186,13 @@ def stock_commands(identities: list[str], sums_signed: bool = True) -> list[str]
     return cmds
 
 
-def readme(stmt: dict, payload: bytes, keyids: list[str], sums_signed: bool, tdoc: dict | None,
-           trust_sha: str | None, policy: dict | None, chained: bool, log_keys: list[str], has_record: bool) -> str:
-    from provenance.core import sshsig
+def readme(stmt: dict, payload: bytes, ids: list[str], sums_signed: bool, tdoc: dict | None,
+           trust_sha: str | None, policy: dict | None, chained: bool, log_keys: list[str], has_record: bool,
+           tool_sha: str) -> str:
     pred = stmt["predicate"]
     sc = pred["score"]
     subj = {s["name"]: s["digest"] for s in stmt["subject"]}
     tree = subj["runtime/"].get("prov-tree-v1-sha256") or subj["runtime/"].get("sha256")
-    ids = [sshsig.identity(k) for k in keyids]
     lines = [
         f"Release {pred['name']} v{pred['version']}: the judge's packet (comma-lab provenance)",
         "",
@@ -217,7 +215,7 @@ def readme(stmt: dict, payload: bytes, keyids: list[str], sums_signed: bool, tdo
                      + "compare it with the policy the lab published before you trust this folder")
     lines += ["", "Put archive.zip and runtime/ beside these files, then, with stock tools only (OpenSSH, coreutils,",
               f"b3sum, any Python 3 run with -I; {TOOL} is stdlib only: read it once, its sha256 is "
-              f"{hashlib.sha256(tool_bytes()).hexdigest()}):", ""]
+              f"{tool_sha}):", ""]
     lines += [f"  {c}" for c in stock_commands(ids, sums_signed)]
     if not sums_signed:
         lines += ["", "This release predates signed checksums: SHA256SUMS and B3SUMS are not signed, so they only",

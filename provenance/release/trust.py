@@ -168,6 +168,13 @@ def allowed_signers(trust_doc: dict) -> str:
         raise ProvError(f"trust policy: {e}") from None
 
 
+def note_verifiers(trust_doc: dict) -> list[str]:
+    """The signed-note verifier keys of the policy's log role, as Go's note package reads them."""
+    keys = trust_doc["keys"]
+    return [keys[n]["note_verifier"] for n in trust_doc["roles"].get("log", {}).get("keys", [])
+            if keys[n].get("note_verifier")]
+
+
 # -- rotation ------------------------------------------------------------------------------------
 
 PAYLOAD_TYPE = "application/vnd.comma-lab.trust-policy+json"

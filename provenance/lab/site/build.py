@@ -121,7 +121,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         identity, note_keys = "IDENTITY", []
         if trust:
             from provenance.core import sshsig
-            from provenance.release.trust import allowed_signers, read_trust_doc
+            from provenance.release.trust import allowed_signers, note_verifiers, read_trust_doc
             sha = bundle.write("evidence/trust.json", Path(trust).read_bytes())
             evidence.append({"kind": "trust policy", "path": "evidence/trust.json", "sha256": sha})
             tdoc = read_trust_doc(trust)
@@ -130,7 +130,7 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                              "note": "OpenSSH allowed_signers of the release keys"})
             first = tdoc["keys"][tdoc["roles"]["release"]["keys"][0]]["keyid"]
             identity = sshsig.identity(first)
-            note_keys = [k["note_verifier"] for k in tdoc["keys"].values() if k.get("note_verifier")]
+            note_keys = note_verifiers(tdoc)
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["j2", "html"]),
                           auto_reload=False)  # a template is read once a build, not stat()ed once a page
         run_page = env.get_template("run.html.j2")  # compiled once, before the workers fork
