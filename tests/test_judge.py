@@ -407,6 +407,7 @@ def test_wheel_alone_installs_and_verifies(rel, tmp_path):
     declared dependencies) runs `prov verify`. Built from a copy so the work tree stays clean."""
     src = tmp_path / "src"
     shutil.copytree(REPO / "provenance", src / "provenance", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "bin", src / "bin")  # the `prov` launcher
     for f in ("pyproject.toml", "README.md"):
         shutil.copyfile(REPO / f, src / f)
     dist = tmp_path / "dist"

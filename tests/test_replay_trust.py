@@ -477,40 +477,60 @@ def test_every_descendant_is_in_the_phase_cgroup_and_sees_its_cpus(tmp_path, min
     assert not [d for d in cgroup._parent("memory").iterdir() if d.name.startswith(f"prov-{os.getpid()}-")]
 
 
+_DISJOINT = """
+import json, sys, threading
+from provenance.replay.cgroup import Cgroup, _cpu_list
+cpus = _cpu_list(open(sys.argv[1] + "/cpuset.effective_cpus").read())
+made, barrier = [], threading.Barrier(2)
+
+def make(i):
+    barrier.wait()  # both choose at the same moment: the lock keeps them apart
+    made.append(Cgroup.make(f"t{i}", 64 << 20, 64, 1))
+threads = [threading.Thread(target=make, args=(i,)) for i in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+out = {"cpus": cpus, "made": [None if g is None else _cpu_list(g.cpus) for g in made]}
+try:
+    out["kernel"] = [_cpu_list(open(g.dirs["cpuset"] / "cpuset.cpus").read()) for g in made if g]
+    third = Cgroup.make("t3", 64 << 20, 64, len(cpus) + 4)  # more than the machine has: all of it
+    made.append(third)
+    out["third"] = third and _cpu_list(third.cpus)
+finally:
+    for g in made:
+        if g:
+            g.remove()
+print(json.dumps(out))
+"""
+
+
 @needs_cgroup
-def test_concurrent_phases_get_disjoint_cpus_while_there_are_free_ones():
+def test_concurrent_phases_get_disjoint_cpus_while_there_are_free_ones(tmp_path):
     """Two replays at once each take CPUs the other does not hold (a replay from another process
     counts the same: the claims are the prov-* cpusets themselves); once all are held, the least
-    held are shared, never an empty set."""
-    import threading
-    from provenance.replay.cgroup import Cgroup, _cpu_list
-    cpus = _cpu_list(open("/sys/fs/cgroup/cpuset/cpuset.effective_cpus").read())
-    if len(cpus) < 2:
-        pytest.skip("one CPU: nothing to keep apart")
-    made: list = []
-    barrier = threading.Barrier(2)
-
-    def make(i):
-        barrier.wait()  # both choose at the same moment: the lock keeps them apart
-        made.append(Cgroup.make(f"t{i}", 64 << 20, 64, 1))
-    threads = [threading.Thread(target=make, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    held are shared, never an empty set. Run in a cpuset of its own (not named prov-*, so no replay
+    counts it as a claim): the other tests' replays on this machine hold CPUs of the parent's."""
+    from provenance.replay import cgroup
+    parent = cgroup._parent("cpuset")
+    own = parent / f"test-disjoint-{os.getpid()}"
+    own.mkdir()
     try:
-        assert all(made) and len(made) == 2
-        a, b = (set(_cpu_list(g.cpus)) for g in made)
-        assert a and b and not a & b, (a, b)
-        for g in made:  # what the kernel holds is what was chosen
-            assert _cpu_list(open(g.dirs["cpuset"] / "cpuset.cpus").read()) == _cpu_list(g.cpus)
-        third = Cgroup.make("t3", 64 << 20, 64, len(cpus) + 4)  # more than the machine has: all of it
-        made.append(third)
-        assert third and _cpu_list(third.cpus) == cpus
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            (own / f).write_text((parent / f.replace("cpuset.", "cpuset.effective_")).read_text())
+        script = f"import os; open({str(own / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n" + _DISJOINT
+        r = subprocess.run([sys.executable, "-c", script, str(own)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
     finally:
-        for g in made:
-            if g:
-                g.remove()
+        own.rmdir()
+    if len(out["cpus"]) < 2:
+        pytest.skip("one CPU: nothing to keep apart")
+    assert len(out["made"]) == 2 and all(out["made"]), out
+    a, b = (set(m) for m in out["made"])
+    assert a and b and not a & b, (a, b)
+    assert out["kernel"] == out["made"]  # what the kernel holds is what was chosen
+    assert out["third"] == out["cpus"]
 
 
 def test_without_a_cgroup_the_record_says_so_and_the_grade_is_capped(tmp_path, pristine, monkeypatch):

@@ -4,7 +4,6 @@ command, `prov release`'s module and the fast entry point all run `run`) and the
 
 from __future__ import annotations
 
-import json
 import os
 
 from provenance.core.errors import ProvError
@@ -47,6 +46,7 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
             raise ProvError(f"{since_path}: not a log checkpoint ({e})") from None
     out = verify_manifest(manifest, trust_, archive, runtime, record, at, state, since)
     if as_json:
+        import json
         print(json.dumps({"ok": out.ok, "checks": [c.brief() for c in out.checks], "files_checked": out.files_checked,
                           "not_checked": out.not_checked, "trust_version": trust_.version,
                           "trust_chain": trust_.chain}, indent=2, sort_keys=True))

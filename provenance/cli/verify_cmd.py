@@ -10,7 +10,6 @@ changed since is answered here too, by store/statcheck; what both print has its 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -85,6 +84,7 @@ def fast_add(store: str | None, path: str, as_json: bool) -> bool:
         if got is None:
             return False
         out = digest_out("tree", *got)
+        import json
         text = json.dumps(out, indent=2, sort_keys=True) if as_json else print_digest(path, out)
         text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")  # what print would refuse
         if "\x1b" in text:  # click.echo strips terminal escapes from a pipe; print would not

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import re
+import _json
+import os
 
 from provenance.core.errors import ProvError
 
@@ -85,8 +85,10 @@ def _number(f: float) -> str:
 
 
 INF = float("inf")
-_string = json.encoder.encode_basestring  # the C escaper json itself uses: exactly JSON.stringify's
-_SURROGATE = r"\\u[dD][89a-fA-F]"  # compiled on first use, not at import
+# json's own C escaper and scanner, taken from _json directly: importing json brings re, enum and
+# functools, a sixth of `prov verify`'s start-up; errors are worded by json itself (the slow path below)
+_string = _json.encode_basestring  # exactly JSON.stringify's escapes
+_WS = " \t\n\r"
 MAX_SAFE_INT = 2 ** 53 - 1
 
 
@@ -120,11 +122,56 @@ def loads_tracking(data: bytes | str, what: str = "JSON") -> tuple[object, list[
     try:
         if isinstance(data, (bytes, bytearray)):  # json.loads would let CESU-8 surrogates through
             data = bytes(data).decode("utf-8")
+    except UnicodeError as e:
+        raise ProvError(f"{what}: not valid JSON ({e})") from None
+    # the fast path: json.loads's own C scanner, skipping whitespace as JSONDecoder.decode does;
+    # anything it refuses, and any surrogate escape (a lone one is refused), goes through json itself
+    if isinstance(data, str) and not _surrogate_escape(data):
+        try:
+            obj, end = _json.make_scanner(_Context(hook, no_constant, finite, safe_int))(
+                data, len(data) - len(data.lstrip(_WS)))
+            if not data[end:].strip(_WS):
+                return obj, dupes
+        except Exception:  # StopIteration, ValueError, RecursionError; on 3.11 a SystemError where
+            pass  # json.decoder was never imported (_json words its errors with json.decoder's class)
+        dupes.clear()
+    return _loads_with_json(data, what, hook, no_constant, finite, safe_int), dupes
+
+
+def _surrogate_escape(text: str) -> bool:
+    """Whether text holds a \\uD800-\\uDFFF escape (or what looks like one): the regex
+    \\\\u[dD][89a-fA-F], without importing re."""
+    i = text.find("\\u")
+    while i >= 0:
+        if text[i + 2:i + 3] in ("d", "D") and text[i + 3:i + 4] in _HIGH:
+            return True
+        i = text.find("\\u", i + 2)
+    return False
+
+
+_HIGH = frozenset("89abcdefABCDEF")
+
+
+class _Context:
+    """What _json.make_scanner reads off a JSONDecoder."""
+    strict = True
+    object_hook = None
+
+    def __init__(self, pairs, constant, parse_float, parse_int):
+        self.object_pairs_hook, self.parse_constant = pairs, constant
+        self.parse_float, self.parse_int = parse_float, parse_int
+        self.memo = {}
+
+
+def _loads_with_json(data: str, what: str, hook, no_constant, finite, safe_int) -> object:
+    """json.loads with the same hooks: its error messages, and escapes decoded (a lone surrogate
+    refused: RFC 8785 is UTF-8)."""
+    import json
+    try:
         obj = json.loads(data, object_pairs_hook=hook, parse_constant=no_constant, parse_float=finite,
                          parse_int=safe_int)
-        if re.search(_SURROGATE, data):  # a \ud800 escape: fine in a pair, not alone (RFC 8785 is UTF-8)
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        return obj, dupes
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return obj
     except (ValueError, UnicodeError) as e:
         raise ProvError(f"{what}: not valid JSON ({e})") from None
     except RecursionError:
@@ -139,8 +186,7 @@ def loads(data: bytes | str, what: str = "JSON") -> object:
 
 
 def load_file(path, what: str | None = None, limit: int = 16 << 20) -> object:
-    from pathlib import Path
-    p = Path(path)
+    p = os.fspath(path)
     try:
         with open(p, "rb") as f:
             data = f.read(limit + 1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 
 from blake3 import blake3
 
@@ -18,6 +17,7 @@ from provenance.core.frozen import Frozen
 
 TYPE_CHECKING = False  # typing stays off the verify path
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import BinaryIO
 
 CHUNK = 1 << 20  # 1 MiB: large enough to amortise per-call costs, small enough to pipeline
@@ -39,29 +39,42 @@ def digest_bytes(data: bytes) -> Digest:
 
 
 class _Sha256Worker:
-    """SHA-256 on its own thread over buffers handed to it; returns each buffer to the pool."""
+    """SHA-256 on its own thread over buffers handed to it; returns each buffer to the pool. Built on
+    _thread and _queue: threading and queue import functools and collections, which the verify path
+    of a large archive would otherwise pay for at start-up."""
 
-    def __init__(self, pool):  # a queue.SimpleQueue of bytearrays
-        import queue
-        import threading
+    def __init__(self, pool):  # a _queue.SimpleQueue of bytearrays
+        import _queue
+        import _thread
         self.h = hashlib.sha256()
         self.pool = pool
-        self.work = queue.SimpleQueue()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
+        self.work = _queue.SimpleQueue()
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.error: BaseException | None = None
+        _thread.start_new_thread(self._run, ())
 
     def _run(self) -> None:
-        while (item := self.work.get()) is not None:
-            buf, n = item
-            self.h.update(memoryview(buf)[:n])
-            self.pool.put(buf)
+        try:
+            while (item := self.work.get()) is not None:
+                buf, n = item
+                self.h.update(memoryview(buf)[:n])
+                self.pool.put(buf)
+        except BaseException as e:  # handed to finish(): a digest of part of the bytes is never returned
+            self.error = e
+            while (item := self.work.get()) is not None:  # hand buffers back: the reader must not wait forever
+                self.pool.put(item[0])
+        finally:
+            self.done.release()
 
     def feed(self, buf: bytearray, n: int) -> None:
         self.work.put((buf, n))
 
     def finish(self) -> str:
         self.work.put(None)
-        self.t.join()
+        self.done.acquire()
+        if self.error is not None:
+            raise self.error
         return self.h.hexdigest()
 
 
@@ -75,8 +88,8 @@ def stream(src: BinaryIO, sink: Callable[[memoryview], object] | None = None,
         if progress:
             progress(len(first))
         return digest_bytes(first)
-    import queue  # only a large blob needs the worker thread
-    pool = queue.SimpleQueue()
+    import _queue  # only a large blob needs the worker thread
+    pool = _queue.SimpleQueue()
     for _ in range(POOL):
         pool.put(bytearray(CHUNK))
     sha = _Sha256Worker(pool)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 
@@ -27,6 +26,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
+    import json  # here: the verify path reads JSON (core.canonical) and writes it only with --state
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 

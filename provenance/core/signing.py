@@ -7,7 +7,7 @@ distinct keys, so one key signing twice counts once.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import os
 
@@ -135,7 +135,7 @@ def load_public_pem(data: bytes | str, where: str) -> Ed25519PublicKey:
     lines = data.strip().splitlines()
     if len(lines) == 3 and lines[0] == b"-----BEGIN PUBLIC KEY-----" and lines[2] == b"-----END PUBLIC KEY-----":
         try:  # the one form we write: no need for cryptography's general PEM machinery
-            der = base64.b64decode(lines[1], validate=True)
+            der = b64_strict(lines[1])
         except ValueError:
             der = b""
         if len(der) == 44 and der.startswith(_ED25519_SPKI):
@@ -159,13 +159,23 @@ def load_public(path: str | os.PathLike) -> Ed25519PublicKey:
 
 
 def b64e(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
+    return binascii.b2a_base64(b, newline=False).decode("ascii")
+
+
+def b64_strict(data: str | bytes) -> bytes:
+    """base64.b64decode(data, validate=True), which is binascii's strict mode, without base64's
+    import of re; ValueError (binascii.Error) when it is not base64."""
+    if isinstance(data, str):
+        data = data.encode("ascii")  # UnicodeEncodeError is a ValueError
+    elif not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"base64 of a {type(data).__name__}")
+    return binascii.a2b_base64(data, strict_mode=True)
 
 
 def b64d(s: str, what: str) -> bytes:
     try:
-        return base64.b64decode(s.encode("ascii"), validate=True)
-    except (ValueError, UnicodeEncodeError):
+        return b64_strict(s)
+    except (ValueError, TypeError):
         raise ProvError(f"{what}: not valid base64") from None
 
 
@@ -187,8 +197,8 @@ def verified_keys(payload_type: str, payload: bytes, signatures: list,
         if not isinstance(sig, str):
             continue
         try:
-            raw = base64.b64decode(sig.encode("ascii"), validate=True)
-        except (ValueError, UnicodeEncodeError):
+            raw = b64_strict(sig)
+        except ValueError:
             continue
         for kid, pub in trusted.items():
             if kid not in good and verify_ed25519(pub, raw, message):

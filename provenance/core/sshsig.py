@@ -11,9 +11,7 @@ DSSE signature or for another namespace.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import struct
 
 from provenance.core.errors import ProvError
 
@@ -25,7 +23,7 @@ KEY_TYPE = b"ssh-ed25519"
 
 
 def _s(b: bytes) -> bytes:
-    return struct.pack(">I", len(b)) + b
+    return len(b).to_bytes(4, "big") + b
 
 
 def identity(keyid: str) -> str:
@@ -46,9 +44,10 @@ def sign(key, message: bytes, namespace: str = NAMESPACE) -> str:
     """Armored SSHSIG of `message` by an Ed25519 private key (cryptography's Ed25519PrivateKey)."""
     from provenance.core.signing import raw_public
     sig = key.sign(_signed_data(message, namespace, "sha512"))
-    blob = (MAGIC + struct.pack(">I", 1) + _s(public_blob(raw_public(key.public_key()))) + _s(namespace.encode())
+    blob = (MAGIC + (1).to_bytes(4, "big") + _s(public_blob(raw_public(key.public_key()))) + _s(namespace.encode())
             + _s(b"") + _s(b"sha512") + _s(_s(KEY_TYPE) + _s(sig)))
-    b64 = base64.b64encode(blob).decode()
+    from provenance.core.signing import b64e
+    b64 = b64e(blob)
     return "\n".join([ARMOR_BEGIN, *(b64[i:i + 70] for i in range(0, len(b64), 70)), ARMOR_END]) + "\n"
 
 
@@ -64,7 +63,7 @@ class _Reader:
         return out
 
     def string(self) -> bytes:
-        return self.take(struct.unpack(">I", self.take(4))[0])
+        return self.take(int.from_bytes(self.take(4), "big"))
 
 
 def parse(armored: str) -> tuple[bytes, str, str, bytes]:
@@ -73,8 +72,9 @@ def parse(armored: str) -> tuple[bytes, str, str, bytes]:
         lines = armored.strip().splitlines()
         if lines[0] != ARMOR_BEGIN or lines[-1] != ARMOR_END:
             raise ValueError("no SSH SIGNATURE armor")
-        r = _Reader(base64.b64decode("".join(lines[1:-1]), validate=True))
-        if r.take(6) != MAGIC or struct.unpack(">I", r.take(4))[0] != 1:
+        from provenance.core.signing import b64_strict
+        r = _Reader(b64_strict("".join(lines[1:-1])))
+        if r.take(6) != MAGIC or int.from_bytes(r.take(4), "big") != 1:
             raise ValueError("not an SSHSIG v1 blob")
         pk = _Reader(r.string())
         if pk.string() != KEY_TYPE:
@@ -88,7 +88,7 @@ def parse(armored: str) -> tuple[bytes, str, str, bytes]:
         if len(raw) != 32 or len(sig) != 64 or r.pos != len(r.data) or hash_alg not in ("sha256", "sha512"):
             raise ValueError("malformed fields")
         return raw, namespace, hash_alg, sig
-    except (ValueError, IndexError, UnicodeDecodeError, struct.error) as e:
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise ProvError(f"SSH signature: {e}") from None
 
 

@@ -14,7 +14,6 @@ import os
 import stat
 from stat import S_ISREG, S_IXUSR
 from operator import attrgetter
-from collections.abc import Callable, Iterator
 
 from blake3 import blake3
 
@@ -163,13 +162,14 @@ def parse(data: bytes, where: str = "tree") -> list[tuple[str, str, int, str]]:
 
 # -- walking a directory -----------------------------------------------------------------
 
-FileDigester = Callable[[bytes, os.stat_result], Digest]
-BlobSink = Callable[[bytes, Digest], None]
-TreeSink = Callable[[bytes, Digest, list[Entry]], None]
-
-
-# after a directory's entries are digested: (its path, its lstat, its sorted entry names, their lstat)
-DirSeen = Callable[[bytes, os.stat_result, list[bytes], list[os.stat_result]], None]
+TYPE_CHECKING = False  # collections.abc's import (collections, operator, reprlib) stays off the verify path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    FileDigester = Callable[[bytes, os.stat_result], Digest]
+    BlobSink = Callable[[bytes, Digest], None]
+    TreeSink = Callable[[bytes, Digest, list[Entry]], None]
+    # after a directory's entries are digested: (its path, its lstat, its sorted entry names, their lstat)
+    DirSeen = Callable[[bytes, os.stat_result, list[bytes], list[os.stat_result]], None]
 
 
 def walk(root: str | os.PathLike, file_digest: FileDigester,

@@ -18,9 +18,8 @@ This file is self-contained on purpose: copy it, read it, run it with any Python
 (so no module beside it can stand in for the standard library's).
 """
 
-import base64
+import binascii
 import hashlib
-import json
 import math
 import os
 import stat
@@ -179,6 +178,7 @@ def subjects(statement):
 
 
 def check(statement_path, archive, runtime):
+    import json  # here, not at the top: `prov verify` imports this module and never needs json
     with open(statement_path, "rb") as f:
         st = json.loads(f.read().decode("utf-8"))
     want = subjects(st)
@@ -230,6 +230,7 @@ SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")  # DER header of an Ed2
 def allowed_signers(trust_path):
     """OpenSSH allowed_signers lines for a trust policy's release keys: what a judge compares with
     the packet's allowed_signers after pinning trust.json by its digest."""
+    import json
     with open(trust_path, "rb") as f:
         return allowed_signers_of(json.loads(f.read().decode("utf-8")), trust_path)
 
@@ -240,7 +241,7 @@ def allowed_signers_of(doc, where="trust policy"):
     for name in doc["roles"]["release"]["keys"]:
         key = doc["keys"][name]
         pem = key["public_key"].strip().splitlines()
-        der = base64.b64decode("".join(pem[1:-1]))
+        der = binascii.a2b_base64("".join(pem[1:-1]))
         if pem[0] != "-----BEGIN PUBLIC KEY-----" or len(der) != 44 or not der.startswith(SPKI_ED25519):
             raise Refused("%s: key %s is not an Ed25519 public key" % (where, name))
         raw = der[12:]
@@ -248,7 +249,7 @@ def allowed_signers_of(doc, where="trust policy"):
             raise Refused("%s: key %s: keyid does not match its public key" % (where, name))
         blob = b"".join(len(x).to_bytes(4, "big") + x for x in (b"ssh-ed25519", raw))
         lines.append('comma-lab-%s namespaces="comma-lab-release" ssh-ed25519 %s'
-                     % (key["keyid"][:16], base64.b64encode(blob).decode()))
+                     % (key["keyid"][:16], binascii.b2a_base64(blob, newline=False).decode()))
     return "".join(line + "\n" for line in lines)
 
 

@@ -3,9 +3,9 @@ parsed and checked against trusted Ed25519 keys. Pure: no store."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
+from provenance.core.signing import b64_strict, b64e
 from provenance.log.proofs import HASH_LEN, LogProofError
 
 class Checkpoint:
@@ -29,17 +29,17 @@ NOTE_KEY_NAME = "comma-lab.dev/provenance/log"  # stable, so a trust policy can 
 
 def note_verifier(name: str, raw_pub: bytes) -> str:
     """The signed-note verifier key `name+hash+base64(0x01 || key)` (C2SP signed-note; Go's note.NewVerifier)."""
-    data = base64.b64encode(b"\x01" + raw_pub).decode()
+    data = b64e(b"\x01" + raw_pub)
     return f"{name}+{note_key_hash(name, raw_pub).hex()}+{data}"
 
 
 def sign_checkpoint(origin: str, size: int, root: bytes, key, name: str | None = None) -> str:
     from provenance.core import signing
-    body = f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
+    body = f"{origin}\n{size}\n{b64e(root)}\n"
     name = name or origin
     kh = note_key_hash(name, signing.raw_public(key.public_key()))
     sig = key.sign(body.encode())
-    return body + "\n" + f"\u2014 {name} {base64.b64encode(kh + sig).decode()}\n"
+    return body + "\n" + f"\u2014 {name} {b64e(kh + sig)}\n"
 
 
 def parse_checkpoint(text: str) -> Checkpoint:
@@ -55,7 +55,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
             or (len(size_s) > 1 and size_s[0] == "0"):  # "١٢" and "²" are digits to str.isdigit
         raise LogProofError("checkpoint: bad origin or size line")
     try:
-        root = base64.b64decode(root_s, validate=True)
+        root = b64_strict(root_s)
     except ValueError:
         raise LogProofError("checkpoint: root is not base64") from None
     if len(root) != HASH_LEN:
@@ -68,7 +68,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
         if len(parts) != 2:
             raise LogProofError("checkpoint: malformed signature line")
         try:
-            raw = base64.b64decode(parts[1], validate=True)
+            raw = b64_strict(parts[1])
         except ValueError:
             raise LogProofError("checkpoint: signature is not base64") from None
         if len(raw) < 5:

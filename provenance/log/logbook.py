@@ -9,21 +9,21 @@ a judge holding an older checkpoint asks the lab for that proof (`prov log consi
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 from provenance.log import checkpoint as notes, proofs  # pure: verify reads these; the store's log is imported where used
 from provenance.core.checks import Check
 from provenance.core.errors import ProvError
+from provenance.core.signing import b64_strict, b64e
 
 
 def b64(h: bytes) -> str:
-    return base64.b64encode(h).decode()
+    return b64e(h)
 
 
 def unb64(s, what: str) -> bytes:
     try:
-        return base64.b64decode(s, validate=True)
+        return b64_strict(s)
     except (ValueError, TypeError):
         raise proofs.LogProofError(f"{what}: not base64") from None
 

@@ -10,10 +10,7 @@ minLength, pattern, minimum, maximum.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from functools import lru_cache
 
 SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schemas")
 _TYPES = {
@@ -25,10 +22,34 @@ _TYPES = {
 }
 
 
-@lru_cache(maxsize=None)
+_LOADED: dict[str, dict] = {}
+
+
 def load(name: str) -> dict:
-    with open(os.path.join(SCHEMA_DIR, name), encoding="utf-8") as f:
-        return json.load(f)
+    if name not in _LOADED:
+        from provenance.core.canonical import load_file
+        _LOADED[name] = load_file(os.path.join(SCHEMA_DIR, name))
+    return _LOADED[name]
+
+
+_HEX = frozenset("0123456789abcdef")
+_NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+# The patterns the schemas carry, each matched by a plain function (a test holds each equal to `re`
+# on crafted and random strings): importing re costs the verify path more than verifying does.
+# Any other pattern goes to re.
+PLAIN = {
+    "^[0-9a-f]{64}$": lambda v: len(v) == 64 and _HEX.issuperset(v),
+    "^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$": lambda v: all(p and _NAME.issuperset(p) for p in v.split("/")),
+}
+
+
+def matches(pattern: str, value: str) -> bool:
+    """JSON Schema's `pattern`: a search, anchored only where the pattern anchors itself."""
+    plain = PLAIN.get(pattern)
+    if plain is not None:
+        return plain(value)
+    import re
+    return re.search(pattern, value) is not None
 
 
 def errors(value, schema: dict, root: dict | None = None, path: str = "$") -> list[str]:
@@ -50,7 +71,7 @@ def errors(value, schema: dict, root: dict | None = None, path: str = "$") -> li
     if "enum" in schema and value not in schema["enum"]:
         return [f"{path}: must be one of {schema['enum']}"]
     if isinstance(value, str):
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not matches(schema["pattern"], value):
             out.append(f"{path}: does not match {schema['pattern']}")
         if len(value) < schema.get("minLength", 0):
             out.append(f"{path}: too short")

@@ -14,7 +14,6 @@ later writes exactly the bytes that were signed, or refuses.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 from provenance.core.errors import ProvError, VerificationFailed
@@ -36,7 +35,8 @@ def judge_sums(payload: bytes, tool: bytes | None = None) -> tuple[bytes, bytes]
     """(SHA256SUMS, B3SUMS) of a packet, from the statement's bytes and tree_digest.py's; None for a
     statement made before releases listed their runtime (its checksums cannot be signed)."""
     from blake3 import blake3
-    stmt = json.loads(payload)
+    from provenance.core.canonical import loads
+    stmt = loads(payload, "statement")
     listing = stmt["predicate"].get("runtime_listing")
     if listing is None:
         return None

@@ -4,9 +4,9 @@ checks read it; the caller, not the appraisal, writes it."""
 
 from __future__ import annotations
 
-import json
 import os
 
+from provenance.core.canonical import loads_tracking
 from provenance.core.errors import ProvError
 from provenance.core.files import write_json
 
@@ -17,8 +17,10 @@ def read_state(state: str) -> dict:
         return {}
     try:
         with open(state, "rb") as f:
-            doc = json.loads(f.read())
-    except (OSError, ValueError) as e:
+            doc = loads_tracking(f.read())[0]
+    except OSError as e:
+        raise ProvError(f"{state}: unreadable verifier state ({e.strerror})") from None
+    except ProvError as e:
         raise ProvError(f"{state}: unreadable verifier state ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("releases", {}), dict) or not all(
             isinstance(v, dict) and type(v.get("version")) is int and isinstance(v.get("statement_sha256"), str)
