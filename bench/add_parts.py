@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import OUT, fresh  # noqa: E402
 
-from provenance.store.objects import Store, _syncfs  # noqa: E402
+from provenance.store.durable import syncfs as _syncfs  # noqa: E402
+from provenance.store.objects import Store  # noqa: E402
 
 WORK = OUT / "add_parts"
 K = 10_000

@@ -9,7 +9,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "provenance"
-# the flow, bottom up (DESIGN.md): a package may import only packages of a lower rank
+# the flow, bottom up (docs/DESIGN.md): a package may import only packages of a lower rank
 RANK = {"core": 0, "store": 1, "contest": 2, "records": 3, "replay": 4, "log": 4, "release": 5, "lab": 6, "cli": 7}
 SIDEWAYS = {("release", "log")}  # a release carries the log's proofs; the log knows nothing of releases
 DATA = ("provenance/lab/miniature/upstream", "provenance/lab/miniature/samples")  # run in the sandbox, not imported
@@ -128,6 +128,17 @@ def test_no_module_cycle_through_function_level_imports_either():
     assert not cycles(graph()), cycles(graph())
 
 
+MAX_LINES = 500  # a module past this holds more than one concept: split it along its seams (#26)
+
+
+def too_long(mods: dict[str, Path]) -> list[str]:
+    return sorted(f"{m}: {n} lines" for m, p in mods.items() if (n := len(p.read_text().splitlines())) > MAX_LINES)
+
+
+def test_no_module_over_500_lines():
+    assert not too_long(modules()), "split these along their seams:\n" + "\n".join(too_long(modules()))
+
+
 def test_the_checker_catches_what_it_is_for():
     g = {"provenance.store.objects": {"provenance.log.translog"}, "provenance.log.translog": {"provenance.core.errors"},
          "provenance.core.errors": set()}
@@ -150,6 +161,11 @@ def test_the_checker_catches_what_it_is_for():
         n2.write_text("def g():\n    from provenance.store import m2\n")
         g = {"provenance.store.m2": imports("provenance.store.m2", m2), "provenance.store.n2": imports("provenance.store.n2", n2)}
         assert cycles(g) == [["provenance.store.m2", "provenance.store.n2"]]
+        big = Path(d) / "big.py"
+        big.write_text("x = 1\n" * (MAX_LINES + 1))
+        assert too_long({"provenance.store.big": big}) == [f"provenance.store.big: {MAX_LINES + 1} lines"]
+        big.write_text("x = 1\n" * MAX_LINES)
+        assert too_long({"provenance.store.big": big}) == []
 
 
 # each stage's command is one library call: the function it enters the library through

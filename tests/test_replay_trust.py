@@ -370,7 +370,7 @@ def test_the_tmp_cap_never_counts_the_hosts_disk():
     """Until bubblewrap pivots into the sandbox's root, a phase's process still sees the host's
     /tmp: the watchdog must not take the host disk's usage for the sandbox's /tmp (it did, and a
     legitimate evaluate was killed for 'memory' when it looked in that window)."""
-    from provenance.replay.sandbox import _tmp_used
+    from provenance.replay.limits import _tmp_used
     assert _tmp_used([0, os.getpid()]) == 0
 
 

@@ -274,7 +274,7 @@ def test_model_refuses_an_archiveless_record_with_a_score_grade(tmp_path, store)
 
 
 def test_claim_without_archive_can_be_the_expectation_of_a_replay(tmp_path, store):
-    from provenance.replay.run import expected_from
+    from provenance.replay.claims import expected_from
     p = tmp_path / "report.txt"
     p.write_bytes(evaluator_report(0.38042614, 0.00946623, 2_244_900))
     rec = prov_json("adjudicate", p, store=store)["record"]

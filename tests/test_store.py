@@ -278,8 +278,9 @@ def test_fsck_workers_that_cannot_open_the_store_fail_it_not_hang(tmp_path):
     s.close()
     code = f"""
 import os, sys
+import provenance.store.fsck as fk
 import provenance.store.objects as sm
-sm.PARALLEL_FSCK = 1
+fk.PARALLEL_FSCK = 1
 os.sched_getaffinity = lambda pid: {{0, 1}}
 parent, real = os.getpid(), sm.Store.__init__
 def init(self, *a, **k):
@@ -470,7 +471,8 @@ def test_fsck_by_forked_workers_reports_what_one_process_does(tmp_path, monkeypa
     (s.objects / "zz").write_bytes(b"stray file")
     s.close()
     serial = Store(tmp_path / "store").fsck()
-    monkeypatch.setattr(sm, "PARALLEL_FSCK", 1)
+    import provenance.store.fsck as fk
+    monkeypatch.setattr(fk, "PARALLEL_FSCK", 1)
     monkeypatch.setattr(sm.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     seen = []
     parallel = Store(tmp_path / "store").fsck(seen.append)

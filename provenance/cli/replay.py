@@ -51,8 +51,10 @@ def replay_cmd(ctx, archive, runtime, upstream, name, device, compare_path, no_s
     """
     from provenance.log.translog import log_object
     from provenance.replay import intake
-    from provenance.replay.run import expected_from, replay, verdict
-    from provenance.replay.sandbox import Interpreter, Limits
+    from provenance.replay.claims import expected_from, verdict
+    from provenance.replay.run import replay
+    from provenance.replay.interpreter import Interpreter
+    from provenance.replay.limits import Limits
     python = Interpreter.at(python_path) if python_path else None
     expected = expected_from(compare_path) if compare_path else None
     store = open_store(ctx, create=True)

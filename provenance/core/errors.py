@@ -1,4 +1,4 @@
-"""One exception hierarchy; each error carries the exit code the CLI returns (DESIGN.md)."""
+"""One exception hierarchy; each error carries the exit code the CLI returns (docs/DESIGN.md)."""
 
 
 class ProvError(Exception):

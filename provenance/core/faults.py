@@ -1,4 +1,4 @@
-"""Faults that are not our errors, mapped to one line and a documented exit code (DESIGN.md:
+"""Faults that are not our errors, mapped to one line and a documented exit code (docs/DESIGN.md:
 never a traceback). Python's own uncaught exception would exit 1, which here means
 "verification failed": a wrong answer, not just an ugly one."""
 

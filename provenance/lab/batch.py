@@ -110,7 +110,7 @@ def work(task: dict) -> dict:
     into the report, so only then is the report byte-identical to a replay on the head. Otherwise
     it is exported from the store, re-verified, into scratch."""
     from provenance.replay.run import replay
-    from provenance.replay.sandbox import Limits
+    from provenance.replay.limits import Limits
     started = time.monotonic()
     host = socket.gethostname()
     scratch = Path(tempfile.mkdtemp(prefix="prov-batch-"))

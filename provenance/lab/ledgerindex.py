@@ -14,7 +14,7 @@ import json
 import sqlite3
 
 from provenance.core import canonical
-from provenance.store.objects import census_term
+from provenance.store.index import census_term
 
 KINDS = ("record", "note", "verdict")
 SCHEMA = """

@@ -9,9 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
-from provenance.core.digest import stream
 from provenance.core.errors import MissingEnvironment, ProvError, VerificationFailed
-from provenance.store.objects import Store, _write_all
+from provenance.store.objects import Store
 
 PREFIX = "prov-store/objects"  # under the remote's root, beside DVC's own files/md5/
 
@@ -156,22 +155,15 @@ def fetch(store: Store, rows: list[list], where) -> int:
     got, trees = 0, []
     with store.batch() as b:
         for b3, kind, kids in rows:
-            if b._known(b3):
+            if b.known(b3):
                 continue
-            tmp = b._tmp_name()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-            b.new[b3] = (tmp, None, kind, tuple(kids))  # so a failure below removes the temp
             try:
                 with where.open(_rel(b3)) as src:
-                    d = stream(src, lambda mv: _write_all(fd, mv))
+                    d = b.stage_verified(src, b3, kind, tuple(kids))
             except FileNotFoundError:
                 raise VerificationFailed(f"object {b3} is missing from the meeting point") from None
-            finally:
-                os.close(fd)
             if d.blake3 != b3:
                 raise VerificationFailed(f"object {b3} arrived corrupt (its bytes hash to {d.blake3}); not stored")
-            b.deferred_sync = True
-            b.new[b3] = (tmp, d, kind, tuple(kids))
             if kind == "tree":
                 trees.append(b3)
             got += 1

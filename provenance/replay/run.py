@@ -31,8 +31,9 @@ from provenance.core.digest import Digest, hash_file, stream
 from provenance.core.errors import ProvError, VerificationFailed, terminate_on_signals
 from provenance.core.files import remove_tree
 from provenance.replay.frames import frame_pngs, keep_frames
-from provenance.replay.sandbox import (PAGE, Interpreter, Layout, Limits, PhaseResult, Sandbox, View, mount_capped,
-                                      unmount, written_bytes)
+from provenance.replay.interpreter import Interpreter
+from provenance.replay.limits import PAGE, Limits, mount_capped, unmount, written_bytes
+from provenance.replay.sandbox import Layout, PhaseResult, Sandbox, View
 
 if TYPE_CHECKING:
     from provenance.records.models import EvalRecord
@@ -215,7 +216,7 @@ def _place_writable(scratch: Path, layout: Layout, inflate_cap: int, entries: in
 
 
 def phase_views(profile: rules.Profile, limits: Limits, inflate_writes: int) -> dict[str, View]:
-    """The one place that says what each phase sees and writes (DESIGN.md, the replay's trust model)."""
+    """The one place that says what each phase sees and writes (docs/DESIGN.md, the replay's trust model)."""
     pinned = tuple(r for r, _, _ in profile.evaluator) or (NAMES_FILE, "evaluate.py")
     return {"probe": View("probe", submission="none", write_cap=0),
             "inflate": View("inflate", upstream=(NAMES_FILE,) + profile.importable_at_inflate,
@@ -450,52 +451,3 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
             keep_at = scratch.with_name("prov-kept-" + scratch.name[len(SCRATCH):])
             os.rename(scratch, keep_at)
             say(f"scratch kept at {keep_at}")
-
-
-# -- comparison -----------------------------------------------------------------------------
-
-FIELDS = ("canonical_score", "posenet", "segnet", "rate", "samples", "archive_sha256", "runtime_sha256")
-
-
-def expected_from(path: str | Path) -> dict:
-    """The claim to compare with: a release manifest (its statement) or an EvalRecord."""
-    from provenance.core import canonical
-    doc = canonical.load_file(path)
-    try:
-        return _claim(doc, path)
-    except (KeyError, TypeError, AttributeError) as e:  # well-formed JSON, not the document it says
-        raise ProvError(f"{path}: not a whole release statement or EvalRecord "
-                        f"({type(e).__name__}: {str(e)[:80]})") from None
-
-
-def _claim(doc, path) -> dict:
-    from provenance.records.envelope import statement_of, subject_digests
-    if isinstance(doc, dict) and "payload" in doc:
-        st = statement_of(doc, f"{path}: payload")
-        p, subj = st["predicate"], subject_digests(st)
-        if "archive.zip" not in subj or "runtime/" not in subj:
-            raise ProvError(f"{path}: the release names no archive.zip or runtime/ subject")
-        return {"canonical_score": p["score"]["canonical"], "posenet": p["score"]["posenet"],
-                "segnet": p["score"]["segnet"], "rate": p["score"]["rate"], "samples": p["score"]["samples"],
-                "archive_sha256": subj["archive.zip"][0], "runtime_sha256": subj["runtime/"][0]}
-    if isinstance(doc, dict) and doc.get("schema") == "comma-lab/eval-record/v1":
-        r = doc["result"]
-        return {"canonical_score": r["canonical_score"], "posenet": r["posenet"], "segnet": r["segnet"],
-                "rate": r["rate"], "samples": r["samples"], "archive_sha256": (doc.get("archive") or {}).get("sha256"),
-                "runtime_sha256": (doc.get("runtime", {}).get("tree") or {}).get("sha256")}
-    raise ProvError(f"{path}: neither a release manifest nor an EvalRecord")
-
-
-def compare(record: EvalRecord, expected: dict) -> list[dict]:
-    got = {"canonical_score": record.result.canonical_score, "posenet": record.result.posenet,
-           "segnet": record.result.segnet, "rate": record.result.rate, "samples": record.result.samples,
-           "archive_sha256": record.archive.sha256,
-           "runtime_sha256": record.runtime.tree.sha256 if record.runtime.tree else None}
-    return [{"field": f, "expected": expected.get(f), "replayed": got[f], "same": expected.get(f) == got[f]}
-            for f in FIELDS]
-
-
-def verdict(record: EvalRecord, expected: dict) -> tuple[str, list[dict]]:
-    """("REPRODUCED" or "MISMATCH", the fields compared) of a replayed record against a claim."""
-    diff = compare(record, expected)
-    return ("REPRODUCED" if all(d["same"] for d in diff) else "MISMATCH"), diff

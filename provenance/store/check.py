@@ -20,7 +20,9 @@ from pathlib import Path
 
 from provenance.core import tree as treemod
 from provenance.core.digest import hash_file
-from provenance.store.objects import HEX, TMP_PREFIX, IndexDamaged, Store
+from provenance.store.batch import TMP_PREFIX
+from provenance.store.index import HEX, IndexDamaged
+from provenance.store.objects import Store
 
 RECOVERY = ("prov fsck --repair rebuilds the index from the objects (refs and the log are kept "
             "where the damaged index still reads; what is lost is listed)")
@@ -58,10 +60,10 @@ def _rehash_objects(root: Path, progress=None) -> tuple[dict, list[str]]:
 
 def index_problems(store: Store) -> list[str]:
     """Faults of index.sqlite itself: SQLite's integrity check, the schema version, the kinds table."""
-    from provenance.store.objects import SCHEMA_VERSION
+    from provenance.store.index import SCHEMA_VERSION
     db = store.db
     try:
-        from provenance.store.objects import LEAN_CACHE
+        from provenance.store.index import LEAN_CACHE
         db.execute(LEAN_CACHE)  # integrity_check reads every page once: a big cache only costs memory
         rows = [r[0] for r in db.execute("PRAGMA integrity_check(20)")]
         if rows != ["ok"]:
@@ -245,7 +247,7 @@ def repair(root: Path, progress=None) -> dict:
     else:
         lost.append("kinds: the damaged index could not be read; each object has the kind its bytes show "
                     "(trees, records, statements, verdicts, notes) and is otherwise a blob")
-    store.insert_rows(rows, kinds, links)
+    insert_rows(store, rows, kinds, links)
     refs_kept, refs_lost = 0, []
     if old.get("refs") is None:
         lost.append("refs: the damaged index could not be read; no ref was recovered")
@@ -267,3 +269,21 @@ def repair(root: Path, progress=None) -> dict:
     return {"ok": not errors, "repaired": True, "objects": len(good), "damaged_index": aside.name,
             "inferred_kinds": inferred, "refs_recovered": refs_kept,
             "errors": errors, "lost": lost}
+
+
+def insert_rows(store, rows, kinds=(), links=()) -> None:
+    """Index rows for objects already in objects/ (fsck --repair): rows (b3, sha256, size, kind,
+    added, touched), kinds (b3, kind, added), links (parent b3, child b3), all hex; one transaction."""
+    with store.transaction() as db:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='obj'").fetchone()
+        first = (row[0] if row else 0) + 1
+        order = sorted(rows, key=lambda r: r[0])
+        db.executemany("INSERT OR IGNORE INTO obj(id, b3, sha, size, added) VALUES(?,?,?,?,?)",
+                       [(first + i, bytes.fromhex(b3), bytes.fromhex(sha), size, int(added))
+                        for i, (b3, sha, size, _k, added, _t) in enumerate(order)])
+        ids = {b3.hex(): i for b3, i in db.execute("SELECT b3, id FROM obj")}
+        db.executemany("INSERT OR IGNORE INTO obj_kind(id, kind, added) VALUES(?,?,?)",
+                       sorted((ids[b3], k, int(a)) for b3, k, a in
+                              [*((r[0], r[3], r[4]) for r in order), *kinds] if b3 in ids))
+        db.executemany("INSERT OR IGNORE INTO link(parent, child) VALUES(?,?)",
+                       sorted((ids[p], ids[c]) for p, c in links if p in ids and c in ids))

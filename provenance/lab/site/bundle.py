@@ -10,7 +10,7 @@ from pathlib import Path
 
 from provenance.core.errors import ProvError
 from provenance.lab.site.hygiene import _scan_bytes
-from provenance.store.objects import _write_all
+from provenance.store.durable import write_all
 
 
 def _create(path: str, data: bytes) -> None:
@@ -18,7 +18,7 @@ def _create(path: str, data: bytes) -> None:
     seek, each paid 20k times over by a site of 10k runs)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
-        _write_all(fd, memoryview(data))
+        write_all(fd, memoryview(data))
     finally:
         os.close(fd)
 
