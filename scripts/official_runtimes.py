@@ -61,7 +61,7 @@ def markdown(tar: Path, table: list[dict]) -> str:
         f"every file's bytes (`runtime_custody`; the official allowance is {allowance:,} bytes). *binaries* are the",
         "files that are not text, and links whose target is absent (the tree at hand lacks the five binaries",
         "the repository ships: two ffmpeg builds and two SVT-AV1 libraries, see shared/official). Regenerate with",
-        "`.venv/bin/python scripts/official_runtimes.py` (tests/test_custody.py checks this file is current).",
+        "`.venv/bin/python scripts/official_runtimes.py` (tests/contest/test_custody.py checks this file is current).",
         "",
         "| entry | prov-tree-v1 sha256 | files | bytes | custody | largest contributor | binaries |",
         "|---|---|---:|---:|---:|---|---|",

@@ -1,4 +1,4 @@
-"""Helpers for the never-a-traceback harness (tests/test_fuzz_inputs.py): mutation strategies over
+"""Helpers for the never-a-traceback harness (tests/cli/test_fuzz_inputs.py): mutation strategies over
 bytes and over JSON structure, and the one assertion every command's outcome must pass."""
 
 from __future__ import annotations

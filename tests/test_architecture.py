@@ -135,6 +135,18 @@ def too_long(mods: dict[str, Path]) -> list[str]:
     return sorted(f"{m}: {n} lines" for m, p in mods.items() if (n := len(p.read_text().splitlines())) > MAX_LINES)
 
 
+HOUSE_TESTS = {"test_architecture.py", "test_one_home.py"}  # about the whole house: they stay at the top
+
+
+def test_tests_mirror_the_packages():
+    """A module's tests are found by its package: tests/<package>/test_*.py."""
+    tests = REPO / "tests"
+    stray = [str(f.relative_to(tests)) for f in tests.rglob("test_*.py")
+             if not (f.parent == tests and f.name in HOUSE_TESTS)
+             and not (f.parent.parent == tests and f.parent.name in RANK)]
+    assert not stray, f"tests outside a package's folder (tests/<package>/): {stray}"
+
+
 def test_no_module_over_500_lines():
     assert not too_long(modules()), "split these along their seams:\n" + "\n".join(too_long(modules()))
 

@@ -7,12 +7,9 @@ import sys
 
 import click
 
-from provenance.core.errors import ProvError, Terminated
+from provenance.core.errors import Terminated
 
 
-def _error(text: str) -> None:
-    """One line, whatever the input it quotes holds."""
-    click.echo("prov: error: " + text.replace("\r", "\\r").replace("\n", "\\n"), err=True)
 
 
 class Cli(click.Group):
@@ -26,26 +23,14 @@ class Cli(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except ProvError as e:
-            _error(str(e))
-            sys.exit(e.exit_code)
         except BrokenPipeError:
             sys.exit(1)
-        except Terminated as e:  # cleaned up on the way here: say so, exit as the shell would
-            import signal
-            _error(f"stopped by {signal.Signals(e.signum).name}; nothing left behind")
-            sys.exit(128 + e.signum)
-        except OSError as e:  # a filesystem failure we did not anticipate: still one line
-            from provenance.core.faults import os_error_code
-            where = f"{e.filename}: " if e.filename else ""
-            _error(f"{where}{e.strerror or e}")
-            sys.exit(os_error_code(e))
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own: usage errors print their usage, exit 2
-        except Exception as e:  # never a traceback (faults.py maps what we know; the rest is a bug)
-            from provenance.core.faults import one_line
-            code, line = one_line(e, ctx)
-            _error(line)
+        except (Exception, Terminated) as e:  # never a traceback: faults.exit_line, as the fast paths say it
+            from provenance.core.faults import exit_line
+            code, line = exit_line(e, ctx)
+            click.echo(f"prov: error: {line}", err=True)
             sys.exit(code)
 
 

@@ -223,9 +223,7 @@ def fsck(ctx, repair, ack_repair, as_json):
     if not (root / "index.sqlite").exists() and not (root / "objects").is_dir():
         raise ProvError(f"{root}: no store here")
     if ack_repair:
-        store = open_store(ctx)
-        with store.transaction() as db:
-            db.execute("DELETE FROM store_meta WHERE key='refs_lost'")
+        check.ack_repair(open_store(ctx))
     with Progress("checking") as prog:
         report = repair_store(root, prog) if repair else check.fsck(root, prog)
     if repair:

@@ -15,6 +15,7 @@ from provenance.core.frozen import Frozen
 STAND_IN_SUFFIX = "+stand-ins"  # never a registered profile: verify refuses any score under it
 LFS_FILES = ("models/", "videos/")  # where the pinned git-LFS files live: the only ones a stand-in may replace
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+NAMES_FILE = "public_test_video_names.txt"  # the clip's names, beside evaluate.py: what every phase may read
 
 
 class Profile(Frozen):

@@ -15,6 +15,23 @@ def os_error_code(e: OSError) -> int:
     return 3 if e.errno in ENVIRONMENT else 2
 
 
+def exit_line(e: BaseException, ctx=None) -> tuple[int, str]:
+    """(exit code, the one line) for whatever reaches either of the command line's entries (the
+    click group, the fast paths): our errors say their own, an OSError names its file, a signal
+    says what stopped us, and anything else is one_line's. The line is escaped to stay one line."""
+    from provenance.core.errors import ProvError, Terminated
+    if isinstance(e, ProvError):
+        code, line = e.exit_code, str(e)
+    elif isinstance(e, Terminated):  # cleaned up on the way here: say so, exit as the shell would
+        import signal
+        code, line = 128 + e.signum, f"stopped by {signal.Signals(e.signum).name}; nothing left behind"
+    elif isinstance(e, OSError):  # a filesystem failure we did not anticipate: still one line
+        code, line = os_error_code(e), f"{f'{e.filename}: ' if e.filename else ''}{e.strerror or e}"
+    else:
+        code, line = one_line(e, ctx)
+    return code, line.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def one_line(e: BaseException, ctx=None) -> tuple[int, str]:
     """(exit code, message) for an exception that reached the command line unconverted."""
     import sqlite3

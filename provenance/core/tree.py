@@ -136,6 +136,19 @@ def tree_digest(entries: list[Entry]) -> tuple[Digest, bytes]:
                   sum(e.size for e in entries)), b3_view
 
 
+def view_of(rows: list[tuple[str, str, int, str]], child_sha256) -> Digest | None:
+    """A stored tree's digest (its SHA-256 view with it) from its parsed rows, each child's SHA-256
+    given by `child_sha256(kind, name, blake3)`; None where that gives None (a child not there). The
+    one rebuild of the SHA-256 view: fsck, fsck --repair and a batch's fetch use it."""
+    entries = []
+    for kind, name, size, child in rows:
+        sha = child_sha256(kind, name, child)
+        if sha is None:
+            return None
+        entries.append(Entry(kind, name, size, sha, child))
+    return tree_digest(entries)[0]
+
+
 def parse(data: bytes, where: str = "tree") -> list[tuple[str, str, int, str]]:
     """Strictly parse a stored BLAKE3 view into (kind, name, size, blake3) rows."""
     head = HEADER["blake3"]

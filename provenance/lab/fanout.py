@@ -57,16 +57,10 @@ def _ray_replay(name: str, submissions: Path, upstream: Path, out: Path, metrics
 
 
 def _stage_metrics(name: str, out: Path, metrics: Path) -> dict:
-    from provenance.core.files import write_json
+    from provenance.lab.pipeline import stage_metrics
     from provenance.records.models import load_record
     data = (out / "record.json").read_bytes()
-    rec = load_record(data, name)
-    r = rec.result
-    m = {"canonical_score": r.canonical_score, "posenet": r.posenet, "segnet": r.segnet, "rate": r.rate,
-         "samples": r.samples, "archive_bytes": rec.archive.size, "grade": rec.grade}
-    write_json(metrics, m)
-    import hashlib
-    return {"name": name, "record": hashlib.sha256(data).hexdigest(), **m}
+    return stage_metrics(name, load_record(data, name), data, metrics)
 
 
 def _stage_meeting(repo: Path) -> dict | None:

@@ -190,13 +190,13 @@ def _tree_views(store: Store, b, trees: list[str]) -> None:
             if waiting:
                 stack.extend(waiting)
                 continue
-            entries = []
-            for k, name, size, child in rows:
+
+            def child_sha(_kind: str, name: str, child: str, tree=b3) -> str:
                 staged = b.new.get(child)
                 info = None if staged else store.info(child)
                 if staged is None and info is None:
-                    raise VerificationFailed(f"tree {b3}: child {name} ({child}) did not arrive")
-                entries.append(treemod.Entry(k, name, size, staged[1].sha256 if staged else info.sha256, child))
-            b.new[b3] = (tmp, treemod.tree_digest(entries)[0], kind, kids)
+                    raise VerificationFailed(f"tree {tree}: child {name} ({child}) did not arrive")
+                return staged[1].sha256 if staged else info.sha256
+            b.new[b3] = (tmp, treemod.view_of(rows, child_sha), kind, kids)
             pending.discard(b3)
             stack.pop()

@@ -26,12 +26,19 @@ def replay_one(name: str, submissions: Path, upstream: Path, out: Path, metrics:
     log_object(store, res.digest.blake3)
     data = store.read_bytes(res.digest.blake3)
     write_atomic(out / "record.json", data)
-    r = res.record.result
-    m = {"canonical_score": r.canonical_score, "posenet": r.posenet, "segnet": r.segnet, "rate": r.rate,
-         "samples": r.samples, "archive_bytes": res.record.archive.size, "grade": res.record.grade}
-    write_json(metrics, m)
     store.close()
-    return {"name": name, "record": res.digest.sha256, **m}
+    return stage_metrics(name, res.record, data, metrics)
+
+
+def stage_metrics(name: str, rec, data: bytes, metrics: Path) -> dict:
+    """A replay stage's metrics file (DVC metrics) and its summary row, from its record (`data`, its
+    bytes): one home for the local and the Ray engines."""
+    import hashlib
+    r = rec.result
+    m = {"canonical_score": r.canonical_score, "posenet": r.posenet, "segnet": r.segnet, "rate": r.rate,
+         "samples": r.samples, "archive_bytes": rec.archive.size, "grade": rec.grade}
+    write_json(metrics, m)
+    return {"name": name, "record": hashlib.sha256(data).hexdigest(), **m}
 
 
 def _ensure_key(path: Path) -> Path:

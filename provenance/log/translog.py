@@ -257,17 +257,10 @@ def log_object(store, b3: str, kind: str | None = None) -> tuple[int, bool]:
 
 
 def _salvage(index: Path) -> dict | None:
-    """The log's rows that still read from a damaged index; None when they do not."""
-    if not index.exists() or index.stat().st_size == 0:
-        return None
-    try:
-        db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
-        try:
-            return {t: list(db.execute(f"SELECT * FROM {t}")) for t in LOG_TABLES}
-        finally:
-            db.close()
-    except sqlite3.DatabaseError:
-        return None
+    """The log's rows that still read from a damaged index (store.check.salvage); None when any does not."""
+    from provenance.store.check import salvage
+    got = salvage(index, {t: (f"SELECT * FROM {t}",) for t in LOG_TABLES})
+    return None if any(rows is None for rows in got.values()) else got
 
 
 def repair_store(root, progress=None) -> dict:

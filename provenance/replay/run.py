@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from provenance.contest import rules
+from provenance.contest.policy import View, phase_views
 from provenance.replay import intake
 from provenance.replay import upstream as upstream_mod
 from provenance.replay.upstream import NAMES_FILE, detect_profile
@@ -33,7 +34,7 @@ from provenance.core.files import remove_tree
 from provenance.replay.frames import frame_pngs, keep_frames
 from provenance.replay.interpreter import Interpreter
 from provenance.replay.limits import PAGE, Limits, mount_capped, unmount, written_bytes
-from provenance.replay.sandbox import Layout, PhaseResult, Sandbox, View
+from provenance.replay.sandbox import Layout, PhaseResult, Sandbox
 
 if TYPE_CHECKING:
     from provenance.records.models import EvalRecord
@@ -213,16 +214,6 @@ def _place_writable(scratch: Path, layout: Layout, inflate_cap: int, entries: in
     layout.out.mkdir()
     if mounts is not None and mount_capped(layout.out, limits.evaluate_writes, 1024):
         mounts.append(layout.out)
-
-
-def phase_views(profile: rules.Profile, limits: Limits, inflate_writes: int) -> dict[str, View]:
-    """The one place that says what each phase sees and writes (docs/DESIGN.md, the replay's trust model)."""
-    pinned = tuple(r for r, _, _ in profile.evaluator) or (NAMES_FILE, "evaluate.py")
-    return {"probe": View("probe", submission="none", write_cap=0),
-            "inflate": View("inflate", upstream=(NAMES_FILE,) + profile.importable_at_inflate,
-                            writable=("archive", "inflated"), write_cap=inflate_writes),
-            "evaluate": View("evaluate", upstream=pinned, submission="outputs", out=True,
-                             write_cap=limits.evaluate_writes)}
 
 
 def check_outputs(inflated: Path, names: list[str], want: int, max_entries: int) -> Check:

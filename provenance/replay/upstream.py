@@ -25,7 +25,7 @@ from provenance.core.digest import Digest, hash_file
 from provenance.core.errors import ProvError, VerificationFailed
 
 PROFILE_MARKER = "comma_lab_profile"  # the miniature names its profile; a real checkout has none
-NAMES_FILE = "public_test_video_names.txt"
+NAMES_FILE = profiles.NAMES_FILE
 STAND_INS_FILE = "STAND-INS.json"  # labels stand-ins for the LFS files (scripts/official_standins.py)
 
 

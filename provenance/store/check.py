@@ -114,30 +114,34 @@ def _damaged(root: Path, problems: list[str], progress) -> dict:
             "errors": problems + errors, "notes": [RECOVERY]}
 
 
-def _salvage(index: Path) -> dict:
-    """Read what still reads from a damaged index, table by table; anything unreadable is None."""
-    out: dict = {}
+def salvage(index: Path, queries: dict[str, tuple[str, ...]]) -> dict[str, list | None]:
+    """What still reads from a damaged index: for each name, the rows of the first of its queries
+    that reads, else None. The one salvage: the store's refs and kinds (here) and the log's tables
+    (log.translog) are read through it."""
+    out: dict[str, list | None] = dict.fromkeys(queries)
     if not index.exists() or index.stat().st_size == 0:
-        return {k: None for k in ("refs", "kinds")}
+        return out
     try:
         db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
     except sqlite3.DatabaseError:
-        return {k: None for k in ("refs", "kinds")}
-    queries = {"refs": "SELECT name, target, updated FROM refs",
-               "kinds": "SELECT lower(hex(o.b3)), k.kind, k.added FROM obj_kind k JOIN obj o ON o.id=k.id"}
-    for key, q in queries.items():
-        try:
-            out[key] = list(db.execute(q))
-        except sqlite3.DatabaseError:
-            out[key] = None
-    for q in ("SELECT blake3, kind, added FROM kinds", "SELECT blake3, kind, added FROM objects"):
-        if out["kinds"] is None:  # a pre-v3 index: v2's kinds table, or v0's one kind per object
-            try:
-                out["kinds"] = list(db.execute(q))
-            except sqlite3.DatabaseError:
-                pass
-    db.close()
+        return out
+    try:
+        for key, alternatives in queries.items():
+            for q in alternatives:
+                try:
+                    out[key] = list(db.execute(q))
+                    break
+                except sqlite3.DatabaseError:
+                    continue
+    finally:
+        db.close()
     return out
+
+
+_STORE_ROWS = {"refs": ("SELECT name, target, updated FROM refs",),
+               # v3; a pre-v3 index: v2's kinds table, or v0's one kind per object
+               "kinds": ("SELECT lower(hex(o.b3)), k.kind, k.added FROM obj_kind k JOIN obj o ON o.id=k.id",
+                         "SELECT blake3, kind, added FROM kinds", "SELECT blake3, kind, added FROM objects")}
 
 
 def _doc_kind(data: bytes) -> str | None:
@@ -165,7 +169,7 @@ def repair(root: Path, progress=None) -> dict:
         raise ProvError(f"{root}: no objects/ here; nothing to rebuild from")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = root / f"index.sqlite.damaged-{stamp}"
-    old = _salvage(index)
+    old = salvage(index, _STORE_ROWS)
     for suffix in ("", "-wal", "-shm"):
         p = root / f"index.sqlite{suffix}"
         if p.exists():
@@ -194,19 +198,16 @@ def repair(root: Path, progress=None) -> dict:
             parsed = treemod.parse((root / "objects" / b3[:2] / b3).read_bytes(), b3)
         except (treemod.TreeError, OSError):
             return None
-        entries = []
-        for kind, name, size, child in parsed:
+
+        def child_sha(kind: str, name: str, child: str) -> str | None:
             if child not in good:
                 return None
-            if kind == "tree":
-                sub = tree_view(child, depth + 1) if depth < 4096 else None
-                if sub is None:
-                    return None
-                entries.append(treemod.Entry(kind, name, size, sub.sha256, child))
-            else:
-                entries.append(treemod.Entry(kind, name, size, good[child].sha256, child))
-        d, view = treemod.tree_digest(entries)
-        if d.blake3 != b3:
+            if kind != "tree":
+                return good[child].sha256
+            sub = tree_view(child, depth + 1) if depth < 4096 else None
+            return sub and sub.sha256
+        d = treemod.view_of(parsed, child_sha)
+        if d is None or d.blake3 != b3:
             return None
         tree_sha[b3] = d
         return d
@@ -287,3 +288,9 @@ def insert_rows(store, rows, kinds=(), links=()) -> None:
                               [*((r[0], r[3], r[4]) for r in order), *kinds] if b3 in ids))
         db.executemany("INSERT OR IGNORE INTO link(parent, child) VALUES(?,?)",
                        sorted((ids[p], ids[c]) for p, c in links if p in ids and c in ids))
+
+
+def ack_repair(store) -> None:
+    """After a repair that lost refs, and the refs set again by hand: let gc run (`fsck --ack-repair`)."""
+    with store.transaction() as db:
+        db.execute("DELETE FROM store_meta WHERE key='refs_lost'")

@@ -83,20 +83,24 @@ def _fsck_tree(store, b3: str, sha: str, size: int, data: bytes | None) -> list[
         rows = treemod.parse(data if data is not None else store.read_bytes(b3), b3)
     except (treemod.TreeError, VerificationFailed) as e:
         return [f"tree {b3}: {e}"]
-    entries = []
     linked = {c: sha for c, sha in store.db.execute(  # one query: the children the index links it to
         "SELECT c.b3, c.sha FROM link l JOIN obj c ON c.id=l.child WHERE l.parent=(SELECT id FROM obj WHERE b3=?)",
         (key_of(b3),))}
-    for kind, name, csize, child in rows:
+    missing: list[str] = []
+
+    def child_sha(kind: str, name: str, child: str) -> str | None:
         key = key_of(child)
         csha = linked.get(key)
         if csha is None:
             row = store.db.execute("SELECT sha FROM obj WHERE b3=?", (key,)).fetchone()
             if row is None:
-                return [f"tree {b3}: child {name} ({child}) missing"]
+                missing.append(f"tree {b3}: child {name} ({child}) missing")
+                return None
             csha = row[0]
-        entries.append(treemod.Entry(kind, name, csize, csha.hex(), child))
-    d, _ = treemod.tree_digest(entries)
+        return csha.hex()
+    d = treemod.view_of(rows, child_sha)
+    if d is None:
+        return missing
     if d.sha256 != sha or d.size != size:
         return [f"tree {b3}: SHA-256 view does not match the index"]
     return []

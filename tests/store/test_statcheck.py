@@ -180,8 +180,8 @@ def test_gc_drops_the_fingerprint_of_what_it_collects(tmp_path):
 
 def _entry(*args, store=None):
     """Run the console entry in a fresh interpreter; (stdout, whether click was imported)."""
-    code = ("import sys\nfrom provenance.cli import verify_cmd\nsys.argv = ['prov', *sys.argv[1:]]\n"
-            "try:\n    verify_cmd.main()\nfinally:\n    sys.stderr.write('CLICK=%s' % ('click' in sys.modules))\n")
+    code = ("import sys\nfrom provenance.cli import entry\nsys.argv = ['prov', *sys.argv[1:]]\n"
+            "try:\n    entry.main()\nfinally:\n    sys.stderr.write('CLICK=%s' % ('click' in sys.modules))\n")
     env = {**os.environ, "PROV_STORE": str(store)} if store else {k: v for k, v in os.environ.items() if k != "PROV_STORE"}
     r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, env=env, cwd=REPO)
     return r.returncode, r.stdout.decode(), "CLICK=True" in r.stderr.decode()
@@ -413,12 +413,12 @@ def test_a_store_the_full_add_may_not_write_is_not_answered(tmp_path):
 def test_stdout_on_a_full_disk_is_one_line(tmp_path):
     src, root, d = _added(tmp_path)
     with open("/dev/full", "w") as full:
-        r = subprocess.run([sys.executable, "-c", "from provenance.cli.verify_cmd import main; import sys; "
+        r = subprocess.run([sys.executable, "-c", "from provenance.cli.entry import main; import sys; "
                             "sys.argv = ['prov', 'add', sys.argv[1]]; main()", str(src)],
                            stdout=full, stderr=subprocess.PIPE, env={**os.environ, "PROV_STORE": str(root)}, cwd=REPO)
     assert r.returncode == 3 and r.stderr.decode() == "prov: error: No space left on device\n"
     # stderr closed as well: still 3, and the error line is not written to stdout instead
-    code = "import sys; sys.argv = ['prov', 'add', sys.argv[1]]; from provenance.cli.verify_cmd import main; main()"
+    code = "import sys; sys.argv = ['prov', 'add', sys.argv[1]]; from provenance.cli.entry import main; main()"
     with open("/dev/full", "w") as full:
         r = subprocess.run([sys.executable, "-c", code, str(src)], stdout=full, preexec_fn=lambda: os.close(2),
                            env={**os.environ, "PROV_STORE": str(root)}, cwd=REPO)

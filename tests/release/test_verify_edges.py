@@ -80,7 +80,7 @@ VERIFY_MAY_IMPORT = set("""
 __future__ _blake2 _cffi_backend _datetime _hashlib _json _operator binascii blake3 blake3.blake3 cryptography
 cryptography.__about__ cryptography.hazmat cryptography.hazmat.bindings cryptography.hazmat.bindings._rust datetime
 hashlib math operator types
-provenance provenance.cli provenance.cli.output provenance.cli.verify_cmd provenance.contest
+provenance provenance.cli provenance.cli.output provenance.cli.entry provenance.contest
 provenance.contest.miniature provenance.contest.profiles provenance.core provenance.core.canonical
 provenance.core.checks provenance.core.clock provenance.core.digest provenance.core.errors provenance.core.files
 provenance.core.signing provenance.core.sshsig provenance.core.tree provenance.core.tree_digest provenance.log

@@ -13,7 +13,7 @@ from provenance.contest.rules import OFFICIAL, ReportError, parse_report
 from provenance.records.models import EvalRecord, json_schemas, load_record
 from provenance.store.objects import Store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

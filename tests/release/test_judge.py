@@ -443,7 +443,7 @@ def test_fast_verify_entry_agrees_with_click(rel):
     """`prov verify` skips click for the clean command line: same options, same output, same exit codes."""
     import click
     from provenance.cli.app import cli
-    from provenance.cli.verify_cmd import FLAG_OPTIONS, VALUE_OPTIONS
+    from provenance.cli.entry import FLAG_OPTIONS, VALUE_OPTIONS
     cmd = cli.commands["verify"]
     opts = {o: p.name for p in cmd.params if isinstance(p, click.Option) for o in p.opts if o not in ("-h", "--help")}
     assert opts == {**VALUE_OPTIONS, **FLAG_OPTIONS}
@@ -462,7 +462,7 @@ def test_fast_verify_entry_agrees_with_click(rel):
         assert (fast.returncode, fast.out) == (slow.returncode, slow.stdout), args
         assert fast.err.replace("Usage: prov ", "Usage: cli ").splitlines()[-1:] == \
             slow.stderr.replace("Usage: python -m provenance.cli.app ", "Usage: cli ").splitlines()[-1:], args
-    code = ("import sys; from provenance.cli.verify_cmd import main; "
+    code = ("import sys; from provenance.cli.entry import main; "
             f"sys.argv = ['prov', 'verify', {str(m)!r}, '--trust', {str(t)!r}, '--no-files'];\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0\n"
             "print(sorted(x for x in ('click', 'pydantic', 'torch') if x in sys.modules))")

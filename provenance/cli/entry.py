@@ -1,4 +1,5 @@
-"""`prov verify`'s body, and the console entry point that runs it without importing click.
+"""The console entry point (`prov`): the fast paths that answer `prov verify ...` and `prov add DIR`
+without importing click, then the click CLI for everything else.
 
 A judge's `prov verify` should cost little more than the interpreter's start-up; click's import
 alone is a large share of that. So `main` parses the clean, common form of `prov verify ...`
@@ -111,14 +112,12 @@ def _say(line: str) -> None:
             pass
 
 
-def _os_error(e: OSError, stdout_failed: bool) -> int:
-    """One line for an OSError that reached a fast path, and its exit code as the click path gives it
-    (a full disk is the environment: 3). What was printed is kept, unless stdout is what failed."""
-    from provenance.core.faults import os_error_code
-    if stdout_failed:
-        _stdout_gone()
-    _say(f"prov: error: {(e.filename + ': ') if e.filename else ''}{e.strerror or e}")
-    return os_error_code(e)
+def _error(e: BaseException) -> int:
+    """The one line for what reached a fast path, and its exit code, as the click path gives them."""
+    from provenance.core.faults import exit_line
+    code, line = exit_line(e)
+    _say(f"prov: error: {line}")
+    return code
 
 
 def _flush() -> int | None:
@@ -129,8 +128,9 @@ def _flush() -> int | None:
     except BrokenPipeError:
         _stdout_gone()
         return 1
-    except OSError as e:  # a full disk: found when the last of it is written
-        return _os_error(e, stdout_failed=True)
+    except OSError as e:  # a full disk: found when the last of it is written (what was printed is kept)
+        _stdout_gone()
+        return _error(e)
     return None
 
 
@@ -139,14 +139,13 @@ def _fast(body) -> int | None:
     for what it raised, as click gives them; then stdout flushed, where a full disk is found last."""
     try:
         code = body()
-    except ProvError as e:
-        _say(f"prov: error: {e}")
-        code = e.exit_code
     except BrokenPipeError:
         _stdout_gone()
         code = 1
-    except OSError as e:  # a file given, or stdout: a write that failed is no longer buffered
-        code = _os_error(e, stdout_failed=e.filename is None)
+    except (ProvError, OSError) as e:  # a file given, or stdout: a write that failed is no longer buffered
+        if isinstance(e, OSError) and e.filename is None:
+            _stdout_gone()
+        code = _error(e)
     except KeyboardInterrupt:  # as click says it
         _say("\nAborted!")
         code = 1

@@ -121,7 +121,7 @@ def test_site_check_catches_tampering(lab, tmp_path):
 
 def test_secret_in_notes_is_redacted(lab, tmp_path):
     """Annotations are published, so they are redacted (issue 13); an unredactable leak fails the build
-    (tests/test_hygiene.py)."""
+    (tests/lab/test_hygiene.py)."""
     st = tmp_path / "store"
     shutil.copytree(lab["store"], st)
     run_prov("ledger", "annotate", lab["recs"]["half"]["digest"]["sha256"], "--notes",

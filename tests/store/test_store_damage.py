@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,13 +186,14 @@ def test_cat_of_a_large_corrupt_object_exits_1(tmp_path, store):
 GC_LOOP = """
 import os, sys
 from provenance.store.objects import Store
-root, stop = sys.argv[1], sys.argv[2]
+root, stop, ready = sys.argv[1], sys.argv[2], sys.argv[3]
 n = 0
-while not os.path.exists(stop):
+while n == 0 or not os.path.exists(stop):
     s = Store(root)
     s.gc(0.0)
     s.close()
     n += 1
+    open(ready, "w").close()
 print(n)
 """
 
@@ -200,7 +202,11 @@ def test_gc_grace_0_racing_adds_loses_no_acknowledged_object(tmp_path, store):
     shared = make_tree(tmp_path / "shared", {"common.bin": b"shared bytes\n" * 100})
     prov_json("add", shared, store=store)  # unreferenced: every round gc may collect it
     stop = tmp_path / "stop"
-    gc = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(store), str(stop)], stdout=subprocess.PIPE)
+    ready = tmp_path / "ready"
+    gc = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(store), str(stop), str(ready)], stdout=subprocess.PIPE)
+    while not ready.exists():  # gc is collecting before the first add (a loaded machine starts it late)
+        assert gc.poll() is None, "the gc loop died"
+        time.sleep(0.01)
     runner = CliRunner()
     acked = {}
     try:

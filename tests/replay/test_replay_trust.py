@@ -23,7 +23,7 @@ from provenance.contest import rules
 from provenance.replay import intake  # noqa: E402
 from provenance.contest.miniature import PROFILE  # noqa: E402
 from provenance.replay.sandbox import Layout, Limits, Sandbox  # noqa: E402
-from provenance.replay.run import phase_views  # noqa: E402
+from provenance.contest.policy import phase_views  # noqa: E402
 
 MARK = "ESCAPED"
 
