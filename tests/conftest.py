@@ -13,6 +13,8 @@ import pytest
 
 PROV = str(Path(sys.executable).parent / "prov")
 REPO = Path(__file__).resolve().parent.parent
+# fixtures by what they need: the miniature contest (torch, PyAV), DVC in a clone of the working tree
+pytest_plugins = ["needs.miniature", "needs.dvc"]
 
 
 def run_prov(*args, store=None, check=None, input=None, env=None, **kw):
@@ -80,33 +82,6 @@ def store(tmp_path):
 @pytest.fixture
 def runtime(tmp_path):
     return make_tree(tmp_path / "runtime", RUNTIME_SPEC)
-
-
-@pytest.fixture(scope="session")
-def mini(tmp_path_factory):
-    """The miniature contest, built once per session (needs torch and PyAV)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("av")
-    from provenance.lab.miniature.build import build
-    return build(tmp_path_factory.mktemp("mini") / "contest")
-
-
-def sample(mini, name):
-    return mini / "submissions" / name / "archive.zip", mini / "submissions" / name / "runtime"
-
-
-@pytest.fixture(scope="session")
-def demo_lab(tmp_path_factory):
-    """The demo pipeline (`dvc repro` in a clone of the working tree), run once for test_dvc and
-    test_notebook: the sweep's replays are the slow part, so they are paid for once."""
-    pytest.importorskip("torch")
-    if not DVC.exists():
-        pytest.skip("dvc is not installed in the environment")
-    base = tmp_path_factory.mktemp("dvc")
-    repo = clone_worktree(base / "repo")
-    sh(DVC, "remote", "add", "--local", "-f", "-d", "test", str(base / "remote"), cwd=repo)
-    r = sh(DVC, "repro", cwd=repo)
-    return {"base": base, "repo": repo, "first": r.stdout}
 
 
 # -- reports and records ------------------------------------------------------------------------
@@ -258,36 +233,3 @@ def world(tmp_path_factory):
                statement=json.loads(base64.b64decode(env["payload"])), state=state, cp1=tmp / "cp1.note",
                legacy=legacy_doc, site=site, site_manifest=site_manifest, key=signing.load_private(tmp / "a/key.pem"))
     shutil.rmtree(fast, ignore_errors=True)
-
-
-# -- DVC in a clone of the working tree ----------------------------------------------------------
-
-DVC = Path(sys.executable).parent / "dvc"
-ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-ENV.pop("PROV_STORE", None)
-
-
-def sh(*cmd, cwd, check=True):
-    r = subprocess.run([str(c) for c in cmd], cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def clone_worktree(dest: Path) -> Path:
-    """The working tree as git would commit it (tracked and untracked, minus ignored), as a new repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for f in filter(None, files):
-        src = REPO / f
-        if not os.path.lexists(src):
-            continue
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dest / f)
-        else:
-            shutil.copy2(src, dest / f)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
-        sh(*cmd, cwd=dest)
-    return dest

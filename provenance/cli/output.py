@@ -4,9 +4,6 @@ command, `prov release`'s module and the fast entry point all run `run`) and the
 
 from __future__ import annotations
 
-import os
-
-from provenance.core.errors import ProvError
 
 NOT_CHECKED_WHY = {"archive_bytes": "--archive is a git-LFS pointer: its oid and size were compared, not the bytes"}
 
@@ -15,36 +12,9 @@ def run(manifest, trust_path=None, key_path=None, log_key_path=None, archive=Non
         at_time=None, state=None, since_path=None, no_files=False, chain_dir=None, as_json=False,
         key_signs_log=False) -> int:
     """Verify, print the checklist (or JSON); the exit code. Raises ProvError on bad input."""
-    from provenance.core.clock import parse_time
-    from provenance.release.verify import verify_manifest
-    from provenance.release.trust import load_trust
-    if no_files and (archive or runtime):
-        raise ProvError("--no-files contradicts --archive/--runtime: drop one")
-    if not no_files and not (archive and runtime):
-        raise ProvError("give --archive archive.zip and --runtime DIR: the release binds both "
-                        "(or --no-files to check signatures and score only)")
-    for p in (manifest, archive, record, since_path):
-        if p and not os.path.exists(p):
-            raise ProvError(f"{p}: no such file")
-    if (log_key_path or key_signs_log) and not key_path:
-        raise ProvError("--log-key and --key-signs-log go with --key (a trust policy names its own log keys)")
-    if chain_dir and not trust_path:
-        raise ProvError("--trust-chain walks from a pinned --trust trust.json")
-    trust_ = load_trust(trust_path, key_path, log_key_path, chain_dir, key_signs_log)
-    if state and trust_.chain:
-        from provenance.release.trust import check_trust_state
-        check_trust_state(state, trust_)
-    at = parse_time(at_time, "--at") if at_time else None
-    since = None
-    if since_path:  # unreadable or not a checkpoint is bad input (2); a bad signature on one is a failed check
-        from provenance.log.logbook import read_note
-        from provenance.log.checkpoint import LogProofError, parse_checkpoint
-        since = read_note(since_path)
-        try:
-            parse_checkpoint(since)
-        except LogProofError as e:
-            raise ProvError(f"{since_path}: not a log checkpoint ({e})") from None
-    out = verify_manifest(manifest, trust_, archive, runtime, record, at, state, since)
+    from provenance.release.verify import verify_release
+    out, trust_ = verify_release(manifest, trust_path, key_path, log_key_path, archive, runtime, record, at_time,
+                                 state, since_path, no_files, chain_dir, key_signs_log)
     if as_json:
         import json
         print(json.dumps({"ok": out.ok, "checks": [c.brief() for c in out.checks], "files_checked": out.files_checked,

@@ -19,7 +19,7 @@ from provenance.core.checks import Check
 from provenance.core.clock import format_time, parse_time
 from provenance.core.errors import ProvError
 from provenance.release.state import read_state, remember
-from provenance.release.trust import Trust
+from provenance.release.trust import Trust, check_trust_state, load_trust
 
 
 class Outcome:
@@ -59,6 +59,40 @@ def verify_manifest(manifest: str | os.PathLike, trust: Trust, archive: str | No
         if out.ok and state is not None:  # what this verifier saw: the caller's to save, not the policy's
             remember(state, out.statement["predicate"], hashlib.sha256(verified.payload).hexdigest())
     return out
+
+
+def verify_release(manifest, trust_path=None, key_path=None, log_key_path=None, archive=None, runtime=None,
+                   record=None, at_time=None, state=None, since_path=None, no_files=False, chain_dir=None,
+                   key_signs_log=False) -> tuple[Outcome, Trust]:
+    """`prov verify` as one library call: its options checked together (ProvError, exit 2, for a
+    contradiction or an unreadable input), the trust policy loaded (and its chain walked), the
+    release verified. (the Outcome, the Trust it was judged under)."""
+    if no_files and (archive or runtime):
+        raise ProvError("--no-files contradicts --archive/--runtime: drop one")
+    if not no_files and not (archive and runtime):
+        raise ProvError("give --archive archive.zip and --runtime DIR: the release binds both "
+                        "(or --no-files to check signatures and score only)")
+    for p in (manifest, archive, record, since_path):
+        if p and not os.path.exists(p):
+            raise ProvError(f"{p}: no such file")
+    if (log_key_path or key_signs_log) and not key_path:
+        raise ProvError("--log-key and --key-signs-log go with --key (a trust policy names its own log keys)")
+    if chain_dir and not trust_path:
+        raise ProvError("--trust-chain walks from a pinned --trust trust.json")
+    trust_ = load_trust(trust_path, key_path, log_key_path, chain_dir, key_signs_log)
+    if state and trust_.chain:
+        check_trust_state(state, trust_)
+    at = parse_time(at_time, "--at") if at_time else None
+    since = None
+    if since_path:  # unreadable or not a checkpoint is bad input (2); a bad signature on one is a failed check
+        from provenance.log.logbook import read_note
+        from provenance.log.checkpoint import LogProofError, parse_checkpoint
+        since = read_note(since_path)
+        try:
+            parse_checkpoint(since)
+        except LogProofError as e:
+            raise ProvError(f"{since_path}: not a log checkpoint ({e})") from None
+    return verify_manifest(manifest, trust_, archive, runtime, record, at, state, since), trust_
 
 
 class Verified:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DVC, prov_json, run_prov, sh
+from conftest import prov_json, run_prov
+from needs.dvc import DVC, sh
 
 pytest.importorskip("torch")
 # one worker runs the demo lab once (pytest -n: the group stays together)

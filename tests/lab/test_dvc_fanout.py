@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DVC, ENV, clone_worktree, prov_json, sh
+from conftest import prov_json
+from needs.dvc import DVC, ENV, clone_worktree, sh
 
 pytest.importorskip("torch")
 pytest.importorskip("ray")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import prov_json, run_prov, sample
+from conftest import prov_json, run_prov
+from needs.miniature import sample
 
 pytest.importorskip("torch")
 pytest.importorskip("av")
