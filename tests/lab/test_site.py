@@ -155,7 +155,7 @@ def test_rendered_in_headless_chromium(lab, tmp_path):
     url = f"http://127.0.0.1:{port}/index.html"
     base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1100,1500"]
+            f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1100,3200"]  # the doors come first (#28)
     try:
         netlog = tmp_path / "net.json"
         dom = subprocess.run(base + [f"--log-net-log={netlog}", "--dump-dom", url], capture_output=True,

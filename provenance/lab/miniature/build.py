@@ -190,12 +190,16 @@ exec python -m "submissions.$(basename "$here").inflate" "$@"
 
 
 # The sweep: variants of `half` along named axes (params.yaml names each one's parent and axis).
-# name -> (downscale factor, x265 crf, upsampling filter in inflate)
+# name -> (downscale factor, x265 crf, upsampling filter in inflate, the inflate sample it runs)
 SWEEP = {
-    "half_crf30": (2, 30, "nearest"),
-    "half_crf42": (2, 42, "nearest"),
-    "half_bilinear": (2, 36, "bilinear"),
-    "quarter_bilinear": (4, 36, "bilinear"),
+    "half_crf30": (2, 30, "nearest", "scaled_inflate.py"),
+    "half_crf42": (2, 42, "nearest", "scaled_inflate.py"),
+    "half_bilinear": (2, 36, "bilinear", "scaled_inflate.py"),
+    "quarter_bilinear": (4, 36, "bilinear", "scaled_inflate.py"),
+    # the story's failure and its repair: planar YUV bytes where the evaluator reads RGB (off the
+    # plots' scale), then the same archive inflated as rgb24 again
+    "half_yuv444p": (2, 36, "nearest", "yuv444p_inflate.py"),
+    "half_rgb24_repair": (2, 36, "nearest", "scaled_inflate.py"),
 }
 INFLATE_SCALED = """#!/usr/bin/env bash
 # inflate.sh ARCHIVE_DIR INFLATED_DIR VIDEO_NAMES_FILE
@@ -205,11 +209,11 @@ exec python "$(dirname "$0")/inflate.py" "$@" {scale} {filter}
 
 
 def build_sweep(work: Path, clip: np.ndarray) -> None:
-    for name, (scale, crf, filt) in SWEEP.items():
+    for name, (scale, crf, filt, sample) in SWEEP.items():
         sub = work / "submissions" / name
         (sub / "runtime").mkdir(parents=True)
         write_exec(sub / "runtime/inflate.sh", INFLATE_SCALED.format(scale=scale, filter=filt))
-        shutil.copyfile(HERE / "samples/scaled_inflate.py", sub / "runtime/inflate.py")
+        shutil.copyfile(HERE / "samples" / sample, sub / "runtime/inflate.py")
         tmp = work / f"{name}.mkv"
         encode(np.ascontiguousarray(clip[:, ::scale, ::scale, :]), tmp, crf=crf)
         write_zip(sub / "archive.zip", {"0.mkv": tmp.read_bytes()})

@@ -44,6 +44,7 @@ HEADERS = f"""/*
 RECENT, BEST, PAGE, EVIDENCE_ON_INDEX = 50, 20, 500, 30
 PARALLEL_RUNS = 500  # runs: from here the bundle is made by forked workers, one a core
 EXACT, REDACTED = "exact canonical bytes", "redacted view: machine paths and secrets replaced"  # a record file's note
+LAB_WIDE = "(the whole lab)"  # the run an evidence item that belongs to no one run names
 
 
 def _frames(read, bundle: _Bundle, r: ledger.Run, evidence: list) -> list[dict]:
@@ -54,7 +55,8 @@ def _frames(read, bundle: _Bundle, r: ledger.Run, evidence: list) -> list[dict]:
         video, kind, index = key.split("/")
         rel = f"evidence/frames/{d.sha256}.png"
         sha = bundle.write_once(rel, read(d))
-        evidence.append({"kind": "frame", "path": rel, "sha256": sha, "note": f"{kind} {video} frame {int(index)}"})
+        evidence.append({"kind": "frame", "path": rel, "sha256": sha, "run": sanitize.redact_text(pages.name_of(r)),
+                         "note": f"{kind} of video {video}, frame {int(index)}"})
         by_index.setdefault(f"{video}/{index}", {"video": video, "index": int(index)})[kind] = rel
     return list(by_index.values())
 
@@ -69,8 +71,9 @@ def _turning_points(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], st
 def _branches(runs: list[ledger.Run]) -> list[tuple[str, float, float]]:
     """Rejected runs, placed after the turning point they were judged against (x = its order + 0.5)."""
     order = {r.sha256: i for i, r in enumerate((r for r in runs if r.verdict == "promote"), 1)}
+    off = {r.sha256 for r in pages.off_scale(runs)}  # named beside the plot, not stretching its axis
     return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score, order[r.previous_frontier] + 0.5)
-            for r in runs if r.verdict == "reject" and r.previous_frontier in order]
+            for r in runs if r.verdict == "reject" and r.previous_frontier in order and r.sha256 not in off]
 
 
 def _best_so_far(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], str]:
@@ -111,22 +114,25 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                         if (d / f).is_file():
                             rel = f"evidence/releases/{d.name}/{f}"
                             sha = bundle.write(rel, (d / f).read_bytes())
-                            evidence.append({"kind": "release" if f == "manifest.json" else "checksums",
-                                             "path": rel, "sha256": sha, "note": d.name})
+                            evidence.append({"kind": "release" if f == "manifest.json" else "release packet",
+                                             "path": rel, "sha256": sha, "run": sanitize.redact_text(d.name),
+                                             "note": f"release {d.name}: {f}"})
                     release_links[d.name] = f"evidence/releases/{d.name}/manifest.json"
         for size, note in checkpoints_of(store):
             rel = f"evidence/checkpoints/{size}.note"
             sha = bundle.write(rel, note.encode())
-            evidence.append({"kind": "log checkpoint", "path": rel, "sha256": sha, "note": f"size {size}"})
+            evidence.append({"kind": "log checkpoint", "path": rel, "sha256": sha, "run": LAB_WIDE,
+                             "note": f"the evidence log's signed checkpoint at size {size}"})
         identity, note_keys = "IDENTITY", []
         if trust:
             from provenance.core import sshsig
             from provenance.release.trust import allowed_signers, note_verifiers, read_trust_doc
             sha = bundle.write("evidence/trust.json", Path(trust).read_bytes())
-            evidence.append({"kind": "trust policy", "path": "evidence/trust.json", "sha256": sha})
+            evidence.append({"kind": "trust policy", "path": "evidence/trust.json", "sha256": sha, "run": LAB_WIDE,
+                             "note": "the keys and thresholds every release is checked against"})
             tdoc = read_trust_doc(trust)
             sha = bundle.write("evidence/allowed_signers", allowed_signers(tdoc).encode())
-            evidence.append({"kind": "trust policy", "path": "evidence/allowed_signers", "sha256": sha,
+            evidence.append({"kind": "trust policy", "path": "evidence/allowed_signers", "sha256": sha, "run": LAB_WIDE,
                              "note": "OpenSSH allowed_signers of the release keys"})
             first = tdoc["keys"][tdoc["roles"]["release"]["keys"][0]]["keyid"]
             identity = sshsig.identity(first)
@@ -170,6 +176,19 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             fview["release_href"] = release_links.get(fview["release"]) if st else None
             fview["environment"] = contest.get_profile(front.record.profile).official_environment
         best = min(views, key=lambda v: v["score"]) if views else None
+        front_frames: dict = {}  # the frontier's frames on the index: original beside reconstruction
+        for key, d in sorted((front.record.frames or {}).items() if front else ()):
+            video, kind, index = key.split("/")
+            front_frames.setdefault((video, index), {"video": video, "index": int(index)})[kind] = \
+                f"evidence/frames/{d.sha256}.png"
+        off = pages.off_scale(runs)
+        # what the story says is published text: redacted as every annotation is
+        story = sanitize.redact({"outcome": pages.outcome(front, runs, fview["environment"] if fview else None),
+                 "turning_points": pages.turning_points(runs), "tracks": pages.tracks(runs),
+                 "off_scale": [{"name": pages.name_of(r), "href": pages.run_href(r.sha256), "score": r.score}
+                               for r in off],
+                 "rejected": [v for v in views if v["verdict"] == "reject"][-BEST:],
+                 "packet": f"evidence/releases/{fview['release']}/" if fview and fview.get("release") else None})
         name = fview["release"] if fview and fview.get("release") else next(iter(release_links), "NAME")
         from provenance.release.packet import stock_commands
         verify_commands = [
@@ -199,7 +218,8 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             csp=CSP, root="../", runs=pg, page=n, pages=page_links, evidence=[rec_ev[v["href"]] for v in pg],
             generated=generated)) for n, pg in enumerate(ledger_pages, 1)] + [
             written("evidence.html", lambda: env.get_template("evidence.html.j2").render(
-                csp=CSP, root="", evidence=evidence, generated=generated))]
+                csp=CSP, root="", generated=generated,  # grouped by run: a run's frames and release together
+                evidence=sorted(evidence, key=lambda e: (e.get("run") or "", e["kind"], e["path"]))))]
         for rec in fork_map(call, jobs, min_items=1 if len(runs) >= PARALLEL_RUNS else len(jobs) + 1,
                             meanwhile=cache.save):
             bundle.merge(*rec)
@@ -208,7 +228,8 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             best_runs=sorted(views, key=lambda v: v["score"])[:BEST], pages=page_links, total=len(views),
             evidence=evidence[-EVIDENCE_ON_INDEX:], evidence_total=len(evidence), verify_commands=verify_commands,
             plot_score_bytes=plot_score_bytes, plot_trajectory=plot_trajectory, custody=pages.CUSTODY,
-            comparisons=pages.comparisons(runs), neighbourhoods=pages.neighbourhoods(runs),
+            comparisons=pages.comparisons(runs), neighbourhoods=pages.neighbourhoods(runs), story=story,
+            frontier_frames=list(front_frames.values()),
             counts={"runs": len(runs), "promote": sum(r.verdict == "promote" for r in runs),
                     "reject": sum(r.verdict == "reject" for r in runs)},
             generated=generated)
@@ -276,7 +297,8 @@ class _RunPages:
         rel = f"evidence/records/{r.sha256}.json"
         kept = self.previous.get(rel)
         if kept is not None and b.keep(self.out, rel, kept):
-            return {"kind": "record", "path": rel, "sha256": kept, "note": EXACT if kept == r.sha256 else REDACTED}
+            return {"kind": "record", "path": rel, "sha256": kept, "run": sanitize.redact_text(pages.name_of(r)),
+                    "note": EXACT if kept == r.sha256 else REDACTED}
         data = r.record_bytes(self.store)
         clean = None  # a redacted view, where redaction changes something
         if not sanitize.json_untouched(data.decode("utf-8", "surrogateescape")):
@@ -284,7 +306,8 @@ class _RunPages:
             if (redacted := sanitize.redact(obj)) != obj:
                 clean = (json.dumps(redacted, indent=2, sort_keys=True) + "\n").encode()
         sha = b.write(rel, data if clean is None else clean)  # exact bytes: their sha256 is the file's name
-        return {"kind": "record", "path": rel, "sha256": sha, "note": EXACT if clean is None else REDACTED}
+        return {"kind": "record", "path": rel, "sha256": sha, "run": sanitize.redact_text(pages.name_of(r)),
+                "note": EXACT if clean is None else REDACTED}
 
     def _page(self, b: _Bundle, r: ledger.Run, entry: dict) -> tuple[dict | None, list[dict]]:
         v = entry["view"]

@@ -27,7 +27,7 @@ def _view(r: ledger.Run, href: str) -> dict:
             "platform": r.record.environment.platform, "gpu": r.record.environment.gpu_model}
 
 
-VIEW_VERSION = 2  # bumped whenever _view's fields change: cached rows of another shape are remade
+VIEW_VERSION = 3  # bumped whenever _view's fields change: cached rows of another shape are remade
 
 
 class _ViewCache:

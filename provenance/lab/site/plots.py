@@ -7,6 +7,40 @@ import re
 
 STYLE = {"promote": ("#2ca02c", "*", 160, "promoted"), "reject": ("#d62728", "X", 70, "rejected"),
          None: ("#7f7f7f", "o", 45, "other runs")}
+# the legend under the axes, where no point or label can be behind it
+BELOW = dict(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=11, frameon=False)
+LABELLED = 40  # up to this many runs, every point carries its name beside it (beyond, hover titles and the ledger)
+
+
+def place_labels(fig, ax, items: list[tuple[float, float, str, str, str]]) -> None:
+    """Name each point (x, y, text, gid, colour) beside it. A label that would cover one placed
+    before moves down or up a line at a time, with a leader line back to its point: two runs at the
+    same spot are both named, never one on top of the other."""
+    from matplotlib.transforms import Bbox
+    fig.canvas.draw()  # the axes' final limits: labels are placed in screen space
+    renderer = fig.canvas.get_renderer()
+    marks = [ax.transData.transform((x, y)) for x, y, *_ in items]
+    placed = [Bbox.from_bounds(px - 7, py - 7, 14, 14) for px, py in marks]  # no label covers a point
+    steps = (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8)
+    for x, y, text, gid, color in items:
+        for step in steps:
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(9, 4 - 15 * step), fontsize=10,
+                              color=color, gid=gid, va="center", annotation_clip=False,
+                              arrowprops=dict(arrowstyle="-", color="#666666", lw=0.6, shrinkA=1, shrinkB=4)
+                              if step else None)
+            box = _text_box(ann, renderer)
+            # no free line within eight either way: the last one stays, moved furthest
+            if step == steps[-1] or not any(box.expanded(1.0, 1.15).overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            ann.remove()
+
+
+def _text_box(ann, renderer):
+    """The label's own box (an annotation's extent would include its leader line)."""
+    from matplotlib.text import Text
+    ann.update_positions(renderer)
+    return Text.get_window_extent(ann, renderer)
 
 
 _STYLE_ATTR = re.compile(r' style="([^"]*)"')
@@ -85,9 +119,15 @@ def _name(r) -> str:
 
 
 def score_vs_bytes(runs, frontier_sha: str | None) -> str:
+    """Score against bytes, every point named; an off-scale run (pages.off_scale) is left out of the
+    axes' range and named in the caption the page puts beside the plot."""
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(5.2, 4))
     titles = {}
+    from provenance.lab.site.pages import off_scale
+    off = {r.sha256 for r in off_scale(runs)}
+    runs = [r for r in runs if r.sha256 not in off]
+    named = len(runs) <= LABELLED
     for verdict, (color, marker, size, label) in STYLE.items():
         pts = [r for r in runs if r.verdict == verdict and r.archive_bytes]
         if len(pts) > DENSE:  # thousands of markers would hide each other: draw where they are dense
@@ -98,7 +138,7 @@ def score_vs_bytes(runs, frontier_sha: str | None) -> str:
             ax.scatter([r.archive_bytes], [r.score], c=color, marker=marker, s=size,
                        label=label if i == 0 else None, edgecolors="black", linewidths=0.4, zorder=3, gid=gid)
             titles[gid] = (f"{_name(r)}: score {r.score!r}, {r.archive_bytes:,} bytes, {r.grade}"
-                           + (f", {verdict}d" if verdict else ""))
+                           + (f", {label}" if verdict else ""))
     f = next((r for r in runs if r.sha256 == frontier_sha), None)
     if f is not None and f.archive_bytes:
         ax.scatter([f.archive_bytes], [f.score], s=420, facecolors="none", edgecolors="#1f77b4",
@@ -113,8 +153,11 @@ def score_vs_bytes(runs, frontier_sha: str | None) -> str:
     ax.set_ylabel("canonical score (lower is better)")
     ax.grid(True, which="both", alpha=0.3)
     if runs:
-        ax.legend(loc="upper left", fontsize=11, framealpha=0.85)
+        ax.legend(**BELOW)
         ax.margins(x=0.12, y=0.12)
+    if named:
+        place_labels(fig, ax, [(r.archive_bytes, r.score, _name(r), f"lbl-{r.sha256[:16]}", STYLE[r.verdict][0])
+                               for r in sorted(runs, key=lambda r: (r.archive_bytes, r.score)) if r.archive_bytes])
     svg = _titled(_svg(fig, "score against archive bytes"), titles)
     plt.close(fig)
     return svg
@@ -129,17 +172,19 @@ def trajectory(points: list[tuple[str, float]], title: str, branches: list[tuple
     if points:
         ax.step(range(1, len(points) + 1), [s for _, s in points], where="post", color="#1f77b4",
                 label="mainline (promotions)")
+        labels = []
         for i, (label, s) in enumerate(points, 1):
             ax.scatter([i], [s], color="#1f77b4", zorder=3, gid=f"tp-{i}")
             titles[f"tp-{i}"] = f"turning point {i}: {label}, score {s!r}"
-            ax.annotate(label, (i, s), textcoords="offset points", xytext=(4, 6), fontsize=11)
+            labels.append((i, s, label, f"lbl-tp-{i}", "#1b1b1b"))
         for j, (label, s, x) in enumerate(branches):
             ax.scatter([x], [s], color="#d62728", marker="X", s=60, zorder=3, gid=f"br-{j}",
                        label="rejected side branch" if j == 0 else None, edgecolors="black", linewidths=0.4)
             titles[f"br-{j}"] = f"rejected: {label}, score {s!r}"
-            ax.annotate(label, (x, s), textcoords="offset points", xytext=(4, -14), fontsize=11, color="#d62728")
+            labels.append((x, s, label, f"lbl-br-{j}", "#d62728"))
         ax.margins(x=0.3, y=0.15)
-        ax.legend(loc="upper right", fontsize=11, framealpha=0.85)
+        ax.legend(**BELOW)
+        place_labels(fig, ax, labels)
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("turning point")
