@@ -135,6 +135,16 @@ def too_long(mods: dict[str, Path]) -> list[str]:
     return sorted(f"{m}: {n} lines" for m, p in mods.items() if (n := len(p.read_text().splitlines())) > MAX_LINES)
 
 
+def test_distinct_names_for_distinct_classes():
+    """Two classes of one name (there were two `Limits`) make every import a question."""
+    seen: dict[str, list[str]] = {}
+    for m, p in modules().items():
+        for n in _parse(p).body:
+            if isinstance(n, ast.ClassDef):
+                seen.setdefault(n.name, []).append(m)
+    assert not {k: v for k, v in seen.items() if len(v) > 1}
+
+
 HOUSE_TESTS = {"test_architecture.py", "test_one_home.py"}  # about the whole house: they stay at the top
 
 

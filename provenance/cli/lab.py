@@ -99,7 +99,7 @@ def ledger():
 
 
 def _run_row(r) -> dict:
-    return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": r.grade,
+    return {"record": r.sha256, "label": r.label, "track": r.track, "era": r.era, "notes": r.notes, "grade": r.grade,
             "canonical_score": r.score, "archive_bytes": r.archive_bytes,
             "source": r.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags,
             "parent": r.parent, "axis": r.axis}
@@ -168,17 +168,18 @@ def ledger_reject(ctx, record, reason, as_json):
 @click.option("--notes")
 @click.option("--parent", help="The run this one varies (digest or ref): it joins the parent's neighbourhood.")
 @click.option("--axis", help="What it changed against its parent, e.g. 'crf 36 -> 30'.")
+@click.option("--era", help="The chapter of the lab's story the run belongs to: the notebook groups tracks by it.")
 @json_option
 @click.pass_context
-def ledger_annotate(ctx, record, label, track, notes, parent, axis, as_json):
-    """Give a run a label, a track, notes, a parent and an axis (stored and logged).
+def ledger_annotate(ctx, record, label, track, notes, parent, axis, era, as_json):
+    """Give a run a label, a track, notes, a parent, an axis and an era (stored and logged).
 
     \b
     Example:
       prov ledger annotate RECORD --label half_crf30 --parent RECORD_OF_HALF --axis 'crf 36 -> 30'
     """
     from provenance.lab.ledger import annotate
-    sha = annotate(open_store(ctx), record, label, track, notes, parent=parent, axis=axis)
+    sha = annotate(open_store(ctx), record, label, track, notes, parent=parent, axis=axis, era=era)
     emit({"note_record": sha}, as_json, sha)
 
 

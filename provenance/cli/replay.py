@@ -63,7 +63,7 @@ def replay_cmd(ctx, archive, runtime, upstream, name, device, compare_path, no_s
     limits = Limits(timeout=timeout, address_space=None if device == "cuda" else mem_limit, memory=memory,
                     tmp_size=tmp_size, write_margin=write_margin)
     res = replay(store, archive, runtime, upstream, name, device, not no_sandbox, limits, say,
-                 keep_scratch=keep_scratch, intake_limits=intake.Limits(max_total_bytes=max_expand), python=python)
+                 keep_scratch=keep_scratch, intake_limits=intake.IntakeLimits(max_total_bytes=max_expand), python=python)
     log_object(store, res.digest.blake3)
     said, diff = verdict(res.record, expected) if expected else (None, None)
     if as_json:

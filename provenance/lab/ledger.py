@@ -35,12 +35,13 @@ class Run:
                  track: str | None = None, notes: str | None = None, verdict: str | None = None,
                  reason: str | None = None, flags: list[str] | None = None, parent: str | None = None,
                  axis: str | None = None, previous_frontier: str | None = None, *, store: Store | None = None,
-                 summary: dict | None = None):
+                 summary: dict | None = None, era: str | None = None):
         self.sha256, self.blake3, self._record = sha256, blake3, record
         self.label, self.track, self.notes = label, track, notes
         self.verdict, self.reason, self.flags = verdict, reason, flags if flags is not None else []
         self.parent = parent  # sha256 of the run this one varies (an annotation)
         self.axis = axis  # what it changed against its parent
+        self.era = era  # a chapter of the lab's story its runs belong to (an annotation)
         self.previous_frontier = previous_frontier  # the frontier a verdict was judged against
         self._store, self._summary, self._bytes = store, summary, None
 
@@ -106,6 +107,7 @@ def _runs_full(store: Store) -> list[Run]:
             r.notes = note.get("notes") or r.notes
             r.parent = note.get("parent") or r.parent
             r.axis = note.get("axis") or r.axis
+            r.era = note.get("era") or r.era
     for v in sorted(_docs(store, "verdict"), key=lambda d: d["at"]):
         r = out.get(v["record"])
         if r:
@@ -118,7 +120,7 @@ def _run(store: Store, row: dict) -> Run:
     b3 = store.blake3_of_id(row["id"])
     return Run(row["sha"], b3, None, label=row["label"], track=row["track"], notes=row["notes"],
                verdict=row["verdict"], reason=row["reason"], flags=row["flags"], parent=row["parent"],
-               axis=row["axis"], previous_frontier=row["previous_frontier"], store=store,
+               axis=row["axis"], previous_frontier=row["previous_frontier"], store=store, era=row["era"],
                summary={k: row[k] for k in ("score", "grade", "source", "archive_bytes", "created")})
 
 
@@ -221,13 +223,13 @@ def verdict(store: Store, ref: str, action: str, reason: str) -> tuple[Run, str,
 
 
 def annotate(store: Store, ref: str, label: str | None, track: str | None, notes: str | None,
-             parent: str | None = None, axis: str | None = None) -> str:
+             parent: str | None = None, axis: str | None = None, era: str | None = None) -> str:
     run = resolve_run(store, ref)
     parent_sha = resolve_run(store, parent).sha256 if parent else None
     if parent_sha == run.sha256:
         raise ProvError(f"{ref}: a run cannot be its own parent")
     doc = {"schema": NOTE_SCHEMA, "record": run.sha256, "label": label, "track": track, "notes": notes,
-           "parent": parent_sha, "axis": axis, "at": now_rfc3339()}
+           "parent": parent_sha, "axis": axis, "era": era, "at": now_rfc3339()}
     return _store_logged(store, {k: v for k, v in doc.items() if v is not None}, "note", (run.blake3,))
 
 

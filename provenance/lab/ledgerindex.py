@@ -21,6 +21,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_run(id INTEGER PRIMARY KEY, sha BLOB NOT NULL, score REAL NOT NULL,
     grade TEXT NOT NULL, source TEXT NOT NULL, archive_bytes INTEGER, created TEXT, label TEXT, label_at TEXT,
     track TEXT, track_at TEXT, notes TEXT, notes_at TEXT, parent TEXT, parent_at TEXT, axis TEXT, axis_at TEXT,
+    era TEXT, era_at TEXT,
     verdict TEXT, reason TEXT, flags TEXT, previous_frontier TEXT, verdict_at TEXT);
 CREATE INDEX IF NOT EXISTS ledger_run_score ON ledger_run(score);
 CREATE TABLE IF NOT EXISTS ledger_seen(kind TEXT PRIMARY KEY, last_id INTEGER NOT NULL, n INTEGER NOT NULL,
@@ -28,8 +29,8 @@ CREATE TABLE IF NOT EXISTS ledger_seen(kind TEXT PRIMARY KEY, last_id INTEGER NO
 CREATE TABLE IF NOT EXISTS ledger_orphan(id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
 """
 COLUMNS = ("id", "sha", "score", "grade", "source", "archive_bytes", "created", "label", "track", "notes", "parent",
-           "axis", "verdict", "reason", "flags", "previous_frontier")
-FIELDS = ("label", "track", "notes", "parent", "axis")  # note fields: the latest note that sets one wins
+           "axis", "era", "verdict", "reason", "flags", "previous_frontier")
+FIELDS = ("label", "track", "notes", "parent", "axis", "era")  # note fields: the latest note that sets one wins
 NOTHING = (0, 0, 0)  # (last id, count, id checksum) of a kind never seen
 
 

@@ -15,7 +15,7 @@ from provenance.core.errors import ProvError
 from provenance.records.models import load_record
 from provenance.store.objects import Store
 
-FIELDS = {"parent", "axis", "track", "notes"}
+FIELDS = {"parent", "axis", "track", "notes", "era"}
 
 
 def sweep_param(params: Path) -> dict[str, dict]:
@@ -59,7 +59,7 @@ def judge(store: Store, names: list[str], sweep: dict[str, dict], replays: Path)
     for n in names:
         e = sweep.get(n, {})
         ledger.annotate(store, sha[n], n, e.get("track"), e.get("notes"),
-                        parent=sha[e["parent"]] if e.get("parent") else None, axis=e.get("axis"))
+                        parent=sha[e["parent"]] if e.get("parent") else None, axis=e.get("axis"), era=e.get("era"))
     out = []
     for n in names:
         run = ledger.resolve_run(store, sha[n])

@@ -29,7 +29,7 @@ class IntakeError(ProvError):
 
 
 @dataclass(frozen=True)
-class Limits:
+class IntakeLimits:
     max_entries: int = 10_000
     max_entry_bytes: int = 8 << 30  # a real .raw of the full clip is 3.7 GB; archives hold far less
     max_total_bytes: int = 16 << 30
@@ -94,7 +94,7 @@ def unzip_name(archive, info: zipfile.ZipInfo) -> str:
         raise _refuse(archive, shown, "name-encoding", "name is not UTF-8 (unzip would write its raw bytes)") from None
 
 
-def _safe_name(archive, raw: str, limits: "Limits") -> str:
+def _safe_name(archive, raw: str, limits: "IntakeLimits") -> str:
     if not raw or "\0" in raw:
         raise _refuse(archive, raw, "name", "empty name or NUL byte")
     if "\\" in raw:
@@ -224,7 +224,7 @@ def _copy_member(f, archive, info: zipfile.ZipInfo, out) -> None:
 
 # -- the central directory, then the data -----------------------------------------------------
 
-def check(archive: str | Path, limits: Limits = Limits()) -> list[tuple[zipfile.ZipInfo, str]]:
+def check(archive: str | Path, limits: IntakeLimits = IntakeLimits()) -> list[tuple[zipfile.ZipInfo, str]]:
     """Every rule that can be checked from the central directory, before a byte is written."""
     try:
         z = zipfile.ZipFile(archive)
@@ -303,14 +303,14 @@ def _check_overlap(archive, infos: list[zipfile.ZipInfo]) -> None:
             raise _refuse(archive, b, "overlap", f"its data overlaps entry {a!r} (an overlapping-entry zip bomb)")
 
 
-def _relabel(source, label, limits: Limits):
+def _relabel(source, label, limits: IntakeLimits):
     try:
         return check(source, limits)
     except IntakeError as e:
         raise IntakeError(str(e).replace(str(source), str(label), 1)) from None
 
 
-def extract(archive: str | Path, dest: str | Path, limits: Limits = Limits(), label: str | None = None) -> list[str]:
+def extract(archive: str | Path, dest: str | Path, limits: IntakeLimits = IntakeLimits(), label: str | None = None) -> list[str]:
     """Unzip into `dest` (which must not exist). All or nothing: on any refusal, dest is absent.
     `label` is how errors name the archive (the user's path, not a store object's)."""
     dest = Path(dest)

@@ -285,7 +285,7 @@ def _frame_pngs_beside(*args) -> dict:
 def replay(store, archive: str | Path, runtime: str | Path, upstream: str | Path, name: str | None = None,
            device: str = "cpu", sandboxed: bool = True, limits: Limits = Limits(),
            progress: Callable[[str], None] | None = None, scratch_base: str | None = None,
-           keep_scratch: bool = False, intake_limits: intake.Limits = intake.Limits(),
+           keep_scratch: bool = False, intake_limits: intake.IntakeLimits = intake.IntakeLimits(),
            python: Interpreter | None = None) -> ReplayResult:
     """`python`: the interpreter inflate and evaluate run (the upstream's own environment, `prov upstream
     env`); ours by default."""

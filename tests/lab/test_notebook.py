@@ -169,6 +169,8 @@ def test_site_pages_frames_and_manifest(demo):
     for kind, label in (("baseline", "copy"), ("promotion", "half_crf30"), ("failure", "half_yuv444p"),
                         ("repair", "half_rgb24_repair")):
         assert f'<li class="{kind}"><strong>{kind}</strong>: <a href="runs/' in turns and label in turns, kind
+    tracks = index[index.index('id="tracks"'):index.index('id="rejected"')]
+    assert "1: x265 re-encodes &middot; codec: best" in tracks and "2: the inflate&#39;s byte layout &middot; inflate" in tracks
 
 
 def test_dvc_views(demo):

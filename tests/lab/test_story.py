@@ -42,11 +42,15 @@ def test_turning_points_of_every_kind_in_order(ledger):
     assert repair["against"] == "broken" and float(repair["delta"]) < -50
 
 
-def test_off_scale_is_named_and_left_out_of_the_plot(ledger):
+def test_off_scale_is_named_and_left_out_of_the_plot(ledger, monkeypatch):
     from provenance.lab.site import plots
     assert [r.label for r in pages.off_scale(ledger)] == ["broken"]
     assert pages.off_scale(ledger[:2]) == []  # two runs have no scale to be off
+    plt = plots._mpl()
+    limits, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (limits.append(fig.axes[0].get_ylim()), close(fig)))
     svg = plots.score_vs_bytes(ledger, ledger[4].sha256)
+    assert limits and limits[0][1] < ledger[3].score / 4, "the axis stays on the operating range"
     broken = ledger[3].sha256[:16]
     assert f"sb-{broken}" not in svg and f"lbl-{broken}" not in svg and "broken" not in svg
     for r in ledger[:3] + ledger[4:]:  # every other point drawn and named
@@ -91,3 +95,32 @@ def test_tracks_and_the_outcome(ledger):
     text = pages.outcome(ledger[4], ledger, "CPU on Linux x86_64")
     assert "The frontier is repaired" in text and "40,000 bytes" in text and "6 measured runs" in text
     assert pages.outcome(None, ledger, None).startswith("No run has set a frontier yet")
+
+
+def test_eras_group_tracks_in_the_order_they_began(ledger):
+    for r in ledger[:3]:
+        r.era = "1: codec sweep"
+    for r in ledger[3:]:
+        r.era = "2: inflate layout"
+    groups = [(g["era"], g["name"], g["best"]) for g in pages.tracks(ledger)]
+    assert groups == [("1: codec sweep", "codec", "nudge"), ("2: inflate layout", "inflate", "repaired"),
+                      ("2: inflate layout", "codec", "coarse")]
+
+
+def test_an_era_annotation_reaches_the_ledger_rows(tmp_path):
+    """`prov ledger annotate --era` is stored, logged and read back, from the indexed rows and from
+    the documents alike."""
+    from conftest import prov_json, report
+    rep = tmp_path / "report.txt"
+    rep.write_bytes(report())
+    store = tmp_path / "store"
+    rec = prov_json("adjudicate", rep, store=store)
+    prov_json("ledger", "annotate", rec["digest"]["sha256"], "--label", "a", "--track", "codec", "--era", "1: x265",
+              store=store)
+    shown = prov_json("ledger", "show", store=store)
+    assert [(r["label"], r["track"], r["era"]) for r in shown] == [("a", "codec", "1: x265")]
+    from provenance.lab import ledger as lg
+    from provenance.store.objects import Store
+    s = Store(store)
+    assert [r.era for r in lg._runs_full(s)] == [r.era for r in lg.runs(s)] == ["1: x265"]
+    s.close()

@@ -227,11 +227,11 @@ def test_private_entries_replay_as_unzip_as_the_runner_makes_them(tmp_path, mini
 def test_intake_limits_are_configurable(tmp_path):
     z = zip_with(tmp_path / "big.zip", [("a", os.urandom(3000), 0o100644), ("b", os.urandom(3000), 0o100644)])
     with pytest.raises(intake.IntakeError, match="rule: entry-size"):
-        intake.check(z, intake.Limits(max_entry_bytes=2000))
+        intake.check(z, intake.IntakeLimits(max_entry_bytes=2000))
     with pytest.raises(intake.IntakeError, match="rule: total-size"):
-        intake.check(z, intake.Limits(max_total_bytes=5000))
+        intake.check(z, intake.IntakeLimits(max_total_bytes=5000))
     with pytest.raises(intake.IntakeError, match="rule: entry-count"):
-        intake.check(z, intake.Limits(max_entries=1))
+        intake.check(z, intake.IntakeLimits(max_entries=1))
 
 
 def own_tmpdir(tmp_path) -> Path:

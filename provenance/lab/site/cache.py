@@ -14,7 +14,7 @@ from provenance.store.objects import Store
 
 def _view(r: ledger.Run, href: str) -> dict:
     res = r.record.result
-    return {"record": r.sha256, "label": r.label, "track": r.track, "notes": r.notes, "grade": r.record.grade,
+    return {"record": r.sha256, "label": r.label, "track": r.track, "era": r.era, "notes": r.notes, "grade": r.record.grade,
             "score": res.canonical_score, "score_repr": repr(res.canonical_score), "bytes": r.archive_bytes,
             "source": r.record.source, "verdict": r.verdict, "reason": r.reason, "flags": r.flags, "href": href,
             "samples": res.samples, "segnet": f"{res.segnet:.3g}", "posenet": f"{res.posenet:.3g}",
@@ -27,7 +27,7 @@ def _view(r: ledger.Run, href: str) -> dict:
             "platform": r.record.environment.platform, "gpu": r.record.environment.gpu_model}
 
 
-VIEW_VERSION = 3  # bumped whenever _view's fields change: cached rows of another shape are remade
+VIEW_VERSION = 4  # bumped whenever _view's fields change: cached rows of another shape are remade
 
 
 class _ViewCache:
@@ -58,7 +58,7 @@ class _ViewCache:
         key = self.keys.get(r.sha256)
         if key is None:
             key = self.keys[r.sha256] = hashlib.sha256(json.dumps(
-                [VIEW_VERSION, self.rules, r.label, r.track, r.notes, r.verdict, r.reason, r.flags, r.parent,
+                [VIEW_VERSION, self.rules, r.label, r.track, r.era, r.notes, r.verdict, r.reason, r.flags, r.parent,
                  r.axis]).encode()).hexdigest()
         return key
 

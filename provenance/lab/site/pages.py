@@ -138,14 +138,19 @@ def turning_points(runs: list[ledger.Run]) -> list[dict]:
 
 
 def tracks(runs: list[ledger.Run]) -> list[dict]:
-    """Runs grouped by the ledger's track, each group with its best and its history in order."""
-    groups: dict[str, list[ledger.Run]] = {}
+    """Runs grouped by the ledger's era (where annotated, in the order eras began) and track (best
+    first), each group with its best and its history in order."""
+    groups: dict[tuple[str, str], list[ledger.Run]] = {}
+    eras: dict[str, int] = {}
     for r in runs:
-        groups.setdefault(r.track or "untracked", []).append(r)
+        era = getattr(r, "era", None) or ""
+        eras.setdefault(era, len(eras))
+        groups.setdefault((era, r.track or "untracked"), []).append(r)
     out = []
-    for name, rs in sorted(groups.items(), key=lambda kv: min(r.score for r in kv[1])):
+    for (era, name), rs in sorted(groups.items(), key=lambda kv: (eras[kv[0][0]], min(r.score for r in kv[1]))):
         best = min(rs, key=lambda r: r.score)
-        out.append({"name": name, "best": name_of(best), "best_href": run_href(best.sha256), "best_score": best.score,
+        out.append({"era": era, "name": name, "best": name_of(best), "best_href": run_href(best.sha256),
+                    "best_score": best.score,
                     "history": [{"name": name_of(r), "href": run_href(r.sha256), "score": r.score,
                                  "verdict": r.verdict or ""} for r in rs]})
     return out
