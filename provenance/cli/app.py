@@ -10,8 +10,6 @@ import click
 from provenance.core.errors import Terminated
 
 
-
-
 class Cli(click.Group):
     """Turn our errors into one line and the documented exit code."""
 

@@ -4,7 +4,6 @@ command, `prov release`'s module and the fast entry point all run `run`) and the
 
 from __future__ import annotations
 
-
 NOT_CHECKED_WHY = {"archive_bytes": "--archive is a git-LFS pointer: its oid and size were compared, not the bytes"}
 
 

@@ -186,13 +186,5 @@ def loads(data: bytes | str, what: str = "JSON") -> object:
 
 
 def load_file(path, what: str | None = None, limit: int = 16 << 20) -> object:
-    p = os.fspath(path)
-    try:
-        with open(p, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise ProvError(f"{p}: {e.strerror}") from None
-    if len(data) > limit:
-        raise ProvError(f"{p}: larger than {limit} bytes")
-    return loads(data, what or str(p))
-
+    from provenance.core.files import read_input
+    return loads(read_input(path, limit), what or os.fspath(path))

@@ -4,6 +4,27 @@ from __future__ import annotations
 
 import os
 
+from provenance.core.errors import ProvError
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes (an OSError as raised), without pathlib: the verify path does not import it."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_input(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """A file the user named, whole: ProvError naming it (exit 2) where it cannot be read, or holds
+    more than `limit` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+    except OSError as e:
+        raise ProvError(f"{os.fspath(path)}: {e.strerror}") from None
+    if limit is not None and len(data) > limit:
+        raise ProvError(f"{os.fspath(path)}: larger than {limit} bytes")
+    return data
+
 
 def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     """Temp file in the same directory, fsync, rename, fsync the directory."""

@@ -12,6 +12,7 @@ import hashlib
 import os
 
 from provenance.core.errors import ProvError
+from provenance.core.files import read_input
 
 TYPE_CHECKING = False  # cryptography's Python layer (typing, enum) stays off the verify path
 if TYPE_CHECKING:
@@ -64,18 +65,10 @@ def public_pem(pub: Ed25519PublicKey) -> str:
     return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def _read(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _read_passphrase(passphrase_file: str | os.PathLike | None) -> bytes | None:
     if passphrase_file is None:
         return None
-    try:
-        data = _read(passphrase_file).rstrip(b"\r\n")
-    except OSError as e:
-        raise ProvError(f"{passphrase_file}: {e.strerror}") from None
+    data = read_input(passphrase_file).rstrip(b"\r\n")
     if not data:
         raise ProvError(f"{passphrase_file}: empty passphrase")
     return data
@@ -111,10 +104,7 @@ def generate_key(out_dir: str | os.PathLike, passphrase_file: str | os.PathLike 
 
 
 def load_private(path: str | os.PathLike, passphrase_file: str | os.PathLike | None = None) -> Ed25519PrivateKey:
-    try:
-        data = _read(path)
-    except OSError as e:
-        raise ProvError(f"{path}: {e.strerror}") from None
+    data = read_input(path)
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     passphrase = _read_passphrase(passphrase_file)
@@ -152,10 +142,7 @@ def load_public_pem(data: bytes | str, where: str) -> Ed25519PublicKey:
 
 
 def load_public(path: str | os.PathLike) -> Ed25519PublicKey:
-    try:
-        return load_public_pem(_read(path), str(path))
-    except OSError as e:
-        raise ProvError(f"{path}: {e.strerror}") from None
+    return load_public_pem(read_input(path), str(path))
 
 
 def b64e(b: bytes) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 
 from provenance.core.errors import ProvError
+from provenance.core.signing import b64_strict, b64e, ed25519_public, raw_public, verify_ed25519
 
 NAMESPACE = "comma-lab-release"
 MAGIC = b"SSHSIG"
@@ -42,11 +43,9 @@ def _signed_data(message: bytes, namespace: str, hash_alg: str) -> bytes:
 
 def sign(key, message: bytes, namespace: str = NAMESPACE) -> str:
     """Armored SSHSIG of `message` by an Ed25519 private key (cryptography's Ed25519PrivateKey)."""
-    from provenance.core.signing import raw_public
     sig = key.sign(_signed_data(message, namespace, "sha512"))
     blob = (MAGIC + (1).to_bytes(4, "big") + _s(public_blob(raw_public(key.public_key()))) + _s(namespace.encode())
             + _s(b"") + _s(b"sha512") + _s(_s(KEY_TYPE) + _s(sig)))
-    from provenance.core.signing import b64e
     b64 = b64e(blob)
     return "\n".join([ARMOR_BEGIN, *(b64[i:i + 70] for i in range(0, len(b64), 70)), ARMOR_END]) + "\n"
 
@@ -72,7 +71,6 @@ def parse(armored: str) -> tuple[bytes, str, str, bytes]:
         lines = armored.strip().splitlines()
         if lines[0] != ARMOR_BEGIN or lines[-1] != ARMOR_END:
             raise ValueError("no SSH SIGNATURE armor")
-        from provenance.core.signing import b64_strict
         r = _Reader(b64_strict("".join(lines[1:-1])))
         if r.take(6) != MAGIC or int.from_bytes(r.take(4), "big") != 1:
             raise ValueError("not an SSHSIG v1 blob")
@@ -94,7 +92,6 @@ def parse(armored: str) -> tuple[bytes, str, str, bytes]:
 
 def verify(armored: str, message: bytes, namespace: str = NAMESPACE) -> bytes | None:
     """The raw public key whose valid SSHSIG this is over `message` in `namespace`, else None."""
-    from provenance.core.signing import ed25519_public, verify_ed25519
     try:
         raw, ns, hash_alg, sig = parse(armored)
         pub = ed25519_public(raw)

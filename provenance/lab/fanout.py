@@ -17,6 +17,7 @@ from provenance.lab.meeting import closure, dvc_remote, fetch, meeting, publish
 from provenance.log.translog import log_object
 from provenance.store.objects import Store
 
+
 def lab_replay(name: str, submissions: Path, upstream: Path, out: Path, metrics: Path, device: str,
                engine: str = "local", repo: Path = Path("."), fan_out: list[str] | None = None) -> dict:
     """The pipeline's replay step (`prov lab replay --engine`): `local` is pipeline.replay_one as

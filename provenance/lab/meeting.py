@@ -14,6 +14,7 @@ from provenance.store.objects import Store
 
 PREFIX = "prov-store/objects"  # under the remote's root, beside DVC's own files/md5/
 
+
 class _Dir:
     """A directory every party can reach (one machine, or a shared mount)."""
 

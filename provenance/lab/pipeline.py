@@ -133,5 +133,3 @@ def verify_all(names: list[str], releases: Path, submissions: Path, trust: Path,
         ok &= o.ok
     write_json(out, {"ok": ok, "releases": results})
     return ok
-
-

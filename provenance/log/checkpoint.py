@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 
+from provenance.core import signing
 from provenance.core.signing import b64_strict, b64e
 from provenance.log.proofs import HASH_LEN, LogProofError
+
 
 class Checkpoint:
     """A parsed checkpoint (a plain class: the verify path imports no dataclasses)."""
@@ -34,7 +36,6 @@ def note_verifier(name: str, raw_pub: bytes) -> str:
 
 
 def sign_checkpoint(origin: str, size: int, root: bytes, key, name: str | None = None) -> str:
-    from provenance.core import signing
     body = f"{origin}\n{size}\n{b64e(root)}\n"
     name = name or origin
     kh = note_key_hash(name, signing.raw_public(key.public_key()))
@@ -81,7 +82,6 @@ def parse_checkpoint(text: str) -> Checkpoint:
 
 def verify_checkpoint(text: str, trusted: dict) -> tuple[Checkpoint, set[str]]:
     """Parse and check signatures against trusted log keys {keyid: public key}; raise unless one verifies."""
-    from provenance.core import signing
     cp = parse_checkpoint(text)
     good = set()
     for name, kh, sig in cp.signatures:

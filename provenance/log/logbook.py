@@ -17,10 +17,6 @@ from provenance.core.errors import ProvError
 from provenance.core.signing import b64_strict, b64e
 
 
-def b64(h: bytes) -> str:
-    return b64e(h)
-
-
 def unb64(s, what: str) -> bytes:
     try:
         return b64_strict(s)
@@ -57,10 +53,10 @@ def release_log_bundle(store, statement_b3: str, key, since_note: str | None = N
     sizes = sorted({s for s in (previous, since.size if since else None) if s and 0 < s < cp.size})
     return {
         "checkpoint": note,
-        "leaf": b64(proofs.entry_bytes("statement", info.sha256, info.blake3)),
+        "leaf": b64e(proofs.entry_bytes("statement", info.sha256, info.blake3)),
         "index": index,
-        "inclusion": [b64(h) for h in log.inclusion_proof(index, cp.size)],
-        "consistency": {str(size): [b64(h) for h in log.consistency_proof(size, cp.size)] for size in sizes},
+        "inclusion": [b64e(h) for h in log.inclusion_proof(index, cp.size)],
+        "consistency": {str(size): [b64e(h) for h in log.consistency_proof(size, cp.size)] for size in sizes},
     }
 
 

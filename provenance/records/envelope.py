@@ -10,6 +10,7 @@ import os
 
 from provenance.core import canonical, signing
 from provenance.core.errors import ProvError
+from provenance.core.files import read_input
 
 
 def envelope_shape(env, where: str) -> dict:
@@ -22,12 +23,7 @@ def envelope_shape(env, where: str) -> dict:
 
 def read_envelope(path: str | os.PathLike) -> tuple[dict, list[str]]:
     """(envelope, duplicate keys found while parsing) of a manifest file; strict JSON."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ProvError(f"{path}: {e.strerror}") from None
-    env, dupes = canonical.loads_tracking(data, str(path))
+    env, dupes = canonical.loads_tracking(read_input(path), str(path))
     return envelope_shape(env, str(path)), dupes
 
 

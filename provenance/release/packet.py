@@ -27,8 +27,8 @@ FILES = ("README", "manifest.json", "statement.json", "SHA256SUMS", "B3SUMS", TO
 
 def tool_bytes() -> bytes:
     from provenance.core import tree_digest
-    with open(tree_digest.__file__, "rb") as f:
-        return f.read()
+    from provenance.core.files import read_bytes
+    return read_bytes(tree_digest.__file__)
 
 
 def judge_sums(payload: bytes, tool: bytes | None = None) -> tuple[bytes, bytes] | None:
@@ -231,4 +231,3 @@ def readme(stmt: dict, payload: bytes, ids: list[str], sums_signed: bool, tdoc: 
         lines += ["", "The evidence log's checkpoints (manifest.json, field log) are C2SP signed notes; Go's",
                   "golang.org/x/mod/sumdb/note reads them with the verifier key in log.vkey."]
     return "\n".join(lines) + "\n"
-

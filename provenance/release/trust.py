@@ -25,17 +25,17 @@ from __future__ import annotations
 import hashlib
 import os
 from datetime import datetime, timezone
-TYPE_CHECKING = False  # typing stays off the verify path
 
 from provenance.core import canonical, signing
 from provenance.core.canonical import loads_tracking
 from provenance.core.clock import now_rfc3339, parse_time
 from provenance.core.errors import ProvError, VerificationFailed
+from provenance.core.files import read_input
 from provenance.records import jsonschema_lite
 
+TYPE_CHECKING = False  # typing stays off the verify path
 if TYPE_CHECKING:
     from provenance.records.models import TrustPolicy
-
 
 
 class Trust:
@@ -53,17 +53,14 @@ class Trust:
         self.chain = chain if chain is not None else []  # versions walked from the pinned one (--trust-chain)
         self.log_threshold = log_threshold  # distinct log keys a checkpoint needs
 
+
 def read_trust_doc(trust_path: str | os.PathLike) -> dict:
-    try:
-        with open(trust_path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ProvError(f"{trust_path}: {e.strerror}") from None
-    doc, dupes = loads_tracking(data, str(trust_path))
+    doc, dupes = loads_tracking(read_input(trust_path), str(trust_path))
     errs = (["duplicate keys " + ", ".join(dupes)] if dupes else []) + jsonschema_lite.validate(doc, "trust-policy.v1.json")
     if errs:
         raise ProvError(f"{trust_path}: not a valid trust policy ({errs[0]})")
     return doc
+
 
 def role_keys(doc: dict, r: str, where: str) -> tuple[dict[str, object], int]:
     """{keyid: public key} and threshold of a role; `root` defaults to the release role."""
@@ -83,6 +80,7 @@ def role_keys(doc: dict, r: str, where: str) -> tuple[dict[str, object], int]:
     if spec["threshold"] > len(out):
         raise ProvError(f"{where}: role {r} threshold {spec['threshold']} exceeds its {len(out)} key(s)")
     return out, spec["threshold"]
+
 
 def trust_from_doc(doc: dict, trust_path: str) -> Trust:
     """A schema-valid policy document as the verifier uses it: every key checked against its keyid

@@ -18,6 +18,7 @@ from provenance.core.canonical import loads_tracking
 from provenance.core.checks import Check
 from provenance.core.clock import format_time, parse_time
 from provenance.core.errors import ProvError
+from provenance.core.files import read_bytes, read_input
 from provenance.release.state import read_state, remember
 from provenance.release.trust import Trust, check_trust_state, load_trust
 
@@ -287,22 +288,17 @@ def _check_ssh(ssh, payload: bytes, release_keys: dict, dsse_good: set[str], tru
                                            f"SSH only {name(good - dsse_good)}; {bad} invalid or untrusted SSHSIG(s)"))
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _sig_texts(folder: str, prefix: str) -> list[str]:
     """The armored signatures in PREFIX*.sig files of a folder."""
     names = sorted(n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(".sig"))
-    return [_read(os.path.join(folder, n)).decode("utf-8", "replace") for n in names]
+    return [read_bytes(os.path.join(folder, n)).decode("utf-8", "replace") for n in names]
 
 
 def _check_judge_files(statement: str, payload: bytes, release_keys: dict, dsse_good: set[str]) -> Check:
     """The files a judge checks with stock tools, when they lie beside the manifest: the statement,
     its .sig files and, for a release whose checksums are signed, SHA256SUMS, its .sig files and B3SUMS."""
     folder = os.path.dirname(statement)
-    if _read(statement) != payload:
+    if read_bytes(statement) != payload:
         return Check("judge_files", False, f"{statement} is not the signed statement bytes")
     sig_files = _sig_texts(folder, "statement.json")
     good, bad = _ssh_signers(sig_files, payload, release_keys)
@@ -315,9 +311,9 @@ def _check_judge_files(statement: str, payload: bytes, release_keys: dict, dsse_
         return Check("judge_files", True, said)
     from provenance.release.packet import B3SUMS, TOOL, judge_sums
     try:
-        tool = _read(os.path.join(folder, TOOL))
+        tool = read_bytes(os.path.join(folder, TOOL))
         want = judge_sums(payload, tool)
-        sums, b3 = _read(sums_path), _read(os.path.join(folder, B3SUMS))
+        sums, b3 = read_bytes(sums_path), read_bytes(os.path.join(folder, B3SUMS))
     except OSError as e:
         return Check("judge_files", False, f"{said}; but {e.filename}: {e.strerror}")
     except (KeyError, TypeError, ValueError, StopIteration) as e:  # a signed listing without what sums need
@@ -336,10 +332,7 @@ def _check_judge_files(statement: str, payload: bytes, release_keys: dict, dsse_
 
 def _check_record(record: str, pred: dict) -> Check:
     from blake3 import blake3
-    try:
-        data = _read(record)
-    except OSError as e:
-        raise ProvError(f"{record}: {e.strerror}") from None
+    data = read_input(record)
     sha, b3 = hashlib.sha256(data).hexdigest(), blake3(data).hexdigest()
     if (sha, b3) != (pred["record"]["sha256"], pred["record"]["blake3"]):
         return Check("record_digest", False, f"record file sha256 {sha[:16]}.. is not the released {pred['record']['sha256'][:16]}..")

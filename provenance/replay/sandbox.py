@@ -51,8 +51,6 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "nsswi
 LOG_TAIL = 1 << 20
 
 
-
-
 @dataclass
 class PhaseResult:
     name: str

@@ -136,8 +136,6 @@ def prefix_range(text: str) -> tuple[bytes, bytes]:
     return bytes.fromhex(text.ljust(64, "0")), bytes.fromhex(text.ljust(64, "f"))
 
 
-
-
 def slice_rows(db: sqlite3.Connection, p: int):
     """Index rows (b3, id, sha, size, is_tree) whose BLAKE3 starts with byte p, in key order."""
     q = ("SELECT o.b3, o.id, o.sha, o.size, EXISTS(SELECT 1 FROM obj_kind k WHERE k.id=o.id AND k.kind='tree') "

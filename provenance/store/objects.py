@@ -480,5 +480,3 @@ class VerifiedReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-

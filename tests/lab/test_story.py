@@ -11,12 +11,12 @@ from provenance.lab.site import pages
 
 
 def run(i: int, label: str, seg: float, pose: float, rate: float, size: int, verdict=None, prev=None, parent=None,
-        track="codec", grade="A++", notes=None):
+        track="codec", grade="A++", notes=None, era=None):
     score = 100 * seg + math.sqrt(10 * pose) + 25 * rate
     rec = SimpleNamespace(result=SimpleNamespace(segnet=seg, posenet=pose, rate=rate, canonical_score=score))
     return SimpleNamespace(sha256=f"{i:02x}" * 32, blake3=f"{i:02x}" * 32, label=label, record=rec, score=score,
                            archive_bytes=size, verdict=verdict, previous_frontier=prev, parent=parent, track=track,
-                           grade=grade, notes=notes, reason=None)
+                           grade=grade, notes=notes, reason=None, era=era)
 
 
 @pytest.fixture

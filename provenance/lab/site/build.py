@@ -68,10 +68,10 @@ def _turning_points(runs: list[ledger.Run]) -> tuple[list[tuple[str, float]], st
     return _best_so_far(runs)
 
 
-def _branches(runs: list[ledger.Run]) -> list[tuple[str, float, float]]:
-    """Rejected runs, placed after the turning point they were judged against (x = its order + 0.5)."""
+def _branches(runs: list[ledger.Run], off: set[str]) -> list[tuple[str, float, float]]:
+    """Rejected runs, placed after the turning point they were judged against (x = its order + 0.5);
+    not the off-scale ones (`off`): they are named beside the plot, not stretching its axis."""
     order = {r.sha256: i for i, r in enumerate((r for r in runs if r.verdict == "promote"), 1)}
-    off = {r.sha256 for r in pages.off_scale(runs)}  # named beside the plot, not stretching its axis
     return [(sanitize.redact_text(r.label or r.sha256[:8]), r.score, order[r.previous_frontier] + 0.5)
             for r in runs if r.verdict == "reject" and r.previous_frontier in order and r.sha256 not in off]
 
@@ -144,7 +144,8 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         runs = sorted(runs, key=lambda r: r.created)  # in time, from the ledger rows: no record read
         front_b3 = store.get_ref(ledger.FRONTIER_REF)
         front = next((r for r in runs if r.blake3 == front_b3), None)
-        front_sha, branches = (front.sha256 if front else None), _branches(runs)
+        off = pages.off_scale(runs)
+        front_sha, branches = (front.sha256 if front else None), _branches(runs, {r.sha256 for r in off})
         pts, title = _turning_points(runs)
         # the plots are drawn by whichever worker takes them first, while the others render runs:
         # matplotlib is imported once, in that worker, and never competes with them in this process
@@ -181,7 +182,6 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             video, kind, index = key.split("/")
             front_frames.setdefault((video, index), {"video": video, "index": int(index)})[kind] = \
                 f"evidence/frames/{d.sha256}.png"
-        off = pages.off_scale(runs)
         # what the story says is published text: redacted as every annotation is
         story = sanitize.redact({"outcome": pages.outcome(front, runs, fview["environment"] if fview else None),
                  "turning_points": pages.turning_points(runs), "tracks": pages.tracks(runs),
@@ -340,5 +340,3 @@ def _releases_by_record(store: Store, release_links: dict) -> dict[str, dict]:
                 newest[sha] = {"name": p["name"], "version": p["version"], "href": release_links.get(p["name"]),
                                "issued_at": p["issued_at"]}
     return newest
-
-

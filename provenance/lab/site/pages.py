@@ -143,7 +143,7 @@ def tracks(runs: list[ledger.Run]) -> list[dict]:
     groups: dict[tuple[str, str], list[ledger.Run]] = {}
     eras: dict[str, int] = {}
     for r in runs:
-        era = getattr(r, "era", None) or ""
+        era = r.era or ""
         eras.setdefault(era, len(eras))
         groups.setdefault((era, r.track or "untracked"), []).append(r)
     out = []
