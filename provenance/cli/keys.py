@@ -31,6 +31,19 @@ def key_generate(out_dir, passphrase_file, as_json):
          f"keyid {kid}\n  private {priv} (keep it secret)\n  public  {pub}")
 
 
+def _witness_options(default_threshold):
+    def deco(f):
+        f = click.option("--witness-max-age", type=int,
+                         help="Seconds a witness cosignature counts after it is made (default: no limit).")(f)
+        f = click.option("--witness-threshold", type=int, default=default_threshold,
+                         show_default=default_threshold is not None,
+                         help="Distinct witness cosignatures a release's checkpoint needs.")(f)
+        return click.option("--witness-key", "witness_keys", multiple=True, type=click.Path(dir_okay=False),
+                            help="A witness's public key (PEM) or its vkey file; repeat for several. "
+                                 "Releases then need their cosignatures.")(f)
+    return deco
+
+
 @click.group()
 def trust():
     """Trust policies: the keys a judge pins."""
@@ -47,9 +60,11 @@ def trust():
 @click.option("--root-key", "root_keys", multiple=True, type=click.Path(dir_okay=False),
               help="Public key allowed to sign the next policy version (default: the release keys).")
 @click.option("--root-threshold", type=int, default=1, show_default=True, help="Distinct root keys required.")
+@_witness_options(1)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @json_option
-def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, root_threshold, out, as_json):
+def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, root_threshold, witness_keys,
+               witness_threshold, witness_max_age, out, as_json):
     """Write a trust policy JSON file.
 
     \b
@@ -60,7 +75,7 @@ def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, r
     from provenance.core.files import write_json
     from provenance.release.trust import trust_policy
     policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version, list(root_keys),
-                          root_threshold)
+                          root_threshold, list(witness_keys), witness_threshold, witness_max_age)
     write_json(out, policy.model_dump(mode="json", by_alias=True, exclude_none=True))
     emit({"out": out, "keys": sorted(k.keyid for k in policy.keys.values()), "threshold": threshold}, as_json,
          f"wrote {out}: {len(policy.keys)} key(s), release threshold {threshold}")
@@ -78,13 +93,15 @@ def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, r
 @click.option("--log-key", "log_keys", multiple=True, type=click.Path(dir_okay=False), help="New log role keys.")
 @click.option("--root-key", "root_keys", multiple=True, type=click.Path(dir_okay=False), help="New root role keys.")
 @click.option("--root-threshold", type=int, help="New root threshold.")
+@_witness_options(None)
 @click.option("--expires", required=True, help="RFC 3339 time after which version N+1 is void.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write N+1 (e.g. chain/2.trust.json).")
 @click.option("--allow-expired", is_flag=True,
               help="Rotate from a policy that has already expired (verifiers refuse that link: an expired link).")
 @json_option
 def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold, log_keys, root_keys,
-                 root_threshold, expires, out, as_json, allow_expired=False):
+                 root_threshold, witness_keys, witness_threshold, witness_max_age, expires, out, as_json,
+                 allow_expired=False):
     """Make version N+1 of a trust policy, signed by N's root keys (TUF root rotation).
 
     \b
@@ -97,7 +114,8 @@ def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold
     from provenance.core.files import write_json
     from provenance.release.trust import rotate
     doc = rotate(current, list(signing_keys), expires, list(release_keys) or None, threshold, list(log_keys) or None,
-                 list(root_keys) or None, root_threshold, passphrase_file, allow_expired)
+                 list(root_keys) or None, root_threshold, passphrase_file, allow_expired, list(witness_keys) or None,
+                 witness_threshold, witness_max_age)
     write_json(out, doc)
     emit({"out": out, "version": doc["version"], "signatures": len(doc["signatures"]),
           "roles": {r: spec for r, spec in doc["roles"].items()}}, as_json,

@@ -79,24 +79,179 @@ def log_prove(ctx, digest, size, as_json):
 @click.argument("old", type=click.Path(dir_okay=False, exists=True))
 @click.argument("new", type=click.Path(dir_okay=False, exists=True))
 @click.option("--trust", "trust_path", type=click.Path(dir_okay=False), help="Also check both signatures.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Also write the proof for a witness (prov log witness --proof): 'old <size>', then base64 hashes.")
 @json_option
 @click.pass_context
-def log_consistency(ctx, old, new, trust_path, as_json):
+def log_consistency(ctx, old, new, trust_path, out, as_json):
     """Prove from the store's log that checkpoint NEW extends checkpoint OLD.
 
     \b
     Example:
-      prov log consistency old.note checkpoint.note --trust trust.json
+      prov log consistency old.note checkpoint.note --trust trust.json --out proof
     """
     from provenance.log.logbook import checkpoint_pair, prove_consistency, read_note
-    trusted = None
+    trusted = _log_keys(trust_path, ())[0] if trust_path else None
+    a, b = checkpoint_pair(read_note(old), read_note(new), trusted)  # the notes first, then the store
+    p = prove_consistency(open_store(ctx), a, b, where=new)
+    if out:
+        from provenance.core.files import write_atomic
+        from provenance.log.witness import format_proof
+        write_atomic(out, format_proof(p["size1"], [bytes.fromhex(h) for h in p["proof"]]).encode())
+    emit(p, as_json, f"consistent: {p['size1']} -> {p['size2']} ({len(p['proof'])} hashes)")
+
+
+def _log_keys(trust_path, vkey_paths) -> tuple[dict, int]:
+    """The log keys a monitor or a witness trusts: the trust policy's log role, or note vkeys (log.vkey)."""
+    if bool(trust_path) == bool(vkey_paths):
+        raise click.UsageError("give --trust trust.json or --vkey log.vkey (whose checkpoints?)")
     if trust_path:
         from provenance.release.trust import load_trust
         t = load_trust(trust_path, None)
-        trusted = {k: t.keys[k][1] for k in t.log}
-    a, b = checkpoint_pair(read_note(old), read_note(new), trusted)  # the notes first, then the store
-    p = prove_consistency(open_store(ctx), a, b, where=new)
-    emit(p, as_json, f"consistent: {p['size1']} -> {p['size2']} ({len(p['proof'])} hashes)")
+        if not t.log:
+            raise click.UsageError(f"{trust_path}: the trust policy names no log key")
+        return {k: t.keys[k][1] for k in t.log}, t.log_threshold
+    from provenance.log.checkpoint import parse_note_verifiers
+    from provenance.core.files import read_input
+    keys = {}
+    for p in vkey_paths:
+        keys.update(parse_note_verifiers(read_input(p), p))
+    return keys, 1
+
+
+_trusted_log = [click.option("--trust", "trust_path", type=click.Path(dir_okay=False),
+                             help="Trust policy whose log role signs the checkpoints."),
+                click.option("--vkey", "vkey_paths", multiple=True, type=click.Path(dir_okay=False),
+                             help="Or: the log's signed-note verifier key(s), one a line (a packet's log.vkey).")]
+
+
+def trusted_log(f):
+    for opt in reversed(_trusted_log):
+        f = opt(f)
+    return f
+
+
+@log_group.command("publish")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (or extend): checkpoint, tile/<L>/<N>, tile/entries/<N>.")
+@json_option
+@click.pass_context
+def log_publish(ctx, out, as_json):
+    """Publish the log as C2SP tlog-tiles, up to its newest signed checkpoint.
+
+    Incremental: only the tiles the new leaves touch are written, then the checkpoint. Serve the
+    folder as static files; anyone can mirror it and audit it (prov log audit).
+
+    \b
+    Example:
+      prov log checkpoint --key keys/log/key.pem && prov log publish --out public/log
+    """
+    from provenance.core.progress import Progress
+    from provenance.log.publish import publish
+    with Progress(f"publishing {out}", unit="entries") as prog:
+        r = publish(open_store(ctx), out, prog)
+    emit(r, as_json, f"{out}: {r['origin']} size {r['size']} (from {r['from']}: {r['files']} file(s) written)")
+
+
+@log_group.command("audit")
+@click.argument("source")
+@trusted_log
+@click.option("--since", "since_path", type=click.Path(dir_okay=False),
+              help="A checkpoint you hold: the published log must extend it.")
+@click.option("--state", type=click.Path(dir_okay=False),
+              help="Remember the newest checkpoint audited here; the next audit must extend it.")
+@json_option
+def log_audit(source, trust_path, vkey_paths, since_path, state, as_json):
+    """Audit a published log (a folder, or an http(s) URL prefix): check the checkpoint's signature,
+    recompute the tree from every entry bundle, check every tile, and prove it extends what was
+    seen before. Exit 1 on any mismatch, fork or rollback, printing both checkpoints.
+
+    \b
+    Example:
+      prov log audit https://lab.example/log --trust trust.json --state audit.state
+    """
+    from provenance.core.progress import Progress
+    from provenance.log.monitor import audit, read_since
+    keys, threshold = _log_keys(trust_path, vkey_paths)
+    since = read_since(since_path) if since_path else None
+    with Progress(f"auditing {source}", unit="entries") as prog:
+        r = audit(source, keys, threshold, since, state, prog)
+    emit(r, as_json, lambda: _audit_text(r))
+    if not r["ok"]:
+        sys.exit(1)
+
+
+def _audit_text(r: dict) -> str:
+    lines = [f"problem: {p}" for p in r["problems"]]
+    for f in r["forks"]:
+        lines += [f["why"], f"  seen before ({f['seen_in']}):", *("    " + ln for ln in f["seen"].splitlines()),
+                  "  published now:", *("    " + ln for ln in f["now"].splitlines())]
+    head = f"{r['origin']} size {r['size']}: {r['entries_read']} entries recomputed" if r["origin"] else r["source"]
+    return "\n".join(lines + [f"{head}: {'ok' if r['ok'] else 'FAILED'}"])
+
+
+@log_group.command("witness")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="The witness's private key.")
+@_passphrase
+@click.option("--state", required=True, type=click.Path(dir_okay=False),
+              help="The witness's memory: the last checkpoint it cosigned, per log.")
+@trusted_log
+@click.option("--proof", "proof_path", type=click.Path(dir_okay=False),
+              help="Consistency proof from the size last cosigned (prov log consistency --out).")
+@click.option("--name", help="The witness's key name (default: comma-lab.dev/witness/ and its key's hash).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the cosigned checkpoint here (default: print).")
+@json_option
+def log_witness(checkpoint, key_path, passphrase_file, state, trust_path, vkey_paths, proof_path, name, out, as_json):
+    """Cosign CHECKPOINT as a witness (C2SP tlog-cosignature, cosignature/v1), only after checking the
+    log's signature and a consistency proof from the last checkpoint this witness cosigned for that
+    log. Refuses (exit 1) a rollback or a fork, saying which.
+
+    \b
+    Example:
+      prov log witness checkpoint.note --key witness/key.pem --state witness.state \\
+          --vkey log.vkey --proof proof --out checkpoint.cosigned
+    """
+    from provenance.core.signing import load_private
+    from provenance.log.logbook import read_note
+    from provenance.log.witness import cosign_checkpoint, parse_proof
+    keys, _ = _log_keys(trust_path, vkey_paths)
+    note = read_note(checkpoint)
+    proof = parse_proof(read_note(proof_path), proof_path) if proof_path else None
+    r = cosign_checkpoint(note, load_private(key_path, passphrase_file), state, keys, proof, name)
+    if out:
+        from provenance.core.files import write_atomic
+        write_atomic(out, r["note"].encode())
+    emit(r, as_json, (f"cosigned {r['origin']} size {r['size']} as {r['witness']} ({r['checked']})"
+                      + (f": {out}" if out else "\n" + r["note"].rstrip("\n"))))
+
+
+@log_group.command("cosign-add")
+@click.argument("notes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--manifest", "manifests", multiple=True, type=click.Path(dir_okay=False),
+              help="A release manifest carrying that checkpoint: its copy gains the cosignatures too.")
+@click.option("--trust", "trust_path", type=click.Path(dir_okay=False),
+              help="Refuse any cosignature that is not valid by this policy's witness role.")
+@json_option
+@click.pass_context
+def log_cosign_add(ctx, notes, manifests, trust_path, as_json):
+    """Collect witnesses' cosignatures (cosigned copies of this log's checkpoints) into the checkpoints
+    the store keeps, and into release manifests that carry them. Nothing is written unless all fit.
+
+    \b
+    Example:
+      prov log cosign-add w1.cosigned w2.cosigned --manifest releases/mysub/manifest.json --trust trust.json
+    """
+    from provenance.log.logbook import add_cosignatures, read_note
+    witnesses = None
+    if trust_path:
+        from provenance.release.trust import load_trust
+        witnesses = load_trust(trust_path, None).witnesses
+        if not witnesses:
+            raise click.UsageError(f"{trust_path}: the trust policy names no witness")
+    r = add_cosignatures(open_store(ctx), [(n, read_note(n)) for n in notes], list(manifests), witnesses)
+    emit(r, as_json, f"{r['added']} cosignature(s) added" + (f"; {len(r['manifests'])} manifest(s) updated"
+                                                             if r["manifests"] else ""))
 
 
 @log_group.command("verify")

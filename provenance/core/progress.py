@@ -15,8 +15,9 @@ def _human(n: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, total: int | None = None, delay: float = 1.0, stream=None):
+    def __init__(self, label: str, total: int | None = None, delay: float = 1.0, stream=None, unit: str | None = None):
         self.stream = stream or sys.stderr
+        self.unit = unit  # counted things (entries, say) rather than bytes
         self.enabled = self.stream.isatty()
         self.label, self.total, self.done = label, total, 0
         self.start = time.monotonic()
@@ -33,7 +34,8 @@ class Progress:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             pct = f" {100 * self.done / self.total:5.1f}%" if self.total else ""
-            self.stream.write(f"\r{self.label}:{pct} {_human(self.done)} ({_human(rate)}/s)   ")
+            done = f"{self.done:,} {self.unit} ({rate:,.0f}/s)" if self.unit else f"{_human(self.done)} ({_human(rate)}/s)"
+            self.stream.write(f"\r{self.label}:{pct} {done}   ")
             self.stream.flush()
             self.drawn = True
 

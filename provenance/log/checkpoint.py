@@ -35,6 +35,27 @@ def note_verifier(name: str, raw_pub: bytes) -> str:
     return f"{name}+{note_key_hash(name, raw_pub).hex()}+{data}"
 
 
+def parse_note_verifiers(data: bytes, where: str) -> dict:
+    """{keyid: public key} of signed-note verifier keys, one a line (a judge's packet's log.vkey)."""
+    from provenance.core.errors import ProvError
+    out = {}
+    for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split("+", 2)  # the name holds no '+'; base64 may
+        try:
+            raw = b64_strict(parts[2]) if len(parts) == 3 else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 33 or raw[0] != 1 or note_verifier(parts[0], raw[1:]) != line.strip():
+            raise ProvError(f"{where}: line {i} is not an Ed25519 signed-note verifier key (name+hash+base64)")
+        pub = signing.ed25519_public(raw[1:])
+        out[signing.keyid(pub)] = pub
+    if not out:
+        raise ProvError(f"{where}: no verifier key")
+    return out
+
+
 def sign_checkpoint(origin: str, size: int, root: bytes, key, name: str | None = None) -> str:
     body = f"{origin}\n{size}\n{b64e(root)}\n"
     name = name or origin
@@ -78,6 +99,19 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if not signatures:
         raise LogProofError("checkpoint: unsigned")
     return Checkpoint(origin, int(size_s), root, body, signatures)
+
+
+def signature_lines(note: str) -> list[str]:
+    return note.split("\n\n", 1)[1].split("\n")[:-1]
+
+
+def merge_signatures(note: str, other: str) -> str:
+    """`note` with the signature lines of `other` (a copy of the same body: cosigned, say) it lacks."""
+    body, sigs = note.split("\n\n", 1)
+    if other.split("\n\n", 1)[0] != body:
+        raise LogProofError("checkpoint: not the same checkpoint body")
+    have = signature_lines(note)
+    return note + "".join(ln + "\n" for ln in dict.fromkeys(signature_lines(other)) if ln not in have)
 
 
 def verify_checkpoint(text: str, trusted: dict) -> tuple[Checkpoint, set[str]]:

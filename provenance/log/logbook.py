@@ -30,8 +30,54 @@ def checkpoint(store, key) -> str:
     log = translog.open_log(store)
     size = log.size()
     note = notes.sign_checkpoint(log.origin(), size, log.root(size), key, name=notes.NOTE_KEY_NAME)
-    log.record_checkpoint(size, note)
-    return note
+    return log.record_checkpoint(size, note)
+
+
+def add_cosignatures(store, cosigned: list[tuple[str, str]], manifests: list[str] = (), witnesses=None) -> dict:
+    """`prov log cosign-add`: the signature lines of cosigned copies [(where, note)] of this log's checkpoints,
+    merged into the checkpoints the store keeps and into the release manifests that carry the same checkpoint
+    (their `log` field lies outside the signed payload). With `witnesses` (log.cosign.Witness), every line
+    added must be a valid cosignature by one of them. Everything is checked before anything is written."""
+    from provenance.log import cosign, translog
+    from provenance.core.canonical import loads_tracking
+    from provenance.core.files import read_input, write_json
+    log = translog.open_log(store)
+    kept = {notes.parse_checkpoint(n).body: [size, n] for size, n in log.checkpoints()}
+    added = 0
+    for where, text in cosigned:
+        try:
+            cp = notes.parse_checkpoint(text)
+        except proofs.LogProofError as e:
+            raise ProvError(f"{where}: {e}") from None
+        if cp.body not in kept:
+            raise ProvError(f"{where}: not a checkpoint this store's log signed ({cp.origin} size {cp.size})")
+        slot = kept[cp.body]
+        merged = notes.merge_signatures(slot[1], text)
+        new = notes.signature_lines(merged)[len(notes.signature_lines(slot[1])):]
+        if witnesses is not None:
+            for line in new:
+                one = notes.parse_checkpoint(cp.body + "\n" + line + "\n")
+                c = cosign.check(one, witnesses, 1, 1 << 62, None)
+                if not c.ok:
+                    raise ProvError(f"{where}: {line.split(' ')[1]}: not a valid cosignature by a witness of the "
+                                    f"trust policy ({c.detail})")
+        added += len(new)
+        slot[1] = merged
+    docs = []
+    for m in manifests:
+        env, _ = loads_tracking(read_input(m), m)
+        note = env.get("log", {}).get("checkpoint") if isinstance(env, dict) and isinstance(env.get("log"), dict) else None
+        body = notes.parse_checkpoint(note).body if isinstance(note, str) else None
+        if body not in kept:
+            raise ProvError(f"{m}: carries no checkpoint this store's log signed")
+        env["log"]["checkpoint"] = notes.merge_signatures(note, kept[body][1])
+        docs.append((m, env))
+    with store.transaction():
+        for size, note in kept.values():
+            log.record_checkpoint(size, note)
+    for m, env in docs:
+        write_json(m, env)
+    return {"added": added, "manifests": [m for m, _ in docs]}
 
 
 def release_log_bundle(store, statement_b3: str, key, since_note: str | None = None) -> dict:
@@ -61,9 +107,11 @@ def release_log_bundle(store, statement_b3: str, key, since_note: str | None = N
 
 
 def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note: str | None,
-                      threshold: int = 1) -> list[Check]:
+                      threshold: int = 1, witnesses=(), witness_threshold: int = 0, witness_max_age=None,
+                      at: int | None = None) -> list[Check]:
     """The checks of a manifest's log bundle; raise nothing on failure. The checkpoint needs
-    `threshold` distinct trusted log keys (the trust policy's log role)."""
+    `threshold` distinct trusted log keys (the trust policy's log role) and, where the policy names
+    witnesses, `witness_threshold` of their cosignatures no older than `witness_max_age` at time `at`."""
     from blake3 import blake3
     out = []
     if not isinstance(bundle, dict) or not isinstance(bundle.get("checkpoint"), str):
@@ -78,6 +126,9 @@ def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note
         out.append(Check("log_checkpoint", True, f"{cp.origin} size {cp.size} signed by {len(good)} trusted log key(s)"))
     except proofs.LogProofError as e:
         return [Check("log_checkpoint", False, str(e))]
+    if witness_threshold:
+        from provenance.log import cosign
+        out.append(cosign.check(cp, list(witnesses), witness_threshold, at, witness_max_age))
     try:
         leaf = unb64(bundle.get("leaf"), "log leaf")
         want = proofs.entry_bytes("statement", hashlib.sha256(payload).hexdigest(), blake3(payload).hexdigest())

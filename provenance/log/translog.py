@@ -16,8 +16,8 @@ import weakref
 from pathlib import Path
 
 from provenance.core.errors import ProvError
-from provenance.log.checkpoint import (NOTE_KEY_NAME, Checkpoint, note_key_hash, note_verifier, parse_checkpoint,
-                                       sign_checkpoint, verify_checkpoint)
+from provenance.log.checkpoint import (NOTE_KEY_NAME, Checkpoint, merge_signatures, note_key_hash, note_verifier,
+                                       parse_checkpoint, sign_checkpoint, verify_checkpoint)
 from provenance.log.proofs import (EMPTY_ROOT, HASH_LEN, LogProofError, entry_bytes, leaf_hash, mth, node_hash,
                                    verify_consistency, verify_inclusion, largest_pow2_below)
 
@@ -166,8 +166,16 @@ class Log:
     def checkpoints(self) -> list[tuple[int, str]]:
         return list(self.db.execute("SELECT size, note FROM log_checkpoints ORDER BY size"))
 
-    def record_checkpoint(self, size: int, note: str) -> None:
+    def record_checkpoint(self, size: int, note: str) -> str:
+        """Keep a signed checkpoint; a checkpoint of the same body keeps the cosignatures it had. The note kept."""
+        row = self.db.execute("SELECT note FROM log_checkpoints WHERE size=?", (size,)).fetchone()
+        if row is not None:
+            try:
+                note = merge_signatures(row[0], note)
+            except LogProofError:  # another body at this size: the newer signing wins, as before
+                pass
         self.db.execute("INSERT OR REPLACE INTO log_checkpoints(size, note) VALUES(?,?)", (size, note))
+        return note
 
     def recompute(self) -> list[str]:
         """Rebuild every node from the leaves and compare with what is stored and signed.

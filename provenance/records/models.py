@@ -187,12 +187,15 @@ class TrustedKey(Strict):
     keyid: str = Field(pattern=HEX64, description="hex SHA-256 of the raw 32-byte Ed25519 public key")
     public_key: str = Field(description="PEM SubjectPublicKeyInfo")
     note_verifier: Optional[str] = Field(default=None, description="log keys: C2SP signed-note verifier key "
-                                         "(name+hash+base64), as golang.org/x/mod/sumdb/note reads it")
+                                         "(name+hash+base64(0x01 || key)), as golang.org/x/mod/sumdb/note reads "
+                                         "it; witness keys: their cosigner vkey (type 0x04), which names them")
 
 
 class Role(Strict):
     keys: list[str] = Field(min_length=1, description="names of keys in `keys`")
     threshold: int = Field(ge=1)
+    max_age: Optional[int] = Field(default=None, ge=1, description="witness role: seconds a cosignature counts "
+                                   "after its timestamp (none: no limit)")
 
 
 class TrustSignature(Strict):
@@ -207,8 +210,9 @@ class TrustPolicy(Strict):
     expires: str
     issued_at: Optional[str] = Field(default=None, description="when this version was signed (rotation)")
     keys: dict[str, TrustedKey]
-    roles: dict[Literal["release", "log", "root"], Role] = Field(
-        description="root (default: the release role) signs the next version of this policy")
+    roles: dict[Literal["release", "log", "root", "witness"], Role] = Field(
+        description="root (default: the release role) signs the next version of this policy; witness: "
+                    "cosigners of the log's checkpoints a release needs")
     signatures: Optional[list[TrustSignature]] = Field(
         default=None, description="Ed25519 over PAE(trust payload type, RFC 8785 of this object without "
                                   "signatures) by root keys of this and the previous version")

@@ -1,5 +1,5 @@
-"""The one trust model: a trust policy names keys and roles (release, log, root), each with a
-threshold. Here it is created (`trust_policy`), read and checked (`read_trust_doc`, `load_trust`),
+"""The one trust model: a trust policy names keys and roles (release, log, root, witness), each with a
+threshold (the witness role also with the age a cosignature may reach). Here it is created (`trust_policy`), read and checked (`read_trust_doc`, `load_trust`),
 rotated and walked (`rotate`, `walk_chain`), and published for stock tools (`allowed_signers`).
 The policy's schema comes from its pydantic model (records.models.TrustPolicy); verify appraises
 releases against the `Trust` this module returns.
@@ -44,7 +44,8 @@ class Trust:
     def __init__(self, keys: dict[str, tuple[str, object]], release: set[str], threshold: int, log: set[str],
                  expires: datetime | None, source: str, log_required: bool = False,
                  no_log_key: str = "the trust policy names no log key", version: int = 1,
-                 chain: list[int] | None = None, log_threshold: int = 1) -> None:
+                 chain: list[int] | None = None, log_threshold: int = 1, witnesses: list | None = None,
+                 witness_threshold: int = 0, witness_max_age: int | None = None) -> None:
         self.keys = keys  # keyid -> (name, public key)
         self.release, self.threshold, self.log = release, threshold, log
         self.expires, self.source, self.log_required = expires, source, log_required
@@ -52,6 +53,8 @@ class Trust:
         self.version = version
         self.chain = chain if chain is not None else []  # versions walked from the pinned one (--trust-chain)
         self.log_threshold = log_threshold  # distinct log keys a checkpoint needs
+        self.witnesses = witnesses or []  # log.cosign.Witness: who may cosign the log's checkpoints
+        self.witness_threshold, self.witness_max_age = witness_threshold, witness_max_age
 
 
 def read_trust_doc(trust_path: str | os.PathLike) -> dict:
@@ -90,19 +93,53 @@ def trust_from_doc(doc: dict, trust_path: str) -> Trust:
         pub = signing.load_public_pem(k["public_key"], f"{trust_path}: key {name}")
         if signing.keyid(pub) != k["keyid"]:
             raise ProvError(f"{trust_path}: key {name}: keyid does not match its public key")
-        if k.get("note_verifier") is not None:
-            from provenance.log.checkpoint import note_verifier
-            nv = k["note_verifier"]
-            if note_verifier(nv.split("+", 1)[0], signing.raw_public(pub)) != nv:
-                raise ProvError(f"{trust_path}: key {name}: note_verifier does not match its public key")
+        if k.get("note_verifier") is not None and not _vkey_of(k["note_verifier"], signing.raw_public(pub)):
+            raise ProvError(f"{trust_path}: key {name}: note_verifier does not match its public key")
         keys[k["keyid"]] = (name, pub)
     if "release" not in doc["roles"]:
         raise ProvError(f"{trust_path}: no release role")
     release, threshold = role_keys(doc, "release", trust_path)
     log, log_threshold = role_keys(doc, "log", trust_path)
     role_keys(doc, "root", trust_path)  # a malformed root role makes the policy unreadable, used or not
+    witnesses = _witnesses(doc, trust_path, set(release) | set(log))
+    if witnesses and not log:
+        raise ProvError(f"{trust_path}: a witness role needs a log role (the keys whose checkpoints it cosigns)")
+    spec = doc["roles"].get("witness") or {}
     return Trust(keys, set(release), threshold, set(log), parse_time(doc["expires"], f"{trust_path}: expires"),
-                 str(trust_path), log_required=bool(log), version=doc["version"], log_threshold=max(log_threshold, 1))
+                 str(trust_path), log_required=bool(log or witnesses), version=doc["version"],
+                 log_threshold=max(log_threshold, 1), witnesses=witnesses,
+                 witness_threshold=spec.get("threshold", 0), witness_max_age=spec.get("max_age"))
+
+
+def _vkey_of(nv: str, raw: bytes) -> bool:
+    """Whether `nv` is this key's signed-note vkey: a log key's (type 0x01) or a witness's (0x04)."""
+    from provenance.log.checkpoint import note_verifier
+    name = nv.split("+", 1)[0]
+    if note_verifier(name, raw) == nv:
+        return True
+    from provenance.log import cosign
+    return cosign.vkey(name, raw) == nv
+
+
+def _witnesses(doc: dict, where: str, others: set[str]) -> list:
+    """The witness role's cosigners, each named by its vkey; none may hold a release or log key (a lab
+    cannot witness its own log)."""
+    spec = doc["roles"].get("witness")
+    if spec is None:
+        return []
+    from provenance.log import cosign
+    pubs, _ = role_keys(doc, "witness", where)
+    out = []
+    for n in spec["keys"]:
+        k = doc["keys"][n]
+        if k["keyid"] in others:
+            raise ProvError(f"{where}: key {n} is a witness and also a release or log key: a lab cannot "
+                            "witness its own log")
+        if k.get("note_verifier") is None:
+            raise ProvError(f"{where}: witness key {n} has no cosigner vkey (note_verifier) to name it")
+        name, raw = cosign.parse_vkey(k["note_verifier"], f"{where}: key {n}")
+        out.append(cosign.Witness(k["keyid"], name, pubs[k["keyid"]]))
+    return out
 
 
 def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str | None = None,
@@ -135,12 +172,15 @@ def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str |
 
 
 def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], expires: str,
-                 version: int = 1, root_keys: list[str] | None = None, root_threshold: int = 1) -> TrustPolicy:
+                 version: int = 1, root_keys: list[str] | None = None, root_threshold: int = 1,
+                 witness_keys: list[str] | None = None, witness_threshold: int = 1,
+                 witness_max_age: int | None = None) -> TrustPolicy:
     from provenance.records.models import Role, TrustPolicy  # pydantic: creating, not verifying
     keys: dict[str, dict] = {}
     names = {role: _named_keys(paths, keys) for role, paths in
              (("release", release_keys), ("log", log_keys), ("root", root_keys or []))}
     _publish_note_verifiers(keys, names["log"])
+    names["witness"] = _witness_keys(witness_keys or [], keys)
     if not names["release"]:
         raise ProvError("a trust policy needs at least one release key")
     if not 1 <= threshold <= len(names["release"]):
@@ -153,7 +193,13 @@ def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], e
         if not 1 <= root_threshold <= len(names["root"]):
             raise ProvError(f"root threshold {root_threshold} must be between 1 and {len(names['root'])}")
         roles["root"] = Role(keys=names["root"], threshold=root_threshold)
-    return TrustPolicy(version=version, expires=expires, keys=keys, roles=roles, issued_at=now_rfc3339())
+    if names["witness"]:
+        roles["witness"] = _witness_role(names["witness"], witness_threshold, witness_max_age)
+    elif witness_max_age is not None:
+        raise ProvError("--witness-max-age needs --witness-key")
+    policy = TrustPolicy(version=version, expires=expires, keys=keys, roles=roles, issued_at=now_rfc3339())
+    trust_from_doc(policy.model_dump(mode="json", by_alias=True, exclude_none=True), "the new trust policy")
+    return policy
 
 
 def allowed_signers(trust_doc: dict) -> str:
@@ -267,6 +313,43 @@ def _named_keys(paths: list[str], keys: dict) -> list[str]:
     return sorted(set(names))
 
 
+def _witness_keys(paths: list[str], keys: dict) -> list[str]:
+    """Add witness keys (a PEM public key, named by cosign.default_name, or the witness's vkey file) to
+    `keys`, each with its cosigner vkey; refuse a key another role holds."""
+    from provenance.log import cosign
+    from provenance.records.models import TrustedKey
+    names = []
+    for p in paths:
+        data = read_input(p)
+        if data.lstrip().startswith(b"-----BEGIN"):
+            pub = signing.load_public_pem(data, p)
+            raw = signing.raw_public(pub)
+            vk = cosign.vkey(cosign.default_name(raw), raw)
+        else:
+            try:
+                vk = data.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise ProvError(f"{p}: neither a PEM public key nor a vkey") from None
+            pub = signing.ed25519_public(cosign.parse_vkey(vk, p)[1])
+        kid = signing.keyid(pub)
+        if any(k["keyid"] == kid and k.get("note_verifier") != vk for k in keys.values()):
+            raise ProvError(f"{p}: this key already holds another role: a witness must be independent of the lab")
+        name = f"witness-{kid[:8]}"
+        keys[name] = TrustedKey(keyid=kid, public_key=signing.public_pem(pub), note_verifier=vk).model_dump(
+            exclude_none=True)
+        names.append(name)
+    return sorted(set(names))
+
+
+def _witness_role(names: list[str], threshold: int, max_age: int | None):
+    from provenance.records.models import Role
+    if not 1 <= threshold <= len(names):
+        raise ProvError(f"witness threshold {threshold} must be between 1 and {len(names)}")
+    if max_age is not None and max_age < 1:
+        raise ProvError("--witness-max-age must be at least 1 second")
+    return Role(keys=names, threshold=threshold, max_age=max_age)
+
+
 def _publish_note_verifiers(keys: dict, log_names: list[str]) -> None:
     """What Go's note package needs to check our checkpoints, on every log key."""
     from provenance.log.checkpoint import NOTE_KEY_NAME, note_verifier
@@ -277,7 +360,9 @@ def _publish_note_verifiers(keys: dict, log_names: list[str]) -> None:
 
 def rotate(current: str | os.PathLike, signing_keys: list[str], expires: str, release_keys: list[str] | None = None,
            threshold: int | None = None, log_keys: list[str] | None = None, root_keys: list[str] | None = None,
-           root_threshold: int | None = None, passphrase_file=None, allow_expired: bool = False) -> dict:
+           root_threshold: int | None = None, passphrase_file=None, allow_expired: bool = False,
+           witness_keys: list[str] | None = None, witness_threshold: int | None = None,
+           witness_max_age: int | None = None) -> dict:
     """Version N+1 of a trust policy, signed by `signing_keys` (they must reach the root thresholds of
     both version N and N+1). Roles not given are carried over; a key no role names is dropped (revoked).
     From a policy already expired it refuses unless `allow_expired`: verifiers refuse that link."""
@@ -301,6 +386,17 @@ def rotate(current: str | os.PathLike, signing_keys: list[str], expires: str, re
             roles[role] = {"keys": names, "threshold": thr if thr is not None else 1}
         elif thr is not None and role in roles:
             roles[role]["threshold"] = thr
+    if witness_keys:
+        roles.pop("witness", None)  # old witnesses not named again are revoked (their keys dropped below)
+        names = _witness_keys(witness_keys, keys)
+        roles["witness"] = _witness_role(names, witness_threshold or 1, witness_max_age).model_dump(exclude_none=True)
+    elif "witness" in roles:
+        if witness_threshold is not None:
+            roles["witness"]["threshold"] = witness_threshold
+        if witness_max_age is not None:
+            roles["witness"]["max_age"] = witness_max_age
+    elif witness_threshold is not None or witness_max_age is not None:
+        raise ProvError("--witness-threshold and --witness-max-age need a witness role: give --witness-key")
     for r, spec in roles.items():
         if not 1 <= spec["threshold"] <= len(spec["keys"]):
             raise ProvError(f"role {r}: threshold {spec['threshold']} must be between 1 and {len(spec['keys'])}")
@@ -311,6 +407,7 @@ def rotate(current: str | os.PathLike, signing_keys: list[str], expires: str, re
         "schema": old.get("schema", "comma-lab/trust-policy/v1"), "version": old["version"] + 1,
         "expires": expires, "issued_at": now_rfc3339(),
         "keys": keys, "roles": roles}).model_dump(mode="json", by_alias=True, exclude_none=True)
+    trust_from_doc(doc, f"trust policy v{doc['version']}")  # roles that cannot be read are never signed
     return sign_policy(doc, signing_keys, passphrase_file, previous=old)
 
 

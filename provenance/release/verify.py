@@ -249,7 +249,8 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
             out.add("log_checkpoint", False, trust.no_log_key)
         else:
             out.checks += check_release_log(env.get("log"), payload, {k: trust.keys[k][1] for k in trust.log},
-                                            since, trust.log_threshold)
+                                            since, trust.log_threshold, trust.witnesses, trust.witness_threshold,
+                                            trust.witness_max_age, int(now.timestamp()))
     # 11. rollback
     digest = hashlib.sha256(payload).hexdigest()
     if state is not None:
