@@ -128,6 +128,12 @@ def test_sweep_annotations_and_the_rule(demo):
 def test_site_pages_frames_and_manifest(demo):
     site = demo["site"]
     assert run_prov("site", "check", site).returncode == 0, "hygiene and the file manifest hold"
+    # the evidence log, published as tiles beside the pages (#29): a monitor recomputes it
+    notes = sorted((site / "evidence/checkpoints").iterdir(), key=lambda p: int(p.stem))
+    assert (site / "log/checkpoint").read_text() == notes[-1].read_text()
+    audit = prov_json("log", "audit", site / "log", "--trust", demo["repo"] / "evidence/trust.json")
+    assert audit["ok"] and audit["entries_read"] == audit["size"] > 0
+    assert "prov log audit log/" in (site / "index.html").read_text()
     listed = {f["path"]: f["sha256"] for f in json.loads((site / "public_bundle_manifest.json").read_text())["files"]}
     index = (site / "index.html").read_text()
     for r in demo["runs"]:

@@ -118,7 +118,8 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                                              "path": rel, "sha256": sha, "run": sanitize.redact_text(d.name),
                                              "note": f"release {d.name}: {f}"})
                     release_links[d.name] = f"evidence/releases/{d.name}/manifest.json"
-        for size, note in checkpoints_of(store):
+        checkpoints = checkpoints_of(store)
+        for size, note in checkpoints:
             rel = f"evidence/checkpoints/{size}.note"
             sha = bundle.write(rel, note.encode())
             evidence.append({"kind": "log checkpoint", "path": rel, "sha256": sha, "run": LAB_WIDE,
@@ -200,7 +201,9 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
             f"prov verify evidence/releases/{name}/manifest.json --trust evidence/trust.json "
             "--archive archive.zip --runtime runtime/",
             "sha256sum evidence/records/*.json   # each exact record's name is its sha256",
-        ] + [f"# log checkpoints: Go note verifier key {k}" for k in note_keys]
+        ] + [f"# log checkpoints: Go note verifier key {k}" for k in note_keys] + ([
+            "# the evidence log itself, as C2SP tlog-tiles under log/: recompute it, and remember what you saw",
+            "prov log audit log/ --trust evidence/trust.json --state audit.state"] if checkpoints else [])
         generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         ledger_pages = [views[i:i + PAGE] for i in range(0, len(views), PAGE)]
         page_links = [{"href": f"ledger/{n}.html", "n": n, "first": i * PAGE + 1, "last": i * PAGE + len(pg)}
@@ -234,6 +237,8 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
                     "reject": sum(r.verdict == "reject" for r in runs)},
             generated=generated)
         bundle.write("index.html", html.encode())
+        if checkpoints:
+            _publish_log(store, out / "log", work / "log")
         shutil.copyfile(HERE / "templates/style.css", work / "style.css")
         bundle.write("_headers", HEADERS.encode())
         files = []
@@ -264,6 +269,16 @@ def build_site(store: Store, out: str | Path, releases: str | Path | None = None
         if gc_on:
             gc.enable()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish_log(store: Store, previous: Path, into: Path) -> None:
+    """The evidence log as C2SP tlog-tiles under log/, for monitors and witnesses: the last bundle's tiles
+    carried (hard links: published tiles are only ever replaced, never written in place), then only what
+    the log grew by is written."""
+    from provenance.log.publish import publish
+    if previous.is_dir():
+        shutil.copytree(previous, into, copy_function=os.link)
+    publish(store, str(into))
 
 
 class _RunPages:
