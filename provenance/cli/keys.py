@@ -33,6 +33,9 @@ def key_generate(out_dir, passphrase_file, as_json):
 
 def _witness_options(default_threshold):
     def deco(f):
+        f = click.option("--log-origin",
+                         help="The origin line of the one log the log keys sign for (prov log checkpoint prints it); "
+                              "a witness role needs it.")(f)
         f = click.option("--witness-max-age", type=int,
                          help="Seconds a witness cosignature counts after it is made (default: no limit).")(f)
         f = click.option("--witness-threshold", type=int, default=default_threshold,
@@ -64,7 +67,7 @@ def trust():
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @json_option
 def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, root_threshold, witness_keys,
-               witness_threshold, witness_max_age, out, as_json):
+               witness_threshold, witness_max_age, log_origin, out, as_json):
     """Write a trust policy JSON file.
 
     \b
@@ -75,7 +78,7 @@ def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, r
     from provenance.core.files import write_json
     from provenance.release.trust import trust_policy
     policy = trust_policy(list(release_keys), threshold, list(log_keys), expires, version, list(root_keys),
-                          root_threshold, list(witness_keys), witness_threshold, witness_max_age)
+                          root_threshold, list(witness_keys), witness_threshold, witness_max_age, log_origin)
     write_json(out, policy.model_dump(mode="json", by_alias=True, exclude_none=True))
     emit({"out": out, "keys": sorted(k.keyid for k in policy.keys.values()), "threshold": threshold}, as_json,
          f"wrote {out}: {len(policy.keys)} key(s), release threshold {threshold}")
@@ -100,7 +103,7 @@ def trust_init(release_keys, threshold, log_keys, expires, version, root_keys, r
               help="Rotate from a policy that has already expired (verifiers refuse that link: an expired link).")
 @json_option
 def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold, log_keys, root_keys,
-                 root_threshold, witness_keys, witness_threshold, witness_max_age, expires, out, as_json,
+                 root_threshold, witness_keys, witness_threshold, witness_max_age, log_origin, expires, out, as_json,
                  allow_expired=False):
     """Make version N+1 of a trust policy, signed by N's root keys (TUF root rotation).
 
@@ -115,7 +118,7 @@ def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold
     from provenance.release.trust import rotate
     doc = rotate(current, list(signing_keys), expires, list(release_keys) or None, threshold, list(log_keys) or None,
                  list(root_keys) or None, root_threshold, passphrase_file, allow_expired, list(witness_keys) or None,
-                 witness_threshold, witness_max_age)
+                 witness_threshold, witness_max_age, log_origin)
     write_json(out, doc)
     emit({"out": out, "version": doc["version"], "signatures": len(doc["signatures"]),
           "roles": {r: spec for r, spec in doc["roles"].items()}}, as_json,

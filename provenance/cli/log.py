@@ -101,8 +101,9 @@ def log_consistency(ctx, old, new, trust_path, out, as_json):
     emit(p, as_json, f"consistent: {p['size1']} -> {p['size2']} ({len(p['proof'])} hashes)")
 
 
-def _log_keys(trust_path, vkey_paths) -> tuple[dict, int]:
-    """The log keys a monitor or a witness trusts: the trust policy's log role, or note vkeys (log.vkey)."""
+def _log_keys(trust_path, vkey_paths, origins=()) -> tuple[dict, int, tuple]:
+    """The log keys a monitor or a witness trusts, their threshold and the origins it watches: the trust
+    policy's log role (and the origin it pins), or note vkeys (log.vkey) and --origin."""
     if bool(trust_path) == bool(vkey_paths):
         raise click.UsageError("give --trust trust.json or --vkey log.vkey (whose checkpoints?)")
     if trust_path:
@@ -110,19 +111,23 @@ def _log_keys(trust_path, vkey_paths) -> tuple[dict, int]:
         t = load_trust(trust_path, None)
         if not t.log:
             raise click.UsageError(f"{trust_path}: the trust policy names no log key")
-        return {k: t.keys[k][1] for k in t.log}, t.log_threshold
+        if t.log_origin and origins and set(origins) != {t.log_origin}:
+            raise click.UsageError(f"{trust_path} pins the log {t.log_origin}: --origin names another")
+        return {k: t.keys[k][1] for k in t.log}, t.log_threshold, (t.log_origin,) if t.log_origin else tuple(origins)
     from provenance.log.checkpoint import parse_note_verifiers
     from provenance.core.files import read_input
     keys = {}
     for p in vkey_paths:
         keys.update(parse_note_verifiers(read_input(p), p))
-    return keys, 1
+    return keys, 1, tuple(origins)
 
 
 _trusted_log = [click.option("--trust", "trust_path", type=click.Path(dir_okay=False),
-                             help="Trust policy whose log role signs the checkpoints."),
+                             help="Trust policy whose log role signs the checkpoints (and may pin its origin)."),
                 click.option("--vkey", "vkey_paths", multiple=True, type=click.Path(dir_okay=False),
-                             help="Or: the log's signed-note verifier key(s), one a line (a packet's log.vkey).")]
+                             help="Or: the log's signed-note verifier key(s), one a line (a packet's log.vkey)."),
+                click.option("--origin", "origins", multiple=True,
+                             help="The log (checkpoint origin line) watched; repeat for several.")]
 
 
 def trusted_log(f):
@@ -160,8 +165,10 @@ def log_publish(ctx, out, as_json):
               help="A checkpoint you hold: the published log must extend it.")
 @click.option("--state", type=click.Path(dir_okay=False),
               help="Remember the newest checkpoint audited here; the next audit must extend it.")
+@click.option("--max-entries", type=click.IntRange(min=0), default=1 << 32, show_default=True,
+              help="Refuse a checkpoint claiming more entries (a hostile log could keep a monitor busy forever).")
 @json_option
-def log_audit(source, trust_path, vkey_paths, since_path, state, as_json):
+def log_audit(source, trust_path, vkey_paths, origins, since_path, state, max_entries, as_json):
     """Audit a published log (a folder, or an http(s) URL prefix): check the checkpoint's signature,
     recompute the tree from every entry bundle, check every tile, and prove it extends what was
     seen before. Exit 1 on any mismatch, fork or rollback, printing both checkpoints.
@@ -172,10 +179,10 @@ def log_audit(source, trust_path, vkey_paths, since_path, state, as_json):
     """
     from provenance.core.progress import Progress
     from provenance.log.monitor import audit, read_since
-    keys, threshold = _log_keys(trust_path, vkey_paths)
+    keys, threshold, origins = _log_keys(trust_path, vkey_paths, origins)
     since = read_since(since_path) if since_path else None
     with Progress(f"auditing {source}", unit="entries") as prog:
-        r = audit(source, keys, threshold, since, state, prog)
+        r = audit(source, keys, threshold, since, state, prog, origins, max_entries)
     emit(r, as_json, lambda: _audit_text(r))
     if not r["ok"]:
         sys.exit(1)
@@ -202,23 +209,25 @@ def _audit_text(r: dict) -> str:
 @click.option("--name", help="The witness's key name (default: comma-lab.dev/witness/ and its key's hash).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the cosigned checkpoint here (default: print).")
 @json_option
-def log_witness(checkpoint, key_path, passphrase_file, state, trust_path, vkey_paths, proof_path, name, out, as_json):
+def log_witness(checkpoint, key_path, passphrase_file, state, trust_path, vkey_paths, origins, proof_path, name, out,
+                as_json):
     """Cosign CHECKPOINT as a witness (C2SP tlog-cosignature, cosignature/v1), only after checking the
     log's signature and a consistency proof from the last checkpoint this witness cosigned for that
-    log. Refuses (exit 1) a rollback or a fork, saying which.
+    log. Refuses (exit 1) a rollback, a fork, or a log it does not watch (start one with --origin, or a
+    trust policy that pins it), saying which.
 
     \b
     Example:
       prov log witness checkpoint.note --key witness/key.pem --state witness.state \\
-          --vkey log.vkey --proof proof --out checkpoint.cosigned
+          --vkey log.vkey --origin ORIGIN --proof proof --out checkpoint.cosigned
     """
     from provenance.core.signing import load_private
     from provenance.log.logbook import read_note
     from provenance.log.witness import cosign_checkpoint, parse_proof
-    keys, _ = _log_keys(trust_path, vkey_paths)
+    keys, _, origins = _log_keys(trust_path, vkey_paths, origins)
     note = read_note(checkpoint)
     proof = parse_proof(read_note(proof_path), proof_path) if proof_path else None
-    r = cosign_checkpoint(note, load_private(key_path, passphrase_file), state, keys, proof, name)
+    r = cosign_checkpoint(note, load_private(key_path, passphrase_file), state, keys, proof, name, origins=origins)
     if out:
         from provenance.core.files import write_atomic
         write_atomic(out, r["note"].encode())
@@ -230,8 +239,8 @@ def log_witness(checkpoint, key_path, passphrase_file, state, trust_path, vkey_p
 @click.argument("notes", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--manifest", "manifests", multiple=True, type=click.Path(dir_okay=False),
               help="A release manifest carrying that checkpoint: its copy gains the cosignatures too.")
-@click.option("--trust", "trust_path", type=click.Path(dir_okay=False),
-              help="Refuse any cosignature that is not valid by this policy's witness role.")
+@click.option("--trust", "trust_path", required=True, type=click.Path(dir_okay=False),
+              help="The policy whose witness role every cosignature added must be valid by.")
 @json_option
 @click.pass_context
 def log_cosign_add(ctx, notes, manifests, trust_path, as_json):
@@ -243,12 +252,10 @@ def log_cosign_add(ctx, notes, manifests, trust_path, as_json):
       prov log cosign-add w1.cosigned w2.cosigned --manifest releases/mysub/manifest.json --trust trust.json
     """
     from provenance.log.logbook import add_cosignatures, read_note
-    witnesses = None
-    if trust_path:
-        from provenance.release.trust import load_trust
-        witnesses = load_trust(trust_path, None).witnesses
-        if not witnesses:
-            raise click.UsageError(f"{trust_path}: the trust policy names no witness")
+    from provenance.release.trust import load_trust
+    witnesses = load_trust(trust_path, None).witnesses
+    if not witnesses:
+        raise click.UsageError(f"{trust_path}: the trust policy names no witness")
     r = add_cosignatures(open_store(ctx), [(n, read_note(n)) for n in notes], list(manifests), witnesses)
     emit(r, as_json, f"{r['added']} cosignature(s) added" + (f"; {len(r['manifests'])} manifest(s) updated"
                                                              if r["manifests"] else ""))

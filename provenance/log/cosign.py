@@ -51,6 +51,12 @@ def parse_vkey(text: str, where: str) -> tuple[str, bytes]:
     return name, raw[1:]
 
 
+def check_name(name: str) -> None:
+    """A key name a signed note can carry: not empty, no '+' (the vkey's separator), no space or control."""
+    if not name or "+" in name or any(c.isspace() or not c.isprintable() for c in name):
+        raise ProvError(f"witness name {name!r}: must be non-empty, without '+', spaces or control characters")
+
+
 def message(body: str, timestamp: int) -> bytes:
     """What a cosigner signs: the header line, the time line, the checkpoint's body (its signatures excluded)."""
     return f"cosignature/v1\ntime {timestamp}\n{body}".encode()
@@ -60,6 +66,7 @@ def sign(name: str, key, timestamp: int, body: str) -> str:
     """One signature line, newline-terminated, to append to the checkpoint note."""
     if not 0 <= timestamp <= MAX_TIMESTAMP:
         raise ProvError(f"cosignature timestamp {timestamp} out of range")
+    check_name(name)
     raw = signing.raw_public(key.public_key())
     sig = key.sign(message(body, timestamp))
     return f"\u2014 {name} {b64e(key_hash(name, raw) + timestamp.to_bytes(8, 'big') + sig)}\n"

@@ -67,7 +67,10 @@ def add_cosignatures(store, cosigned: list[tuple[str, str]], manifests: list[str
     for m in manifests:
         env, _ = loads_tracking(read_input(m), m)
         note = env.get("log", {}).get("checkpoint") if isinstance(env, dict) and isinstance(env.get("log"), dict) else None
-        body = notes.parse_checkpoint(note).body if isinstance(note, str) else None
+        try:
+            body = notes.parse_checkpoint(note).body if isinstance(note, str) else None
+        except proofs.LogProofError as e:
+            raise ProvError(f"{m}: its log checkpoint does not parse ({e})") from None
         if body not in kept:
             raise ProvError(f"{m}: carries no checkpoint this store's log signed")
         env["log"]["checkpoint"] = notes.merge_signatures(note, kept[body][1])
@@ -108,10 +111,11 @@ def release_log_bundle(store, statement_b3: str, key, since_note: str | None = N
 
 def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note: str | None,
                       threshold: int = 1, witnesses=(), witness_threshold: int = 0, witness_max_age=None,
-                      at: int | None = None) -> list[Check]:
+                      at: int | None = None, origins: tuple = ()) -> list[Check]:
     """The checks of a manifest's log bundle; raise nothing on failure. The checkpoint needs
     `threshold` distinct trusted log keys (the trust policy's log role) and, where the policy names
-    witnesses, `witness_threshold` of their cosignatures no older than `witness_max_age` at time `at`."""
+    witnesses, `witness_threshold` of their cosignatures no older than `witness_max_age` at time `at`.
+    Its origin must be each of `origins` given (the policy's pinned log, the statement's own)."""
     from blake3 import blake3
     out = []
     if not isinstance(bundle, dict) or not isinstance(bundle.get("checkpoint"), str):
@@ -120,6 +124,10 @@ def check_release_log(bundle, payload: bytes, trusted_log_keys: dict, since_note
         return [Check("log_checkpoint", False, "the trust policy names no log key")]
     try:
         cp, good = notes.verify_checkpoint(bundle["checkpoint"], trusted_log_keys)
+        wrong = [o for o in origins if o is not None and o != cp.origin]
+        if wrong:
+            return [Check("log_checkpoint", False, f"the checkpoint is of the log {cp.origin}, not {wrong[0]} "
+                                                   "(the log the trust policy or the statement names)")]
         if len(good) < threshold:
             return [Check("log_checkpoint", False, f"{cp.origin} size {cp.size} signed by {len(good)} of {threshold} "
                                                    "required distinct log key(s)")]

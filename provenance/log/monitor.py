@@ -40,12 +40,16 @@ class HttpSource:
     """GETs over one kept-alive connection; 404 is a missing tile, any other failure is an error."""
 
     def __init__(self, url: str) -> None:
-        from urllib.parse import urlsplit
-        u = urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ProvError(f"{url}: not an http(s) URL")
+        from urllib.parse import quote, urlsplit
+        try:
+            u = urlsplit(url)
+            u.port  # raises on a port out of range
+        except ValueError as e:
+            raise ProvError(f"{url}: not a URL ({e})") from None
+        if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment:
+            raise ProvError(f"{url}: not an http(s) URL prefix")
         self.url, self.u = url, u
-        self.prefix = u.path.rstrip("/") + "/"
+        self.prefix = quote(u.path.rstrip("/"), safe="/%") + "/"
         self.conn = None
 
     def _connect(self):
@@ -65,7 +69,7 @@ class HttpSource:
                 if r.will_close:
                     self.conn.close()
                     self.conn = None
-            except (OSError, http.client.HTTPException) as e:
+            except (OSError, http.client.HTTPException, UnicodeError, ValueError) as e:
                 self.conn.close()
                 self.conn = None
                 if attempt:
@@ -74,11 +78,13 @@ class HttpSource:
             if r.status == 404:
                 return None
             if r.status != 200:
-                raise ProvError(f"{self.url}{rel}: HTTP {r.status}")
+                raise ProvError(f"{self.url.rstrip('/')}/{rel}: HTTP {r.status}")
             if r.getheader("Content-Encoding", "identity").lower() == "gzip":
                 import zlib
-                d = zlib.decompressobj(wbits=31)
-                body = d.decompress(body, LIMITS.get(rel, BUNDLE_MAX) + 1)
+                try:
+                    body = zlib.decompressobj(wbits=31).decompress(body, LIMITS.get(rel, BUNDLE_MAX) + 1)
+                except zlib.error as e:
+                    raise ProvError(f"{self.url.rstrip('/')}/{rel}: bad gzip body ({e})") from None
             return body
         return None
 
@@ -87,9 +93,13 @@ def open_source(where: str):
     return HttpSource(where) if where.startswith(("http://", "https://")) else FolderSource(where)
 
 
+MAX_ENTRIES = 1 << 32  # a hostile log can claim any size and serve one valid tile for it forever
+
+
 def audit(where: str, trusted: dict, threshold: int = 1, since_note: str | None = None,
-          state: str | None = None, progress=None) -> dict:
-    """Audit the published log at WHERE. Returns the report; `ok` is False on any problem, fork or rollback."""
+          state: str | None = None, progress=None, origins=(), max_entries: int = MAX_ENTRIES) -> dict:
+    """Audit the published log at WHERE. Returns the report; `ok` is False on any problem, fork or rollback,
+    or a log other than `origins` (where any is given)."""
     src = open_source(where)
     raw = src.fetch("checkpoint")
     if raw is None:
@@ -103,6 +113,10 @@ def audit(where: str, trusted: dict, threshold: int = 1, since_note: str | None 
         return _report(where, None, None, [f"checkpoint: {e}"])
     if len(good) < threshold:
         return _report(where, cp, note, [f"checkpoint: signed by {len(good)} of {threshold} required log key(s)"])
+    if origins and cp.origin not in origins:
+        return _report(where, cp, note, [f"checkpoint: of the log {cp.origin}, not {' or '.join(origins)}"])
+    if cp.size > max_entries:
+        raise ProvError(f"{where}: the checkpoint claims {cp.size:,} entries, beyond --max-entries {max_entries:,}")
     earlier = []
     if since_note is not None:
         try:

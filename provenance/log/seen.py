@@ -18,7 +18,7 @@ class Seen:
     """`with Seen(path) as seen:` ... `seen.get(origin)`, `seen.accept(checkpoint note, **extra)`."""
 
     def __init__(self, path: str) -> None:
-        self.path = os.fspath(path)
+        self.path = os.path.realpath(path)  # a link to the state is the state: one lock, one file
         self.doc: dict = {}
         self._lock = None
         self._dirty = False

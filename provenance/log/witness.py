@@ -13,7 +13,7 @@ from provenance.core import signing
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.core.signing import b64_strict, b64e
 from provenance.log import cosign
-from provenance.log.checkpoint import verify_checkpoint
+from provenance.log.checkpoint import parse_checkpoint, verify_checkpoint
 from provenance.log.proofs import HASH_LEN, LogProofError, verify_consistency
 from provenance.log.seen import Seen
 
@@ -43,17 +43,26 @@ def parse_proof(text: str, where: str) -> tuple[int, list[bytes]]:
 
 
 def cosign_checkpoint(note: str, key, state: str, trusted: dict, proof: tuple[int, list[bytes]] | None = None,
-                      name: str | None = None, now: int | None = None) -> dict:
-    """Cosign `note` for the witness with `key` and `state`; VerificationFailed on a rollback, a fork or a
-    checkpoint the trusted log keys did not sign. The cosigned note and what was checked."""
+                      name: str | None = None, now: int | None = None, origins=()) -> dict:
+    """Cosign `note` for the witness with `key` and `state`; VerificationFailed on a rollback, a fork, a log
+    it does not watch (one of `origins`, or one it cosigned before) or a checkpoint the trusted log keys did
+    not sign. The cosigned note and what was checked."""
+    raw = signing.raw_public(key.public_key())
+    name = name or cosign.default_name(raw)
+    cosign.check_name(name)
+    try:
+        parse_checkpoint(note)
+    except LogProofError as e:
+        raise ProvError(f"not a checkpoint ({e})") from None
     try:
         cp, _ = verify_checkpoint(note, trusted)
     except LogProofError as e:
         raise VerificationFailed(f"refused: {e}") from None
-    raw = signing.raw_public(key.public_key())
-    name = name or cosign.default_name(raw)
     with Seen(state) as seen:
         kept = seen.get(cp.origin)
+        if kept is None and cp.origin not in origins:  # a fresh origin under the same key is a split view too
+            raise VerificationFailed(f"refused: {cp.origin} is not a log this witness watches (its operator starts "
+                                     "with --origin ORIGIN, or a trust policy that names it)")
         if kept is None:
             if proof is not None and proof[0] != 0:
                 raise ProvError(f"this witness has cosigned nothing of {cp.origin}: a proof must be from size 0")
@@ -83,7 +92,10 @@ def cosign_checkpoint(note: str, key, state: str, trusted: dict, proof: tuple[in
                 checked = f"consistent with size {last.size} cosigned before"
         ts = int(time.time()) if now is None else now
         if kept is not None:
-            ts = max(ts, int(kept[1].get("time", 0)))  # a witness's clock never runs back on a log
+            last_ts = kept[1].get("time", 0)
+            if type(last_ts) is not int:
+                raise ProvError(f"{state}: the time kept for {cp.origin} is not an integer")
+            ts = max(ts, last_ts)  # a witness's clock never runs back on a log
         line = cosign.sign(name, key, ts, cp.body)
         seen.accept(note, time=ts)
     return {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "witness": name, "time": ts,

@@ -196,6 +196,8 @@ class Role(Strict):
     threshold: int = Field(ge=1)
     max_age: Optional[int] = Field(default=None, ge=1, description="witness role: seconds a cosignature counts "
                                    "after its timestamp (none: no limit)")
+    origin: Optional[str] = Field(default=None, min_length=1, description="log role: the origin line of the one "
+                                  "log its keys sign for (required with a witness role: witnesses vouch for one log)")
 
 
 class TrustSignature(Strict):

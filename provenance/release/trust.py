@@ -45,7 +45,8 @@ class Trust:
                  expires: datetime | None, source: str, log_required: bool = False,
                  no_log_key: str = "the trust policy names no log key", version: int = 1,
                  chain: list[int] | None = None, log_threshold: int = 1, witnesses: list | None = None,
-                 witness_threshold: int = 0, witness_max_age: int | None = None) -> None:
+                 witness_threshold: int = 0, witness_max_age: int | None = None,
+                 log_origin: str | None = None) -> None:
         self.keys = keys  # keyid -> (name, public key)
         self.release, self.threshold, self.log = release, threshold, log
         self.expires, self.source, self.log_required = expires, source, log_required
@@ -55,6 +56,7 @@ class Trust:
         self.log_threshold = log_threshold  # distinct log keys a checkpoint needs
         self.witnesses = witnesses or []  # log.cosign.Witness: who may cosign the log's checkpoints
         self.witness_threshold, self.witness_max_age = witness_threshold, witness_max_age
+        self.log_origin = log_origin  # the one log the log role signs for, where the policy pins it
 
 
 def read_trust_doc(trust_path: str | os.PathLike) -> dict:
@@ -102,13 +104,25 @@ def trust_from_doc(doc: dict, trust_path: str) -> Trust:
     log, log_threshold = role_keys(doc, "log", trust_path)
     role_keys(doc, "root", trust_path)  # a malformed root role makes the policy unreadable, used or not
     witnesses = _witnesses(doc, trust_path, set(release) | set(log))
-    if witnesses and not log:
-        raise ProvError(f"{trust_path}: a witness role needs a log role (the keys whose checkpoints it cosigns)")
-    spec = doc["roles"].get("witness") or {}
+    roles = doc["roles"]
+    for r, spec in roles.items():
+        if r != "witness" and spec.get("max_age") is not None or r != "log" and spec.get("origin") is not None:
+            raise ProvError(f"{trust_path}: role {r}: max_age belongs to the witness role, origin to the log role")
+    log_origin = roles.get("log", {}).get("origin")
+    if witnesses:
+        if not log or log_origin is None:
+            raise ProvError(f"{trust_path}: a witness role needs a log role that names its origin (--log-origin): "
+                            "witnesses vouch for one log")
+        root, _ = role_keys(doc, "root", trust_path)
+        if "root" not in roles or set(root) & (set(release) | set(log)):
+            raise ProvError(f"{trust_path}: a witness role needs a root role of its own (--root-key), apart from the "
+                            "release and log keys: whoever holds those could otherwise rotate in witnesses of their own")
+    spec = roles.get("witness") or {}
     return Trust(keys, set(release), threshold, set(log), parse_time(doc["expires"], f"{trust_path}: expires"),
                  str(trust_path), log_required=bool(log or witnesses), version=doc["version"],
                  log_threshold=max(log_threshold, 1), witnesses=witnesses,
-                 witness_threshold=spec.get("threshold", 0), witness_max_age=spec.get("max_age"))
+                 witness_threshold=spec.get("threshold", 0), witness_max_age=spec.get("max_age"),
+                 log_origin=log_origin)
 
 
 def _vkey_of(nv: str, raw: bytes) -> bool:
@@ -174,7 +188,7 @@ def load_trust(trust_path: str | None, key_path: str | None, log_key_path: str |
 def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], expires: str,
                  version: int = 1, root_keys: list[str] | None = None, root_threshold: int = 1,
                  witness_keys: list[str] | None = None, witness_threshold: int = 1,
-                 witness_max_age: int | None = None) -> TrustPolicy:
+                 witness_max_age: int | None = None, log_origin: str | None = None) -> TrustPolicy:
     from provenance.records.models import Role, TrustPolicy  # pydantic: creating, not verifying
     keys: dict[str, dict] = {}
     names = {role: _named_keys(paths, keys) for role, paths in
@@ -188,7 +202,9 @@ def trust_policy(release_keys: list[str], threshold: int, log_keys: list[str], e
     parse_time(expires, "--expires")
     roles = {"release": Role(keys=names["release"], threshold=threshold)}
     if names["log"]:
-        roles["log"] = Role(keys=names["log"], threshold=1)
+        roles["log"] = Role(keys=names["log"], threshold=1, origin=log_origin)
+    elif log_origin is not None:
+        raise ProvError("--log-origin needs --log-key")
     if names["root"]:
         if not 1 <= root_threshold <= len(names["root"]):
             raise ProvError(f"root threshold {root_threshold} must be between 1 and {len(names['root'])}")
@@ -362,7 +378,7 @@ def rotate(current: str | os.PathLike, signing_keys: list[str], expires: str, re
            threshold: int | None = None, log_keys: list[str] | None = None, root_keys: list[str] | None = None,
            root_threshold: int | None = None, passphrase_file=None, allow_expired: bool = False,
            witness_keys: list[str] | None = None, witness_threshold: int | None = None,
-           witness_max_age: int | None = None) -> dict:
+           witness_max_age: int | None = None, log_origin: str | None = None) -> dict:
     """Version N+1 of a trust policy, signed by `signing_keys` (they must reach the root thresholds of
     both version N and N+1). Roles not given are carried over; a key no role names is dropped (revoked).
     From a policy already expired it refuses unless `allow_expired`: verifiers refuse that link."""
@@ -383,13 +399,20 @@ def rotate(current: str | os.PathLike, signing_keys: list[str], expires: str, re
                              ("root", root_keys, root_threshold)):
         if paths:
             names = _named_keys(paths, keys)
-            roles[role] = {"keys": names, "threshold": thr if thr is not None else 1}
+            roles[role] = {"keys": names, "threshold": thr if thr is not None else 1,
+                           **({"origin": roles[role]["origin"]} if roles.get(role, {}).get("origin") else {})}
         elif thr is not None and role in roles:
             roles[role]["threshold"] = thr
+    if log_origin is not None:
+        if "log" not in roles:
+            raise ProvError("--log-origin needs a log role: give --log-key")
+        roles["log"]["origin"] = log_origin
     if witness_keys:
-        roles.pop("witness", None)  # old witnesses not named again are revoked (their keys dropped below)
+        old_role = roles.pop("witness", {})  # old witnesses not named again are revoked (their keys dropped below)
         names = _witness_keys(witness_keys, keys)
-        roles["witness"] = _witness_role(names, witness_threshold or 1, witness_max_age).model_dump(exclude_none=True)
+        roles["witness"] = _witness_role(  # what is not given again is carried over, never weakened by omission
+            names, witness_threshold if witness_threshold is not None else old_role.get("threshold", 1),
+            witness_max_age if witness_max_age is not None else old_role.get("max_age")).model_dump(exclude_none=True)
     elif "witness" in roles:
         if witness_threshold is not None:
             roles["witness"]["threshold"] = witness_threshold

@@ -250,7 +250,8 @@ def appraise(v: Verified, trust: Trust, out: Outcome, archive: str | None = None
         else:
             out.checks += check_release_log(env.get("log"), payload, {k: trust.keys[k][1] for k in trust.log},
                                             since, trust.log_threshold, trust.witnesses, trust.witness_threshold,
-                                            trust.witness_max_age, int(now.timestamp()))
+                                            trust.witness_max_age, int(now.timestamp()),
+                                            (trust.log_origin, (pred.get("log") or {}).get("origin")))
     # 11. rollback
     digest = hashlib.sha256(payload).hexdigest()
     if state is not None:

@@ -35,15 +35,15 @@ def split(tmp_path):
     signed by the same log key; notes in files, both published; a trust policy on the log key."""
     key = Ed25519PrivateKey.generate()
     (tmp_path / "log.pub.pem").write_bytes(pem(key.public_key()))
-    run_prov("key", "generate", "--out", tmp_path / "rel", check=0)
-    for w in ("w1", "w2"):
-        run_prov("key", "generate", "--out", tmp_path / w, check=0)
-    trust = tmp_path / "trust.json"
-    run_prov("trust", "init", "--release-key", tmp_path / "rel/key.pub.pem", "--log-key", tmp_path / "log.pub.pem",
-             "--witness-key", tmp_path / "w1/key.pub.pem", "--expires", "2099-01-01T00:00:00Z", "--out", trust, check=0)
+    for k in ("rel", "root", "w1", "w2"):
+        run_prov("key", "generate", "--out", tmp_path / k, check=0)
     a = Store(tmp_path / "a", create=True)
     translog.open_log(a).append_many([entry("a", i) for i in range(19)])
     notes = {"a19": logbook.checkpoint(a, key)}
+    trust = tmp_path / "trust.json"
+    run_prov("trust", "init", "--release-key", tmp_path / "rel/key.pub.pem", "--log-key", tmp_path / "log.pub.pem",
+             "--log-origin", notes["a19"].split("\n")[0], "--root-key", tmp_path / "root/key.pub.pem",
+             "--witness-key", tmp_path / "w1/key.pub.pem", "--expires", "2099-01-01T00:00:00Z", "--out", trust, check=0)
     a.close()
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     stores = {"a": Store(tmp_path / "a"), "b": Store(tmp_path / "b")}
@@ -181,14 +181,20 @@ def test_cosign_add_collects_into_store_manifest_and_tiles(split, tmp_path):
     assert r.returncode == 2 and "not a valid cosignature by a witness" in r.err
     assert manifest.read_bytes() == before
     # a copy of another log's checkpoint: refused
-    r = run_prov("log", "cosign-add", split["note"]("b21"), store=d / "a")
+    r = run_prov("log", "cosign-add", split["note"]("b21"), "--trust", split["trust"], store=d / "a")
     assert r.returncode == 2 and "not a checkpoint this store's log signed" in r.err
+    r = run_prov("log", "cosign-add", tmp_path / "w1.cosigned", store=d / "a")  # whose witnesses? say
+    assert r.returncode == 2 and "--trust" in r.err
+    run_prov("trust", "rotate", "--from", split["trust"], "--key", d / "root/key.pem", "--witness-key",
+             d / "w1/key.pub.pem", "--witness-key", d / "w2/key.pub.pem", "--expires", "2099-01-01T00:00:00Z",
+             "--out", d / "both.json", check=0)
     r = run_prov("log", "cosign-add", tmp_path / "w1.cosigned", tmp_path / "w2.cosigned", "--manifest", manifest,
-                 "--json", store=d / "a", check=0)
+                 "--trust", d / "both.json", "--json", store=d / "a", check=0)
     assert json.loads(r.out)["added"] == 2
     note = json.loads(manifest.read_text())["log"]["checkpoint"]
     assert note.count("\n\u2014 ") == 3 and w1["cosignature"] in note
-    run_prov("log", "cosign-add", tmp_path / "w1.cosigned", store=d / "a", check=0)  # idempotent
+    run_prov("log", "cosign-add", tmp_path / "w1.cosigned", "--trust", d / "both.json", store=d / "a",
+             check=0)  # idempotent
     run_prov("log", "publish", "--out", d / "pub-a", store=d / "a", check=0)
     assert (d / "pub-a/checkpoint").read_text() == note
     # signing the same checkpoint again keeps its cosignatures; the log still verifies
@@ -215,3 +221,66 @@ def test_the_state_is_held_from_read_to_write(tmp_path):
         assert not entered.wait(0.5)  # a slow start only hides a broken lock: a failure here is never false
     assert entered.wait(60)
     t.join()
+
+
+def test_a_new_log_under_the_same_key_is_not_watched(split, tmp_path):
+    """The lab starts a second log (another origin) with the same key: a witness that has never been told
+    of it refuses, and a monitor pinned to the first log fails it."""
+    c = Store(tmp_path / "c", create=True)
+    translog.open_log(c).append_many([entry("c", i) for i in range(5)])
+    note = logbook.checkpoint(c, split["key"])
+    publish(c, str(tmp_path / "pub-c"))
+    c.close()
+    (tmp_path / "c.note").write_text(note)
+    r = run_prov("log", "witness", tmp_path / "c.note", "--key", split["dir"] / "w1/key.pem", "--state",
+                 tmp_path / "w.state", "--trust", split["trust"])
+    assert r.returncode == 1 and "not a log this witness watches" in r.err
+    (tmp_path / "log.vkey").write_text(translog.note_verifier(NOTE_KEY_NAME, split["key"].public_key().public_bytes_raw()))
+    r = run_prov("log", "witness", tmp_path / "c.note", "--key", split["dir"] / "w1/key.pem", "--state",
+                 tmp_path / "w.state", "--vkey", tmp_path / "log.vkey")
+    assert r.returncode == 1 and "--origin ORIGIN" in r.err
+    run_prov("log", "witness", tmp_path / "c.note", "--key", split["dir"] / "w1/key.pem", "--state",
+             tmp_path / "w.state", "--vkey", tmp_path / "log.vkey", "--origin", note.split("\n")[0], check=0)
+    r = run_prov("log", "audit", tmp_path / "pub-c", "--trust", split["trust"], "--json")
+    assert r.returncode == 1 and "checkpoint: of the log" in r.out
+
+
+def test_a_linked_state_is_the_same_state(split, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "etc").mkdir()
+    real = tmp_path / "real/state"
+    run_prov("log", "witness", split["note"]("a20"), "--key", split["dir"] / "w1/key.pem", "--state", real,
+             "--trust", split["trust"], check=0)
+    (tmp_path / "etc/state").symlink_to("../real/state")
+    r = run_prov("log", "witness", split["note"]("b20"), "--key", split["dir"] / "w1/key.pem", "--state",
+                 tmp_path / "etc/state", "--trust", split["trust"])
+    assert r.returncode == 1 and "fork" in r.err
+    assert (tmp_path / "etc/state").is_symlink()
+
+
+def test_bad_input_is_one_line(split, tmp_path):
+    d = split["dir"]
+    for name in ("my witness", "a+b", "tab\there"):
+        r = run_prov("log", "witness", split["note"]("a20"), "--key", d / "w1/key.pem", "--state", tmp_path / "s",
+                     "--trust", split["trust"], "--name", name)
+        assert r.returncode == 2 and "witness name" in r.err and r.err.count("\n") == 1, r.err
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "junk.note").write_text("not a note\n")
+    r = run_prov("log", "witness", tmp_path / "junk.note", "--key", d / "w1/key.pem", "--state", tmp_path / "s",
+                 "--trust", split["trust"])
+    assert r.returncode == 2 and "not a checkpoint" in r.err
+    for url in ("http://127.0.0.1:99999/x", "http://[::1/x", "ftp://example/x", "http://127.0.0.1:1/x?y=1"):
+        r = run_prov("log", "audit", url, "--trust", split["trust"])
+        assert r.returncode == 2 and r.err.count("\n") == 1 and "internal error" not in r.err, (url, r.err)
+    r = run_prov("log", "audit", d / "pub-a", "--trust", split["trust"], "--max-entries", "10")
+    assert r.returncode == 2 and "beyond --max-entries 10" in r.err
+
+
+def test_publish_never_writes_through_a_link(split, tmp_path):
+    out, outside = tmp_path / "pub", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / "tile").symlink_to(outside)
+    r = run_prov("log", "publish", "--out", out, store=split["dir"] / "a")
+    assert r.returncode == 2 and "refusing to publish through it" in r.err
+    assert not any(outside.iterdir()) and not (out / "checkpoint").exists()

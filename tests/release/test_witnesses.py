@@ -15,7 +15,7 @@ def lab(tmp_path_factory):
     """Release key, log key, witnesses w1 w2 (the policy's, 2 of 2, 1 hour) and w3 (nobody's); a release
     logged in store A, and a second log B for a cosignature over another origin."""
     d = tmp_path_factory.mktemp("witnesses")
-    for k in ("rel", "log", "w1", "w2", "w3"):
+    for k in ("rel", "log", "root", "w1", "w2", "w3"):
         run_prov("key", "generate", "--out", d / k, check=0)
     rt = make_tree(d / "runtime", RUNTIME_SPEC)
     archive = d / "archive.zip"
@@ -26,18 +26,24 @@ def lab(tmp_path_factory):
     run_prov("release", "create", "--record", rec["digest"]["sha256"], "--archive", archive, "--runtime", rt,
              "--name", "demo", "--key", d / "rel/key.pem", "--log-key", d / "log/key.pem", "--out", manifest,
              store=d / "A", check=0)
+    note = json.loads(manifest.read_text())["log"]["checkpoint"]
+    run_prov("trust", "init", "--release-key", d / "rel/key.pub.pem", "--log-key", d / "log/key.pub.pem",
+             "--expires", "2099-01-01T00:00:00Z", "--out", d / "t.json", check=0)
+    (d / "log.vkey").write_text(next(k["note_verifier"] for k in json.loads((d / "t.json").read_text())["keys"].values()
+                                     if "note_verifier" in k) + "\n")
     common = ["--release-key", d / "rel/key.pub.pem", "--log-key", d / "log/key.pub.pem",
               "--expires", "2099-01-01T00:00:00Z"]
+    witnessed = [*common, "--log-origin", note.split("\n")[0], "--root-key", d / "root/key.pub.pem"]
     run_prov("trust", "init", *common, "--out", d / "plain.json", check=0)
-    run_prov("trust", "init", *common, "--witness-key", d / "w1/key.pub.pem", "--witness-key", d / "w2/key.pub.pem",
-             "--witness-threshold", "2", "--witness-max-age", "3600", "--out", d / "trust.json", check=0)
-    note = json.loads(manifest.read_text())["log"]["checkpoint"]
+    run_prov("trust", "init", *witnessed, "--witness-key", d / "w1/key.pub.pem", "--witness-key",
+             d / "w2/key.pub.pem", "--witness-threshold", "2", "--witness-max-age", "3600", "--out", d / "trust.json",
+             check=0)
     (d / "release.note").write_text(note)
     # another log (its own origin), signed by the same log key, cosigned by w2
     other = prov_json("adjudicate", d / "report.txt", "--archive", archive, "--runtime", rt, store=d / "B")
     run_prov("log", "append", other["digest"]["sha256"], store=d / "B", check=0)
     run_prov("log", "checkpoint", "--key", d / "log/key.pem", "--out", d / "other.note", store=d / "B", check=0)
-    return dict(dir=d, manifest=manifest, rt=rt, archive=archive, note=note)
+    return dict(dir=d, manifest=manifest, rt=rt, archive=archive, note=note, witnessed=witnessed)
 
 
 def cosigned(lab, w, note="release.note", ts=None):
@@ -45,7 +51,7 @@ def cosigned(lab, w, note="release.note", ts=None):
     d = lab["dir"]
     if ts is None:
         r = prov_json("log", "witness", d / note, "--key", d / w / "key.pem", "--state", d / f"{w}-{note}.state",
-                      "--trust", d / "trust.json")
+                      "--vkey", d / "log.vkey", "--origin", (d / note).read_text().split("\n")[0])
         return r["cosignature"]
     from provenance.core.signing import load_private
     from provenance.log import cosign
@@ -117,9 +123,14 @@ def test_a_release_before_the_role_verifies_under_its_policy(lab):
     # the policy rotated to one that names witnesses: a judge walking the chain asks for them
     chain = d / "chain"
     chain.mkdir()
-    run_prov("trust", "rotate", "--from", d / "plain.json", "--key", d / "rel/key.pem",
-             "--witness-key", d / "w1/key.pub.pem", "--expires", "2099-01-01T00:00:00Z",
-             "--out", chain / "2.trust.json", check=0)
+    origin = lab["note"].split("\n")[0]
+    r = run_prov("trust", "rotate", "--from", d / "plain.json", "--key", d / "rel/key.pem", "--witness-key",
+                 d / "w1/key.pub.pem", "--log-origin", origin, "--expires", "2099-01-01T00:00:00Z",
+                 "--out", chain / "2.trust.json")
+    assert r.returncode == 2 and "root role of its own" in r.err  # the lab's own root could pick its witnesses
+    run_prov("trust", "rotate", "--from", d / "plain.json", "--key", d / "rel/key.pem", "--key", d / "root/key.pem",
+             "--root-key", d / "root/key.pub.pem", "--witness-key", d / "w1/key.pub.pem", "--log-origin", origin,
+             "--expires", "2099-01-01T00:00:00Z", "--out", chain / "2.trust.json", check=0)
     r = run_prov("verify", lab["manifest"], "--trust", d / "plain.json", "--trust-chain", chain, "--no-files", "--json")
     assert r.returncode == 1 and "0 of 1 required witness cosignature" in r.out
     env = json.loads(lab["manifest"].read_text())
@@ -132,18 +143,23 @@ def test_a_release_before_the_role_verifies_under_its_policy(lab):
 def test_a_witness_cannot_be_the_lab(lab, tmp_path):
     d = lab["dir"]
     for key in ("log", "rel"):
-        r = run_prov("trust", "init", "--release-key", d / "rel/key.pub.pem", "--log-key", d / "log/key.pub.pem",
-                     "--witness-key", d / key / "key.pub.pem", "--expires", "2099-01-01T00:00:00Z",
+        r = run_prov("trust", "init", *lab["witnessed"], "--witness-key", d / key / "key.pub.pem",
                      "--out", tmp_path / "t.json")
         assert r.returncode == 2 and "witness" in r.err, r.err
         assert not (tmp_path / "t.json").exists()
     r = run_prov("trust", "init", "--release-key", d / "rel/key.pub.pem", "--witness-key", d / "w1/key.pub.pem",
                  "--expires", "2099-01-01T00:00:00Z", "--out", tmp_path / "t.json")
     assert r.returncode == 2 and "needs a log role" in r.err
-    r = run_prov("trust", "init", "--release-key", d / "rel/key.pub.pem", "--log-key", d / "log/key.pub.pem",
-                 "--witness-key", d / "w1/key.pub.pem", "--witness-threshold", "2", "--expires", "2099-01-01T00:00:00Z",
+    r = run_prov("trust", "init", *lab["witnessed"], "--witness-key", d / "w1/key.pub.pem", "--witness-threshold", "2",
                  "--out", tmp_path / "t.json")
     assert r.returncode == 2 and "witness threshold 2" in r.err
+    r = run_prov("trust", "init", "--release-key", d / "rel/key.pub.pem", "--log-key", d / "log/key.pub.pem",
+                 "--root-key", d / "root/key.pub.pem", "--witness-key", d / "w1/key.pub.pem",
+                 "--expires", "2099-01-01T00:00:00Z", "--out", tmp_path / "t.json")
+    assert r.returncode == 2 and "names its origin" in r.err
+    r = run_prov("trust", "init", *lab["witnessed"][:-2], "--witness-key", d / "w1/key.pub.pem",
+                 "--out", tmp_path / "t.json")
+    assert r.returncode == 2 and "root role of its own" in r.err
 
 
 def test_a_vkey_names_a_witness(lab, tmp_path):
@@ -152,10 +168,42 @@ def test_a_vkey_names_a_witness(lab, tmp_path):
     r = prov_json("log", "witness", d / "release.note", "--key", d / "w3/key.pem", "--state", tmp_path / "s",
                   "--trust", d / "trust.json", "--name", "witness.example/w3")
     (tmp_path / "w3.vkey").write_text(r["vkey"] + "\n")
-    run_prov("trust", "init", "--release-key", d / "rel/key.pub.pem", "--log-key", d / "log/key.pub.pem",
-             "--witness-key", tmp_path / "w3.vkey", "--expires", "2099-01-01T00:00:00Z",
-             "--out", tmp_path / "t.json", check=0)
+    run_prov("trust", "init", *lab["witnessed"], "--witness-key", tmp_path / "w3.vkey", "--out", tmp_path / "t.json",
+             check=0)
     (d / "w3.json").write_text((tmp_path / "t.json").read_text())
     c = verify(lab, [r["cosignature"]], trust="w3.json", check=0)["log_witnesses"]
     assert "witness.example/w3" in c["detail"]
     assert not verify(lab, [cosigned(lab, "w3")], trust="w3.json", check=1)["log_witnesses"]["ok"]  # another name
+
+
+def test_the_policy_pins_the_log(lab):
+    """A checkpoint of another log, even one signed by the same log key and cosigned, is not this release's."""
+    d = lab["dir"]
+    env = json.loads(lab["manifest"].read_text())
+    env["log"]["checkpoint"] = (d / "other.note").read_text() + cosigned(lab, "w1", note="other.note") \
+        + cosigned(lab, "w2", note="other.note")
+    (d / "elsewhere.json").write_text(json.dumps(env))
+    r = run_prov("verify", d / "elsewhere.json", "--trust", d / "trust.json", "--no-files", "--json")
+    assert r.returncode == 1
+    c = {c["name"]: c for c in json.loads(r.out)["checks"]}["log_checkpoint"]
+    assert not c["ok"] and f"not {lab['note'].split(chr(10))[0]}" in c["detail"]
+    # without the pin, the statement's own origin still binds it
+    r = run_prov("verify", d / "elsewhere.json", "--trust", d / "plain.json", "--no-files", "--json")
+    c = {c["name"]: c for c in json.loads(r.out)["checks"]}["log_checkpoint"]
+    assert r.returncode == 1 and not c["ok"] and "the statement names" in c["detail"]
+
+
+def test_a_rotation_keeps_what_it_does_not_change(lab, tmp_path):
+    d = lab["dir"]
+    run_prov("trust", "rotate", "--from", d / "trust.json", "--key", d / "root/key.pem", "--witness-key",
+             d / "w1/key.pub.pem", "--witness-key", d / "w3/key.pub.pem", "--expires", "2099-01-01T00:00:00Z",
+             "--out", tmp_path / "2.json", check=0)
+    role = json.loads((tmp_path / "2.json").read_text())["roles"]["witness"]
+    assert role["threshold"] == 2 and role["max_age"] == 3600 and len(role["keys"]) == 2
+    r = run_prov("trust", "rotate", "--from", d / "trust.json", "--key", d / "root/key.pem", "--witness-key",
+                 d / "w1/key.pub.pem", "--expires", "2099-01-01T00:00:00Z", "--out", tmp_path / "3.json")
+    assert r.returncode == 2 and "witness threshold 2" in r.err  # fewer witnesses: say the new threshold
+    r = run_prov("trust", "rotate", "--from", d / "trust.json", "--key", d / "rel/key.pem", "--witness-key",
+                 d / "w3/key.pub.pem", "--witness-threshold", "1", "--expires", "2099-01-01T00:00:00Z",
+                 "--out", tmp_path / "4.json")
+    assert r.returncode == 1 and "root key" in r.err  # the release key is no root of this policy

@@ -277,7 +277,7 @@ def _publish_log(store: Store, previous: Path, into: Path) -> None:
     the log grew by is written."""
     from provenance.log.publish import publish
     if previous.is_dir():
-        shutil.copytree(previous, into, copy_function=os.link)
+        shutil.copytree(previous, into, symlinks=True, copy_function=os.link)  # a link stays one: publish refuses it
     publish(store, str(into))
 
 
