@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from provenance.cli.common import json_option, open_store, record_out
-from provenance.core.errors import ProvError
 
 
 def _profile_option(f):
@@ -36,16 +34,9 @@ def adjudicate(ctx, report, archive, runtime, upstream, profile_name, as_json):
     Example:
       prov adjudicate report.txt --archive archive.zip --runtime runtime/ --json
     """
-    from provenance.contest import get_profile
-    from provenance.log.translog import log_object
-    from provenance.records.adjudicate import adjudicate_report
-    for p in (report, archive):
-        if p is not None and not os.path.exists(p):
-            raise ProvError(f"{p}: no such file")
-    profile = get_profile(profile_name)
-    store = open_store(ctx, create=True)
-    record, digest, checks = adjudicate_report(store, report, archive, runtime, upstream, profile)
-    log_object(store, digest.blake3)
+    from provenance.log.evidence import adjudicate
+    record, digest, checks = adjudicate(lambda: open_store(ctx, create=True), report, archive, runtime, upstream,
+                                        profile_name)
     record_out(record, digest, checks, as_json)
     if any(not c.ok and c.severity == "error" for c in checks):
         sys.exit(1)
@@ -67,14 +58,8 @@ def import_legacy(ctx, record_file, archive, runtime, as_json):
     Example:
       prov import-legacy v1-record.json --archive archive.zip --runtime runtime/
     """
-    from provenance.log.translog import log_object
-    from provenance.records import legacy
-    for p in (record_file, archive):
-        if p and not os.path.exists(p):
-            raise ProvError(f"{p}: no such file")
-    store = open_store(ctx, create=True)
-    record, digest, checks = legacy.import_legacy(store, record_file, archive, runtime)
-    log_object(store, digest.blake3)
+    from provenance.log.evidence import import_legacy as import_v1
+    record, digest, checks = import_v1(lambda: open_store(ctx, create=True), record_file, archive, runtime)
     record_out(record, digest, checks, as_json)
     if any(not c.ok and c.severity == "error" for c in checks):
         sys.exit(1)

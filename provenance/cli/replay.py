@@ -49,10 +49,9 @@ def replay_cmd(ctx, archive, runtime, upstream, name, device, compare_path, no_s
     Example: prov replay --archive submissions/half/archive.zip --runtime submissions/half/runtime
     --upstream evidence/miniature/upstream --python evidence/miniature-env
     """
-    from provenance.log.translog import log_object
+    from provenance.log.evidence import replay
     from provenance.replay import intake
     from provenance.replay.claims import expected_from, verdict
-    from provenance.replay.run import replay
     from provenance.replay.interpreter import Interpreter
     from provenance.replay.limits import Limits
     python = Interpreter.at(python_path) if python_path else None
@@ -64,7 +63,6 @@ def replay_cmd(ctx, archive, runtime, upstream, name, device, compare_path, no_s
                     tmp_size=tmp_size, write_margin=write_margin)
     res = replay(store, archive, runtime, upstream, name, device, not no_sandbox, limits, say,
                  keep_scratch=keep_scratch, intake_limits=intake.IntakeLimits(max_total_bytes=max_expand), python=python)
-    log_object(store, res.digest.blake3)
     said, diff = verdict(res.record, expected) if expected else (None, None)
     if as_json:
         out = {"record": res.record.to_json_obj(), "digest": {"sha256": res.digest.sha256, "blake3": res.digest.blake3},

@@ -28,6 +28,27 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+def helper_threads():
+    """A context manager: the threads started inside it never take SIGINT, SIGTERM or SIGHUP (born with the
+    creator's mask, which blocks them for the span), so the kernel hands those to the main thread and its
+    wait wakes. A signal a helper takes only sets Python's flag, leaving the main thread asleep in waitpid."""
+    import contextlib
+    import signal
+    import threading
+
+    @contextlib.contextmanager
+    def scope():
+        if threading.current_thread() is not threading.main_thread():
+            yield  # a helper's own helpers inherit its mask already
+            return
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # one that came meanwhile is delivered here, now
+    return scope()
+
+
 def terminate_on_signals():
     """A context manager: SIGTERM and SIGHUP raise Terminated in the main thread for its span (and
     nothing changes off the main thread, where Python cannot install handlers)."""

@@ -28,7 +28,7 @@ from typing import Callable
 from provenance.core.errors import MissingEnvironment, ProvError
 from provenance.core.files import remove_tree
 from provenance.store.objects import Store
-from provenance.log.translog import log_object
+from provenance.log.evidence import log_record
 from provenance.lab.meeting import closure, fetch, meeting, publish
 
 ENGINES = ("local", "ray")
@@ -207,7 +207,7 @@ def _merge(b: ReplayBatch, where, res: dict, results: dict[str, ReplayOutcome], 
     while logged[0] < len(order) and order[logged[0]] in results:
         nxt = results[order[logged[0]]]
         if nxt.ok:
-            nxt.logged = log_object(b.store, nxt.record_b3)[0]
+            nxt.logged = log_record(b.store, nxt.record_b3)
         logged[0] += 1
 
 

@@ -14,7 +14,7 @@ from provenance.core.errors import ProvError
 from provenance.core.files import remove_tree
 from provenance.lab.batch import ReplayBatch, ReplayOutcome, collect, run
 from provenance.lab.meeting import closure, dvc_remote, fetch, meeting, publish
-from provenance.log.translog import log_object
+from provenance.log.evidence import log_record
 from provenance.store.objects import Store
 
 
@@ -143,7 +143,7 @@ def _fan_out(todo: list[str], keys: dict[str, str], submissions: Path, upstream:
                     rows = closure(head, [*inputs, o.record_b3])
                     publish(head, rows, hand)
                     fetch(store, rows, hand)
-                    log_object(store, o.record_b3)
+                    log_record(store, o.record_b3)
                     write_atomic(tmp / "out" / "record.json", store.read_bytes(o.record_b3))
                 finally:
                     store.close()

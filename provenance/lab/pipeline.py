@@ -13,17 +13,16 @@ from pathlib import Path
 from provenance.core.clock import format_time
 from provenance.core.files import write_atomic, write_json
 from provenance.store.objects import Store
-from provenance.log.translog import log_object
+from provenance.log.evidence import log_record
 
 
 def replay_one(name: str, submissions: Path, upstream: Path, out: Path, metrics: Path, device: str) -> dict:
-    from provenance.replay.run import replay
+    from provenance.log.evidence import replay
     sub = submissions / name
     if out.exists():
         shutil.rmtree(out)
     store = Store(out / "store", create=True)
     res = replay(store, sub / "archive.zip", sub / "runtime", upstream, name=name, device=device)
-    log_object(store, res.digest.blake3)
     data = store.read_bytes(res.digest.blake3)
     write_atomic(out / "record.json", data)
     store.close()
@@ -84,7 +83,7 @@ def release_all(names: list[str], replays: Path, submissions: Path, store_dir: P
     for name in names:  # records first, in params order, so the log reads like the lab notebook
         from provenance.records.models import load_record
         rec = load_record((replays / name / "record.json").read_bytes(), name)
-        log_object(store, rec.digest().blake3)
+        log_record(store, rec.digest().blake3)
     if sweep is not None:  # annotate parents and axes, then judge every run by the promotion rule
         from provenance.lab.sweep import judge
         judge(store, names, sweep, replays)

@@ -54,11 +54,13 @@ def _parent(out: str, rel: str, made: set) -> str:
 def _stage(parent: str, name: str, data: bytes) -> str:
     """`data` in a new temp file beside `name`, never through a link; its path."""
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        os.unlink(tmp)  # a dead run's, or a planted link: never written through
-    except FileNotFoundError:
-        pass
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
+        fd = os.open(tmp, flags, 0o644)
+    except FileExistsError:  # a dead run's, or a planted link: removed, never written through
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o644)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
     return tmp
 

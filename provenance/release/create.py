@@ -11,6 +11,7 @@ from provenance.core.digest import Digest
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.records.models import (DigestSet, TreeDigestSet, EvalRecord, ReleasePredicate, Score, Statement, Subject, load_record)
 from provenance.store.objects import Store
+from provenance.log.evidence import log_record
 from provenance.log.translog import log_object, open_log
 from provenance.records.envelope import envelope_shape, payload_of, statement_bytes
 
@@ -85,7 +86,7 @@ def create_release(store: Store, record_ref: str, archive: str | Path, runtime: 
     store.set_ref(ref, stmt_d.blake3, expect=prev_b3 or "")  # a concurrent release of this name loses here
     if log_key is not None:
         from provenance.log.logbook import release_log_bundle
-        log_object(store, record_d.blake3)
+        log_record(store, record_d.blake3)
         env["log"] = release_log_bundle(store, stmt_d.blake3, log_key, since_note)
     else:
         log_object(store, stmt_d.blake3)

@@ -29,7 +29,7 @@ from provenance.replay.upstream import NAMES_FILE, detect_profile
 from provenance.replay.cgroup import pid_alive
 from provenance.core.checks import Check
 from provenance.core.digest import Digest, hash_file, stream
-from provenance.core.errors import ProvError, VerificationFailed, terminate_on_signals
+from provenance.core.errors import ProvError, VerificationFailed, helper_threads, terminate_on_signals
 from provenance.core.files import remove_tree
 from provenance.replay.frames import frame_pngs, keep_frames
 from provenance.replay.interpreter import Interpreter
@@ -368,10 +368,12 @@ def _replay(store, archive, runtime, upstream_spec, name, device, sandboxed, lim
         # Independent work overlaps: the probe runs beside inflate, the frame illustrations are made
         # on the host while the evaluator runs (inflate's processes are gone by then), and the
         # record's code (pydantic: a tenth of a second) loads while the sandbox works.
-        threading.Thread(target=_load_record_code, daemon=True).start()
+        with helper_threads():
+            threading.Thread(target=_load_record_code, daemon=True).start()
         with ThreadPoolExecutor(max_workers=1) as pool:
             probe_argv = [python.executable, "-I", "-c", PROBE, device]
-            probe_job = pool.submit(run, "probe", probe_argv)
+            with helper_threads():  # its one worker is made here
+                probe_job = pool.submit(run, "probe", probe_argv)
             inflate = require(run("inflate", ["bash", f"{sub}/inflate.sh", f"{sub}/archive", f"{sub}/inflated",
                                               f"{up}/{NAMES_FILE}"]))
             probe = probe_job.result()

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provenance.contest.policy import View
-from provenance.core.errors import MissingEnvironment
+from provenance.core.errors import MissingEnvironment, helper_threads
 from provenance.replay.cgroup import Cgroup
 from provenance.replay.interpreter import Interpreter
 from provenance.replay.limits import MiB, Limits, Watchdog
@@ -279,10 +279,11 @@ class Sandbox:
                 p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=self.env, cwd=str(self.l.upstream), pass_fds=fds,
                                      preexec_fn=lambda: self._limits(file_size, cg))
-                tails = [_Tail(p.stdout), _Tail(p.stderr)]
-                dog = Watchdog(p.pid, self.limits, self.writable_dirs(view), view.write_cap,
-                                lambda: self._kill(p, cg), self.enabled, cg, self.capped_fs(view))
-                dog.start()
+                with helper_threads():  # the signals that end a replay go to the thread that waits below
+                    tails = [_Tail(p.stdout), _Tail(p.stderr)]
+                    dog = Watchdog(p.pid, self.limits, self.writable_dirs(view), view.write_cap,
+                                   lambda: self._kill(p, cg), self.enabled, cg, self.capped_fs(view))
+                    dog.start()
                 for fd in fds:  # the child has its copies; ours would keep the pipe open
                     os.close(fd)
                 fds = ()
@@ -295,7 +296,8 @@ class Sandbox:
                     self._kill(p, cg)
                 timer = threading.Timer(budget, expire)
                 timer.daemon = True
-                timer.start()
+                with helper_threads():
+                    timer.start()
                 try:
                     rc = p.wait()
                 except BaseException:  # Ctrl-C, SIGTERM, SIGHUP: the phase goes before scratch does

@@ -247,6 +247,7 @@ def test_audit_recomputes_every_tile(grown, trust, tmp_path):
 def test_audit_over_http(grown, trust, tmp_path):
     class Quiet(SimpleHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # kept-alive connections, as a static server gives
+        disable_nagle_algorithm = True  # headers and body go out at once, as a real server sends them
 
         def log_message(self, *a):
             pass

@@ -1,0 +1,60 @@
+"""Log this record: the step after adjudication, in one home. Every record the house makes (adjudicated
+from a report, imported from a legacy record, replayed) is kept by its maker and appended to the store's
+evidence log here; the commands and the lab call these, never the log's tables.
+
+The log ranks above replay and records in the flow (intake, replay, adjudicate, log), so it may call
+them: `adjudicate`, `import_legacy` and `replay` are each one library call that makes and logs."""
+
+from __future__ import annotations
+
+import os
+
+from provenance.core.errors import ProvError
+from provenance.log.translog import log_object
+
+
+def log_record(store, blake3: str) -> int:
+    """Append a stored record to the evidence log (idempotent); its leaf index. Logged under the kind it
+    was first stored as, as every record has been."""
+    return log_object(store, blake3)[0]
+
+
+def _exists(*paths) -> None:
+    for p in paths:
+        if p is not None and not os.path.exists(p):
+            raise ProvError(f"{p}: no such file")
+
+
+def _opened(store):
+    """A Store, or a callable that opens one: the inputs are checked before a store is made."""
+    return store() if callable(store) else store
+
+
+def adjudicate(store, report, archive=None, runtime=None, upstream=None, profile: str = "official"):
+    """`prov adjudicate`: a report turned into a graded record, kept and logged. (record, digest, checks)"""
+    from provenance.contest import get_profile
+    from provenance.records.adjudicate import adjudicate_report
+    _exists(report, archive)
+    prof = get_profile(profile)
+    store = _opened(store)
+    record, digest, checks = adjudicate_report(store, report, archive, runtime, upstream, prof)
+    log_record(store, digest.blake3)
+    return record, digest, checks
+
+
+def import_legacy(store, record_file, archive=None, runtime=None):
+    """`prov import-legacy`: a comma-lab v1 record converted, kept and logged. (record, digest, checks)"""
+    from provenance.records import legacy
+    _exists(record_file, archive)
+    store = _opened(store)
+    record, digest, checks = legacy.import_legacy(store, record_file, archive, runtime)
+    log_record(store, digest.blake3)
+    return record, digest, checks
+
+
+def replay(store, *args, **kw):
+    """`prov replay` (replay.run.replay's arguments): the submission replayed, its record kept and logged."""
+    from provenance.replay.run import replay as run
+    res = run(store, *args, **kw)
+    log_record(store, res.digest.blake3)
+    return res
