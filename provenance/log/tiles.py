@@ -35,6 +35,26 @@ def tile_path(level: int | str, n: int, width: int = WIDTH) -> str:
     return p if width == WIDTH else f"{p}.p/{width}"
 
 
+def hash_tile_width(rel: str) -> int | None:
+    """W of a hash tile's path tile/<L>/<N>[.p/<W>] (256 for a full one); None for any other path, an entry
+    bundle's included. Exact: the path tile_path would write, and nothing else."""
+    parts = rel.split("/")
+    if len(parts) < 3 or parts[0] != "tile" or not (parts[1].isascii() and parts[1].isdigit()):
+        return None
+    width = WIDTH
+    if len(parts) >= 4 and parts[-2].endswith(".p"):
+        w = parts[-1]
+        if not (w.isascii() and w.isdigit()) or not 1 <= int(w) < WIDTH or str(int(w)) != w:
+            return None
+        width, parts = int(w), parts[:-2] + [parts[-2][:-2]]
+    digits = parts[2:]
+    if not all(len(d) == 4 and d[0] == "x" and d[1:].isascii() and d[1:].isdigit() for d in digits[:-1]) \
+            or not (len(digits[-1]) == 3 and digits[-1].isascii() and digits[-1].isdigit()):
+        return None
+    n = int("".join(d[-3:] for d in digits))
+    return width if tile_path(int(parts[1]), n, width) == rel else None
+
+
 def tiles_between(old: int, new: int) -> list[tuple[int, int, int]]:
     """(level, N, width) of every hash tile a tree of size `new` has that one of size `old` lacks (new tiles,
     and tiles grown wider); tiles_between(0, s) is every tile of size s. Entry bundles follow level 0."""

@@ -305,3 +305,16 @@ def test_json_untouched_is_redaction_changing_nothing():
         assert sanitize.json_untouched(text) == (same and "\\" not in text), text
         seen[same] += 1
     assert min(seen.values()) > 500
+
+
+def test_hash_tiles_are_hashes_not_text():
+    """The published log's hash tiles are SHA-256 outputs: random bytes that once read as a home path ('~/')
+    and stopped a site. Exactly a tile's path and size is exempt; a bundle, a wrong size or a near name is not."""
+    from provenance.lab.site.hygiene import _scan_bytes
+    leak = b"~/alice/notes "
+    tile = leak + bytes(32 - len(leak))
+    assert _scan_bytes("log/tile/0/000.p/1", tile) == []
+    assert _scan_bytes("log/tile/1/x001/234", tile * 256) == []
+    for rel, data in (("log/tile/0/000.p/2", tile), ("log/tile/0/0000.p/1", tile), ("log/tile/entries/000.p/1", tile),
+                      ("tile/0/000.p/1", tile), ("log/tile/0/000.p/1", tile + b"\n")):
+        assert _scan_bytes(rel, data), rel

@@ -45,9 +45,19 @@ def _pixels_only(data: bytes) -> bool:
     return False
 
 
+def _hashes_only(rel: str, data: bytes) -> bool:
+    """A hash tile of the published log (log/tile/<L>/<N>[.p/<W>]) of exactly W SHA-256 hashes: outputs
+    nobody chooses, so no text; its entry bundles and checkpoint are scanned as text."""
+    from provenance.log.tiles import hash_tile_width
+    width = hash_tile_width(rel[len("log/"):]) if rel.startswith("log/tile/") else None
+    return width is not None and len(data) == 32 * width
+
+
 def _scan_bytes(rel: str, data: bytes, listed: set[str] = frozenset()) -> list:
     if rel.endswith(".png") and _pixels_only(data):
         return []  # pixels carry no text: the scan would read compressed bytes as words
+    if _hashes_only(rel, data):
+        return []  # random bytes would read as words too ("~/" in a tile looked like a home path)
     text = data.decode("utf-8", "replace")
     if rel == "public_bundle_manifest.json" and listed:
         text = "\n".join("" if ln in listed else ln for ln in text.split("\n"))  # line numbers kept
