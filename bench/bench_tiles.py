@@ -9,7 +9,7 @@
   from the entries alone (read the bundles, hash the leaves, fold the root): goal <= 2x.
 Both sides of each ratio run in the same process, alternating, and the median ratio is reported.
 
-    .venv/bin/python bench/bench_tiles.py [--leaves 1000000] [--rounds 15]
+    .venv/bin/python bench/bench_tiles.py [--leaves 1000000] [--rounds 25]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--leaves", type=int, default=1_000_000)
     ap.add_argument("--more", type=int, default=1_000)
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=25)
     a = ap.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     store = Store(OUT / "store", create=True)
