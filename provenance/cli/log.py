@@ -178,7 +178,8 @@ def log_audit(source, trust_path, vkey_paths, origins, since_path, state, max_en
       prov log audit https://lab.example/log --trust trust.json --state audit.state
     """
     from provenance.core.progress import Progress
-    from provenance.log.monitor import audit, read_since
+    from provenance.log.logbook import read_since
+    from provenance.log.monitor import audit
     keys, threshold, origins = _log_keys(trust_path, vkey_paths, origins)
     since = read_since(since_path) if since_path else None
     with Progress(f"auditing {source}", unit="entries") as prog:

@@ -21,9 +21,41 @@ class Checkpoint:
         self.signatures = signatures  # (key name, 4-byte key hash, signature)
 
 
+# C2SP signed-note keys, one home for both kinds a note here carries: the log's signature (type 0x01,
+# Ed25519, what Go's sumdb/note reads) and witnesses' cosignatures (type 0x04, log.cosign)
+NOTE_ED25519 = 0x01
+
+
+def key_id(name: str, sig_type: int, raw_pub: bytes) -> bytes:
+    """A signed-note key ID: SHA-256(name || "\\n" || type || key)[:4]."""
+    return hashlib.sha256(name.encode() + b"\n" + bytes([sig_type]) + raw_pub).digest()[:4]
+
+
+def vkey(name: str, sig_type: int, raw_pub: bytes) -> str:
+    """A signed-note verifier key: `name+hash+base64(type || key)`."""
+    return f"{name}+{key_id(name, sig_type, raw_pub).hex()}+{b64e(bytes([sig_type]) + raw_pub)}"
+
+
+def parse_vkey(text: str, sig_type: int) -> tuple[str, bytes]:
+    """(name, raw Ed25519 public key) of a vkey of this type; ValueError naming what is wrong."""
+    parts = text.strip().split("+", 2)  # the name holds no '+'; base64 may
+    if len(parts) != 3 or not parts[0] or any(c.isspace() for c in parts[0]):
+        raise ValueError("not a vkey (name+hash+base64)")
+    name, kh, data = parts
+    try:
+        raw = b64_strict(data)
+    except ValueError:
+        raise ValueError("vkey key material is not base64") from None
+    if len(raw) != 33 or raw[0] != sig_type:
+        raise ValueError(f"not a type 0x{sig_type:02x} (Ed25519) vkey")
+    if key_id(name, sig_type, raw[1:]).hex() != kh:
+        raise ValueError("vkey hash does not match its name and key")
+    return name, raw[1:]
+
+
 def note_key_hash(name: str, raw_pub: bytes) -> bytes:
     """signed-note key ID for Ed25519: SHA-256(name || "\\n" || 0x01 || key)[:4]."""
-    return hashlib.sha256(name.encode() + b"\n\x01" + raw_pub).digest()[:4]
+    return key_id(name, NOTE_ED25519, raw_pub)
 
 
 NOTE_KEY_NAME = "comma-lab.dev/provenance/log"  # stable, so a trust policy can publish the verifier key
@@ -31,8 +63,7 @@ NOTE_KEY_NAME = "comma-lab.dev/provenance/log"  # stable, so a trust policy can 
 
 def note_verifier(name: str, raw_pub: bytes) -> str:
     """The signed-note verifier key `name+hash+base64(0x01 || key)` (C2SP signed-note; Go's note.NewVerifier)."""
-    data = b64e(b"\x01" + raw_pub)
-    return f"{name}+{note_key_hash(name, raw_pub).hex()}+{data}"
+    return vkey(name, NOTE_ED25519, raw_pub)
 
 
 def parse_note_verifiers(data: bytes, where: str) -> dict:
@@ -42,14 +73,11 @@ def parse_note_verifiers(data: bytes, where: str) -> dict:
     for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.strip().split("+", 2)  # the name holds no '+'; base64 may
         try:
-            raw = b64_strict(parts[2]) if len(parts) == 3 else b""
+            pub = signing.ed25519_public(parse_vkey(line, NOTE_ED25519)[1])
         except ValueError:
-            raw = b""
-        if len(raw) != 33 or raw[0] != 1 or note_verifier(parts[0], raw[1:]) != line.strip():
-            raise ProvError(f"{where}: line {i} is not an Ed25519 signed-note verifier key (name+hash+base64)")
-        pub = signing.ed25519_public(raw[1:])
+            raise ProvError(f"{where}: line {i} is not an Ed25519 signed-note verifier key (name+hash+base64)") \
+                from None
         out[signing.keyid(pub)] = pub
     if not out:
         raise ProvError(f"{where}: no verifier key")
@@ -117,6 +145,11 @@ def merge_signatures(note: str, other: str) -> str:
 def verify_checkpoint(text: str, trusted: dict) -> tuple[Checkpoint, set[str]]:
     """Parse and check signatures against trusted log keys {keyid: public key}; raise unless one verifies."""
     cp = parse_checkpoint(text)
+    return cp, signed_by(cp, trusted)
+
+
+def signed_by(cp: Checkpoint, trusted: dict) -> set[str]:
+    """The trusted log keys {keyid: public key} whose signatures on a parsed checkpoint verify; raise if none."""
     good = set()
     for name, kh, sig in cp.signatures:
         for kid, pub in trusted.items():
@@ -124,4 +157,4 @@ def verify_checkpoint(text: str, trusted: dict) -> tuple[Checkpoint, set[str]]:
                 good.add(kid)
     if not good:
         raise LogProofError("checkpoint: no valid signature by a trusted log key")
-    return cp, good
+    return good

@@ -13,7 +13,8 @@ import hashlib
 from provenance.core import signing
 from provenance.core.checks import Check
 from provenance.core.errors import ProvError
-from provenance.core.signing import b64_strict, b64e
+from provenance.core.signing import b64e
+from provenance.log import checkpoint
 
 COSIGNATURE_V1 = 0x04  # the signature type byte of an Ed25519 cosigner's key ID and vkey
 MAX_TIMESTAMP = (1 << 63) - 1
@@ -21,7 +22,7 @@ SKEW = 300  # seconds a cosignature may be ahead of the verifier's clock
 
 
 def key_hash(name: str, raw_pub: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + bytes([COSIGNATURE_V1]) + raw_pub).digest()[:4]
+    return checkpoint.key_id(name, COSIGNATURE_V1, raw_pub)
 
 
 def default_name(raw_pub: bytes) -> str:
@@ -31,24 +32,15 @@ def default_name(raw_pub: bytes) -> str:
 
 def vkey(name: str, raw_pub: bytes) -> str:
     """The witness's verifier key (C2SP signed-note vkey, type 0x04): `name+hash+base64(0x04 || key)`."""
-    return f"{name}+{key_hash(name, raw_pub).hex()}+{b64e(bytes([COSIGNATURE_V1]) + raw_pub)}"
+    return checkpoint.vkey(name, COSIGNATURE_V1, raw_pub)
 
 
 def parse_vkey(text: str, where: str) -> tuple[str, bytes]:
     """(name, raw Ed25519 public key) of a cosigner vkey; ProvError unless it is exactly one."""
-    parts = text.strip().split("+", 2)  # the name holds no '+'; base64 may
-    if len(parts) != 3 or not parts[0] or any(c.isspace() for c in parts[0]):
-        raise ProvError(f"{where}: not a vkey (name+hash+base64)")
-    name, kh, data = parts
     try:
-        raw = b64_strict(data)
-    except ValueError:
-        raise ProvError(f"{where}: vkey key material is not base64") from None
-    if len(raw) != 33 or raw[0] != COSIGNATURE_V1:
-        raise ProvError(f"{where}: not a cosignature/v1 (Ed25519, type 0x04) vkey")
-    if key_hash(name, raw[1:]).hex() != kh:
-        raise ProvError(f"{where}: vkey hash does not match its name and key")
-    return name, raw[1:]
+        return checkpoint.parse_vkey(text, COSIGNATURE_V1)
+    except ValueError as e:
+        raise ProvError(f"{where}: {e} (a cosignature/v1 vkey)") from None
 
 
 def check_name(name: str) -> None:

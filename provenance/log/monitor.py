@@ -13,7 +13,7 @@ import os
 
 from provenance.core.errors import ProvError
 from provenance.log import tiles
-from provenance.log.checkpoint import parse_checkpoint, verify_checkpoint
+from provenance.log.checkpoint import verify_checkpoint
 from provenance.log.proofs import LogProofError
 
 LIMITS = {"checkpoint": 1 << 20}  # a tile or bundle is bounded by its width; a checkpoint by this
@@ -156,13 +156,3 @@ def _report(where, cp, note, problems, forks=(), leaves=0) -> dict:
     return {"ok": not problems and not forks, "source": where, "origin": cp.origin if cp else None,
             "size": cp.size if cp else None, "root": cp.root.hex() if cp else None, "entries_read": leaves,
             "problems": problems, "forks": list(forks), "checkpoint": note}
-
-
-def read_since(path: str) -> str:
-    from provenance.log.logbook import read_note
-    text = read_note(path)
-    try:
-        parse_checkpoint(text)
-    except LogProofError as e:
-        raise ProvError(f"{path}: not a log checkpoint ({e})") from None
-    return text

@@ -19,7 +19,8 @@ from provenance.log.proofs import LogProofError
 from provenance.log.translog import NODE_SHIFT, open_log
 
 
-def _published(out: str) -> object | None:
+def _published(out: str) -> tuple[str, object] | None:
+    """The folder's checkpoint, as text and parsed; None where it has none."""
     path = os.path.join(out, "checkpoint")
     try:
         with open(path, encoding="utf-8") as f:
@@ -29,7 +30,7 @@ def _published(out: str) -> object | None:
     except (OSError, UnicodeDecodeError) as e:
         raise ProvError(f"{path}: cannot read ({e})") from None
     try:
-        return parse_checkpoint(text)
+        return text, parse_checkpoint(text)
     except LogProofError as e:
         raise ProvError(f"{path}: not a checkpoint ({e}); publish into an empty folder") from None
 
@@ -83,7 +84,8 @@ def publish(store, out: str, progress=None) -> dict:
         raise ProvError("the log has no signed checkpoint to publish: prov log checkpoint --key LOG_KEY first")
     size, note = row
     origin = log.origin()
-    old = _published(out)
+    published = _published(out)
+    old = published[1] if published else None
     start = 0
     if old is not None:
         if old.origin != origin:
@@ -116,18 +118,10 @@ def publish(store, out: str, progress=None) -> dict:
         finally:
             os.close(fd)
         os.replace(tmp, os.path.join(out, "checkpoint"))  # not yet durable after a crash: the old one, still true
-    elif _published_note(out) != note:  # an empty log, or cosignatures added since
+    elif published is None or published[0] != note:  # an empty log, or cosignatures added since
         write_atomic(os.path.join(out, "checkpoint"), note.encode("utf-8"))
     return {"out": out, "origin": origin, "size": size, "from": start, "files": written,
             "signatures": len(parse_checkpoint(note).signatures)}
-
-
-def _published_note(out: str) -> str | None:
-    try:
-        with open(os.path.join(out, "checkpoint"), encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _write_group(db, out: str, group: list, made: set, start: int, progress) -> int:

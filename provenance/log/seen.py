@@ -24,7 +24,7 @@ class Seen:
         self._dirty = False
 
     def __enter__(self) -> "Seen":
-        parent = os.path.dirname(os.path.abspath(self.path))
+        parent = os.path.dirname(self.path)
         if not os.path.isdir(parent):
             raise ProvError(f"{self.path}: its folder does not exist")
         self._lock = open(self.path + ".lock", "a")

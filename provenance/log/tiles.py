@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from provenance.log.proofs import EMPTY_ROOT, HASH_LEN
+from provenance.log.proofs import EMPTY_ROOT, HASH_LEN, node_hash
 
 HEIGHT = 8
 WIDTH = 1 << HEIGHT
@@ -103,7 +103,7 @@ def root_of(size: int, node) -> bytes:
     for h in range(size.bit_length()):
         if size >> h & 1:
             x = node(h, (size >> h) - 1)
-            r = x if r is None else hashlib.sha256(b"\x01" + x + r).digest()
+            r = x if r is None else node_hash(x, r)
     return r
 
 
@@ -132,7 +132,7 @@ def recompute(size: int, fetch, sizes=(), progress=None) -> Recomputed:
     for s in (size, *sizes):
         want |= roots_needed(s)
     kept: dict[tuple[int, int], bytes] = {}
-    sha = hashlib.sha256
+    sha = hashlib.sha256  # leaf_hash and node_hash written out: two million calls in an audit of 1M leaves
     below: list[bytes] | None = None  # the tier's hashes, from the tier under it (None at level 0)
     level = 0
     while size >> (HEIGHT * level):

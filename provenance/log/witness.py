@@ -13,7 +13,7 @@ from provenance.core import signing
 from provenance.core.errors import ProvError, VerificationFailed
 from provenance.core.signing import b64_strict, b64e
 from provenance.log import cosign
-from provenance.log.checkpoint import parse_checkpoint, verify_checkpoint
+from provenance.log.checkpoint import parse_checkpoint, signed_by
 from provenance.log.proofs import HASH_LEN, LogProofError, verify_consistency
 from provenance.log.seen import Seen
 
@@ -51,11 +51,11 @@ def cosign_checkpoint(note: str, key, state: str, trusted: dict, proof: tuple[in
     name = name or cosign.default_name(raw)
     cosign.check_name(name)
     try:
-        parse_checkpoint(note)
+        cp = parse_checkpoint(note)
     except LogProofError as e:
         raise ProvError(f"not a checkpoint ({e})") from None
     try:
-        cp, _ = verify_checkpoint(note, trusted)
+        signed_by(cp, trusted)
     except LogProofError as e:
         raise VerificationFailed(f"refused: {e}") from None
     with Seen(state) as seen:

@@ -1,7 +1,7 @@
 """The one trust model: a trust policy names keys and roles (release, log, root, witness), each with a
-threshold (the witness role also with the age a cosignature may reach). Here it is created (`trust_policy`), read and checked (`read_trust_doc`, `load_trust`),
-rotated and walked (`rotate`, `walk_chain`), and published for stock tools (`allowed_signers`).
-The policy's schema comes from its pydantic model (records.models.TrustPolicy); verify appraises
+threshold (the witness role also with the age a cosignature may reach). Here it is created
+(`trust_policy`), read and checked (`read_trust_doc`, `load_trust`), rotated and walked (`rotate`,
+`walk_chain`), and published for stock tools (`allowed_signers`). The policy's schema comes from its pydantic model (records.models.TrustPolicy); verify appraises
 releases against the `Trust` this module returns.
 
 Rotation, the TUF way (python-tuf's root rotation: `Metadata.verify_delegate`,
@@ -102,7 +102,7 @@ def trust_from_doc(doc: dict, trust_path: str) -> Trust:
         raise ProvError(f"{trust_path}: no release role")
     release, threshold = role_keys(doc, "release", trust_path)
     log, log_threshold = role_keys(doc, "log", trust_path)
-    role_keys(doc, "root", trust_path)  # a malformed root role makes the policy unreadable, used or not
+    root, _ = role_keys(doc, "root", trust_path)  # a malformed root role makes the policy unreadable, used or not
     witnesses = _witnesses(doc, trust_path, set(release) | set(log))
     roles = doc["roles"]
     for r, spec in roles.items():
@@ -113,7 +113,6 @@ def trust_from_doc(doc: dict, trust_path: str) -> Trust:
         if not log or log_origin is None:
             raise ProvError(f"{trust_path}: a witness role needs a log role that names its origin (--log-origin): "
                             "witnesses vouch for one log")
-        root, _ = role_keys(doc, "root", trust_path)
         if "root" not in roles or set(root) & (set(release) | set(log)):
             raise ProvError(f"{trust_path}: a witness role needs a root role of its own (--root-key), apart from the "
                             "release and log keys: whoever holds those could otherwise rotate in witnesses of their own")
