@@ -249,14 +249,14 @@ def fsck(ctx, repair, ack_repair, as_json):
 @json_option
 @click.pass_context
 def gc(ctx, grace, dry_run, as_json):
-    """Remove objects unreachable from any ref.
+    """Remove objects that no ref and no logged record reaches.
 
     \b
     Example:
       prov --store evidence/store gc --grace 3600
     """
-    store = open_store(ctx)
-    report = store.gc(grace, dry_run)
+    from provenance.log.evidence import gc as collect
+    report = collect(open_store(ctx), grace, dry_run)
     emit(report, as_json, f"{'would remove' if dry_run else 'removed'} {report['removed']} object(s)")
 
 

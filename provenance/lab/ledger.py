@@ -13,12 +13,11 @@ from provenance.core.errors import ProvError, VerificationFailed
 from provenance.store.objects import Store
 from provenance.log.translog import log_object
 from provenance.records.envelope import statement_bytes
+from provenance.records.kinds import NOTE_SCHEMA, VERDICT_SCHEMA
 
 if TYPE_CHECKING:
     from provenance.records.models import EvalRecord
 
-VERDICT_SCHEMA = "comma-lab/verdict/v1"
-NOTE_SCHEMA = "comma-lab/note/v1"
 FRONTIER_REF = "ledger/frontier"
 
 

@@ -3,14 +3,16 @@ from a report, imported from a legacy record, replayed) is kept by its maker and
 evidence log here; the commands and the lab call these, never the log's tables.
 
 The log ranks above replay and records in the flow (intake, replay, adjudicate, log), so it may call
-them: `adjudicate`, `import_legacy` and `replay` are each one library call that makes and logs."""
+them: `adjudicate`, `import_legacy` and `replay` are each one library call that makes and logs. What
+the log holds is live: `gc` hands the store its roots (every logged object)."""
 
 from __future__ import annotations
 
 import os
 
 from provenance.core.errors import ProvError
-from provenance.log.translog import log_object
+from provenance.log.translog import log_object, logged_objects
+from provenance.store.gc import DEFAULT_GRACE, gc as collect
 
 
 def log_record(store, blake3: str) -> int:
@@ -58,3 +60,11 @@ def replay(store, *args, **kw):
     res = run(store, *args, **kw)
     log_record(store, res.digest.blake3)
     return res
+
+
+def gc(store, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> dict:
+    """`prov gc`: drop what no ref and no logged object reaches, nor anything recent (store.gc). A logged
+    record is evidence whether or not a ref still names it: the log's leaf must keep its bytes. The
+    log is read lazily, once gc holds the write lock, so a record logged by a writer it waited for
+    is seen."""
+    return collect(store, logged_objects(store), grace, dry_run)

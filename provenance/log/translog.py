@@ -25,7 +25,7 @@ from provenance.log.proofs import (EMPTY_ROOT, HASH_LEN, LogProofError, entry_by
 __all__ = ["EMPTY_ROOT", "HASH_LEN", "LogProofError", "entry_bytes", "leaf_hash", "mth", "node_hash",
            "verify_consistency", "verify_inclusion", "NOTE_KEY_NAME", "Checkpoint", "note_key_hash",
            "note_verifier", "parse_checkpoint", "sign_checkpoint", "verify_checkpoint", "Log", "LOG_TABLES",
-           "open_log", "checkpoints_of", "log_object", "repair_store"]
+           "open_log", "checkpoints_of", "logged_objects", "log_object", "repair_store"]
 
 # -- the persistent log -------------------------------------------------------------------------
 
@@ -254,6 +254,16 @@ def checkpoints_of(store) -> list[tuple[int, str]]:
     return open_log(store).checkpoints()
 
 
+def logged_objects(store):
+    """The BLAKE3 of every object this store's log names; none where it has never kept a log. Lazy:
+    nothing is read until the first is asked for, and nothing is written (gc reads it in its transaction)."""
+    if store.db.execute("SELECT 1 FROM sqlite_master WHERE name='log_leaves'").fetchone() is not None:
+        for (b3,) in store.db.execute("SELECT DISTINCT json_extract(CAST(entry AS TEXT), '$.blake3') "
+                                      "FROM log_leaves"):  # each leaf is entry_bytes: canonical JSON
+            if isinstance(b3, str):
+                yield b3
+
+
 def log_object(store, b3: str, kind: str | None = None) -> tuple[int, bool]:
     """Append a stored object to the store's evidence log (idempotent): (leaf index, newly appended)."""
     info = store.info(b3)
@@ -274,10 +284,11 @@ def _salvage(index: Path) -> dict | None:
 def repair_store(root, progress=None) -> dict:
     """`prov fsck --repair`: the store rebuilds its index from the objects; the log's rows that still
     read are carried over and kept only if the tree they make checks out."""
+    from provenance.records.kinds import kind_of
     from provenance.store import check
     from provenance.store.objects import Store
     old = _salvage(Path(root) / "index.sqlite")
-    report = check.repair(root, progress)
+    report = check.repair(root, progress, kind_of)
     log_size = 0
     if old is None:
         report["lost"].append("log: the damaged index could not be read; the evidence log was not recovered "

@@ -10,8 +10,9 @@ from provenance.core import canonical
 from provenance.core.digest import digest_bytes
 from provenance.core.errors import ProvError
 
+from provenance.records.kinds import EVAL_RECORD_SCHEMA, STATEMENT_TYPE
+
 HEX64 = r"^[0-9a-f]{64}$"
-EVAL_RECORD_SCHEMA = "comma-lab/eval-record/v1"
 
 
 class Strict(BaseModel):
@@ -178,7 +179,6 @@ class EvalRecord(Strict):
 # -- trust policy and release statements ---------------------------------------------------
 
 TRUST_POLICY_SCHEMA = "comma-lab/trust-policy/v1"
-STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 RELEASE_PREDICATE = "https://comma-lab.dev/provenance/release/v1"
 REF_SAFE = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from provenance.core.errors import ProvError
+from provenance.records.kinds import EVAL_RECORD_SCHEMA
 
 if TYPE_CHECKING:
     from provenance.records.models import EvalRecord
@@ -35,7 +36,7 @@ def _claim(doc, path) -> dict:
         return {"canonical_score": p["score"]["canonical"], "posenet": p["score"]["posenet"],
                 "segnet": p["score"]["segnet"], "rate": p["score"]["rate"], "samples": p["score"]["samples"],
                 "archive_sha256": subj["archive.zip"][0], "runtime_sha256": subj["runtime/"][0]}
-    if isinstance(doc, dict) and doc.get("schema") == "comma-lab/eval-record/v1":
+    if isinstance(doc, dict) and doc.get("schema") == EVAL_RECORD_SCHEMA:
         r = doc["result"]
         return {"canonical_score": r["canonical_score"], "posenet": r["posenet"], "segnet": r["segnet"],
                 "rate": r["rate"], "samples": r["samples"], "archive_sha256": (doc.get("archive") or {}).get("sha256"),

@@ -4,11 +4,11 @@ rebuilds index.sqlite from the objects and says plainly what it could not recove
 What the objects alone prove, repair restores: every object (re-hashed; its address is its
 BLAKE3), its SHA-256 and size, every prov-tree-v1 tree (its bytes parse strictly and every
 child is present, so its SHA-256 view is recomputed exactly) with its links, and the kind of
-the comma-lab documents that name their own schema in canonical JSON (record, statement,
-verdict, note). What only the index knew (refs, annotations of which bytes were
-added as what) is copied from the damaged index when its rows still read back and check out,
-and otherwise reported as lost: repair never guesses a ref. (The evidence log keeps its own tables
-in the index; provenance.log.translog.repair_store carries them over.)
+each document the caller recognizes by its bytes (`doc_kind`: the store knows no document; the
+caller, provenance.log.translog.repair_store, passes records.kinds.kind_of). What only the index
+knew (refs, annotations of which bytes were added as what) is copied from the damaged index when
+its rows still read back and check out, and otherwise reported as lost: repair never guesses a ref.
+(The evidence log keeps its own tables in the index; repair_store carries them over.)
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from provenance.store.objects import Store
 
 RECOVERY = ("prov fsck --repair rebuilds the index from the objects (refs and the log are kept "
             "where the damaged index still reads; what is lost is listed)")
-# self-describing canonical documents: (field, value) -> kind
-DOC_KINDS = {("schema", "comma-lab/eval-record/v1"): "record", ("schema", "comma-lab/verdict/v1"): "verdict",
-             ("schema", "comma-lab/note/v1"): "note", ("_type", "https://in-toto.io/Statement/v1"): "statement"}
+DOC_MAX = 16 << 20  # a document is read whole to be recognized; larger objects are blobs
 
 
 def _rehash_objects(root: Path, progress=None) -> tuple[dict, list[str]]:
@@ -144,24 +142,10 @@ _STORE_ROWS = {"refs": ("SELECT name, target, updated FROM refs",),
                          "SELECT blake3, kind, added FROM kinds", "SELECT blake3, kind, added FROM objects")}
 
 
-def _doc_kind(data: bytes) -> str | None:
-    if not data.startswith(b"{") or len(data) > 16 << 20:
-        return None
-    from provenance.core import canonical
-    try:
-        doc = canonical.loads(data)
-        if not isinstance(doc, dict) or canonical.dumps(doc) != data:
-            return None
-    except Exception:  # not a canonical document of ours: a blob like any other
-        return None
-    for (field, value), kind in DOC_KINDS.items():
-        if doc.get(field) == value:
-            return kind
-    return None
-
-
-def repair(root: Path, progress=None) -> dict:
-    """Move the damaged index aside, rebuild it from the objects, restore what still reads."""
+def repair(root: Path, progress=None, doc_kind=lambda data: None) -> dict:
+    """Move the damaged index aside, rebuild it from the objects, restore what still reads. `doc_kind`
+    names the kind an object's bytes show (None: a blob); what a document names by digest stays
+    reachable with it."""
     root = Path(root)
     index = root / "index.sqlite"
     if not (root / "objects").is_dir():
@@ -225,9 +209,9 @@ def repair(root: Path, progress=None) -> dict:
                 inferred["tree"] += 1
                 for _k, _n, _s, child in treemod.parse((root / "objects" / b3[:2] / b3).read_bytes(), b3):
                     links.add((b3, child))
-        elif d.size < 16 << 20:
+        elif d.size < DOC_MAX:
             data = (root / "objects" / b3[:2] / b3).read_bytes()
-            dk = _doc_kind(data)
+            dk = doc_kind(data)
             if dk is not None:
                 kind = dk
                 inferred[dk] = inferred.get(dk, 0) + 1
@@ -247,7 +231,8 @@ def repair(root: Path, progress=None) -> dict:
                 kinds.add((b3, kind, added))
     else:
         lost.append("kinds: the damaged index could not be read; each object has the kind its bytes show "
-                    "(trees, records, statements, verdicts, notes) and is otherwise a blob")
+                    f"({', '.join(['trees', *sorted({f'{k}s' for k in inferred if k != 'tree'})])}) "
+                    "and is otherwise a blob")
     insert_rows(store, rows, kinds, links)
     refs_kept, refs_lost = 0, []
     if old.get("refs") is None:

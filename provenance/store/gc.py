@@ -1,11 +1,17 @@
-"""gc: drop what neither a ref nor a recently added or touched object reaches, with the store's
-write lock held exclusively (writers hold it shared), and sweep stale temps."""
+"""gc: drop what neither a ref, the caller's roots nor a recently added or touched object reaches,
+with the store's write lock held exclusively (writers hold it shared), and sweep stale temps.
+
+The store keeps what its own refs name (it never leaves one dangling) and otherwise does not choose
+what is live: what the layers above hold (the evidence log) is theirs to say, as dvc's repo hands its
+used objects to the cache (provenance.log.evidence.gc)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import time
+from itertools import islice
+from typing import Iterable
 
 from provenance.core.errors import ProvError
 from provenance.store.batch import TMP_PREFIX
@@ -14,9 +20,9 @@ from provenance.store.index import HEX, LEAN_CACHE, slice_rows
 DEFAULT_GRACE = 3600.0
 
 
-def gc(store, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> dict:
-    """Drop objects that neither a ref nor an object added or touched in the last `grace`
-    seconds reaches.
+def gc(store, roots: Iterable[str], grace: float = DEFAULT_GRACE, dry_run: bool = False) -> dict:
+    """Drop objects that neither a ref, `roots` (BLAKE3 hex of the objects the caller keeps, read once
+    the write lock is held) nor an object added or touched in the last `grace` seconds reaches.
 
     A running add is safe by the write lock (gc waits for it); the grace keeps what an add
     stored until a ref is set on it. An add touches only the roots of what it stored (a
@@ -31,13 +37,13 @@ def gc(store, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> dict:
     lock = os.open(store.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # wait for in-flight writers (see objects.Store.writing)
-        return _collect(store, grace, dry_run)
+        return _collect(store, roots, grace, dry_run)
     finally:
         os.close(lock)
 
 
-def _collect(store, grace: float, dry_run: bool) -> dict:
-    """Live: what refs or a recently touched object reach. Computed in SQLite (temp tables spill
+def _collect(store, roots: Iterable[str], grace: float, dry_run: bool) -> dict:
+    """Live: what refs, the roots or a recently touched object reach. Computed in SQLite (temp tables spill
     to disk), the object directories walked one at a time: memory stays bounded."""
     store.db.execute(LEAN_CACHE)
     cutoff = time.time() - grace
@@ -47,6 +53,9 @@ def _collect(store, grace: float, dry_run: bool) -> dict:
         db.execute("CREATE TEMP TABLE IF NOT EXISTS gc_live(id INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM temp.gc_live")
         db.execute("INSERT OR IGNORE INTO temp.gc_live SELECT o.id FROM refs r JOIN obj o ON o.b3=unhex(r.target)")
+        roots = iter(roots)
+        while chunk := [(bytes.fromhex(b3),) for b3 in islice(roots, 4096) if len(b3) == 64 and HEX.match(b3)]:
+            db.executemany("INSERT OR IGNORE INTO temp.gc_live SELECT id FROM obj WHERE b3=?", chunk)
         db.execute("INSERT OR IGNORE INTO temp.gc_live SELECT id FROM obj WHERE COALESCE(touched, added) >= ?",
                    (cutoff,))
         db.execute("INSERT OR IGNORE INTO temp.gc_live WITH RECURSIVE r(id) AS (SELECT id FROM temp.gc_live "

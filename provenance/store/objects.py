@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from provenance.core import tree as treemod
 from provenance.core.digest import CHUNK, Digest
 from provenance.core.errors import ProvError, VerificationFailed
-from provenance.store import default_store_path, fsck as fsckmod, gc as gcmod, transfer
+from provenance.store import default_store_path, fsck as fsckmod, transfer
 from provenance.store.batch import Batch
 from provenance.store.durable import write_all
 from provenance.store.index import (CENSUS_MOD, CENSUS_MUL, HEX, INFO_QUERY, KIND_DOC, REF_NAME, SCHEMA_VERSION,
@@ -437,10 +437,6 @@ class Store:
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
         """Re-hash every object; cross-check index, tree children and refs (store.fsck)."""
         return fsckmod.fsck(self, progress)
-
-    def gc(self, grace: float = gcmod.DEFAULT_GRACE, dry_run: bool = False) -> dict:
-        """Drop what no ref and no recent object reaches (store.gc)."""
-        return gcmod.gc(self, grace, dry_run)
 
 
 def _corrupt(b3: str, path) -> VerificationFailed:

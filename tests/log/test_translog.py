@@ -292,3 +292,30 @@ def test_log_cli(logged_lab):
     assert r.returncode == 1 and "does not match" in r.out
     assert run_prov("log", "consistency", d / "c2.note", d / "c1.note", store=st).returncode == 2  # reversed
     assert run_prov("log", "prove", "ab" * 32, store=st).returncode == 2
+
+
+def test_gc_keeps_what_the_log_names(tmp_path, runtime):
+    """A logged record is evidence whether or not a ref names it: gc --grace 0 keeps its bytes (and what
+    it names), so the log's leaf still resolves; an unlogged one goes. The store's own gc keeps only its
+    refs and the roots it is handed."""
+    from conftest import report
+    from provenance.log.evidence import gc as evidence_gc
+    from provenance.store.gc import gc as store_gc
+    st = tmp_path / "store"
+    rep = tmp_path / "report.txt"
+    rep.write_bytes(report())
+    rec = prov_json("adjudicate", rep, "--runtime", runtime, store=st)  # logged, under no ref
+    unlogged = tmp_path / "note.txt"
+    unlogged.write_text("not evidence")
+    blob = prov_json("add", unlogged, store=st)
+    g = prov_json("gc", "--grace", "0", store=st)
+    assert blob["blake3"] in g["objects"] and rec["digest"]["blake3"] not in g["objects"]
+    assert run_prov("cat", rec["digest"]["sha256"], store=st).returncode == 0
+    assert prov_json("fsck", store=st)["ok"] and prov_json("log", "verify", store=st)["ok"]
+    assert prov_json("log", "prove", rec["digest"]["sha256"], store=st)["size"] == 1
+    s = Store(st)
+    assert evidence_gc(s, 0.0)["removed"] == 0  # nothing more to drop
+    assert store_gc(s, (), 0.0, dry_run=True)["removed"] > 0  # unless the log is not asked
+    s.set_ref("keep", rec["digest"]["blake3"])
+    assert store_gc(s, (), 0.0, dry_run=True)["removed"] == 0  # the store's own refs it always keeps
+    s.close()

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import PROV, REPO, RUNTIME_SPEC, make_tree, prov_json, run_prov
 from provenance.core import tree as treemod
+from provenance.store.gc import gc
 from provenance.store.objects import Store
 
 
@@ -428,7 +429,7 @@ def test_stat_cache_hit_whose_object_was_collected_is_restaged(tmp_path, runtime
     first = s.add(runtime)
     time.sleep(0.1)
     s.add(runtime)  # the stat cache now vouches for every file
-    removed = s.gc(grace=0)["removed"]  # nothing refers to the tree: all of it goes
+    removed = gc(s, (), grace=0)["removed"]  # nothing refers to the tree: all of it goes
     assert removed > 0 and s.info(first[1].blake3) is None
     assert s.add(runtime) == first
     assert s.fsck()["ok"]

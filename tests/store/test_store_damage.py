@@ -185,12 +185,13 @@ def test_cat_of_a_large_corrupt_object_exits_1(tmp_path, store):
 
 GC_LOOP = """
 import os, sys
+from provenance.log.evidence import gc
 from provenance.store.objects import Store
 root, stop, ready = sys.argv[1], sys.argv[2], sys.argv[3]
 n = 0
 while n == 0 or not os.path.exists(stop):
     s = Store(root)
-    s.gc(0.0)
+    gc(s, 0.0)
     s.close()
     n += 1
     open(ready, "w").close()
