@@ -6,15 +6,20 @@ last id seen, as the store lists them by kind): O(new documents), not O(runs). A
 a checksum of ids) that disagrees with what was seen (gc collected a document, fsck --repair built
 a new index, a kind was added to an old object, or both at once) rebuilds the rows from scratch, so
 they never drift from the objects.
+
+The rows live in the lab's own database beside the store's index (lab.sqlite, a store companion,
+with the site's cached views): the store's index holds none of them. A v3 index's rows are derived,
+so a writer drops them.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import weakref
 
 from provenance.core import canonical
-from provenance.store.index import census_term
+from provenance.store.index import census_term, has_table, write_transaction
 
 KINDS = ("record", "note", "verdict")
 SCHEMA = """
@@ -32,6 +37,30 @@ COLUMNS = ("id", "sha", "score", "grade", "source", "archive_bytes", "created", 
            "axis", "era", "verdict", "reason", "flags", "previous_frontier")
 FIELDS = ("label", "track", "notes", "parent", "axis", "era")  # note fields: the latest note that sets one wins
 NOTHING = (0, 0, 0)  # (last id, count, id checksum) of a kind never seen
+LAB_DB = "lab"
+OLD_TABLES = ("ledger_run", "ledger_seen", "ledger_orphan", "site_rows", "site_view")  # in a v3 index
+_OPEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def lab_db(store, write: bool) -> sqlite3.Connection | None:
+    """The lab's database (lab.sqlite beside the store's index); None where it was never made and may
+    not be now (`write` False, or a read-only store): a reader never creates it. The first writer drops
+    the derived rows a v3 index still holds."""
+    kept = _OPEN.get(store)
+    if kept is None or kept[0] is not store.db:
+        kept = _OPEN[store] = [store.db, None, False]
+    write = write and not store.readonly
+    if kept[1] is None:
+        if not write and not (store.root / f"{LAB_DB}.sqlite").exists():
+            return None
+        kept[1] = store.companion(LAB_DB)
+    if write and not kept[2]:
+        kept[2] = True
+        if any(has_table(store.db, t) for t in OLD_TABLES):
+            with store.transaction() as index:
+                for t in OLD_TABLES:
+                    index.execute(f"DROP TABLE IF EXISTS {t}")
+    return kept[1]
 
 
 def sync(store, write: bool = True) -> bool:
@@ -39,8 +68,8 @@ def sync(store, write: bool = True) -> bool:
     or may not (`write` False) be written."""
     if not write or getattr(store, "readonly", False):
         return current(store)
-    db = store.db
-    with store.transaction():
+    db = lab_db(store, True)
+    with store.transaction(), write_transaction(db):  # the store's for a census that holds still
         if not _layout_current(db, missing_ok=True):  # rows of an older layout: derived, so rebuilt
             for t in ("ledger_run", "ledger_seen", "ledger_orphan"):
                 db.execute(f"DROP TABLE IF EXISTS {t}")
@@ -57,7 +86,7 @@ def sync(store, write: bool = True) -> bool:
             for t in ("ledger_run", "ledger_seen", "ledger_orphan"):
                 db.execute(f"DELETE FROM {t}")
             fresh = {k: list(store.of_kind(k)) for k in KINDS}
-        _apply(store, fresh)
+        _apply(store, db, fresh)
         for k in KINDS:
             now = (max((i for i, _b, _s in fresh[k]), default=seen.get(k, NOTHING)[0]), *store.census_of_kind(k))
             if seen.get(k) != now:  # nothing new: nothing written
@@ -77,7 +106,9 @@ def _layout_current(db, missing_ok: bool) -> bool:
 
 def current(store) -> bool:
     """Whether the rows already account for every record, note and verdict (read only)."""
-    db = store.db
+    db = lab_db(store, False)
+    if db is None:
+        return False
     try:
         if not _layout_current(db, missing_ok=False):
             return False
@@ -88,8 +119,7 @@ def current(store) -> bool:
                for k in KINDS)
 
 
-def _apply(store, fresh: dict) -> None:
-    db = store.db
+def _apply(store, db, fresh: dict) -> None:
     for oid, b3, sha in fresh["record"]:
         from provenance.records.models import load_record  # only when there are new records to read
         rec = load_record(store.read_bytes(b3), sha)
@@ -129,7 +159,7 @@ def rows(store, where: str = "", args: tuple = (), order: str = "id", limit: int
     if limit is not None:
         q += f" LIMIT {int(limit)}"
     out = []
-    for r in store.db.execute(q, args):
+    for r in lab_db(store, False).execute(q, args):
         d = dict(zip(COLUMNS, r))
         d["sha"] = d["sha"].hex()
         d["flags"] = json.loads(d["flags"]) if d["flags"] else []

@@ -75,7 +75,7 @@ def add_cosignatures(store, cosigned: list[tuple[str, str]], manifests: list[str
             raise ProvError(f"{m}: carries no checkpoint this store's log signed")
         env["log"]["checkpoint"] = notes.merge_signatures(note, kept[body][1])
         docs.append((m, env))
-    with store.transaction():
+    with translog.transaction(log.db):
         for size, note in kept.values():
             log.record_checkpoint(size, note)
     for m, env in docs:

@@ -78,7 +78,7 @@ GROUP = 64  # tiles read from the store in one query: few round trips, bounded m
 def publish(store, out: str, progress=None) -> dict:
     """Write (or extend) OUT as the tiles of this store's log at its newest signed checkpoint."""
     log = open_log(store)
-    db = store.db
+    db = log.db
     row = db.execute("SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
     if row is None:
         raise ProvError("the log has no signed checkpoint to publish: prov log checkpoint --key LOG_KEY first")

@@ -15,7 +15,8 @@ import sqlite3
 import weakref
 from pathlib import Path
 
-from provenance.core.errors import ProvError
+from provenance.core.errors import ProvError, VerificationFailed
+from provenance.store.index import has_table, write_transaction as transaction
 from provenance.log.checkpoint import (NOTE_KEY_NAME, Checkpoint, merge_signatures, note_key_hash, note_verifier,
                                        parse_checkpoint, sign_checkpoint, verify_checkpoint)
 from provenance.log.proofs import (EMPTY_ROOT, HASH_LEN, LogProofError, entry_bytes, leaf_hash, mth, node_hash,
@@ -25,7 +26,7 @@ from provenance.log.proofs import (EMPTY_ROOT, HASH_LEN, LogProofError, entry_by
 __all__ = ["EMPTY_ROOT", "HASH_LEN", "LogProofError", "entry_bytes", "leaf_hash", "mth", "node_hash",
            "verify_consistency", "verify_inclusion", "NOTE_KEY_NAME", "Checkpoint", "note_key_hash",
            "note_verifier", "parse_checkpoint", "sign_checkpoint", "verify_checkpoint", "Log", "LOG_TABLES",
-           "open_log", "checkpoints_of", "logged_objects", "log_object", "repair_store"]
+           "open_log", "transaction", "checkpoints_of", "logged_objects", "log_object", "repair_store"]
 
 # -- the persistent log -------------------------------------------------------------------------
 
@@ -122,9 +123,7 @@ class Log:
     # writing
     def append_many(self, entries: list[bytes]) -> list[int]:
         """Append leaves in one transaction; returns their indices."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.db) as db:
             n = self.size()
             self.origin()
             nodes, leaves, cache = [], [], {}
@@ -145,11 +144,6 @@ class Log:
                     cache = {k: v for k, v in cache.items() if k[1] & 1 == 0 and (k[1] + 2) << k[0] > idx + 1}
             db.executemany("INSERT INTO log_leaves(idx, entry) VALUES(?,?)", leaves)
             db.executemany("INSERT INTO log_nodes(id, hash) VALUES(?,?)", nodes)
-        except BaseException:
-            if db.in_transaction:  # SQLite rolls back itself on SQLITE_FULL and friends
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return list(range(n, n + len(entries)))
 
     def append(self, entry: bytes) -> tuple[int, bool]:
@@ -232,36 +226,78 @@ class Log:
 
 
 # -- the log of a store ------------------------------------------------------------------------
-# The log's tables live in the store's index (one file, one transaction log), but the store knows
-# nothing of them: logging an object is its caller's step (records, releases, the ledger).
+# The log keeps its tables in a database of its own beside the store's index (log.sqlite, a store
+# companion): the store knows nothing of them, and logging an object is its caller's step (records,
+# releases, the ledger). An index of v3 held them; the first writer to open the log moves them out.
 LOG_TABLES = ("log_meta", "log_leaves", "log_nodes", "log_checkpoints")
+LOG_DB = "log"
 _OPEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _in_index(store) -> bool:
+    """A v3 index's log, not yet moved out."""
+    return has_table(store.db, "log_leaves")
+
+
+def _has_log(store) -> bool:
+    return (store.root / f"{LOG_DB}.sqlite").exists() or _in_index(store)
+
+
 def open_log(store) -> Log:
-    """The evidence log kept in this store's index."""
-    log = _OPEN.get(store)
-    if log is None or log.db is not store.db:
-        log = _OPEN[store] = Log(store.db)
+    """The evidence log of this store. A read-only store without log.sqlite reads a v3 index's log, or
+    an empty one."""
+    kept = _OPEN.get(store)
+    if kept is not None and kept[0] is store.db:
+        return kept[1]
+    db = store.companion(LOG_DB)
+    if db is None:
+        db = store.db if _in_index(store) else sqlite3.connect(":memory:", isolation_level=None)
+    elif _in_index(store):
+        _move_out(store, db)
+    log = Log(db)
+    _OPEN[store] = (store.db, log)
     return log
+
+
+def _move_out(store, db: sqlite3.Connection) -> None:
+    """A v3 index's log tables into log.sqlite: copied whole in one transaction of the log's, then dropped
+    from the index in one of the store's (which also keeps a second mover waiting). A crash between
+    leaves both, and the next opener copies again: until it is dropped, the index's copy is the log."""
+    Log(db)
+    with store.transaction() as index:
+        if not has_table(index, "log_leaves"):  # another opener moved it while we waited
+            return
+        with transaction(db):
+            for t in LOG_TABLES:
+                db.execute(f"DELETE FROM {t}")
+                if has_table(index, t):
+                    rows = index.execute(f"SELECT * FROM {t}")
+                    db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows.description))})", rows)
+        for t in LOG_TABLES:
+            index.execute(f"DROP TABLE IF EXISTS {t}")
 
 
 def checkpoints_of(store) -> list[tuple[int, str]]:
     """The log's signed checkpoints (size, note); none where the store has never kept a log (opening
-    one would create its tables: a write a read-only store refuses)."""
-    if store.db.execute("SELECT 1 FROM sqlite_master WHERE name='log_checkpoints'").fetchone() is None:
-        return []
-    return open_log(store).checkpoints()
+    one would create its database: a write a read-only store refuses)."""
+    return open_log(store).checkpoints() if _has_log(store) else []
 
 
 def logged_objects(store):
     """The BLAKE3 of every object this store's log names; none where it has never kept a log. Lazy:
-    nothing is read until the first is asked for, and nothing is written (gc reads it in its transaction)."""
-    if store.db.execute("SELECT 1 FROM sqlite_master WHERE name='log_leaves'").fetchone() is not None:
-        for (b3,) in store.db.execute("SELECT DISTINCT json_extract(CAST(entry AS TEXT), '$.blake3') "
-                                      "FROM log_leaves"):  # each leaf is entry_bytes: canonical JSON
+    nothing is read until the first is asked for, and nothing is moved or written (gc reads it inside
+    a transaction of the store's)."""
+    if not _has_log(store):
+        return
+    db = store.db if _in_index(store) else open_log(store).db
+    try:
+        for (b3,) in db.execute("SELECT DISTINCT json_extract(CAST(entry AS TEXT), '$.blake3') "
+                                "FROM log_leaves"):  # each leaf is entry_bytes: canonical JSON
             if isinstance(b3, str):
                 yield b3
+    except sqlite3.OperationalError as e:  # a leaf this prov never wrote: what it names is unknown
+        raise VerificationFailed(f"{store.root}: the evidence log holds a leaf that is not an entry ({e}); "
+                                 "prov log verify says more; nothing it might name is collected") from None
 
 
 def log_object(store, b3: str, kind: str | None = None) -> tuple[int, bool]:
@@ -275,41 +311,45 @@ def log_object(store, b3: str, kind: str | None = None) -> tuple[int, bool]:
 
 
 def _salvage(index: Path) -> dict | None:
-    """The log's rows that still read from a damaged index (store.check.salvage); None when any does not."""
+    """A v3 index's log rows that still read from a damaged index (store.check.salvage); None when any
+    does not."""
     from provenance.store.check import salvage
     got = salvage(index, {t: (f"SELECT * FROM {t}",) for t in LOG_TABLES})
     return None if any(rows is None for rows in got.values()) else got
 
 
 def repair_store(root, progress=None) -> dict:
-    """`prov fsck --repair`: the store rebuilds its index from the objects; the log's rows that still
-    read are carried over and kept only if the tree they make checks out."""
+    """`prov fsck --repair`: the store rebuilds its index from the objects. The log's own database is not
+    the index's: it is kept as it is. A v3 index's log rows that still read are carried over into it,
+    and kept only if the tree they make checks out."""
     from provenance.records.kinds import kind_of
     from provenance.store import check
     from provenance.store.objects import Store
-    old = _salvage(Path(root) / "index.sqlite")
+    root = Path(root)
+    own = (root / f"{LOG_DB}.sqlite").exists()
+    old = None if own else _salvage(root / "index.sqlite")
     report = check.repair(root, progress, kind_of)
-    log_size = 0
-    if old is None:
-        report["lost"].append("log: the damaged index could not be read; the evidence log was not recovered "
-                              "(signed checkpoints and releases still prove what it held)")
-    elif old["log_leaves"]:
-        store = Store(root)
-        try:
+    store = Store(root)
+    try:
+        if own:
+            report["log_size"] = open_log(store).size()
+            return report
+        if old is None:
+            report["lost"].append("log: the damaged index could not be read; the evidence log was not recovered "
+                                  "(signed checkpoints and releases still prove what it held)")
+        elif old["log_leaves"]:
             log = open_log(store)
-            with store.transaction() as db:
+            with transaction(log.db) as db:
                 for t, rows in old.items():
                     if rows:
                         db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows[0]))})", rows)
             problems = log.recompute()
             if problems:
-                with store.transaction() as db:
+                with transaction(log.db) as db:
                     for t in LOG_TABLES:
                         db.execute(f"DELETE FROM {t}")
                 report["lost"].append(f"log: what still read does not check out ({problems[0]}); not recovered")
-            else:
-                log_size = log.size()
-        finally:
-            store.close()
-    report["log_size"] = log_size
+        report["log_size"] = open_log(store).size() if _has_log(store) else 0
+    finally:
+        store.close()
     return report

@@ -8,7 +8,8 @@ each document the caller recognizes by its bytes (`doc_kind`: the store knows no
 caller, provenance.log.translog.repair_store, passes records.kinds.kind_of). What only the index
 knew (refs, annotations of which bytes were added as what) is copied from the damaged index when
 its rows still read back and check out, and otherwise reported as lost: repair never guesses a ref.
-(The evidence log keeps its own tables in the index; repair_store carries them over.)
+(The layers above keep their tables in databases of their own beside the index, which repair does not
+touch; repair_store carries over the log a v3 index still held.)
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from provenance.store.batch import TMP_PREFIX
 from provenance.store.index import HEX, IndexDamaged
 from provenance.store.objects import Store
 
-RECOVERY = ("prov fsck --repair rebuilds the index from the objects (refs and the log are kept "
-            "where the damaged index still reads; what is lost is listed)")
+RECOVERY = ("prov fsck --repair rebuilds the index from the objects (refs are kept where the damaged "
+            "index still reads, the evidence log lives beside it; what is lost is listed)")
 DOC_MAX = 16 << 20  # a document is read whole to be recognized; larger objects are blobs
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from provenance.core.errors import VerificationFailed
 
@@ -35,8 +37,11 @@ CREATE TABLE IF NOT EXISTS treecache(path BLOB PRIMARY KEY, fp BLOB NOT NULL, b3
 # 3 keys objects by an integer id with binary digests (obj.b3 unique, obj.sha indexed by its first
 # 8 bytes), kinds and links by id, times in whole seconds (touched NULL: never touched since added).
 # Each row is written once: 3 turns v0/v2's 512 bytes an object into under 200, and random hex keys
-# in three B-trees into one append-ordered table and two small indexes.
-SCHEMA_VERSION = 3
+# in three B-trees into one append-ordered table and two small indexes. 4 holds only the store's own
+# tables: the layers above keep theirs in companion databases (the evidence log in log.sqlite, the
+# lab's rows in lab.sqlite); a v3 index may still hold them until their owner moves them out, and a
+# prov that knows only v3 refuses a v4 index rather than start a second log in it.
+SCHEMA_VERSION = 4
 KIND_DOC = "kind NOT IN ('blob', 'tree')"  # spelled as in obj_kind_doc, so SQLite uses that partial index
 CENSUS_MUL, CENSUS_MOD = 2654435761, 4294967291  # an id's term of census_of_kind's checksum (exact in int64)
 
@@ -64,6 +69,43 @@ def connect(index: Path, readonly: bool) -> sqlite3.Connection:
     extra = "" if wal.exists() and wal.stat().st_size else "&immutable=1"
     return sqlite3.connect(f"file:{quote(str(index.resolve()))}?mode=ro{extra}", uri=True, timeout=120,
                            isolation_level=None)
+
+
+COMPANION = re.compile(r"^[a-z]+$")
+
+
+def companion(root: Path, name: str, readonly: bool) -> sqlite3.Connection | None:
+    """A database that a layer above keeps beside index.sqlite (`<name>.sqlite`), opened as the index
+    is (WAL, synchronous FULL, read-only where the store is). The store knows nothing of its tables.
+    None where the store is read-only and the database was never made."""
+    if not COMPANION.match(name) or name == "index":
+        raise ValueError(f"not a companion database name: {name!r}")
+    path = Path(root) / f"{name}.sqlite"
+    if readonly and not path.exists():
+        return None
+    db = connect(path, readonly)
+    if not readonly:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+@contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taken at once (BEGIN IMMEDIATE: a reader never turns writer, which WAL
+    would refuse without waiting); rolled back on any error. The store's and its companions' one."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.in_transaction:  # SQLite rolls back itself on SQLITE_FULL and friends
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
 def has_objects(objects: Path) -> bool:

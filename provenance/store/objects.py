@@ -28,8 +28,8 @@ from provenance.store import default_store_path, fsck as fsckmod, transfer
 from provenance.store.batch import Batch
 from provenance.store.durable import write_all
 from provenance.store.index import (CENSUS_MOD, CENSUS_MUL, HEX, INFO_QUERY, KIND_DOC, REF_NAME, SCHEMA_VERSION,
-                                    IndexDamaged, ObjectInfo, connect, create_schema, has_objects, key_of, migrate,
-                                    object_info, prefix_range, unhex_sql)
+                                    IndexDamaged, ObjectInfo, companion, connect, create_schema, has_objects, key_of,
+                                    migrate, object_info, prefix_range, unhex_sql, write_transaction)
 from provenance.store.statcheck import WalkPrint, walk_root
 
 __all__ = ["Store", "VerifiedReader", "Batch", "IndexDamaged", "ObjectInfo", "SCHEMA_VERSION"]
@@ -131,16 +131,14 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            if self.db.in_transaction:  # SQLite rolls back itself on SQLITE_FULL and friends
-                self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def companion(self, name: str) -> sqlite3.Connection | None:
+        """A layer above's own database beside the index (store.index.companion): its tables are not
+        the store's, so index.sqlite holds none of them."""
+        return companion(self.root, name, self.readonly)
+
+    def transaction(self):
+        """One write transaction on the index (store.index.write_transaction)."""
+        return write_transaction(self.db)
 
     def path_of(self, b3: str) -> Path:
         return self.objects / b3[:2] / b3

@@ -34,7 +34,7 @@ RACY_NS = 50_000_000
 TOUCH_SLACK = 60
 # a root an add relied on, touched where gc's grace would count it old (the full add and the fast one)
 TOUCH = "UPDATE obj SET touched=? WHERE id=? AND COALESCE(touched, added) < ?"
-SCHEMA_VERSION = 3  # the index version whose tables the fast re-add reads (objects.SCHEMA_VERSION; a test holds them equal)
+SCHEMA_VERSION = 4  # the index version whose tables the fast re-add reads (objects.SCHEMA_VERSION; a test holds them equal)
 
 
 class _Changed(Exception):

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_prov
 from conftest import record_bytes
-from provenance.lab import ledger
+from provenance.lab import ledger, ledgerindex
 from provenance.store.objects import Store
 
 pytest.importorskip("matplotlib")
@@ -110,12 +110,13 @@ def test_runs_are_in_time_order_from_the_ledger_rows(tmp_path, monkeypatch):
     assert [r.created for r in ledger.runs(s)] == [f"2026-01-{12 - i:02d}T00:00:00Z" for i in range(12)]
     traj = (tmp_path / "a/index.html").read_text()
     assert "Best score so far" in traj and traj.count('id="tp-') == 12  # every run beat all before it
-    s.db.execute("ALTER TABLE ledger_run DROP COLUMN created")  # the rows as the previous prov left them
+    lab = ledgerindex.lab_db(s, True)  # the ledger's rows live beside the index
+    lab.execute("ALTER TABLE ledger_run DROP COLUMN created")  # the rows as the previous prov left them
     build.build_site(s, tmp_path / "b", cache=True)
     assert listed(tmp_path / "b") == oldest_first
-    assert "created" in [r[1] for r in s.db.execute("PRAGMA table_info(ledger_run)")]
+    assert "created" in [r[1] for r in lab.execute("PRAGMA table_info(ledger_run)")]
     # a row that an older prov wrote into this layout names no time: its record's is used
-    s.db.execute("UPDATE ledger_run SET created = NULL WHERE id % 3 = 0")
+    lab.execute("UPDATE ledger_run SET created = NULL WHERE id % 3 = 0")
     build.build_site(s, tmp_path / "c")
     assert listed(tmp_path / "c") == oldest_first
     s.close()
@@ -131,10 +132,11 @@ def test_rows_of_the_earlier_layout_are_dropped(tmp_path):
     s.db.execute("CREATE TABLE site_view(sha BLOB PRIMARY KEY, key TEXT NOT NULL, entry TEXT NOT NULL) WITHOUT ROWID")
     s.db.execute("INSERT INTO site_view VALUES(x'00', 'k', '{}')")
     build.build_site(s, tmp_path / "a", cache=True)
+    lab = ledgerindex.lab_db(s, False)  # the site's rows live in the lab's database beside the index
     tables = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert "site_view" not in tables and s.db.execute("SELECT count(*) FROM site_rows").fetchone()[0] == 3
-    assert not s.db.execute("SELECT 1 FROM sqlite_master WHERE name='site_rows' AND sql LIKE '%WITHOUT ROWID%'"
-                            ).fetchone()
+    assert "site_view" not in tables and lab.execute("SELECT count(*) FROM site_rows").fetchone()[0] == 3
+    assert not lab.execute("SELECT 1 FROM sqlite_master WHERE name='site_rows' AND sql LIKE '%WITHOUT ROWID%'"
+                           ).fetchone()
     s.close()
 
 

@@ -286,7 +286,7 @@ def test_log_cli(logged_lab):
     assert prov_json("log", "verify", store=st)["ok"]
     # rewrite history behind the log's back: verify recomputes and objects
     s = Store(st)
-    s.db.execute("UPDATE log_leaves SET entry = ? WHERE idx = 0", (b"rewritten",))
+    t.open_log(s).db.execute("UPDATE log_leaves SET entry = ? WHERE idx = 0", (b"rewritten",))
     s.close()
     r = run_prov("log", "verify", store=st)
     assert r.returncode == 1 and "does not match" in r.out

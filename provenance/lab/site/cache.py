@@ -1,5 +1,6 @@
-"""Each run's published view, cached in the store's index by the digest of what it is made from, so
-a rebuild reads only the records whose rows changed."""
+"""Each run's published view, cached in the lab's database (lab.sqlite beside the store's index, with
+the ledger's rows) by the digest of what it is made from, so a rebuild reads only the records whose
+rows changed."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import hashlib
 import json
 
 from provenance.core import sanitize
-from provenance.lab import ledger
+from provenance.lab import ledger, ledgerindex
 from provenance.lab.site import pages
+from provenance.store.index import write_transaction
 from provenance.store.objects import Store
 
 
@@ -31,7 +33,7 @@ VIEW_VERSION = 4  # bumped whenever _view's fields change: cached rows of anothe
 
 
 class _ViewCache:
-    """Each run's redacted table row, kept in the store's index (never published) under what it was
+    """Each run's redacted table row, kept in the lab's database (never published) under what it was
     made from: the run's annotations and verdict, and the hygiene rules. A rebuild reads and redacts
     only the runs whose row would change; with the row, what its run page was made from, so an
     unchanged page (and its frames) is carried over from the last bundle."""
@@ -40,14 +42,16 @@ class _ViewCache:
         import sqlite3
         self.store, self.rules, self.dirty = store, rules, {}
         self.write = write and not getattr(store, "readonly", False)
+        self.db = ledgerindex.lab_db(store, self.write)
         if self.write:
             # a rowid table: a row (~1 KB of JSON) is past what a WITHOUT ROWID page keeps in place, and
-            # each would spill to an overflow page of its own (site_view, the earlier layout: 4x the bytes)
-            store.db.execute("DROP TABLE IF EXISTS site_view")
-            store.db.execute("CREATE TABLE IF NOT EXISTS site_rows(sha BLOB PRIMARY KEY, key TEXT NOT NULL, "
-                             "entry TEXT NOT NULL)")
+            # each would spill to an overflow page of its own (site_view, the earlier layout: 4x the bytes,
+            # dropped from a v3 index with the ledger's rows)
+            self.db.execute("CREATE TABLE IF NOT EXISTS site_rows(sha BLOB PRIMARY KEY, key TEXT NOT NULL, "
+                            "entry TEXT NOT NULL)")
         try:
-            self.rows = {sha.hex(): (key, entry) for sha, key, entry in store.db.execute("SELECT * FROM site_rows")}
+            self.rows = {sha.hex(): (key, entry) for sha, key, entry in self.db.execute("SELECT * FROM site_rows")} \
+                if self.db is not None else {}
         except sqlite3.OperationalError:  # never cached
             self.rows = {}
         self.keys: dict[str, str] = {}
@@ -81,6 +85,6 @@ class _ViewCache:
 
     def save(self) -> None:
         if self.dirty and self.write:
-            with self.store.transaction() as db:
+            with write_transaction(self.db) as db:
                 db.executemany("INSERT OR REPLACE INTO site_rows VALUES(?,?,?)",
                                [(bytes.fromhex(sha), key, row) for sha, (key, row) in sorted(self.dirty.items())])

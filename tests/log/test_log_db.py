@@ -1,0 +1,150 @@
+"""The store's index holds only the store's tables (#26): the evidence log keeps its own database beside
+it (log.sqlite), the lab its rows (lab.sqlite); a v3 index that still holds them is moved or dropped by
+the first writer, a crash mid-move loses nothing, a read-only v3 store still reads its log, and gc
+keeps what the log names."""
+
+import sqlite3
+
+from conftest import prov_json, record_bytes, run_prov
+from provenance.lab import ledger
+from provenance.log import translog
+from provenance.store.objects import SCHEMA_VERSION, Store
+
+# the store's own tables, as an allow-list: anything else in index.sqlite is a layer above's
+STORE_TABLES = {"obj", "obj_kind", "link", "refs", "store_meta", "statcache", "treecache", "sqlite_sequence"}
+
+
+def _tables(path):
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        db.close()
+
+
+def _lab(tmp_path, n=4):
+    """A store with records, a logged note and verdict, a signed checkpoint and a cached site."""
+    root = tmp_path / "store"
+    run_prov("key", "generate", "--out", tmp_path / "k", check=0)
+    s = Store(root, create=True)
+    shas = [s.put_bytes(record_bytes(i, 3.0 - i / 10), "record").sha256 for i in range(n)]
+    for sha in shas:
+        translog.log_object(s, s.resolve(sha).blake3)
+    ledger.annotate(s, shas[1], "one", "codec", None)
+    ledger.verdict(s, shas[0], "promote", "first")
+    s.close()
+    cp = prov_json("log", "checkpoint", "--key", tmp_path / "k/key.pem", store=root)
+    run_prov("site", "build", "--out", tmp_path / "site", "--cache", store=root, check=0)
+    return root, shas, cp
+
+
+def _back_to_v3(root):
+    """The layout an index of v3 had: the log's and the lab's tables inside index.sqlite, no companions."""
+    idx = sqlite3.connect(root / "index.sqlite", isolation_level=None)
+    for name in ("log", "lab"):
+        idx.execute(f"ATTACH '{root / (name + '.sqlite')}' AS {name}")
+        for (kind, t, sql) in list(idx.execute(f"SELECT type, name, sql FROM {name}.sqlite_master "
+                                               "WHERE type IN ('table', 'index') AND sql IS NOT NULL ORDER BY type DESC")):
+            idx.execute(sql)
+            if kind == "table":
+                idx.execute(f"INSERT INTO main.{t} SELECT * FROM {name}.{t}")
+        idx.execute(f"DETACH {name}")
+    idx.execute("PRAGMA user_version=3")
+    idx.close()
+    for name in ("log", "lab"):
+        for suffix in ("", "-wal", "-shm"):
+            (root / f"{name}.sqlite{suffix}").unlink(missing_ok=True)
+
+
+def test_the_index_holds_only_the_stores_tables(tmp_path):
+    root, shas, cp = _lab(tmp_path)
+    assert _tables(root / "index.sqlite") <= STORE_TABLES
+    assert {"log_leaves", "log_nodes", "log_meta", "log_checkpoints"} <= _tables(root / "log.sqlite")
+    assert {"ledger_run", "site_rows"} <= _tables(root / "lab.sqlite")
+    s = Store(root)
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    s.close()
+    assert prov_json("log", "verify", store=root)["size"] == len(shas) + 2  # the records, a note, a verdict
+
+
+def test_a_v3_index_moves_out_on_first_write(tmp_path):
+    root, shas, cp = _lab(tmp_path)
+    before = prov_json("log", "prove", shas[2], "--size", cp["size"], store=root)
+    runs = [r["record"] for r in prov_json("ledger", "show", store=root)]
+    _back_to_v3(root)
+    assert {"log_leaves", "ledger_run", "site_rows"} <= _tables(root / "index.sqlite")
+    # a read-only open moves nothing and still reads the log where v3 kept it
+    s = Store(root, readonly=True)
+    assert translog.open_log(s).size() == cp["size"] and translog.checkpoints_of(s)
+    s.close()
+    assert not (root / "log.sqlite").exists()
+    # the first writer: the index is v4, the log moved whole (same root, same proofs, same checkpoints)
+    assert prov_json("log", "prove", shas[2], "--size", cp["size"], store=root) == before
+    assert prov_json("log", "verify", store=root)["ok"]
+    assert [r["record"] for r in prov_json("ledger", "show", store=root)] == runs  # a reader: from the objects
+    assert not {t for t in _tables(root / "index.sqlite") if t.startswith("log_")}
+    run_prov("site", "build", "--out", tmp_path / "site2", "--cache", store=root, check=0)  # a writer of rows
+    assert _tables(root / "index.sqlite") <= STORE_TABLES
+    assert [r["record"] for r in prov_json("ledger", "show", store=root)] == runs
+
+
+def test_a_crash_between_copy_and_drop_loses_nothing(tmp_path):
+    """The copy committed into log.sqlite, the index's drop not: the next opener copies again, and the
+    index's copy (the log until it is dropped) wins over whatever log.sqlite holds."""
+    root, shas, cp = _lab(tmp_path)
+    _back_to_v3(root)
+    s = Store(root)
+    stray = sqlite3.connect(root / "log.sqlite", isolation_level=None)
+    translog.Log(stray).append_many([b"a leaf the index never held"])
+    stray.close()
+    log = translog.open_log(s)
+    assert log.size() == cp["size"] and not log.recompute()
+    assert [size for size, _note in log.checkpoints()] == [cp["size"]]
+    s.close()
+    assert not {t for t in _tables(root / "index.sqlite") if t.startswith("log_")}
+    assert prov_json("log", "verify", store=root)["ok"]
+
+
+def test_gc_reads_the_log_where_it_is(tmp_path):
+    """A v3 index's log (not yet moved) and log.sqlite alike keep what they name through gc --grace 0."""
+    root, shas, cp = _lab(tmp_path)
+    for layout in ("v4", "v3"):
+        if layout == "v3":
+            _back_to_v3(root)
+        g = prov_json("gc", "--grace", "0", store=root)
+        s = Store(root, readonly=True)
+        assert all(s.by_sha256(sha) is not None for sha in shas), (layout, g)
+        s.close()
+
+
+def test_a_leaf_that_is_not_an_entry_stops_gc(tmp_path):
+    root, shas, cp = _lab(tmp_path, n=2)
+    s = Store(root)
+    translog.open_log(s).db.execute("UPDATE log_leaves SET entry = ? WHERE idx = 0", (b"not json",))
+    s.close()
+    r = run_prov("gc", "--grace", "0", store=root)
+    assert r.returncode == 1 and "not an entry" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    s = Store(root, readonly=True)
+    assert all(s.by_sha256(sha) is not None for sha in shas)
+    s.close()
+
+
+def test_repair_of_the_index_leaves_the_log_alone(tmp_path):
+    root, shas, cp = _lab(tmp_path)
+    (root / "index.sqlite").write_bytes(b"")
+    for p in ("index.sqlite-wal", "index.sqlite-shm"):
+        (root / p).unlink(missing_ok=True)
+    rep = prov_json("fsck", "--repair", store=root)
+    assert rep["log_size"] == cp["size"] and not any(x.startswith("log") for x in rep["lost"]), rep
+    assert prov_json("log", "verify", store=root)["ok"]
+    assert rep["inferred_kinds"]["record"] == len(shas)
+
+
+def test_a_reader_of_a_store_without_lab_rows_creates_nothing(tmp_path):
+    root = tmp_path / "store"
+    s = Store(root, create=True)
+    sha = s.put_bytes(record_bytes(1, 2.0), "record").sha256
+    s.close()
+    assert [r["record"] for r in prov_json("ledger", "show", store=root)] == [sha]
+    run_prov("site", "build", "--out", tmp_path / "site", store=root, check=0)  # without --cache: only reads
+    assert not (root / "lab.sqlite").exists() and not (root / "log.sqlite").exists()
