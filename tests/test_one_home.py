@@ -15,7 +15,8 @@ from provenance.core.clock import format_time, now_rfc3339, parse_time
 from provenance.core.errors import ProvError
 from provenance.log import logbook
 from provenance.records.envelope import read_envelope, statement_of
-from provenance.release.trust import load_trust, read_trust_doc, trust_from_doc, trust_policy
+from provenance.release.chain import load_trust
+from provenance.release.trust import read_trust_doc, trust_from_doc, trust_policy
 from provenance.release.verify import Outcome, appraise, authenticate
 from provenance.store.objects import Store
 

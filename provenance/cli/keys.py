@@ -115,7 +115,7 @@ def trust_rotate(current, signing_keys, passphrase_file, release_keys, threshold
       prov verify manifest.json --trust trust.json --trust-chain chain/ --archive archive.zip --runtime runtime/
     """
     from provenance.core.files import write_json
-    from provenance.release.trust import rotate
+    from provenance.release.chain import rotate
     doc = rotate(current, list(signing_keys), expires, list(release_keys) or None, threshold, list(log_keys) or None,
                  list(root_keys) or None, root_threshold, passphrase_file, allow_expired, list(witness_keys) or None,
                  witness_threshold, witness_max_age, log_origin)

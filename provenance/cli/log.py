@@ -107,7 +107,7 @@ def _log_keys(trust_path, vkey_paths, origins=()) -> tuple[dict, int, tuple]:
     if bool(trust_path) == bool(vkey_paths):
         raise click.UsageError("give --trust trust.json or --vkey log.vkey (whose checkpoints?)")
     if trust_path:
-        from provenance.release.trust import load_trust
+        from provenance.release.chain import load_trust
         t = load_trust(trust_path, None)
         if not t.log:
             raise click.UsageError(f"{trust_path}: the trust policy names no log key")
@@ -253,7 +253,7 @@ def log_cosign_add(ctx, notes, manifests, trust_path, as_json):
       prov log cosign-add w1.cosigned w2.cosigned --manifest releases/mysub/manifest.json --trust trust.json
     """
     from provenance.log.logbook import add_cosignatures, read_note
-    from provenance.release.trust import load_trust
+    from provenance.release.chain import load_trust
     witnesses = load_trust(trust_path, None).witnesses
     if not witnesses:
         raise click.UsageError(f"{trust_path}: the trust policy names no witness")

@@ -45,7 +45,7 @@ def chain_hint(out, trust_, manifest, trust_path) -> str | None:
     if trust_.chain or not trust_path or not any(c.name == "signatures" and not c.ok for c in out.checks):
         return None
     from pathlib import Path
-    from provenance.release.trust import chain_files
+    from provenance.release.chain import chain_files
     for base in dict.fromkeys((Path(manifest).parent, Path(trust_path).parent)):
         for d in [base, *sorted(p for p in base.iterdir() if p.is_dir())]:
             if chain_files(d):

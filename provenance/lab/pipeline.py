@@ -121,7 +121,7 @@ def _score_plot(store: Store) -> str:
 
 def verify_all(names: list[str], releases: Path, submissions: Path, trust: Path, out: Path) -> bool:
     from provenance.release.verify import verify_manifest
-    from provenance.release.trust import load_trust
+    from provenance.release.chain import load_trust
     t = load_trust(str(trust), None)
     results, ok = {}, True
     for name in names:

@@ -118,7 +118,8 @@ def write_packet(manifest: dict, runtime: str | os.PathLike, out_dir: str | os.P
     log_keys: list[str] = []
     trust_bytes = b""
     if trust is not None:
-        from provenance.release.trust import chain_files, note_verifiers, read_trust_doc, role_keys, walk_chain
+        from provenance.release.chain import chain_files, walk_chain
+        from provenance.release.trust import note_verifiers, read_trust_doc, role_keys
         tdoc = policy = read_trust_doc(trust)
         trust_bytes = Path(trust).read_bytes()
         if chain_dir is not None:

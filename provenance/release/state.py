@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from provenance.core.canonical import loads_tracking
-from provenance.core.errors import ProvError
+from provenance.core.errors import ProvError, VerificationFailed
 from provenance.core.files import write_json
 
 
@@ -37,3 +37,14 @@ def remember(state: str, pred: dict, digest: str) -> None:
     if not cur or pred["version"] >= cur["version"]:
         rel[pred["name"]] = {"version": pred["version"], "statement_sha256": digest}
     write_json(state, doc)
+
+
+def check_trust(state: str, trust) -> None:
+    """Refuse a trust chain older than one this verifier walked before; remember the newest."""
+    doc = read_state(state)
+    seen = doc.get("trust", {}).get("version", 0)
+    if trust.version < seen:
+        raise VerificationFailed(f"rollback: trust chain ends at v{trust.version}, but v{seen} was seen before")
+    if trust.version > seen:
+        doc["trust"] = {"version": trust.version}
+        write_json(state, doc)

@@ -19,8 +19,9 @@ from provenance.core.checks import Check
 from provenance.core.clock import format_time, parse_time
 from provenance.core.errors import ProvError
 from provenance.core.files import read_bytes, read_input
-from provenance.release.state import read_state, remember
-from provenance.release.trust import Trust, check_trust_state, load_trust
+from provenance.release.chain import load_trust
+from provenance.release.state import check_trust, read_state, remember
+from provenance.release.trust import Trust
 
 
 class Outcome:
@@ -82,7 +83,7 @@ def verify_release(manifest, trust_path=None, key_path=None, log_key_path=None, 
         raise ProvError("--trust-chain walks from a pinned --trust trust.json")
     trust_ = load_trust(trust_path, key_path, log_key_path, chain_dir, key_signs_log)
     if state and trust_.chain:
-        check_trust_state(state, trust_)
+        check_trust(state, trust_)
     at = parse_time(at_time, "--at") if at_time else None
     since = None
     if since_path:  # unreadable or not a checkpoint is bad input (2); a bad signature on one is a failed check

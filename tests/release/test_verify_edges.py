@@ -86,7 +86,7 @@ provenance.core.checks provenance.core.clock provenance.core.digest provenance.c
 provenance.core.signing provenance.core.sshsig provenance.core.tree provenance.core.tree_digest provenance.log
 provenance.log.checkpoint provenance.log.logbook provenance.log.proofs provenance.records
 provenance.records.envelope provenance.records.jsonschema_lite provenance.release provenance.release.packet
-provenance.release.state provenance.release.trust provenance.release.verify provenance.core.frozen
+provenance.release.chain provenance.release.state provenance.release.trust provenance.release.verify provenance.core.frozen
 _queue
 """.split())  # _queue: an archive over 1 MiB is hashed on two threads (core.digest). Not re, enum,
 # functools, collections, json, threading or queue (6 ms of a 30 ms verify): canonical reads JSON with
