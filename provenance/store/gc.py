@@ -42,6 +42,15 @@ def gc(store, roots: Iterable[str], grace: float = DEFAULT_GRACE, dry_run: bool 
         os.close(lock)
 
 
+def _key(b3: str) -> bytes | None:
+    """A root's index key; None for what is not a BLAKE3 (it names nothing stored)."""
+    try:
+        key = bytes.fromhex(b3)
+    except (ValueError, TypeError):
+        return None
+    return key if len(key) == 32 else None
+
+
 def _collect(store, roots: Iterable[str], grace: float, dry_run: bool) -> dict:
     """Live: what refs, the roots or a recently touched object reach. Computed in SQLite (temp tables spill
     to disk), the object directories walked one at a time: memory stays bounded."""
@@ -53,9 +62,13 @@ def _collect(store, roots: Iterable[str], grace: float, dry_run: bool) -> dict:
         db.execute("CREATE TEMP TABLE IF NOT EXISTS gc_live(id INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM temp.gc_live")
         db.execute("INSERT OR IGNORE INTO temp.gc_live SELECT o.id FROM refs r JOIN obj o ON o.b3=unhex(r.target)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS gc_roots(b3 BLOB)")
+        db.execute("DELETE FROM temp.gc_roots")
         roots = iter(roots)
-        while chunk := [(bytes.fromhex(b3),) for b3 in islice(roots, 4096) if len(b3) == 64 and HEX.match(b3)]:
-            db.executemany("INSERT OR IGNORE INTO temp.gc_live SELECT id FROM obj WHERE b3=?", chunk)
+        while chunk := list(islice(roots, 65536)):  # bounded memory, any count
+            db.executemany("INSERT INTO temp.gc_roots VALUES(?)",
+                           [(b,) for b in map(_key, chunk) if b is not None])
+        db.execute("INSERT OR IGNORE INTO temp.gc_live SELECT o.id FROM temp.gc_roots r JOIN obj o ON o.b3=r.b3")
         db.execute("INSERT OR IGNORE INTO temp.gc_live SELECT id FROM obj WHERE COALESCE(touched, added) >= ?",
                    (cutoff,))
         db.execute("INSERT OR IGNORE INTO temp.gc_live WITH RECURSIVE r(id) AS (SELECT id FROM temp.gc_live "
