@@ -207,25 +207,18 @@ def ref_delete(ctx, name, expect, as_json):
 @json_option
 @click.pass_context
 def fsck(ctx, repair, ack_repair, as_json):
-    """Re-hash every object and cross-check the index (SQLite integrity, schema), trees and refs.
-    Exit 1 on any fault, naming how to recover.
+    """Re-hash every object and cross-check the index (SQLite integrity, schema), trees and refs,
+    and the evidence log's own database. Exit 1 on any fault, naming how to recover.
 
     \b
     Example:
       prov --store evidence/store fsck --json
     """
-    from pathlib import Path
     from provenance.core.progress import Progress
-    from provenance.log.translog import repair_store
-    from provenance.store import check
+    from provenance.log import evidence
     from provenance.store import default_store_path
-    root = Path(ctx.obj["store"] or default_store_path())
-    if not (root / "index.sqlite").exists() and not (root / "objects").is_dir():
-        raise ProvError(f"{root}: no store here")
-    if ack_repair:
-        check.ack_repair(open_store(ctx))
     with Progress("checking") as prog:
-        report = repair_store(root, prog) if repair else check.fsck(root, prog)
+        report = evidence.fsck(ctx.obj["store"] or default_store_path(), repair, ack_repair, prog)
     if repair:
         emit(report, as_json, lambda: "\n".join(
             [f"error: {e}" for e in report["errors"]] + [f"lost: {x}" for x in report["lost"]]

@@ -68,3 +68,30 @@ def gc(store, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> dict:
     log is read lazily, once gc holds the write lock, so a record logged by a writer it waited for
     is seen."""
     return collect(store, logged_objects(store), grace, dry_run)
+
+
+def fsck(root, repair: bool = False, ack_repair: bool = False, progress=None) -> dict:
+    """`prov fsck`: the store's objects and index (store.check.fsck) and the log's own database; or, with
+    `repair`, the index rebuilt from the objects (translog.repair_store). `ack_repair` first lets gc run
+    again after a repair that lost refs and the refs were set by hand."""
+    from pathlib import Path
+    from provenance.log.translog import integrity, repair_store
+    from provenance.store import check
+    from provenance.store.objects import Store
+    root = Path(root)
+    if not (root / "index.sqlite").exists() and not (root / "objects").is_dir():
+        raise ProvError(f"{root}: no store here")
+    if ack_repair:
+        store = Store(root)
+        try:
+            check.ack_repair(store)
+        finally:
+            store.close()
+    if repair:
+        return repair_store(root, progress)
+    report = check.fsck(root, progress)
+    problems = integrity(root)
+    if problems:
+        report["errors"] = problems + report["errors"]
+        report["ok"] = False
+    return report

@@ -16,7 +16,7 @@ import weakref
 from pathlib import Path
 
 from provenance.core.errors import ProvError, VerificationFailed
-from provenance.store.index import has_table, write_transaction as transaction
+from provenance.store.index import connect, has_table, write_transaction as transaction
 from provenance.log.checkpoint import (NOTE_KEY_NAME, Checkpoint, merge_signatures, note_key_hash, note_verifier,
                                        parse_checkpoint, sign_checkpoint, verify_checkpoint)
 from provenance.log.proofs import (EMPTY_ROOT, HASH_LEN, LogProofError, entry_bytes, leaf_hash, mth, node_hash,
@@ -298,6 +298,28 @@ def logged_objects(store):
             raise VerificationFailed(f"{store.root}: the evidence log holds a leaf that is not an entry "
                                      f"({bytes(entry[:40])!r}); prov log verify says more; nothing is collected")
         yield entry[11:75].decode("ascii", "replace")
+
+
+def integrity(root) -> list[str]:
+    """Faults of log.sqlite itself (SQLite's integrity check), as fsck reports the index's; none where
+    the store keeps no log database. Read-only: a check never writes."""
+    from urllib.parse import quote
+    path = Path(root) / f"{LOG_DB}.sqlite"
+    if not path.exists():
+        return []
+    try:  # where nothing may be written (a read-only mount), opened as a read-only store's index is
+        db = connect(path, True) if not (os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)) \
+            else sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            rows = [r[0] for r in db.execute("PRAGMA integrity_check(20)")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        return [f"{LOG_DB}.sqlite: cannot be read ({e}); signed checkpoints and releases still prove what it held"]
+    if rows != ["ok"]:
+        return [f"{LOG_DB}.sqlite: integrity check failed: {rows[0]}" + (f" (and {len(rows) - 1} more)" if len(rows) > 1
+                                                                           else "")]
+    return []
 
 
 def log_object(store, b3: str, kind: str | None = None) -> tuple[int, bool]:

@@ -3,6 +3,7 @@ it (log.sqlite), the lab its rows (lab.sqlite); a v3 index that still holds them
 the first writer, a crash mid-move loses nothing, a read-only v3 store still reads its log, and gc
 keeps what the log names."""
 
+import json
 import sqlite3
 
 from conftest import prov_json, record_bytes, run_prov
@@ -148,3 +149,22 @@ def test_a_reader_of_a_store_without_lab_rows_creates_nothing(tmp_path):
     assert [r["record"] for r in prov_json("ledger", "show", store=root)] == [sha]
     run_prov("site", "build", "--out", tmp_path / "site", store=root, check=0)  # without --cache: only reads
     assert not (root / "lab.sqlite").exists() and not (root / "log.sqlite").exists()
+
+
+def test_fsck_checks_the_logs_own_database(tmp_path):
+    """index.sqlite's integrity check covered the log while it lived there: fsck checks log.sqlite too."""
+    root, shas, cp = _lab(tmp_path, n=2)
+    assert prov_json("fsck", store=root)["ok"]
+    s = Store(root)
+    log = translog.open_log(s)
+    log.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = log.db.execute("PRAGMA page_size").fetchone()[0]
+    s.close()
+    data = bytearray((root / "log.sqlite").read_bytes())
+    assert len(data) >= 3 * page
+    data[page:3 * page] = b"\xa5" * (2 * page)  # pages 2 and 3: b-tree pages of the log's tables
+    (root / "log.sqlite").write_bytes(bytes(data))
+    r = run_prov("fsck", "--json", store=root)
+    rep = json.loads(r.out)
+    assert r.returncode == 1 and not rep["ok"] and rep["errors"][0].startswith("log.sqlite: "), rep
+    assert run_prov("fsck", store=root).returncode == 1
