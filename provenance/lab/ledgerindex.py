@@ -19,6 +19,7 @@ import sqlite3
 import weakref
 
 from provenance.core import canonical
+from provenance.core.errors import VerificationFailed
 from provenance.store.index import census_term, has_table, write_transaction
 
 KINDS = ("record", "note", "verdict")
@@ -53,7 +54,13 @@ def lab_db(store, write: bool) -> sqlite3.Connection | None:
     if kept[1] is None:
         if not write and not (store.root / f"{LAB_DB}.sqlite").exists():
             return None
-        kept[1] = store.companion(LAB_DB)
+        try:
+            kept[1] = store.companion(LAB_DB)
+        except VerificationFailed as e:  # derived rows: a reader computes from the objects instead
+            if not write:
+                return None
+            raise VerificationFailed(f"{e}: it holds only rows derived from the objects: delete it and run "
+                                     "again") from None
     if write and not kept[2]:
         kept[2] = True
         if any(has_table(store.db, t) for t in OLD_TABLES):

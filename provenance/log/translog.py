@@ -43,9 +43,10 @@ NODE_SHIFT = 40  # node (level, idx) is row level << 40 | idx: an integer key is
 
 
 class Log:
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection, create: bool = True):
         self.db = db
-        db.executescript(SCHEMA)
+        if create:
+            db.executescript(SCHEMA)
 
     # reading
     def size(self) -> int:
@@ -123,35 +124,52 @@ class Log:
     # writing
     def append_many(self, entries: list[bytes]) -> list[int]:
         """Append leaves in one transaction; returns their indices."""
-        with transaction(self.db) as db:
-            n = self.size()
-            self.origin()
-            nodes, leaves, cache = [], [], {}
-            for i, data in enumerate(entries):
-                idx = n + i
-                h = leaf_hash(data)
-                leaves.append((idx, data))
-                level, j = 0, idx
-                nodes.append((j, h))
-                cache[(0, j)] = h
-                while j & 1:  # this node completes its parent
-                    left = cache.get((level, j - 1)) or self._node(level, j - 1)
-                    h = node_hash(left, h)
-                    level, j = level + 1, j >> 1
-                    nodes.append((level << NODE_SHIFT | j, h))
-                    cache[(level, j)] = h
-                if len(cache) > 4096:  # keep the right frontier: left children whose sibling is incomplete
-                    cache = {k: v for k, v in cache.items() if k[1] & 1 == 0 and (k[1] + 2) << k[0] > idx + 1}
-            db.executemany("INSERT INTO log_leaves(idx, entry) VALUES(?,?)", leaves)
-            db.executemany("INSERT INTO log_nodes(id, hash) VALUES(?,?)", nodes)
+        with transaction(self.db):
+            return self._append(entries)
+
+    def _append(self, entries: list[bytes]) -> list[int]:
+        db = self.db
+        n = self.size()
+        self.origin()
+        nodes, leaves, cache = [], [], {}
+        for i, data in enumerate(entries):
+            idx = n + i
+            h = leaf_hash(data)
+            leaves.append((idx, data))
+            level, j = 0, idx
+            nodes.append((j, h))
+            cache[(0, j)] = h
+            while j & 1:  # this node completes its parent
+                left = cache.get((level, j - 1)) or self._node(level, j - 1)
+                h = node_hash(left, h)
+                level, j = level + 1, j >> 1
+                nodes.append((level << NODE_SHIFT | j, h))
+                cache[(level, j)] = h
+            if len(cache) > 4096:  # keep the right frontier: left children whose sibling is incomplete
+                cache = {k: v for k, v in cache.items() if k[1] & 1 == 0 and (k[1] + 2) << k[0] > idx + 1}
+        db.executemany("INSERT INTO log_leaves(idx, entry) VALUES(?,?)", leaves)
+        db.executemany("INSERT INTO log_nodes(id, hash) VALUES(?,?)", nodes)
         return list(range(n, n + len(entries)))
 
     def append(self, entry: bytes) -> tuple[int, bool]:
-        """Append unless this exact entry is already logged; (index, newly appended)."""
-        existing = self.index_of(leaf_hash(entry))
-        if existing is not None:
-            return existing, False
-        return self.append_many([entry])[0], True
+        """Append unless this exact entry is already logged; (index, newly appended). The look and the
+        append are one transaction, so two appenders of one entry make one leaf."""
+        with transaction(self.db):
+            existing = self.index_of(leaf_hash(entry))
+            if existing is not None:
+                return existing, False
+            return self._append([entry])[0], True
+
+    def same_as(self, other: "Log") -> bool:
+        """Whether two copies hold the same log: leaves, origin and signed checkpoints."""
+        def origin(log):
+            row = log.db.execute("SELECT value FROM log_meta WHERE key='origin'").fetchone()
+            return row and row[0]
+        return (self.size() == other.size() and origin(self) == origin(other)
+                and self.checkpoints() == other.checkpoints() and list(self.leaves()) == list(other.leaves()))
+
+    def empty(self) -> bool:
+        return self.size() == 0 and not self.checkpoints()
 
     def leaves(self, upto: int | None = None):
         q = "SELECT idx, entry FROM log_leaves" + (" WHERE idx < ?" if upto is not None else "") + " ORDER BY idx"
@@ -240,20 +258,29 @@ def _in_index(store) -> bool:
 
 
 def _has_log(store) -> bool:
-    return (store.root / f"{LOG_DB}.sqlite").exists() or _in_index(store)
+    return (store.root / f"{LOG_DB}.sqlite").exists() or _in_index(store) or store.companion_made(LOG_DB)
 
 
 def open_log(store) -> Log:
-    """The evidence log of this store. A read-only store without log.sqlite reads a v3 index's log, or
-    an empty one."""
+    """The evidence log of this store. A read-only store reads a v3 index's log where it is (an interrupted
+    move-out included), or an empty one where it never kept a log. A log.sqlite this store made that is
+    now missing, empty or without the log's tables is damage (gc would otherwise collect what it named)."""
     kept = _OPEN.get(store)
     if kept is not None and kept[0] is store.db:
         return kept[1]
-    db = store.companion(LOG_DB)
-    if db is None:
-        db = store.db if _in_index(store) else sqlite3.connect(":memory:", isolation_level=None)
-    elif _in_index(store):
-        _move_out(store, db)
+    if store.readonly and _in_index(store):
+        db = store.db
+    else:
+        made = store.companion_made(LOG_DB)
+        db = store.companion(LOG_DB, kept=True)
+        if db is None:
+            db = sqlite3.connect(":memory:", isolation_level=None)
+        elif _in_index(store):
+            _move_out(store, db)
+        elif made and not has_table(db, "log_leaves"):
+            raise VerificationFailed(f"{store.root / (LOG_DB + '.sqlite')}: holds no evidence log, yet this store "
+                                     "kept its log there; restore it from a copy (nothing is collected or appended "
+                                     "until then)")
     log = Log(db)
     _OPEN[store] = (store.db, log)
     return log
@@ -261,18 +288,26 @@ def open_log(store) -> Log:
 
 def _move_out(store, db: sqlite3.Connection) -> None:
     """A v3 index's log tables into log.sqlite: copied whole in one transaction of the log's, then dropped
-    from the index in one of the store's (which also keeps a second mover waiting). A crash between
-    leaves both, and the next opener copies again: until it is dropped, the index's copy is the log."""
-    Log(db)
+    from the index in one of the store's (which also keeps a second mover waiting). The copy is all or
+    nothing, so after a crash log.sqlite is empty (copied again) or the very log (the index's dropped).
+    A log.sqlite that holds another log is never overwritten: both are kept and the open refused."""
+    target = Log(db)
     with store.transaction() as index:
         if not has_table(index, "log_leaves"):  # another opener moved it while we waited
             return
-        with transaction(db):
-            for t in LOG_TABLES:
-                db.execute(f"DELETE FROM {t}")
-                if has_table(index, t):
-                    rows = index.execute(f"SELECT * FROM {t}")
-                    db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows.description))})", rows)
+        old = Log(index, create=False)
+        if not target.empty() and not target.same_as(old):
+            raise VerificationFailed(
+                f"{store.root}: two evidence logs: index.sqlite holds a v3 log of {old.size()} leaves and "
+                f"log.sqlite another of {target.size()}; neither is dropped: move aside the one you do not "
+                "trust and run again")
+        if target.empty():
+            with transaction(db):
+                for t in LOG_TABLES:
+                    db.execute(f"DELETE FROM {t}")
+                    if has_table(index, t):
+                        rows = index.execute(f"SELECT * FROM {t}")
+                        db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows.description))})", rows)
         for t in LOG_TABLES:
             index.execute(f"DROP TABLE IF EXISTS {t}")
 
@@ -294,9 +329,9 @@ def logged_objects(store):
     head = entry_bytes("blob", "0" * 64, "0" * 64)[:11]  # b'{"blake3":"'
     db = store.db if _in_index(store) else open_log(store).db
     for (entry,) in db.execute("SELECT entry FROM log_leaves"):
-        if entry[:11] != head or entry[75:77] != b'",':
+        if not isinstance(entry, bytes) or entry[:11] != head or entry[75:77] != b'",':
             raise VerificationFailed(f"{store.root}: the evidence log holds a leaf that is not an entry "
-                                     f"({bytes(entry[:40])!r}); prov log verify says more; nothing is collected")
+                                     f"({str(entry)[:40]!r}); prov log verify says more; nothing is collected")
         yield entry[11:75].decode("ascii", "replace")
 
 
@@ -304,14 +339,27 @@ def integrity(root) -> list[str]:
     """Faults of log.sqlite itself (SQLite's integrity check), as fsck reports the index's; none where
     the store keeps no log database. Read-only: a check never writes."""
     from urllib.parse import quote
+    from provenance.store.index import companion_present
+    from provenance.store.objects import Store
     path = Path(root) / f"{LOG_DB}.sqlite"
-    if not path.exists():
+    try:
+        store = Store(root)
+    except Exception:  # the index's own damage is fsck's to report
         return []
+    try:
+        made = store.companion_made(LOG_DB)
+    finally:
+        store.close()
+    lost = [f"{LOG_DB}.sqlite: missing, empty or without the log's tables, yet this store keeps its evidence log "
+            "there; restore it from a copy (gc and appends refuse until then)"] if made else []
+    if not companion_present(path):
+        return lost
     try:  # where nothing may be written (a read-only mount), opened as a read-only store's index is
         db = connect(path, True) if not (os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)) \
             else sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
         try:
             rows = [r[0] for r in db.execute("PRAGMA integrity_check(20)")]
+            tables = has_table(db, "log_leaves")
         finally:
             db.close()
     except sqlite3.DatabaseError as e:
@@ -319,17 +367,18 @@ def integrity(root) -> list[str]:
     if rows != ["ok"]:
         return [f"{LOG_DB}.sqlite: integrity check failed: {rows[0]}" + (f" (and {len(rows) - 1} more)" if len(rows) > 1
                                                                            else "")]
-    return []
+    return [] if tables else lost
 
 
 def log_object(store, b3: str, kind: str | None = None) -> tuple[int, bool]:
     """Append a stored object to the store's evidence log (idempotent): (leaf index, newly appended)."""
-    info = store.info(b3)
-    if info is None:
-        raise ProvError(f"{b3}: object missing from {store.root}")
-    if kind is not None and kind not in info.kinds:
-        raise ProvError(f"{b3}: not stored as a {kind} (it is {', '.join(info.kinds)})")
-    return open_log(store).append(entry_bytes(kind or info.kind, info.sha256, info.blake3))
+    with store.writing():  # as a writer: gc waits, so what is checked here is there when the leaf lands
+        info = store.info(b3)
+        if info is None:
+            raise ProvError(f"{b3}: object missing from {store.root}")
+        if kind is not None and kind not in info.kinds:
+            raise ProvError(f"{b3}: not stored as a {kind} (it is {', '.join(info.kinds)})")
+        return open_log(store).append(entry_bytes(kind or info.kind, info.sha256, info.blake3))
 
 
 def _salvage(index: Path) -> dict | None:
@@ -342,36 +391,40 @@ def _salvage(index: Path) -> dict | None:
 
 def repair_store(root, progress=None) -> dict:
     """`prov fsck --repair`: the store rebuilds its index from the objects. The log's own database is not
-    the index's: it is kept as it is. A v3 index's log rows that still read are carried over into it,
-    and kept only if the tree they make checks out."""
+    the index's and is kept as it is. A log that a damaged v3 index still held is carried into an empty
+    log.sqlite when its rows read and the tree they make checks out; one that differs from log.sqlite's
+    is left in the damaged index, and said."""
     from provenance.records.kinds import kind_of
     from provenance.store import check
     from provenance.store.objects import Store
     root = Path(root)
-    own = (root / f"{LOG_DB}.sqlite").exists()
-    old = None if own else _salvage(root / "index.sqlite")
+    had_own = (root / f"{LOG_DB}.sqlite").exists()
+    old = _salvage(root / "index.sqlite")
     report = check.repair(root, progress, kind_of)
     store = Store(root)
     try:
-        if own:
-            report["log_size"] = open_log(store).size()
-            return report
-        if old is None:
+        log = open_log(store)
+        if old is not None and old["log_leaves"]:
+            if log.empty():
+                with transaction(log.db) as db:
+                    for t, rows in old.items():
+                        db.execute(f"DELETE FROM {t}")
+                        if rows:
+                            db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows[0]))})", rows)
+                problems = log.recompute()
+                if problems:
+                    with transaction(log.db) as db:
+                        for t in LOG_TABLES:
+                            db.execute(f"DELETE FROM {t}")
+                    report["lost"].append(f"log: what still read does not check out ({problems[0]}); not recovered")
+            elif [tuple(r) for r in old["log_leaves"]] != [tuple(r) for r in log.leaves()]:
+                report["lost"].append(f"log: the damaged index held a v3 log of {len(old['log_leaves'])} leaves "
+                                      f"that is not log.sqlite's ({log.size()}); log.sqlite kept, the other is "
+                                      f"still in {report['damaged_index']}")
+        elif old is None and not had_own:
             report["lost"].append("log: the damaged index could not be read; the evidence log was not recovered "
                                   "(signed checkpoints and releases still prove what it held)")
-        elif old["log_leaves"]:
-            log = open_log(store)
-            with transaction(log.db) as db:
-                for t, rows in old.items():
-                    if rows:
-                        db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows[0]))})", rows)
-            problems = log.recompute()
-            if problems:
-                with transaction(log.db) as db:
-                    for t in LOG_TABLES:
-                        db.execute(f"DELETE FROM {t}")
-                report["lost"].append(f"log: what still read does not check out ({problems[0]}); not recovered")
-        report["log_size"] = open_log(store).size() if _has_log(store) else 0
+        report["log_size"] = log.size()
     finally:
         store.close()
     return report

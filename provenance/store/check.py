@@ -138,6 +138,8 @@ def salvage(index: Path, queries: dict[str, tuple[str, ...]]) -> dict[str, list 
 
 
 _STORE_ROWS = {"refs": ("SELECT name, target, updated FROM refs",),
+               # what store_meta remembers of companions (Store.companion's kept ones): carried over
+               "companions": ("SELECT key, value FROM store_meta WHERE key LIKE 'companion:%'",),
                # v3; a pre-v3 index: v2's kinds table, or v0's one kind per object
                "kinds": ("SELECT lower(hex(o.b3)), k.kind, k.added FROM obj_kind k JOIN obj o ON o.id=k.id",
                          "SELECT blake3, kind, added FROM kinds", "SELECT blake3, kind, added FROM objects")}
@@ -252,6 +254,9 @@ def repair(root: Path, progress=None, doc_kind=lambda data: None) -> dict:
     if refs_lost:
         with store.transaction() as db:
             db.execute("INSERT OR REPLACE INTO store_meta VALUES('refs_lost', ?)", (stamp,))
+    if old.get("companions"):
+        with store.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO store_meta VALUES(?, ?)", old["companions"])
     store.close()
     return {"ok": not errors, "repaired": True, "objects": len(good), "damaged_index": aside.name,
             "inferred_kinds": inferred, "refs_recovered": refs_kept,

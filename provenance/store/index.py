@@ -90,6 +90,13 @@ def companion(root: Path, name: str, readonly: bool) -> sqlite3.Connection | Non
     return db
 
 
+def companion_present(path: Path) -> bool:
+    """A companion database file that is there and not empty (through a link to a file, too)."""
+    import os
+    wal = Path(f"{path}-wal")
+    return os.path.isfile(path) and (os.path.getsize(path) > 0 or (wal.is_file() and wal.stat().st_size > 0))
+
+
 @contextmanager
 def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction, taken at once (BEGIN IMMEDIATE: a reader never turns writer, which WAL

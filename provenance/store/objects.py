@@ -28,8 +28,9 @@ from provenance.store import default_store_path, fsck as fsckmod, transfer
 from provenance.store.batch import Batch
 from provenance.store.durable import write_all
 from provenance.store.index import (CENSUS_MOD, CENSUS_MUL, HEX, INFO_QUERY, KIND_DOC, REF_NAME, SCHEMA_VERSION,
-                                    IndexDamaged, ObjectInfo, companion, connect, create_schema, has_objects, key_of,
-                                    migrate, object_info, prefix_range, unhex_sql, write_transaction)
+                                    IndexDamaged, ObjectInfo, companion, companion_present, connect, create_schema,
+                                    has_objects, key_of, migrate, object_info, prefix_range, unhex_sql,
+                                    write_transaction)
 from provenance.store.statcheck import WalkPrint, walk_root
 
 __all__ = ["Store", "VerifiedReader", "Batch", "IndexDamaged", "ObjectInfo", "SCHEMA_VERSION"]
@@ -131,10 +132,29 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def companion(self, name: str) -> sqlite3.Connection | None:
+    def companion(self, name: str, kept: bool = False) -> sqlite3.Connection | None:
         """A layer above's own database beside the index (store.index.companion): its tables are not
-        the store's, so index.sqlite holds none of them."""
-        return companion(self.root, name, self.readonly)
+        the store's, so index.sqlite holds none of them. `kept`: it holds what nothing else rebuilds
+        (the evidence log): once made the store remembers it, and a missing or empty one is damage,
+        never a fresh start. One that cannot be read is refused naming it, not the index."""
+        path = self.root / f"{name}.sqlite"
+        made = kept and self.companion_made(name)
+        if made and not companion_present(path):
+            raise VerificationFailed(f"{path}: missing or empty, yet this store keeps its {name} there; restore "
+                                     "it from a copy (nothing is collected or appended until then)")
+        try:
+            db = companion(self.root, name, self.readonly)
+            if db is not None:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise VerificationFailed(f"{path}: cannot be read ({e})") from None
+        if kept and not made and db is not None and not self.readonly:
+            self.db.execute("INSERT OR IGNORE INTO store_meta VALUES(?, '1')", (f"companion:{name}",))
+        return db
+
+    def companion_made(self, name: str) -> bool:
+        """Whether this store made the kept companion `name` (store_meta remembers it)."""
+        return self.db.execute("SELECT 1 FROM store_meta WHERE key=?", (f"companion:{name}",)).fetchone() is not None
 
     def transaction(self):
         """One write transaction on the index (store.index.write_transaction)."""
