@@ -52,13 +52,18 @@ class Log:
     def size(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_leaves").fetchone()[0]
 
-    def origin(self) -> str:
+    def stored_origin(self) -> str | None:
         row = self.db.execute("SELECT value FROM log_meta WHERE key='origin'").fetchone()
-        if row:
-            return row[0]
-        origin = f"comma-lab.dev/provenance/log/{os.urandom(8).hex()}"
-        self.db.execute("INSERT OR IGNORE INTO log_meta VALUES('origin', ?)", (origin,))
-        return self.db.execute("SELECT value FROM log_meta WHERE key='origin'").fetchone()[0]
+        return row[0] if row else None
+
+    def origin(self) -> str:
+        """The log's origin line, made (once, at random) by its first use."""
+        origin = self.stored_origin()
+        if origin:
+            return origin
+        self.db.execute("INSERT OR IGNORE INTO log_meta VALUES('origin', ?)",
+                        (f"comma-lab.dev/provenance/log/{os.urandom(8).hex()}",))
+        return self.stored_origin()
 
     def _node(self, level: int, idx: int) -> bytes:
         row = self.db.execute("SELECT hash FROM log_nodes WHERE id=?", (level << NODE_SHIFT | idx,)).fetchone()
@@ -162,10 +167,7 @@ class Log:
 
     def same_as(self, other: "Log") -> bool:
         """Whether two copies hold the same log: leaves, origin and signed checkpoints."""
-        def origin(log):
-            row = log.db.execute("SELECT value FROM log_meta WHERE key='origin'").fetchone()
-            return row and row[0]
-        return (self.size() == other.size() and origin(self) == origin(other)
+        return (self.size() == other.size() and self.stored_origin() == other.stored_origin()
                 and self.checkpoints() == other.checkpoints() and list(self.leaves()) == list(other.leaves()))
 
     def empty(self) -> bool:
@@ -302,14 +304,19 @@ def _move_out(store, db: sqlite3.Connection) -> None:
                 f"log.sqlite another of {target.size()}; neither is dropped: move aside the one you do not "
                 "trust and run again")
         if target.empty():
-            with transaction(db):
-                for t in LOG_TABLES:
-                    db.execute(f"DELETE FROM {t}")
-                    if has_table(index, t):
-                        rows = index.execute(f"SELECT * FROM {t}")
-                        db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows.description))})", rows)
+            _fill(db, {t: index.execute(f"SELECT * FROM {t}") for t in LOG_TABLES if has_table(index, t)})
         for t in LOG_TABLES:
             index.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def _fill(db: sqlite3.Connection, tables: dict) -> None:
+    """Replace the log's rows in `db` with `tables` ({table: rows}; a table not named is left empty), in
+    one transaction of the log's: the move-out's copy and the repair's carry-over alike. Every log
+    table is two columns."""
+    with transaction(db):
+        for t in LOG_TABLES:
+            db.execute(f"DELETE FROM {t}")
+            db.executemany(f"INSERT INTO {t} VALUES(?, ?)", tables.get(t, ()))
 
 
 def checkpoints_of(store) -> list[tuple[int, str]]:
@@ -406,16 +413,10 @@ def repair_store(root, progress=None) -> dict:
         log = open_log(store)
         if old is not None and old["log_leaves"]:
             if log.empty():
-                with transaction(log.db) as db:
-                    for t, rows in old.items():
-                        db.execute(f"DELETE FROM {t}")
-                        if rows:
-                            db.executemany(f"INSERT INTO {t} VALUES({','.join('?' * len(rows[0]))})", rows)
+                _fill(log.db, old)
                 problems = log.recompute()
                 if problems:
-                    with transaction(log.db) as db:
-                        for t in LOG_TABLES:
-                            db.execute(f"DELETE FROM {t}")
+                    _fill(log.db, {})
                     report["lost"].append(f"log: what still read does not check out ({problems[0]}); not recovered")
             elif [tuple(r) for r in old["log_leaves"]] != [tuple(r) for r in log.leaves()]:
                 report["lost"].append(f"log: the damaged index held a v3 log of {len(old['log_leaves'])} leaves "

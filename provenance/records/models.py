@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from provenance.core import canonical
 from provenance.core.digest import digest_bytes
 from provenance.core.errors import ProvError
-
 from provenance.records.kinds import EVAL_RECORD_SCHEMA, STATEMENT_TYPE
 
 HEX64 = r"^[0-9a-f]{64}$"
