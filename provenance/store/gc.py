@@ -30,6 +30,8 @@ def gc(store, roots: Iterable[str], grace: float = DEFAULT_GRACE, dry_run: bool 
     recent root reaches is kept with it, so a re-add of a stored tree writes nothing.
     """
     import fcntl
+    if not grace >= 0:  # NaN or negative: every recent add would count as old
+        raise ProvError(f"grace {grace}: give a number of seconds, 0 or more")
     if store.db.execute("SELECT 1 FROM store_meta WHERE key='refs_lost'").fetchone():
         raise ProvError(f"{store.root}: fsck --repair rebuilt this index and could not recover every ref; "
                         "gc would delete what they kept alive. Set the refs again (prov ref set), "

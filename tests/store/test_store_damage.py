@@ -400,3 +400,16 @@ def test_what_takes_an_objects_place_is_refused_in_one_line(tmp_path, store):
             r = run_prov(cmd, b3, store=store, timeout=120)
             assert r.returncode in (1, 2) and r.err.count("\n") == 1 and "Traceback" not in r.err, (cmd, kind, r.err)
             assert str(p) in r.err or p.name in r.err, (cmd, kind, r.err)
+
+
+def test_gc_refuses_a_grace_that_is_not_a_duration(tmp_path, store):
+    """NaN and negative graces counted every recent add as old: refused in one line, nothing removed."""
+    tree, blob = _seed(tmp_path, store)
+    f = tmp_path / "recent.txt"
+    f.write_text("just added, under no ref")
+    new = prov_json("add", f, store=store)
+    for grace in ("nan", "-5"):
+        r = run_prov("gc", "--grace", grace, store=store)
+        assert r.returncode == 2 and "grace" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert run_prov("cat", new["sha256"], store=store).returncode == 0
+    assert prov_json("gc", "--grace", "inf", store=store)["removed"] == 0
